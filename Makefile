@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` runs the app, `make test` runs every test.
+# Both are idempotent and install what they need into .venv (Python) and web/node_modules (npm).
+PYTHON ?= python3
+VENV ?= .venv
+# On these machines this takes a CPU build from local disk; GPU users pass e.g.
+#   make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu126"
+TORCH_SPEC ?= torch==2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 5000
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup python-deps web-deps browser clean
+
+demo: setup
+	$(BIN)/python -m backend serve --host $(HOST) --port $(PORT)
+
+test: setup browser
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: python-deps web-deps
+
+python-deps: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+web-deps: web/node_modules/.package-lock.json
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+# Debian's chromium for the browser tests (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
+clean:
+	rm -rf $(VENV) web/node_modules

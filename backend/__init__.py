@@ -1,0 +1,1 @@
+"""Segment Anything web app: the Flask backend and the SAM model (``backend.sam``)."""
