@@ -1,0 +1,552 @@
+"""TinyViT image encoder of MobileSAM (``vit_t``).
+
+Parameter and buffer names follow MobileSAM's ``tiny_vit_sam.py`` so that ``mobile_sam.pt`` loads with
+``strict=True``. The encoder maps a normalised, padded batch [B, 3, 1024, 1024] to the SAM image embedding
+[B, 256, 64, 64]. The classification head (``norm_head``, ``head``) is kept only so checkpoints load; SAM
+never calls it.
+"""
+
+from typing import List, Optional, Sequence, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# MobileSAM keeps full resolution in the last merges (dims 320, 448 and 576 are the last stages of its
+# TinyViT variants), so the encoder's output stride is 16 rather than TinyViT's 32.
+_STRIDE_ONE_MERGE_DIMS = (320, 448, 576)
+
+
+class Conv2d_BN(nn.Sequential):
+    """Bias-free convolution followed by BatchNorm: [B, in_chans, H, W] -> [B, out_chans, H', W']."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.add_module(
+            "c", nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False)
+        )
+        bn = nn.BatchNorm2d(out_chans)
+        nn.init.constant_(bn.weight, bn_weight_init)
+        nn.init.constant_(bn.bias, 0.0)
+        self.add_module("bn", bn)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops whole residual branches per sample while training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = x.new_empty(mask_shape).bernoulli_(keep_prob)
+        return x * mask / keep_prob
+
+
+def _drop_path_or_identity(drop_prob: float) -> nn.Module:
+    return DropPath(drop_prob) if drop_prob > 0.0 else nn.Identity()
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of [B, C, H, W]."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 even under bf16 autocast: the embedding is this layer's output.
+        x = x.float()
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class PatchEmbed(nn.Module):
+    """Two stride-2 convolutions: [B, in_chans, H, W] -> [B, embed_dim, H/4, W/4]."""
+
+    def __init__(self, in_chans: int, embed_dim: int, resolution: int, activation: Type[nn.Module]) -> None:
+        super().__init__()
+        self.patches_resolution = (resolution // 4, resolution // 4)
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.seq = nn.Sequential(
+            Conv2d_BN(in_chans, embed_dim // 2, 3, 2, 1),
+            activation(),
+            Conv2d_BN(embed_dim // 2, embed_dim, 3, 2, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block (1x1 expand, 3x3 depthwise, 1x1 project): [B, C, H, W] -> [B, C, H, W]."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        expand_ratio: float,
+        activation: Type[nn.Module],
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.hidden_chans = int(in_chans * expand_ratio)
+        self.out_chans = out_chans
+
+        self.conv1 = Conv2d_BN(in_chans, self.hidden_chans, kernel_size=1)
+        self.act1 = activation()
+        self.conv2 = Conv2d_BN(
+            self.hidden_chans, self.hidden_chans, kernel_size=3, stride=1, padding=1, groups=self.hidden_chans
+        )
+        self.act2 = activation()
+        self.conv3 = Conv2d_BN(self.hidden_chans, out_chans, kernel_size=1, bn_weight_init=0.0)
+        self.act3 = activation()
+        self.drop_path = _drop_path_or_identity(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.act1(self.conv1(x))
+        x = self.act2(self.conv2(x))
+        x = self.drop_path(self.conv3(x))
+        return self.act3(x + shortcut)
+
+
+class PatchMerging(nn.Module):
+    """Downsampling between stages: [B, dim, H, W] or [B, H*W, dim] -> [B, H'*W', out_dim]."""
+
+    def __init__(
+        self,
+        input_resolution: Tuple[int, int],
+        dim: int,
+        out_dim: int,
+        activation: Type[nn.Module],
+    ) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.dim = dim
+        self.out_dim = out_dim
+        self.stride = 1 if out_dim in _STRIDE_ONE_MERGE_DIMS else 2
+        self.act = activation()
+        self.conv1 = Conv2d_BN(dim, out_dim, 1, 1, 0)
+        self.conv2 = Conv2d_BN(out_dim, out_dim, 3, self.stride, 1, groups=out_dim)
+        self.conv3 = Conv2d_BN(out_dim, out_dim, 1, 1, 0)
+
+    @property
+    def output_resolution(self) -> Tuple[int, int]:
+        height, width = self.input_resolution
+        # Output size of a 3x3 convolution with padding 1.
+        return (height - 1) // self.stride + 1, (width - 1) // self.stride + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            height, width = self.input_resolution
+            x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.conv3(x)
+        return x.flatten(2).transpose(1, 2)
+
+
+class ConvLayer(nn.Module):
+    """First stage: MBConv blocks on [B, dim, H, W], then an optional PatchMerging to tokens."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: Tuple[int, int],
+        depth: int,
+        activation: Type[nn.Module],
+        drop_path: Sequence[float] = (),
+        downsample: Optional[Type[PatchMerging]] = None,
+        use_checkpoint: bool = False,
+        out_dim: Optional[int] = None,
+        conv_expand_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
+        drop_paths = _per_block(drop_path, depth)
+        self.blocks = nn.ModuleList(
+            [MBConv(dim, dim, conv_expand_ratio, activation, drop_paths[i]) for i in range(depth)]
+        )
+        self.downsample = (
+            downsample(input_resolution, dim=dim, out_dim=out_dim, activation=activation)
+            if downsample is not None
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = _run_block(block, x, self.use_checkpoint)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+class Mlp(nn.Module):
+    """Pre-norm MLP on tokens: [B, N, in_features] -> [B, N, out_features]."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: Optional[int] = None,
+        out_features: Optional[int] = None,
+        act_layer: Type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.norm = nn.LayerNorm(in_features)
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.act = act_layer()
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.fc1(self.norm(x))))
+        return self.drop(self.fc2(x))
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head attention over one window with a learned bias per (|dy|, |dx|) offset.
+
+    [B*windows, N, dim] -> [B*windows, N, dim], N = resolution[0] * resolution[1].
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        key_dim: int,
+        num_heads: int = 8,
+        attn_ratio: float = 4.0,
+        resolution: Tuple[int, int] = (14, 14),
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = key_dim**-0.5
+        self.key_dim = key_dim
+        self.nh_kd = key_dim * num_heads
+        self.d = int(attn_ratio * key_dim)
+        self.dh = self.d * num_heads
+        self.attn_ratio = attn_ratio
+
+        self.norm = nn.LayerNorm(dim)
+        # Per head, the projection holds [q | k | v] side by side (not all q's, then all k's, ...).
+        self.qkv = nn.Linear(dim, self.dh + 2 * self.nh_kd)
+        self.proj = nn.Linear(self.dh, dim)
+
+        rows, cols = resolution
+        # Offsets are symmetric (absolute values), so an offset (dy, dx) first appears at point pair
+        # ((0, 0), (dy, dx)) and its table entry is dy * cols + dx.
+        ys = torch.arange(rows).repeat_interleave(cols)
+        xs = torch.arange(cols).repeat(rows)
+        bias_idxs = (ys[:, None] - ys[None, :]).abs() * cols + (xs[:, None] - xs[None, :]).abs()
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, rows * cols))
+        # Derived from the window shape, so not part of the checkpoint.
+        self.register_buffer("attention_bias_idxs", bias_idxs, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, num_tokens, _ = x.shape
+        x = self.norm(x)
+        qkv = self.qkv(x).view(batch, num_tokens, self.num_heads, -1)
+        q, k, v = qkv.permute(0, 2, 1, 3).split([self.key_dim, self.key_dim, self.d], dim=3)
+        bias = self.attention_biases[:, self.attention_bias_idxs]
+        # Under autocast, q/k/v may be reduced precision; the additive bias must match their dtype.
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        x = x.transpose(1, 2).reshape(batch, num_tokens, self.dh)
+        return self.proj(x)
+
+
+class TinyViTBlock(nn.Module):
+    """Windowed attention, a depthwise local convolution, then an MLP: [B, H*W, dim] -> [B, H*W, dim]."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: Tuple[int, int],
+        num_heads: int,
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        local_conv_size: int = 3,
+        activation: Type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        if window_size <= 0:
+            raise ValueError(f"window_size must be positive, got {window_size}")
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.mlp_ratio = mlp_ratio
+
+        self.drop_path = _drop_path_or_identity(drop_path)
+        self.attn = Attention(
+            dim, dim // num_heads, num_heads, attn_ratio=1, resolution=(window_size, window_size)
+        )
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=activation, drop=drop)
+        self.local_conv = Conv2d_BN(
+            dim, dim, kernel_size=local_conv_size, stride=1, padding=local_conv_size // 2, groups=dim
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = self.input_resolution
+        batch, num_tokens, channels = x.shape
+        if num_tokens != height * width:
+            raise ValueError(f"expected {height}x{width}={height * width} tokens, got {num_tokens}")
+        shortcut = x
+        window = self.window_size
+
+        if height == window and width == window:
+            x = self.attn(x)
+        else:
+            x = x.view(batch, height, width, channels)
+            pad_bottom = (window - height % window) % window
+            pad_right = (window - width % window) % window
+            # Zero tokens are padded before the attention's LayerNorm and are not masked out: this is
+            # what MobileSAM computes, and its weights were trained with it.
+            if pad_bottom > 0 or pad_right > 0:
+                x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
+            padded_h, padded_w = height + pad_bottom, width + pad_right
+            rows, cols = padded_h // window, padded_w // window
+            x = (
+                x.view(batch, rows, window, cols, window, channels)
+                .transpose(2, 3)
+                .reshape(batch * rows * cols, window * window, channels)
+            )
+            x = self.attn(x)
+            x = (
+                x.view(batch, rows, cols, window, window, channels)
+                .transpose(2, 3)
+                .reshape(batch, padded_h, padded_w, channels)
+            )
+            x = x[:, :height, :width].reshape(batch, num_tokens, channels)
+
+        x = shortcut + self.drop_path(x)
+        x = x.transpose(1, 2).reshape(batch, channels, height, width)
+        x = self.local_conv(x)
+        x = x.flatten(2).transpose(1, 2)
+        return x + self.drop_path(self.mlp(x))
+
+
+class BasicLayer(nn.Module):
+    """One attention stage: TinyViT blocks on [B, H*W, dim], then an optional PatchMerging."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: Tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: Sequence[float] = (),
+        downsample: Optional[Type[PatchMerging]] = None,
+        use_checkpoint: bool = False,
+        local_conv_size: int = 3,
+        activation: Type[nn.Module] = nn.GELU,
+        out_dim: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
+        drop_paths = _per_block(drop_path, depth)
+        self.blocks = nn.ModuleList(
+            [
+                TinyViTBlock(
+                    dim=dim,
+                    input_resolution=input_resolution,
+                    num_heads=num_heads,
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    drop=drop,
+                    drop_path=drop_paths[i],
+                    local_conv_size=local_conv_size,
+                    activation=activation,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.downsample = (
+            downsample(input_resolution, dim=dim, out_dim=out_dim, activation=activation)
+            if downsample is not None
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = _run_block(block, x, self.use_checkpoint)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+class TinyViT(nn.Module):
+    """MobileSAM's image encoder: [B, in_chans, img_size, img_size] -> [B, 256, img_size/16, img_size/16].
+
+    Arguments keep MobileSAM's names, including the training-only ones (``drop_rate``, ``drop_path_rate``,
+    ``use_checkpoint``, ``layer_lr_decay``) and the unused classification head (``num_classes``).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dims: List[int] = [96, 192, 384, 768],
+        depths: List[int] = [2, 2, 6, 2],
+        num_heads: List[int] = [3, 6, 12, 24],
+        window_sizes: List[int] = [7, 7, 14, 7],
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        use_checkpoint: bool = False,
+        mbconv_expand_ratio: float = 4.0,
+        local_conv_size: int = 3,
+        layer_lr_decay: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not (len(embed_dims) == len(depths) == len(num_heads) == len(window_sizes)):
+            raise ValueError("embed_dims, depths, num_heads and window_sizes must have the same length")
+        self.img_size = img_size
+        self.num_classes = num_classes
+        self.depths = depths
+        self.num_layers = len(depths)
+        self.mlp_ratio = mlp_ratio
+        self.layer_lr_decay = layer_lr_decay
+
+        activation = nn.GELU
+        self.patch_embed = PatchEmbed(
+            in_chans=in_chans, embed_dim=embed_dims[0], resolution=img_size, activation=activation
+        )
+        self.patches_resolution = self.patch_embed.patches_resolution
+
+        drop_path_rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.layers = nn.ModuleList()
+        resolution = self.patches_resolution
+        for i_layer in range(self.num_layers):
+            is_last = i_layer == self.num_layers - 1
+            common = dict(
+                dim=embed_dims[i_layer],
+                input_resolution=resolution,
+                depth=depths[i_layer],
+                drop_path=drop_path_rates[sum(depths[:i_layer]) : sum(depths[: i_layer + 1])],
+                downsample=None if is_last else PatchMerging,
+                use_checkpoint=use_checkpoint,
+                out_dim=embed_dims[min(i_layer + 1, self.num_layers - 1)],
+                activation=activation,
+            )
+            if i_layer == 0:
+                layer: nn.Module = ConvLayer(conv_expand_ratio=mbconv_expand_ratio, **common)
+            else:
+                layer = BasicLayer(
+                    num_heads=num_heads[i_layer],
+                    window_size=window_sizes[i_layer],
+                    mlp_ratio=mlp_ratio,
+                    drop=drop_rate,
+                    local_conv_size=local_conv_size,
+                    **common,
+                )
+            self.layers.append(layer)
+            if layer.downsample is not None:
+                resolution = layer.downsample.output_resolution
+        self.output_resolution = resolution
+
+        self.norm_head = nn.LayerNorm(embed_dims[-1])
+        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+        self.set_layer_lr_decay(layer_lr_decay)
+
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dims[-1], 256, kernel_size=1, bias=False),
+            LayerNorm2d(256),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(256),
+        )
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.constant_(module.bias, 0.0)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.constant_(module.weight, 1.0)
+            nn.init.constant_(module.bias, 0.0)
+
+    def set_layer_lr_decay(self, layer_lr_decay: float) -> None:
+        """Tags every parameter with ``lr_scale`` (deeper blocks learn faster); used only by training code."""
+        depth = sum(self.depths)
+        scales = [layer_lr_decay ** (depth - i - 1) for i in range(depth)]
+        for param in self.patch_embed.parameters():
+            param.lr_scale = scales[0]
+        block_index = 0
+        for layer in self.layers:
+            for block in layer.blocks:
+                for param in block.parameters():
+                    param.lr_scale = scales[block_index]
+                block_index += 1
+            if layer.downsample is not None:
+                for param in layer.downsample.parameters():
+                    param.lr_scale = scales[block_index - 1]
+        for param in list(self.norm_head.parameters()) + list(self.head.parameters()):
+            param.lr_scale = scales[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.patch_embed.in_chans:
+            raise ValueError(
+                f"expected an image batch [B, {self.patch_embed.in_chans}, {self.img_size}, {self.img_size}],"
+                f" got shape {list(x.shape)}"
+            )
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"expected images padded to {self.img_size}x{self.img_size}, got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        height, width = self.output_resolution
+        x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        return self.neck(x)
+
+
+def _per_block(drop_path: "float | Sequence[float]", depth: int) -> List[float]:
+    if isinstance(drop_path, (int, float)):
+        return [float(drop_path)] * depth
+    drop_paths = list(drop_path)
+    return drop_paths if drop_paths else [0.0] * depth
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)
