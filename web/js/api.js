@@ -1,0 +1,123 @@
+// The backend's HTTP API (docs/ARCHITECTURE.md). Every failure becomes an ApiError with plain words.
+
+export class ApiError extends Error {
+  constructor(message, { status = 0, code = "network" } = {}) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function errorFrom(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: fall through to the status text
+  }
+  const message = body?.message || `The server answered ${response.status} ${response.statusText}.`;
+  return new ApiError(message, { status: response.status, code: body?.error || "http" });
+}
+
+async function getJson(url) {
+  let response;
+  try {
+    response = await fetch(url, { headers: { Accept: "application/json" } });
+  } catch {
+    throw new ApiError("The server cannot be reached. Is it running?");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}
+
+/** GET /api/model: model type, weights and the decoder files. */
+export const fetchModelInfo = () => getJson("api/model");
+
+/** GET /api/gallery: [{name, url, width, height, license, source}]. */
+export const fetchGallery = () => getJson("api/gallery");
+
+/**
+ * POST /api/images with upload progress (fetch cannot report upload progress, XMLHttpRequest can).
+ * @param {Blob} blob the image to encode
+ * @param {string} filename
+ * @param {(loaded: number, total: number) => void} onUploadProgress
+ * @param {() => void} onUploaded called once the bytes are sent and the server is encoding
+ */
+export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploaded = () => {}) {
+  return new Promise((resolve, reject) => {
+    const form = new FormData();
+    form.append("image", blob, filename);
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "api/images");
+    xhr.responseType = "json";
+    xhr.upload.onprogress = (event) => onUploadProgress(event.loaded, event.lengthComputable ? event.total : blob.size);
+    xhr.upload.onload = () => onUploaded();
+    xhr.onerror = () => reject(new ApiError("The upload failed: the server cannot be reached."));
+    xhr.ontimeout = () => reject(new ApiError("The server took too long to encode the image."));
+    xhr.onload = () => {
+      const body = xhr.response;
+      if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body);
+      else {
+        const message = body?.message || `The upload failed (HTTP ${xhr.status}).`;
+        reject(new ApiError(message, { status: xhr.status, code: body?.error || "http" }));
+      }
+    };
+    xhr.send(form);
+  });
+}
+
+/**
+ * Downloads an embedding, reporting bytes as they arrive (total from Content-Length).
+ * @returns {Promise<{buffer: ArrayBuffer, bytes: number, ms: number}>}
+ */
+export async function fetchEmbedding(url, onProgress = () => {}) {
+  const started = performance.now();
+  let response;
+  try {
+    response = await fetch(url);
+  } catch {
+    throw new ApiError("The embedding download failed: the server cannot be reached.");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  const total = Number(response.headers.get("Content-Length")) || 0;
+  const reader = response.body.getReader();
+  const buffer = new Uint8Array(total || 0);
+  const extra = [];
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (total && loaded + value.byteLength <= total) buffer.set(value, loaded);
+    else extra.push(value);
+    loaded += value.byteLength;
+    onProgress(loaded, total);
+  }
+  let bytes = buffer;
+  if (extra.length || loaded !== total) {
+    // Content-Length was missing or wrong (e.g. a compressing proxy): join what actually arrived.
+    bytes = new Uint8Array(loaded);
+    let offset = 0;
+    for (const chunk of [buffer.subarray(0, Math.min(total, loaded)), ...extra]) {
+      bytes.set(chunk, offset);
+      offset += chunk.byteLength;
+    }
+  }
+  return { buffer: bytes.buffer, bytes: loaded, ms: performance.now() - started };
+}
+
+/** POST /api/images/<id>/everything: 202 {job_id, status_url}. */
+export async function startEverything(imageId) {
+  let response;
+  try {
+    response = await fetch(`api/images/${encodeURIComponent(imageId)}/everything`, { method: "POST" });
+  } catch {
+    throw new ApiError("The server cannot be reached.");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}
+
+/** GET status_url: {status, progress, result?}. */
+export async function fetchJobStatus(statusUrl) {
+  return getJson(statusUrl);
+}

@@ -1,0 +1,110 @@
+// Page-side handle on the decoder worker. Committed prompts (clicks, boxes, undo) run in order; hover
+// previews run at most one at a time, the newest pointer position wins, and a hover result is dropped when
+// a committed prompt was issued after it (so a click's mask always lands before the next hover).
+
+export class DecoderClient {
+  /** @param {(event: {stage: string, loaded: number, total: number}) => void} onProgress */
+  constructor(onProgress = () => {}) {
+    this.worker = new Worker(new URL("./decoder-worker.js", import.meta.url), { type: "module" });
+    this.worker.onmessage = (event) => this.#receive(event.data);
+    this.worker.onerror = (event) => this.#failAll(event.message || "The decoder worker stopped.");
+    this.onProgress = onProgress;
+    this.nextId = 1;
+    this.waiting = new Map(); // id -> {resolve, reject, type}
+    this.generation = 0;
+    this.hoverInFlight = false;
+    this.pendingHover = null; // {prompt, onResult}
+    this.lastDecodeMs = null;
+  }
+
+  #request(message, transfer = []) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject, type: message.type });
+      this.worker.postMessage({ ...message, id }, transfer);
+    });
+  }
+
+  #receive(message) {
+    if (message.type === "progress") {
+      this.onProgress(message);
+      return;
+    }
+    const waiter = this.waiting.get(message.id);
+    if (!waiter) return;
+    this.waiting.delete(message.id);
+    if (message.type === "error") waiter.reject(new Error(message.message));
+    else waiter.resolve(message);
+  }
+
+  #failAll(text) {
+    for (const waiter of this.waiting.values()) waiter.reject(new Error(text));
+    this.waiting.clear();
+  }
+
+  /** Downloads and opens the decoder; resolves with {provider, threads, interface, ...}. */
+  init(modelUrl, backend = "auto") {
+    return this.#request({ type: "init", modelUrl, backend });
+  }
+
+  /** Hands the wire-format embedding to the worker (the buffer is transferred, not copied). */
+  setEmbedding(buffer, imageSize) {
+    this.generation++;
+    this.pendingHover = null;
+    return this.#request({ type: "embedding", buffer, imageSize }, [buffer]);
+  }
+
+  /**
+   * Decodes a committed prompt. prompt: {points: [{x, y, label}], box, maskInput, multimask, outSize}.
+   * Resolves with {scores, lowRes, candidates, best, masks, decodeMs, postMs}.
+   */
+  async decode(prompt) {
+    this.generation++;
+    this.pendingHover = null;
+    const result = await this.#request({ type: "decode", ...prompt, allMasks: true });
+    this.lastDecodeMs = result.decodeMs;
+    return result;
+  }
+
+  /** Asks for a hover preview; onResult(result) runs unless the preview went stale first. */
+  hover(prompt, onResult) {
+    this.pendingHover = { prompt, onResult };
+    this.#pumpHover();
+  }
+
+  /** Forgets any hover not yet sent and ignores the one in flight (e.g. the pointer left the image). */
+  cancelHover() {
+    this.pendingHover = null;
+    this.generation++;
+  }
+
+  async #pumpHover() {
+    if (this.hoverInFlight || !this.pendingHover) return;
+    const { prompt, onResult } = this.pendingHover;
+    this.pendingHover = null;
+    this.hoverInFlight = true;
+    const generation = this.generation;
+    try {
+      const result = await this.#request({ type: "decode", ...prompt, allMasks: false });
+      this.lastDecodeMs = result.decodeMs;
+      if (generation === this.generation) onResult(result);
+    } catch (error) {
+      if (generation === this.generation) onResult(null, error);
+    } finally {
+      this.hoverInFlight = false;
+      this.#pumpHover();
+    }
+  }
+
+  /** Binary mask of outSize [H, W] from one 256x256 logit map (e.g. for exports at full resolution). */
+  async upsample(lowRes, outSize) {
+    const copy = Float32Array.from(lowRes);
+    const { mask } = await this.#request({ type: "upsample", lowRes: copy, outSize }, [copy.buffer]);
+    return mask;
+  }
+
+  terminate() {
+    this.worker.terminate();
+    this.#failAll("The decoder worker was closed.");
+  }
+}

@@ -1,0 +1,149 @@
+// Geometry shared by the page and the decoder worker: the resize-longest-side frame of the model and
+// the upsampling of 256x256 low-res logits to image pixels, computed exactly like Meta's
+// Sam.postprocess_masks (F.interpolate bilinear, align_corners=False, twice).
+
+export const MODEL_SIDE = 1024;
+export const LOW_RES_SIDE = 256;
+
+/** [newH, newW] of an image of [h, w] resized so its longest side is `side` (Meta's rounding). */
+export function resizedSize(h, w, side = MODEL_SIDE) {
+  const scale = side / Math.max(h, w);
+  return [Math.floor(h * scale + 0.5), Math.floor(w * scale + 0.5)];
+}
+
+/** Point [x, y] in image pixels of an [h, w] image mapped into the model's 1024 frame. */
+export function toModelFrame([x, y], [h, w]) {
+  const [newH, newW] = resizedSize(h, w);
+  return [x * (newW / w), y * (newH / h)];
+}
+
+const tableCache = new Map();
+
+/**
+ * Source indices and weights of a 1-D bilinear resize with half-pixel centres (align_corners=False):
+ * out[i] = w0[i] * in[i0[i]] + w1[i] * in[i1[i]].
+ */
+function resizeTable(inSize, outSize) {
+  const key = `${inSize}:${outSize}`;
+  let table = tableCache.get(key);
+  if (table) return table;
+  const i0 = new Int32Array(outSize);
+  const i1 = new Int32Array(outSize);
+  const w0 = new Float32Array(outSize);
+  const w1 = new Float32Array(outSize);
+  const scale = Math.fround(inSize / outSize);
+  for (let i = 0; i < outSize; i++) {
+    const src = Math.max(Math.fround(scale * (i + 0.5) - 0.5), 0);
+    const lo = Math.min(Math.floor(src), inSize - 1);
+    const frac = src - lo;
+    i0[i] = lo;
+    i1[i] = lo < inSize - 1 ? lo + 1 : lo;
+    w1[i] = frac;
+    w0[i] = 1 - frac;
+  }
+  table = { i0, i1, w0, w1 };
+  if (tableCache.size > 32) tableCache.clear();
+  tableCache.set(key, table);
+  return table;
+}
+
+/** Resizes rows: src is rows x inW, returns rows x outCols of the resized width outW (first outCols columns). */
+function resizeRows(src, rows, inW, outW, outCols) {
+  const { i0, i1, w0, w1 } = resizeTable(inW, outW);
+  const out = new Float32Array(rows * outCols);
+  for (let r = 0; r < rows; r++) {
+    const base = r * inW;
+    const o = r * outCols;
+    for (let j = 0; j < outCols; j++) out[o + j] = w0[j] * src[base + i0[j]] + w1[j] * src[base + i1[j]];
+  }
+  return out;
+}
+
+/** Resizes columns: src is inH x cols, returns outRows x cols of the resized height outH (first outRows rows). */
+function resizeColumns(src, inH, cols, outH, outRows) {
+  const { i0, i1, w0, w1 } = resizeTable(inH, outH);
+  const out = new Float32Array(outRows * cols);
+  for (let i = 0; i < outRows; i++) {
+    const a = i0[i] * cols;
+    const b = i1[i] * cols;
+    const wa = w0[i];
+    const wb = w1[i];
+    const o = i * cols;
+    for (let j = 0; j < cols; j++) out[o + j] = wa * src[a + j] + wb * src[b + j];
+  }
+  return out;
+}
+
+/**
+ * Upsamples one low-res logit map to an image.
+ * @param {Float32Array} lowRes 256*256 logits (row-major)
+ * @param {number[]} inputSize [h, w] of the image inside the 1024 frame (resizedSize of the encoded image)
+ * @param {number[]} outSize [H, W] of the wanted mask
+ * @returns {Float32Array} H*W logits, row-major
+ */
+export function upsampleLogits(lowRes, inputSize, outSize) {
+  const [h, w] = inputSize;
+  const [H, W] = outSize;
+  // Stage 1: 256 -> 1024 x 1024, keeping only the top-left h x w (the unpadded image).
+  const wide = resizeRows(lowRes, LOW_RES_SIDE, LOW_RES_SIDE, MODEL_SIDE, w);
+  const cropped = resizeColumns(wide, LOW_RES_SIDE, w, MODEL_SIDE, h);
+  // Stage 2: h x w -> H x W.
+  const rows = resizeRows(cropped, h, w, W, W);
+  return resizeColumns(rows, h, W, H, H);
+}
+
+/** 1 where logits > threshold, else 0. */
+export function threshold(logits, level = 0) {
+  const mask = new Uint8Array(logits.length);
+  for (let i = 0; i < logits.length; i++) mask[i] = logits[i] > level ? 1 : 0;
+  return mask;
+}
+
+/** Binary mask of an image from low-res logits (the lowres decoder interface). */
+export function maskFromLowRes(lowRes, inputSize, outSize) {
+  return threshold(upsampleLogits(lowRes, inputSize, outSize));
+}
+
+/** Nearest-neighbour resize of a binary mask (for masks that have no logits, e.g. everything mode). */
+export function resizeMaskNearest(mask, [h, w], [H, W]) {
+  if (h === H && w === W) return mask;
+  const out = new Uint8Array(H * W);
+  const xs = new Int32Array(W);
+  for (let x = 0; x < W; x++) xs[x] = Math.min(w - 1, Math.floor((x + 0.5) * (w / W)));
+  for (let y = 0; y < H; y++) {
+    const sy = Math.min(h - 1, Math.floor((y + 0.5) * (h / H))) * w;
+    const o = y * W;
+    for (let x = 0; x < W; x++) out[o + x] = mask[sy + xs[x]];
+  }
+  return out;
+}
+
+/** Area and XYWH bounding box of a binary mask; bbox is null for an empty mask. */
+export function maskStats(mask, [H, W]) {
+  let area = 0;
+  let x0 = W, y0 = H, x1 = -1, y1 = -1;
+  for (let y = 0; y < H; y++) {
+    const o = y * W;
+    for (let x = 0; x < W; x++) {
+      if (!mask[o + x]) continue;
+      area++;
+      if (x < x0) x0 = x;
+      if (x > x1) x1 = x;
+      if (y < y0) y0 = y;
+      if (y > y1) y1 = y;
+    }
+  }
+  return { area, bbox: area ? [x0, y0, x1 - x0 + 1, y1 - y0 + 1] : null };
+}
+
+/** Fraction of pixels where two equal-size masks agree, and their IoU. */
+export function compareMasks(a, b) {
+  let same = 0, inter = 0, union = 0;
+  for (let i = 0; i < a.length; i++) {
+    const p = a[i] ? 1 : 0, q = b[i] ? 1 : 0;
+    if (p === q) same++;
+    inter += p & q;
+    union += p | q;
+  }
+  return { agreement: same / a.length, iou: union ? inter / union : 1 };
+}
