@@ -1,0 +1,286 @@
+"""Model builders and the registry: `sam_model_registry[model_type](checkpoint=None)`."""
+
+import os
+import zipfile
+from functools import partial
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .transformer import TwoWayTransformer
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not a SAM state_dict, or of another model type."""
+
+
+class UnknownModelTypeError(CheckpointError, KeyError):
+    """A model type that the registry does not know (also a KeyError, as a dict lookup would raise)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+VIT_CONFIGS: Dict[str, Dict[str, Any]] = {
+    "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
+    "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
+    "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
+}
+
+
+def build_sam(
+    checkpoint: Optional[PathLike] = None,
+    *,
+    encoder_embed_dim: int = 1280,
+    encoder_depth: int = 32,
+    encoder_num_heads: int = 16,
+    encoder_global_attn_indexes: Sequence[int] = (7, 15, 23, 31),
+    prompt_embed_dim: int = 256,
+    image_size: int = 1024,
+    patch_size: int = 16,
+    window_size: int = 14,
+    use_rel_pos: bool = True,
+    mlp_ratio: float = 4.0,
+) -> Sam:
+    """A SAM with a ViT image encoder; the defaults are ViT-H. Loads `checkpoint` (strict) when given."""
+    state_dict = None
+    if checkpoint is not None:
+        state_dict = load_state_dict_file(checkpoint)
+        found = describe_state_dict(state_dict)
+        expected = _describe_vit(encoder_embed_dim, encoder_depth)
+        if found != expected:
+            raise CheckpointError(f"checkpoint {os.fspath(checkpoint)} holds {found}, but the model to build is {expected}")
+
+    image_embedding_size = image_size // patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=encoder_depth,
+            embed_dim=encoder_embed_dim,
+            img_size=image_size,
+            mlp_ratio=mlp_ratio,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_heads=encoder_num_heads,
+            patch_size=patch_size,
+            qkv_bias=True,
+            use_rel_pos=use_rel_pos,
+            global_attn_indexes=tuple(encoder_global_attn_indexes),
+            window_size=window_size,
+            out_chans=prompt_embed_dim,
+        ),
+        prompt_encoder=_prompt_encoder(prompt_embed_dim, image_size, image_embedding_size),
+        mask_decoder=_mask_decoder(prompt_embed_dim),
+    )
+    return _finish(sam, state_dict, checkpoint)
+
+
+def build_sam_vit_h(checkpoint: Optional[PathLike] = None) -> Sam:
+    return build_sam(checkpoint, **VIT_CONFIGS["vit_h"])
+
+
+def build_sam_vit_l(checkpoint: Optional[PathLike] = None) -> Sam:
+    return build_sam(checkpoint, **VIT_CONFIGS["vit_l"])
+
+
+def build_sam_vit_b(checkpoint: Optional[PathLike] = None) -> Sam:
+    return build_sam(checkpoint, **VIT_CONFIGS["vit_b"])
+
+
+def build_sam_vit_t(checkpoint: Optional[PathLike] = None) -> Sam:
+    """MobileSAM: the TinyViT image encoder with SAM's prompt encoder and mask decoder."""
+    state_dict = None
+    if checkpoint is not None:
+        state_dict = load_state_dict_file(checkpoint)
+        found = describe_state_dict(state_dict)
+        if found != VIT_T_DESCRIPTION:
+            raise CheckpointError(
+                f"checkpoint {os.fspath(checkpoint)} holds {found}, but the model to build is {VIT_T_DESCRIPTION}"
+            )
+
+    prompt_embed_dim, image_size = 256, 1024
+    sam = Sam(
+        image_encoder=_mobile_sam_encoder(image_size),
+        prompt_encoder=_prompt_encoder(prompt_embed_dim, image_size, image_size // 16),
+        mask_decoder=_mask_decoder(prompt_embed_dim),
+    )
+    return _finish(sam, state_dict, checkpoint)
+
+
+class _Registry(dict):
+    def __missing__(self, model_type: Any) -> Callable[..., Sam]:
+        raise UnknownModelTypeError(
+            f"unknown SAM model type {model_type!r}: expected one of {', '.join(sorted(self))}"
+        )
+
+
+sam_model_registry: Dict[str, Callable[..., Sam]] = _Registry(
+    default=build_sam_vit_h,
+    vit_h=build_sam_vit_h,
+    vit_l=build_sam_vit_l,
+    vit_b=build_sam_vit_b,
+    vit_t=build_sam_vit_t,
+)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _prompt_encoder(prompt_embed_dim: int, image_size: int, image_embedding_size: int) -> PromptEncoder:
+    return PromptEncoder(
+        embed_dim=prompt_embed_dim,
+        image_embedding_size=(image_embedding_size, image_embedding_size),
+        input_image_size=(image_size, image_size),
+        mask_in_chans=16,
+    )
+
+
+def _mask_decoder(prompt_embed_dim: int) -> MaskDecoder:
+    return MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_embed_dim, mlp_dim=2048, num_heads=8),
+        transformer_dim=prompt_embed_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+
+
+def _mobile_sam_encoder(image_size: int) -> nn.Module:
+    from .tiny_vit import TinyViT
+
+    class MobileSamImageEncoder(TinyViT):
+        """TinyViT honouring the same `autocast_dtype` knob as ImageEncoderViT (state_dict keys unchanged)."""
+
+        autocast_dtype: Optional[torch.dtype] = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.autocast_dtype is None:
+                return super().forward(x)
+            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+                return super().forward(x).float()
+
+    encoder = MobileSamImageEncoder(
+        img_size=image_size,
+        in_chans=3,
+        num_classes=1000,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+    encoder.img_size = image_size
+    return encoder
+
+
+def _finish(sam: Sam, state_dict: Optional[Mapping[str, torch.Tensor]], checkpoint: Optional[PathLike]) -> Sam:
+    sam.eval()
+    if state_dict is not None:
+        try:
+            sam.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(_mismatch_message(sam, state_dict, os.fspath(checkpoint))) from exc
+    return sam
+
+
+def _mismatch_message(sam: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str) -> str:
+    expected = {k: tuple(v.shape) for k, v in sam.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected if k in found and found[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        parts.append(f"{len(wrong)} keys with other shapes (e.g. {'; '.join(wrong[:3])})")
+    return f"checkpoint {path} does not fit the model: " + ", ".join(parts or ["incompatible tensors"])
+
+
+def load_state_dict_file(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Reads a state_dict saved with torch.save (tensors on CPU); CheckpointError when it cannot be used."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: expected a PyTorch state_dict saved with torch.save, "
+            f"found {_describe_file(path)} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+
+    # Training checkpoints sometimes nest the weights.
+    if isinstance(state, Mapping) and not any(torch.is_tensor(v) for v in state.values()):
+        for key in ("model", "state_dict"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(
+            f"checkpoint {path} is not a SAM state_dict: expected a mapping of parameter names to tensors, "
+            f"found {_describe_object(state)}"
+        )
+    return dict(state)
+
+
+VIT_T_DESCRIPTION = "vit_t (MobileSAM, TinyViT encoder)"
+
+
+def _describe_vit(embed_dim: int, depth: int) -> str:
+    for model_type, config in VIT_CONFIGS.items():
+        if config["encoder_embed_dim"] == embed_dim and config["encoder_depth"] == depth:
+            return f"{model_type} (ViT encoder, embed dim {embed_dim}, {depth} blocks)"
+    return f"a custom ViT SAM (embed dim {embed_dim}, {depth} blocks)"
+
+
+def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Which SAM a state_dict belongs to, in words (e.g. "vit_l (ViT encoder, embed dim 1024, 24 blocks)")."""
+    keys = list(state_dict)
+    if any(k.startswith("image_encoder.layers.") for k in keys):
+        return VIT_T_DESCRIPTION
+    pos_embed = state_dict.get("image_encoder.pos_embed")
+    if pos_embed is not None and any(k.startswith("mask_decoder.") for k in keys):
+        blocks = {k.split(".")[2] for k in keys if k.startswith("image_encoder.blocks.")}
+        return _describe_vit(int(pos_embed.shape[-1]), len(blocks))
+    return f"a state_dict that is not a SAM model ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
+
+
+def _describe_file(path: str) -> str:
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if size == 0:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError):
+            return f"a truncated or damaged zip archive of {size:,} bytes"
+        return f"a zip archive of {size:,} bytes that torch cannot load"
+    if head.startswith(b"\x80"):
+        return f"a legacy pickle of {size:,} bytes that is truncated or damaged"
+    return f"a {size:,}-byte file starting with {head!r}, not a PyTorch checkpoint"
+
+
+def _describe_object(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        kinds = sorted({type(v).__name__ for v in obj.values()})
+        return f"a mapping with {len(obj)} entries of types {', '.join(kinds) or 'none'}"
+    return f"a {type(obj).__name__}"

@@ -1,0 +1,290 @@
+"""The ViT image encoder of SAM (ViT-B/L/H): [B, 3, 1024, 1024] -> [B, 256, 64, 64]."""
+
+from typing import Optional, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import LayerNorm2d, MLPBlock
+
+ATTENTION_IMPLS = ("math", "sdpa")
+
+
+class ImageEncoderViT(nn.Module):
+    """Plain ViT backbone with windowed and global attention blocks and a neck to `out_chans` channels.
+
+    Two inference knobs that do not change the weights:
+    - `attn_impl`: "sdpa" (torch scaled_dot_product_attention with the relative-position bias as an additive
+      mask) or "math" (explicit softmax(q k^T) v, the reference formulation).
+    - `autocast_dtype`: None (exact float32) or torch.bfloat16 / torch.float16 to run the forward pass under
+      torch.autocast; the output is always returned as float32.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        norm_layer: Type[nn.Module] = nn.LayerNorm,
+        act_layer: Type[nn.Module] = nn.GELU,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        global_attn_indexes: Tuple[int, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.autocast_dtype: Optional[torch.dtype] = None
+
+        self.patch_embed = PatchEmbed(
+            kernel_size=(patch_size, patch_size),
+            stride=(patch_size, patch_size),
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+        )
+        grid = img_size // patch_size
+
+        self.pos_embed: Optional[nn.Parameter] = None
+        if use_abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+
+        self.blocks = nn.ModuleList()
+        for i in range(depth):
+            is_global = i in global_attn_indexes
+            self.blocks.append(
+                Block(
+                    dim=embed_dim,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    norm_layer=norm_layer,
+                    act_layer=act_layer,
+                    use_rel_pos=use_rel_pos,
+                    window_size=0 if is_global else window_size,
+                    input_size=(grid, grid) if is_global else (window_size, window_size),
+                )
+            )
+
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    @property
+    def attn_impl(self) -> str:
+        return self.blocks[0].attn.attn_impl if len(self.blocks) else "sdpa"
+
+    @attn_impl.setter
+    def attn_impl(self, impl: str) -> None:
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        for blk in self.blocks:
+            blk.attn.attn_impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, 3, img_size, img_size] normalised and padded -> [B, out_chans, img_size/16, img_size/16]."""
+        if self.autocast_dtype is None:
+            return self._forward(x)
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+            return self._forward(x).float()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))
+
+
+class Block(nn.Module):
+    """Transformer block on a [B, H, W, C] grid, attending inside windows or over the whole grid."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_layer: Type[nn.Module] = nn.LayerNorm,
+        act_layer: Type[nn.Module] = nn.GELU,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        input_size: Optional[Tuple[int, int]] = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            input_size=input_size,
+        )
+        self.norm2 = norm_layer(dim)
+        self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio), act=act_layer)
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            height, width = x.shape[1], x.shape[2]
+            x, padded_hw = window_partition(x, self.window_size)
+        x = self.attn(x)
+        if self.window_size > 0:
+            x = window_unpartition(x, self.window_size, padded_hw, (height, width))
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on a [B, H, W, C] grid with optional decomposed relative positions."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        input_size: Optional[Tuple[int, int]] = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.attn_impl = "sdpa"
+
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+        self.use_rel_pos = use_rel_pos
+        if self.use_rel_pos:
+            if input_size is None:
+                raise ValueError("input_size is required when use_rel_pos is True")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        tokens = height * width
+        # [3, B * heads, H * W, head_dim]
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, batch * self.num_heads, tokens, -1).unbind(0)
+
+        bias = None
+        if self.use_rel_pos:
+            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
+
+        if self.attn_impl == "sdpa":
+            if bias is not None:
+                bias = bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias
+            out = attn.softmax(dim=-1) @ v
+
+        out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
+        return self.proj(out)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """[B, H, W, C] -> ([B * num_windows, window, window, C], padded (Hp, Wp)); pads bottom/right with zeros."""
+    batch, height, width, channels = x.shape
+    pad_h = (window_size - height % window_size) % window_size
+    pad_w = (window_size - width % window_size) % window_size
+    if pad_h > 0 or pad_w > 0:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    padded_h, padded_w = height + pad_h, width + pad_w
+
+    x = x.view(batch, padded_h // window_size, window_size, padded_w // window_size, window_size, channels)
+    windows = x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window_size, window_size, channels)
+    return windows, (padded_h, padded_w)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, padded_hw: Tuple[int, int], hw: Tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of window_partition: [B * num_windows, window, window, C] -> [B, H, W, C] with padding removed."""
+    padded_h, padded_w = padded_hw
+    height, width = hw
+    batch = windows.shape[0] // (padded_h * padded_w // window_size // window_size)
+    x = windows.view(batch, padded_h // window_size, padded_w // window_size, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).contiguous().view(batch, padded_h, padded_w, -1)
+    if padded_h > height or padded_w > width:
+        x = x[:, :height, :width, :].contiguous()
+    return x
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative position embeddings for every (query, key) pair along one axis: [q_size, k_size, C].
+
+    rel_pos: [L, C]; linearly resized to 2 * max(q_size, k_size) - 1 rows when L differs.
+    """
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    if rel_pos.shape[0] != max_rel_dist:
+        resized = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),
+            size=max_rel_dist,
+            mode="linear",
+        )
+        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)
+
+    # Scale coordinates so queries and keys of different lengths share one axis.
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: Tuple[int, int],
+    k_size: Tuple[int, int],
+) -> torch.Tensor:
+    """Additive attention bias of decomposed relative positions (MViTv2).
+
+    q: [B, q_h * q_w, C] unscaled queries -> bias [B, q_h * q_w, k_h * k_w].
+    """
+    q_h, q_w = q_size
+    k_h, k_w = k_size
+    rel_h_table = get_rel_pos(q_h, k_h, rel_pos_h)
+    rel_w_table = get_rel_pos(q_w, k_w, rel_pos_w)
+
+    batch, _, dim = q.shape
+    grid_q = q.reshape(batch, q_h, q_w, dim)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", grid_q, rel_h_table.to(q.dtype))
+    rel_w = torch.einsum("bhwc,wkc->bhwk", grid_q, rel_w_table.to(q.dtype))
+    bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+    return bias.reshape(batch, q_h * q_w, k_h * k_w)
+
+
+class PatchEmbed(nn.Module):
+    """Patchify with a strided convolution: [B, C, H, W] -> [B, H / stride, W / stride, embed_dim]."""
+
+    def __init__(
+        self,
+        kernel_size: Tuple[int, int] = (16, 16),
+        stride: Tuple[int, int] = (16, 16),
+        padding: Tuple[int, int] = (0, 0),
+        in_chans: int = 3,
+        embed_dim: int = 768,
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)

@@ -1,0 +1,156 @@
+"""Parity of backend.sam with Meta's reference implementation on seeded random weights.
+
+Reference arrays and tolerances: ../shared/reference/README.md.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.sam import SamPredictor, build_sam, sam_model_registry
+from backend.sam.transforms import ResizeLongestSide
+
+EMBEDDING_ATOL = 1e-3
+LOGITS_ATOL = 1e-3
+MASK_AGREEMENT = 0.995
+
+CASES = {
+    "reduced_vit_seed0_dog": lambda meta, path: build_sam(path, **meta["config"]),
+    "vit_t_seed0_truck": lambda meta, path: sam_model_registry[meta["model_type"]](checkpoint=path),
+}
+
+
+class ReferenceCase:
+    """A model with the reference checkpoint, its predictor with the image set, and the reference arrays."""
+
+    def __init__(self, reference_dir, name):
+        self.meta = json.loads((reference_dir / f"{name}.json").read_text())
+        self.arrays = np.load(reference_dir / self.meta["arrays"])
+        self.model = CASES[name](self.meta, reference_dir / self.meta["checkpoint"])
+        self.model.set_precision("fp32")
+        self.image = np.array(Image.open(reference_dir / self.meta["image"]).convert("RGB"))
+        self.predictor = SamPredictor(self.model)
+        self.predictor.set_image(self.image)
+        self.outputs = {}
+
+    def prompt_args(self, index):
+        prompt = self.meta["prompts"][index]
+        mask_input = None
+        if "mask_from" in prompt:
+            source = prompt["mask_from"]
+            _, scores, low_res = self.predict(source)
+            mask_input = low_res[np.argmax(scores)][None]
+        return dict(
+            point_coords=np.array(prompt["points"]) if "points" in prompt else None,
+            point_labels=np.array(prompt["labels"]) if "labels" in prompt else None,
+            box=np.array(prompt["box"]) if "box" in prompt else None,
+            mask_input=mask_input,
+            multimask_output=prompt["multimask"],
+        )
+
+    def predict(self, index):
+        if index not in self.outputs:
+            self.outputs[index] = self.predictor.predict(**self.prompt_args(index))
+        return self.outputs[index]
+
+    def reference_masks(self, index):
+        shape = self.meta["prompts"][index]["mask_shape"]
+        bits = np.unpackbits(self.arrays[f"p{index}_mask_bits"], axis=-1)
+        return bits[..., : shape[-1]].astype(bool)
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, reference_dir):
+    return ReferenceCase(reference_dir, request.param)
+
+
+    meta = json.loads((REFERENCE_DIR / f"{name}.json").read_text())
+    return range(len(meta["prompts"]))
+
+
+def test_embedding_matches_reference(case):
+    embedding = case.predictor.get_image_embedding().cpu().numpy()
+    assert embedding.shape == (1, 256, 64, 64)
+    assert np.abs(embedding - case.arrays["embedding"]).max() <= EMBEDDING_ATOL
+
+
+def test_every_prompt_matches_reference(case):
+    """Points, box, points + box, mask input; single and multi-mask: IoU, low-res logits and full masks."""
+    height, width = case.meta["image_hw"]
+    for index, prompt in enumerate(case.meta["prompts"]):
+        masks, scores, low_res = case.predict(index)
+        expected_k = 3 if prompt["multimask"] else 1
+        assert masks.shape == (expected_k, height, width) and masks.dtype == bool, index
+        assert scores.shape == (expected_k,), index
+        assert low_res.shape == (expected_k, 256, 256), index
+
+        assert np.abs(scores - case.arrays[f"p{index}_iou"]).max() <= LOGITS_ATOL, index
+        assert np.abs(low_res - case.arrays[f"p{index}_low_res"]).max() <= LOGITS_ATOL, index
+        reference = case.reference_masks(index)
+        agreement = (masks == reference).mean(axis=(1, 2))
+        assert agreement.min() >= MASK_AGREEMENT, (index, agreement)
+        # Guards against a vacuous pass: the reference masks are neither empty nor full.
+        assert 0.0 < reference.mean() < 1.0, index
+
+
+def test_prompts_cover_every_kind(case):
+    kinds = set()
+    for prompt in case.meta["prompts"]:
+        kinds.add(("points" in prompt, "box" in prompt, "mask_from" in prompt, prompt["multimask"]))
+    assert (True, False, False, True) in kinds  # points, multi-mask
+    assert any(mask for _, _, mask, _ in kinds)  # a mask prompt
+
+
+def test_logits_threshold_to_masks(case):
+    """return_logits gives the pre-threshold full-resolution logits of the same masks."""
+    args = case.prompt_args(0)
+    logits, _, _ = case.predictor.predict(**args, return_logits=True)
+    masks, _, _ = case.predict(0)
+    assert logits.dtype == np.float32
+    np.testing.assert_array_equal(logits > case.model.mask_threshold, masks)
+
+
+def test_batched_prompts_equal_single_prompts(case):
+    """predict_torch with a batch of B prompts gives each prompt's single result."""
+    predictor = case.predictor
+    transform = ResizeLongestSide(1024)
+    height, width = case.meta["image_hw"]
+    points = np.array([[[width * 0.5, height * 0.5]], [[width * 0.25, height * 0.75]]])
+    coords = torch.as_tensor(transform.apply_coords(points, (height, width)), dtype=torch.float)
+    labels = torch.ones((2, 1), dtype=torch.int)
+    masks, scores, low_res = predictor.predict_torch(coords, labels, multimask_output=True)
+    assert masks.shape == (2, 3, height, width)
+    for b in range(2):
+        single_masks, single_scores, single_low_res = predictor.predict(points[b], np.array([1]))
+        np.testing.assert_allclose(scores[b].numpy(), single_scores, atol=1e-5)
+        np.testing.assert_allclose(low_res[b].numpy(), single_low_res, atol=1e-4)
+        assert (masks[b].numpy() == single_masks).mean() > 0.9999
+
+
+def test_set_embedding_skips_encoder_and_matches(case, monkeypatch):
+    embedding = case.predictor.get_image_embedding().cpu().numpy()
+    height, width = case.meta["image_hw"]
+    predictor = SamPredictor(case.model)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the image encoder must not run after set_embedding")
+
+    monkeypatch.setattr(case.model.image_encoder, "forward", fail)
+    predictor.set_embedding(embedding, (height, width))
+    assert predictor.input_size == case.predictor.input_size
+    masks, scores, low_res = predictor.predict(**case.prompt_args(0))
+    expected_masks, expected_scores, expected_low_res = case.predict(0)
+    np.testing.assert_array_equal(masks, expected_masks)
+    np.testing.assert_array_equal(scores, expected_scores)
+    np.testing.assert_array_equal(low_res, expected_low_res)
+
+
+def test_preprocess_shape_rounds_half_up():
+    assert ResizeLongestSide.get_preprocess_shape(534, 800, 1024) == (684, 1024)
+    assert ResizeLongestSide.get_preprocess_shape(1200, 1800, 1024) == (683, 1024)
+    assert ResizeLongestSide.get_preprocess_shape(2048, 1, 1024) == (1024, 1)
+    coords = ResizeLongestSide(1024).apply_coords(np.array([[800.0, 534.0]]), (534, 800))
+    np.testing.assert_allclose(coords, [[1024.0, 684.0]])
