@@ -1,0 +1,359 @@
+"""Automatic mask generation ("everything" mode): segment a whole image from a grid of point prompts."""
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .amg import (
+    MaskData,
+    area_from_rle,
+    batch_iterator,
+    batched_mask_to_box,
+    batched_nms,
+    box_area,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    coco_encode_rle,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    mask_to_rle_pytorch,
+    remove_small_regions,
+    rle_to_mask,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
+)
+from .predictor import SamPredictor
+from .sam import Sam
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+# Masks upsampled to full resolution at once; bounds memory (each is 1024x1024 float32 mid-way).
+_UPSAMPLE_CHUNK = 16
+
+
+class SamAutomaticMaskGenerator:
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: Optional[int] = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: Optional[List[np.ndarray]] = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+    ) -> None:
+        """Prompts SAM with a grid of points and keeps the good, stable, non-duplicate masks.
+
+        Arguments mean what they mean in segment-anything's SamAutomaticMaskGenerator: points_per_side
+        (or explicit point_grids, one [N, 2] array per crop layer, normalised to [0, 1]) sets the prompts;
+        pred_iou_thresh and stability_score_thresh (stability = IoU of the mask thresholded at
+        +/- stability_score_offset) filter masks; box_nms_thresh removes duplicates within a crop and
+        crop_nms_thresh across crops; crop_n_layers > 0 also runs on 2^i x 2^i overlapping crops;
+        min_mask_region_area > 0 fills small holes and drops small islands; output_mode chooses the
+        segmentation format: "binary_mask" (HxW bool array), "uncompressed_rle" or "coco_rle".
+        """
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("exactly one of points_per_side or point_grids must be given")
+        if points_per_side is not None and int(points_per_side) < 1:
+            raise ValueError(f"points_per_side must be at least 1, got {points_per_side}")
+        if int(points_per_batch) < 1:
+            raise ValueError(f"points_per_batch must be at least 1, got {points_per_batch}")
+        if int(crop_n_layers) < 0:
+            raise ValueError(f"crop_n_layers must be 0 or more, got {crop_n_layers}")
+        if int(crop_n_points_downscale_factor) < 1:
+            raise ValueError(f"crop_n_points_downscale_factor must be at least 1, got {crop_n_points_downscale_factor}")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if min_mask_region_area < 0:
+            raise ValueError(f"min_mask_region_area must be 0 or more, got {min_mask_region_area}")
+
+        if points_per_side is not None:
+            self.point_grids = build_all_layer_point_grids(
+                int(points_per_side), int(crop_n_layers), int(crop_n_points_downscale_factor)
+            )
+        else:
+            self.point_grids = [np.asarray(grid, dtype=np.float64) for grid in point_grids]
+            if len(self.point_grids) != crop_n_layers + 1:
+                raise ValueError(
+                    f"point_grids needs one grid per crop layer ({crop_n_layers + 1}), got {len(self.point_grids)}"
+                )
+            for grid in self.point_grids:
+                if grid.ndim != 2 or grid.shape[1] != 2:
+                    raise ValueError(f"each point grid must be [N, 2] (x, y in [0, 1]), got shape {grid.shape}")
+
+        self.predictor = SamPredictor(model)
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = int(crop_n_layers)
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = int(crop_n_points_downscale_factor)
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        # Seconds spent in each stage by the last generate(): "encoder", "decoder", "postprocess".
+        self.last_timings: Dict[str, float] = {}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        image: np.ndarray,
+        image_embedding: Optional[torch.Tensor] = None,
+        progress: Optional[Callable[[float], None]] = None,
+    ) -> List[Dict[str, Any]]:
+        """Masks for the whole image.
+
+        image: HxWx3 uint8 RGB. image_embedding: optional [1, 256, 64, 64] embedding of this image, already
+        computed (e.g. cached by the server); the full-image crop then skips the encoder. progress: called
+        with the fraction of prompt batches done (0..1); an exception it raises aborts the run.
+
+        Returns one dict per mask: segmentation (per output_mode), area (pixels), bbox (XYWH), predicted_iou,
+        point_coords ([[x, y]] prompt), stability_score, crop_box (XYWH).
+        """
+        image = _check_image(image)
+        self.last_timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
+        mask_data = self._generate_masks(image, image_embedding, progress)
+
+        started = time.perf_counter()
+        if self.min_mask_region_area > 0:
+            mask_data = self.postprocess_small_regions(
+                mask_data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
+        if self.output_mode == "coco_rle":
+            segmentations = [coco_encode_rle(rle) for rle in mask_data["rles"]]
+        elif self.output_mode == "binary_mask":
+            segmentations = [rle_to_mask(rle) for rle in mask_data["rles"]]
+        else:
+            segmentations = mask_data["rles"]
+
+        annotations = []
+        for idx, segmentation in enumerate(segmentations):
+            annotations.append(
+                {
+                    "segmentation": segmentation,
+                    "area": area_from_rle(mask_data["rles"][idx]),
+                    "bbox": box_xyxy_to_xywh(mask_data["boxes"][idx]).tolist(),
+                    "predicted_iou": float(mask_data["iou_preds"][idx]),
+                    "point_coords": [mask_data["points"][idx].tolist()],
+                    "stability_score": float(mask_data["stability_score"][idx]),
+                    "crop_box": box_xyxy_to_xywh(mask_data["crop_boxes"][idx]).tolist(),
+                }
+            )
+        self.last_timings["postprocess"] += time.perf_counter() - started
+        return annotations
+
+    def _generate_masks(
+        self,
+        image: np.ndarray,
+        image_embedding: Optional[torch.Tensor],
+        progress: Optional[Callable[[float], None]],
+    ) -> MaskData:
+        orig_size = image.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        total_batches = sum(
+            _n_batches(len(self.point_grids[layer]), self.points_per_batch) for layer in layer_idxs
+        )
+        tracker = _ProgressTracker(total_batches, progress)
+
+        data = MaskData()
+        for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+            embedding = image_embedding if layer_idx == 0 else None
+            data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, embedding, tracker))
+
+        started = time.perf_counter()
+        if len(crop_boxes) > 1 and len(data) > 0:
+            # Between crops prefer masks from smaller crops (they see more detail).
+            scores = 1 / box_area(data["crop_boxes"])
+            keep = batched_nms(
+                data["boxes"].float(),
+                scores.to(data["boxes"].device),
+                torch.zeros_like(data["boxes"][:, 0]),
+                iou_threshold=self.crop_nms_thresh,
+            )
+            data.filter(keep)
+        data.to_numpy()
+        self.last_timings["postprocess"] += time.perf_counter() - started
+        return data
+
+    def _process_crop(
+        self,
+        image: np.ndarray,
+        crop_box: List[int],
+        crop_layer_idx: int,
+        orig_size: Tuple[int, ...],
+        image_embedding: Optional[torch.Tensor],
+        tracker: "_ProgressTracker",
+    ) -> MaskData:
+        x0, y0, x1, y1 = crop_box
+        cropped_im = image[y0:y1, x0:x1, :]
+        cropped_im_size = cropped_im.shape[:2]
+
+        started = time.perf_counter()
+        if image_embedding is not None:
+            input_size = self.predictor.transform.get_preprocess_shape(
+                cropped_im_size[0], cropped_im_size[1], self.predictor.transform.target_length
+            )
+            self.predictor.set_embedding(image_embedding, cropped_im_size, input_size)
+        else:
+            self.predictor.set_image(cropped_im)
+        self.last_timings["encoder"] += time.perf_counter() - started
+
+        points_scale = np.array(cropped_im_size)[None, ::-1]
+        points_for_image = self.point_grids[crop_layer_idx] * points_scale
+
+        data = MaskData()
+        for (points,) in batch_iterator(self.points_per_batch, points_for_image):
+            data.cat(self._process_batch(points, cropped_im_size, crop_box, orig_size))
+            tracker.advance()
+        self.predictor.reset_image()
+
+        started = time.perf_counter()
+        if len(data) == 0:
+            return data
+        keep = batched_nms(
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros_like(data["boxes"][:, 0]),
+            iou_threshold=self.box_nms_thresh,
+        )
+        data.filter(keep)
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
+        self.last_timings["postprocess"] += time.perf_counter() - started
+        return data
+
+    def _process_batch(
+        self, points: np.ndarray, im_size: Tuple[int, ...], crop_box: List[int], orig_size: Tuple[int, ...]
+    ) -> MaskData:
+        """Decodes one batch of point prompts and keeps the masks that pass the filters.
+
+        Filtering on predicted IoU happens on the low-res logits, before the costly upsampling to full
+        resolution; the survivors are upsampled exactly as predict_torch would, so the masks are the same.
+        """
+        orig_h, orig_w = orig_size
+        model = self.predictor.model
+        device = self.predictor.device
+
+        started = time.perf_counter()
+        transformed = self.predictor.transform.apply_coords(points, im_size)
+        in_points = torch.as_tensor(transformed, dtype=torch.float, device=device)
+        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
+        sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
+        low_res, iou_preds = model.mask_decoder(
+            image_embeddings=self.predictor.features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        self.last_timings["decoder"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        n_masks = low_res.shape[1]
+        data = MaskData(
+            low_res=low_res.flatten(0, 1),
+            iou_preds=iou_preds.flatten(0, 1).float(),
+            points=torch.as_tensor(points.repeat(n_masks, axis=0)),
+        )
+        if self.pred_iou_thresh > 0.0:
+            data.filter(data["iou_preds"] > self.pred_iou_thresh)
+
+        # Full-resolution work in chunks: stability, binarisation, boxes, RLE.
+        stability, boxes, rles = [], [], []
+        keep_all = []
+        for start in range(0, len(data), _UPSAMPLE_CHUNK):
+            chunk = data["low_res"][start : start + _UPSAMPLE_CHUNK]
+            masks = model.postprocess_masks(chunk[:, None], self.predictor.input_size, self.predictor.original_size)
+            masks = masks[:, 0]
+            score = calculate_stability_score(masks, model.mask_threshold, self.stability_score_offset)
+            keep = score >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else torch.ones_like(score, dtype=torch.bool)
+            masks = masks[keep] > model.mask_threshold
+            chunk_boxes = batched_mask_to_box(masks)
+            near_edge = is_box_near_crop_edge(chunk_boxes, crop_box, [0, 0, orig_w, orig_h])
+            kept_idx = torch.nonzero(keep).flatten()
+            keep[kept_idx[near_edge]] = False
+            masks, chunk_boxes = masks[~near_edge], chunk_boxes[~near_edge]
+            stability.append(score[keep])
+            boxes.append(chunk_boxes)
+            rles.extend(mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w)))
+            keep_all.append(keep)
+        del data["low_res"]
+        if keep_all:
+            data.filter(torch.cat(keep_all))
+            data["stability_score"] = torch.cat(stability)
+            data["boxes"] = torch.cat(boxes)
+        else:
+            data["stability_score"] = torch.zeros(0)
+            data["boxes"] = torch.zeros(0, 4, dtype=torch.int64)
+        data["rles"] = rles
+        self.last_timings["postprocess"] += time.perf_counter() - started
+        return data
+
+    @staticmethod
+    def postprocess_small_regions(mask_data: MaskData, min_area: int, nms_thresh: float) -> MaskData:
+        """Fills small holes and drops small islands in every mask, then re-runs NMS.
+
+        Masks that did not change win NMS ties over edited ones (score 1 vs 0), as in the reference.
+        """
+        if len(mask_data["rles"]) == 0:
+            return mask_data
+        new_masks, scores = [], []
+        for rle in mask_data["rles"]:
+            mask = rle_to_mask(rle)
+            mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
+            mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
+            new_masks.append(torch.as_tensor(mask).unsqueeze(0))
+            scores.append(float(not (changed_holes or changed_islands)))
+        masks = torch.cat(new_masks, dim=0)
+        boxes = batched_mask_to_box(masks)
+        keep = batched_nms(
+            boxes.float(), torch.as_tensor(scores), torch.zeros_like(boxes[:, 0]), iou_threshold=nms_thresh
+        )
+        for i_mask in keep.tolist():
+            if scores[i_mask] == 0.0:
+                mask_data["rles"][i_mask] = mask_to_rle_pytorch(masks[i_mask].unsqueeze(0))[0]
+                mask_data["boxes"][i_mask] = boxes[i_mask].numpy() if isinstance(mask_data["boxes"], np.ndarray) else boxes[i_mask]
+        mask_data.filter(keep)
+        return mask_data
+
+
+class _ProgressTracker:
+    def __init__(self, total: int, callback: Optional[Callable[[float], None]]) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.callback = callback
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(min(self.done / self.total, 1.0))
+
+
+def _n_batches(n_points: int, batch_size: int) -> int:
+    return (n_points + batch_size - 1) // batch_size
+
+
+def _check_image(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (HxWx3 uint8 RGB), not {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3 (RGB), got shape {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty: shape {tuple(image.shape)}")
+    return image
