@@ -220,9 +220,11 @@ def load_state_dict_file(path: PathLike) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        found = _describe_file(path)
+        if found.endswith("that torch cannot load"):
+            found += f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
         raise CheckpointError(
-            f"cannot read checkpoint {path}: expected a PyTorch state_dict saved with torch.save, "
-            f"found {_describe_file(path)} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"cannot read checkpoint {path}: expected a PyTorch state_dict saved with torch.save, found {found}"
         ) from None
 
     # Training checkpoints sometimes nest the weights.
