@@ -1,0 +1,130 @@
+"""Export the prompt encoder + mask decoder of a Sam model to ONNX."""
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, List, Union
+
+import torch
+import torch.nn as nn
+
+from .lowres_model import SamLowResOnnxModel
+from .onnx_model import SamOnnxModel
+
+VARIANTS = ("official", "lowres")
+
+OFFICIAL_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
+LOWRES_INPUTS = OFFICIAL_INPUTS[:-1]
+
+
+def use_approximate_gelu(model: nn.Module) -> None:
+    """Switch every nn.GELU to the tanh approximation (cheaper on some runtimes; changes outputs slightly)."""
+    for module in model.modules():
+        if isinstance(module, nn.GELU):
+            module.approximate = "tanh"
+
+
+def example_inputs(model: nn.Module, variant: str, num_points: int = 5) -> Dict[str, torch.Tensor]:
+    """Random inputs with the decoder's shapes: image embedding [1, C, h, w], N points, mask [1, 1, 4h, 4w]."""
+    embed_dim = model.prompt_encoder.embed_dim
+    embed_size = tuple(model.prompt_encoder.image_embedding_size)
+    mask_input_size = [4 * x for x in embed_size]
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "image_embeddings": torch.randn(1, embed_dim, *embed_size, generator=generator),
+        "point_coords": torch.randint(0, 1024, (1, num_points, 2), generator=generator).to(torch.float32),
+        "point_labels": torch.randint(0, 4, (1, num_points), generator=generator).to(torch.float32),
+        "mask_input": torch.randn(1, 1, *mask_input_size, generator=generator),
+        "has_mask_input": torch.tensor([1], dtype=torch.float32),
+        "orig_im_size": torch.tensor([1500, 2250], dtype=torch.float32),
+    }
+    if variant == "lowres":
+        del inputs["orig_im_size"]
+    return inputs
+
+
+def onnx_wrapper(
+    model: nn.Module,
+    variant: str = "official",
+    return_single_mask: bool = False,
+    use_stability_score: bool = False,
+    return_extra_metrics: bool = False,
+) -> nn.Module:
+    """The nn.Module whose forward is the exported graph."""
+    if variant == "official":
+        return SamOnnxModel(
+            model,
+            return_single_mask=return_single_mask,
+            use_stability_score=use_stability_score,
+            return_extra_metrics=return_extra_metrics,
+        )
+    if variant == "lowres":
+        if return_single_mask or use_stability_score or return_extra_metrics:
+            raise ValueError(
+                "the lowres variant always returns all candidates' low-res logits and predicted IoUs; "
+                "--return-single-mask, --use-stability-score and --return-extra-metrics apply to the official one"
+            )
+        return SamLowResOnnxModel(model)
+    raise ValueError(f"unknown decoder variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+def output_names(variant: str, return_extra_metrics: bool = False) -> List[str]:
+    if variant == "lowres":
+        return ["iou_predictions", "low_res_masks"]
+    if return_extra_metrics:
+        return ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
+    return ["masks", "iou_predictions", "low_res_masks"]
+
+
+def export_decoder(
+    model: nn.Module,
+    output: Union[str, Path],
+    variant: str = "official",
+    opset: int = 17,
+    return_single_mask: bool = False,
+    gelu_approximate: bool = False,
+    use_stability_score: bool = False,
+    return_extra_metrics: bool = False,
+) -> Path:
+    """
+    Write the decoder graph of `model` (a Sam) to `output` as one self-contained ONNX file.
+
+    Only the number of points (axis 1 of point_coords and point_labels) is dynamic. The file appears
+    atomically: it is written beside `output` under a temporary name and renamed.
+    """
+    output = Path(output)
+    if gelu_approximate:
+        use_approximate_gelu(model)
+    wrapper = onnx_wrapper(model, variant, return_single_mask, use_stability_score, return_extra_metrics).eval()
+    inputs = example_inputs(model, variant)
+    dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=UserWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            with open(tmp_name, "wb") as f:
+                # The TorchScript exporter gives a compact graph with a symbolic N axis that
+                # onnxruntime-web loads; the dynamo exporter is slower and its output gains nothing here.
+                torch.onnx.export(
+                    wrapper,
+                    tuple(inputs.values()),
+                    f,
+                    export_params=True,
+                    verbose=False,
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    input_names=list(inputs.keys()),
+                    output_names=output_names(variant, return_extra_metrics),
+                    dynamic_axes=dynamic_axes,
+                    dynamo=False,
+                )
+        os.replace(tmp_name, output)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return output

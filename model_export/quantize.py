@@ -1,0 +1,32 @@
+"""Dynamic uint8 weight quantization of an exported decoder."""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+
+def quantize_decoder(model_path: Union[str, Path], output: Union[str, Path]) -> Path:
+    """
+    Quantize the weights of the ONNX decoder at model_path to uint8 (onnxruntime quantize_dynamic, per tensor)
+    and write it to output atomically. Activations stay float; MatMul and Gemm become their integer forms.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    try:
+        quantize_dynamic(
+            model_input=str(model_path),
+            model_output=tmp_name,
+            per_channel=False,
+            reduce_range=False,
+            weight_type=QuantType.QUInt8,
+        )
+        os.replace(tmp_name, output)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return output

@@ -1,0 +1,176 @@
+"""
+Browser benchmark of the ONNX decoders: official interface vs the lowres variant, onnxruntime-web WASM in
+headless Chromium, cross-origin isolated, interleaved in one page.
+
+    .venv/bin/python tests/benchmarks/bench_decoder_browser.py [--decodes 60] [--threads 2]
+
+Exports both decoders from the reduced reference model (../shared/reference) unless --models-dir holds
+official.onnx and lowres.onnx, feeds the reference dog embedding, and prints medians and their ratio.
+"""
+
+import argparse
+import functools
+import http.server
+import json
+import statistics
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
+BENCH_DIR = Path(__file__).resolve().parent
+ORT_DIST = REPO_ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with COOP/COEP, so SharedArrayBuffer and WASM threads are available."""
+
+    routes: dict = {}
+
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript",
+        ".js": "text/javascript",
+        ".wasm": "application/wasm",
+        ".onnx": "application/octet-stream",
+    }
+
+    def translate_path(self, path: str) -> str:
+        path = path.split("?", 1)[0]
+        for prefix, directory in self.routes.items():
+            if path.startswith(prefix):
+                relative = path[len(prefix):]
+                target = (directory / relative).resolve()
+                if directory.resolve() in target.parents or target == directory.resolve():
+                    return str(target)
+        return str(Path("/nonexistent"))
+
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def reference_model():
+    from backend.sam import build_sam
+
+    meta = json.loads((REFERENCE_DIR / "reduced_vit_seed0_dog.json").read_text())
+    return build_sam(checkpoint=str(REFERENCE_DIR / meta["checkpoint"]), **meta["config"]).eval(), meta
+
+
+def bench_prompts(meta: dict) -> list:
+    """Clicks, a box and box + point in the 1024 frame (as the client sends them)."""
+    h, w = meta["image_hw"]
+    scale = 1024 / max(h, w)
+    sx, sy = int(w * scale + 0.5) / w, int(h * scale + 0.5) / h
+    prompts = []
+    for fx, fy in [(0.5, 0.5), (0.25, 0.3), (0.7, 0.6), (0.4, 0.8), (0.85, 0.2)]:
+        prompts.append({"coords": [[fx * w * sx, fy * h * sy], [0, 0]], "labels": [1, -1], "multimask": True})
+    prompts.append({"coords": [[0.1 * w * sx, 0.2 * h * sy], [0.8 * w * sx, 0.9 * h * sy]], "labels": [2, 3], "multimask": False})
+    prompts.append({
+        "coords": [[0.5 * w * sx, 0.5 * h * sy], [0.2 * w * sx, 0.2 * h * sy], [0.9 * w * sx, 0.9 * h * sy]],
+        "labels": [1, 2, 3],
+        "multimask": False,
+    })
+    return prompts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decodes", type=int, default=60, help="timed decodes per decoder (>= 40)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models-dir", type=Path, help="directory with official.onnx and lowres.onnx")
+    parser.add_argument("--json", type=Path, help="also write the raw result here")
+    args = parser.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    meta = json.loads((REFERENCE_DIR / "reduced_vit_seed0_dog.json").read_text())
+    embedding = np.load(REFERENCE_DIR / meta["arrays"])["embedding"].astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="bench-decoder-") as tmp:
+        tmp = Path(tmp)
+        models_dir = args.models_dir
+        if models_dir is None:
+            sys.path.insert(0, str(REPO_ROOT))
+            from model_export.export import export_decoder
+
+            model, _ = reference_model()
+            models_dir = tmp / "models"
+            for variant in ("official", "lowres"):
+                export_decoder(model, models_dir / f"{variant}.onnx", variant=variant)
+        data_dir = tmp / "data"
+        data_dir.mkdir()
+        (data_dir / "embedding.f32").write_bytes(embedding.tobytes())
+        params = {
+            "threads": args.threads,
+            "decodes": args.decodes,
+            "warmup": args.warmup,
+            "image_hw": meta["image_hw"],
+            "models": {"official": "/models/official.onnx", "lowres": "/models/lowres.onnx"},
+            "interfaces": {"official": "official", "lowres": "lowres"},
+            "prompts": bench_prompts(meta),
+        }
+        (data_dir / "params.json").write_text(json.dumps(params))
+        for name in ("decoder_bench.html", "decoder_bench.js"):
+            (data_dir / name).write_bytes((BENCH_DIR / name).read_bytes())
+
+        IsolatedHandler.routes = {
+            "/bench/": data_dir,
+            "/models/": models_dir,
+            "/ort/": ORT_DIST,
+            "/web/js/": REPO_ROOT / "web" / "js",
+        }
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), IsolatedHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/bench/decoder_bench.html"
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page()
+                page.goto(url)
+                page.wait_for_function("window.benchResult || window.benchError", timeout=900_000, polling=500)
+                error = page.evaluate("window.benchError")
+                if error:
+                    raise RuntimeError(f"benchmark page failed: {error}")
+                result = page.evaluate("window.benchResult")
+                browser.close()
+        finally:
+            server.shutdown()
+
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    print(f"onnxruntime-web {result['ortVersion']}, crossOriginIsolated={result['crossOriginIsolated']}, "
+          f"threads={result['threads']}, {args.decodes} interleaved decodes each, image {meta['image_hw']}")
+    print("session load ms: " + ", ".join(f"{k} {v:.0f}" for k, v in result["loadMs"].items()))
+    medians = {}
+    for name, series in result["times"].items():
+        medians[name] = {key: statistics.median(values) for key, values in series.items()}
+        print(f"{name:9s} median run {medians[name]['runMs']:7.1f} ms   prompt->mask {medians[name]['totalMs']:7.1f} ms")
+    for key, label in (("runMs", "session.run"), ("totalMs", "prompt->mask")):
+        print(f"speed-up ({label}): {medians['official'][key] / medians['lowres'][key]:.2f}x")
+    worst = min(a["iou"] for a in result["agreement"])
+    print(f"mask IoU official vs lowres (client upsampling), worst of {len(result['agreement'])} prompts: {worst:.5f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
