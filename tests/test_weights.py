@@ -1,0 +1,177 @@
+"""Checkpoint download (progress, resume, size check) against a local HTTP server, and model selection."""
+
+import http.server
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from backend import weights
+from backend.__main__ import main
+from backend.config import Config
+from backend.weights import WeightsError, download, load_model
+
+PAYLOAD = np.random.default_rng(0).integers(0, 256, 3 * 1024 * 1024 + 123, dtype=np.uint8).tobytes()
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), FileHandler)
+        self.requests = []
+        self.honour_range = True
+        self.fail_after = None  # Bytes after which the connection is dropped once.
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/weights.pth"
+
+
+class FileHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server = self.server
+        requested_range = self.headers.get("Range")
+        server.requests.append(requested_range)
+        start = 0
+        if requested_range and server.honour_range:
+            start = int(requested_range.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+        else:
+            self.send_response(200)
+        body = PAYLOAD[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if server.fail_after is not None:
+            cut, server.fail_after = server.fail_after, None
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_writes_the_file_and_reports_progress(file_server, tmp_path):
+    progress = io.StringIO()
+    path = download(file_server.url, tmp_path / "w.pth", len(PAYLOAD), progress=progress, chunk_size=256 * 1024)
+    assert path.read_bytes() == PAYLOAD
+    lines = progress.getvalue().splitlines()
+    assert len(lines) >= 5 and "100.0%" in lines[-1] and "3.1/3.1 MB" in lines[-1]
+    assert not (tmp_path / "w.pth.part").exists()
+    # Already there with the right size: no second request.
+    download(file_server.url, tmp_path / "w.pth", len(PAYLOAD), progress=None)
+    assert file_server.requests == [None]
+
+
+def test_download_resumes_a_partial_file_with_a_range_request(file_server, tmp_path):
+    (tmp_path / "w.pth.part").write_bytes(PAYLOAD[:1_000_000])
+    progress = io.StringIO()
+    path = download(file_server.url, tmp_path / "w.pth", len(PAYLOAD), progress=progress)
+    assert file_server.requests == ["bytes=1000000-"]
+    assert path.read_bytes() == PAYLOAD
+    assert "resuming w.pth at 1.0 MB" in progress.getvalue()
+
+
+def test_interrupted_download_is_resumed_by_the_next_call(file_server, tmp_path):
+    file_server.fail_after = 500_000
+    with pytest.raises(WeightsError):
+        download(file_server.url, tmp_path / "w.pth", len(PAYLOAD), progress=None)
+    kept = (tmp_path / "w.pth.part").stat().st_size
+    assert 0 < kept < len(PAYLOAD) and not (tmp_path / "w.pth").exists()
+    download(file_server.url, tmp_path / "w.pth", len(PAYLOAD), progress=None)
+    assert file_server.requests[-1] == f"bytes={kept}-"
+    assert (tmp_path / "w.pth").read_bytes() == PAYLOAD
+
+
+def test_server_ignoring_range_restarts_cleanly(file_server, tmp_path):
+    file_server.honour_range = False
+    (tmp_path / "w.pth.part").write_bytes(b"stale bytes")
+    assert download(file_server.url, tmp_path / "w.pth", len(PAYLOAD), progress=None).read_bytes() == PAYLOAD
+
+
+def test_size_mismatch_deletes_the_file_and_says_so(file_server, tmp_path):
+    with pytest.raises(WeightsError, match=f"downloaded {len(PAYLOAD):,} bytes .* should have {1000 + len(PAYLOAD):,}"):
+        download(file_server.url, tmp_path / "w.pth", 1000 + len(PAYLOAD), progress=None)
+    assert not (tmp_path / "w.pth").exists() and not (tmp_path / "w.pth.part").exists()
+
+
+def test_unreachable_server_fails_fast(tmp_path):
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(WeightsError, match="cannot reach"):
+        download(f"http://127.0.0.1:{port}/x.pth", tmp_path / "x.pth", 10, timeout_s=2, progress=None)
+    assert time.monotonic() - started < 5
+
+
+def test_cli_download_weights(file_server, tmp_path, capsys):
+    assert main(["download-weights", "--model-type", "vit_t", "--dest", str(tmp_path), "--url", file_server.url]) == 0
+    assert (tmp_path / "mobile_sam.pt").read_bytes() == PAYLOAD
+    assert "done:" in capsys.readouterr().out
+
+
+def test_official_registry_has_the_published_sizes():
+    assert weights.CHECKPOINTS["vit_b"].size == 375_042_383
+    assert weights.CHECKPOINTS["vit_l"].size == 1_249_524_607
+    assert weights.CHECKPOINTS["vit_h"].size == 2_564_550_879
+    assert weights.CHECKPOINTS["default"] is weights.CHECKPOINTS["vit_h"]
+    assert weights.CHECKPOINTS["vit_t"].url.endswith("/mobile_sam.pt")
+
+
+def test_wrong_sized_file_in_weights_dir_is_not_used(tmp_path):
+    (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"partial")
+    assert weights.find_checkpoint("vit_b", tmp_path) is None
+
+
+def test_no_checkpoint_offline_falls_back_to_seeded_random_vit_t(tmp_path, caplog):
+    config = Config.from_env({}, {"data_dir": str(tmp_path), "allow_download": "0", "model_type": "vit_b"})
+    with caplog.at_level("WARNING"):
+        model, info = load_model(config)
+    assert (info.model_type, info.weights, info.checkpoint) == ("vit_t", "random", None)
+    assert "python -m backend download-weights --model-type vit_b" in info.message
+    assert "RANDOM" in caplog.text and "download-weights" in caplog.text
+    # Seeded: the same weights every time, and the caller's RNG stream is untouched.
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    again = weights.random_model()
+    assert torch.equal(torch.rand(3), expected_next)
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_configured_checkpoint_is_loaded_as_real_weights(reference_dir, tmp_path):
+    config = Config.from_env({}, {"data_dir": str(tmp_path), "model_type": "vit_t", "checkpoint": str(reference_dir / "vit_t_seed0.pth")})
+    model, info = load_model(config)
+    assert (info.model_type, info.weights) == ("vit_t", "real")
+    assert info.weights_id.startswith("vit_t-vit_t_seed0.pth-")
+    reference = torch.load(reference_dir / "vit_t_seed0.pth", map_location="cpu")
+    key = next(iter(reference))
+    assert torch.equal(model.state_dict()[key], reference[key])
+
+
+def test_missing_or_wrong_checkpoint_is_a_clear_error(reference_dir, tmp_path):
+    missing = Config.from_env({}, {"data_dir": str(tmp_path), "checkpoint": str(tmp_path / "nope.pth")})
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_model(missing)
+    wrong_type = Config.from_env({}, {"data_dir": str(tmp_path), "model_type": "vit_b", "checkpoint": str(reference_dir / "vit_t_seed0.pth")})
+    with pytest.raises(WeightsError, match="cannot load .* as a vit_b checkpoint"):
+        load_model(wrong_type)
