@@ -1,0 +1,133 @@
+"""Sample images for the page: a few redistributable photos shipped inside scikit-image's wheel
+(``skimage/data``; read as files, scikit-image itself is never imported), plus the deployment's own folder
+``SAM_GALLERY_DIR``.
+
+A deployment folder may hold ``gallery.json`` = ``{"file.jpg": {"license": "...", "source": "..."}}`` to
+credit its images; files without an entry are listed as provided by the deployment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class GalleryImage:
+    name: str
+    path: Path
+    license: str
+    source: str
+
+
+# Licences as stated in scikit-image's skimage/data/_fetchers.py docstrings.
+SKIMAGE_SAMPLES: Tuple[Tuple[str, str, str], ...] = (
+    ("astronaut.png", "Public domain", "Eileen Collins, NASA Great Images (https://flic.kr/p/r9qvLn), via scikit-image"),
+    ("chelsea.png", "CC0", "Chelsea the cat, photo by Stefan van der Walt, via scikit-image"),
+    ("coffee.png", "CC0", "Coffee cup, photo by Rachel Michetti, via scikit-image"),
+    (
+        "rocket.jpg",
+        "Public domain",
+        "Falcon 9 launch, SpaceX Photos (https://www.flickr.com/photos/spacexphotos/16511594820/), via scikit-image",
+    ),
+    ("motorcycle_left.png", "Public domain", "Motorcycle, photo by Stefan van der Walt, via scikit-image"),
+)
+
+
+def skimage_data_dir() -> Optional[Path]:
+    """scikit-image's bundled data folder, found without importing the package."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.origin:
+        return None
+    folder = Path(spec.origin).parent / "data"
+    return folder if folder.is_dir() else None
+
+
+class Gallery:
+    """The sample images by name; ``gallery_dir`` adds a deployment's folder (bundled names win on a clash)."""
+
+    def __init__(self, gallery_dir: Optional[os.PathLike] = None) -> None:
+        self.gallery_dir = Path(gallery_dir) if gallery_dir else None
+        self._images: Dict[str, GalleryImage] = {}
+        bundled = skimage_data_dir()
+        if bundled is None:
+            logger.info("scikit-image is not installed: the gallery has no bundled samples")
+        else:
+            for filename, license_name, source in SKIMAGE_SAMPLES:
+                if (bundled / filename).is_file():
+                    self._images[filename] = GalleryImage(filename, bundled / filename, license_name, source)
+        if self.gallery_dir is not None:
+            self._add_folder(self.gallery_dir)
+
+    def _add_folder(self, folder: Path) -> None:
+        if not folder.is_dir():
+            logger.warning("SAM_GALLERY_DIR=%s is not a directory; ignoring it", folder)
+            return
+        credits = {}
+        credits_file = folder / "gallery.json"
+        if credits_file.is_file():
+            try:
+                credits = json.loads(credits_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as error:
+                logger.warning("ignoring %s: %s", credits_file, error)
+        for path in sorted(folder.iterdir()):
+            if not (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and SAFE_NAME.match(path.name)):
+                continue
+            if path.name in self._images:
+                logger.warning("gallery image %s clashes with a bundled sample; skipped", path)
+                continue
+            credit = credits.get(path.name, {}) if isinstance(credits, dict) else {}
+            self._images[path.name] = GalleryImage(
+                path.name,
+                path,
+                str(credit.get("license", "provided by this deployment")),
+                str(credit.get("source", "SAM_GALLERY_DIR")),
+            )
+
+    def listing(self) -> List[dict]:
+        """``[{name, url, width, height, license, source}]`` for ``GET /api/gallery``."""
+        items = []
+        for image in self._images.values():
+            size = _image_size(str(image.path), image.path.stat().st_mtime)
+            if size is None:
+                continue
+            items.append(
+                {
+                    "name": image.name,
+                    "url": f"/gallery/{image.name}",
+                    "width": size[0],
+                    "height": size[1],
+                    "license": image.license,
+                    "source": image.source,
+                }
+            )
+        return items
+
+    def path(self, name: str) -> Optional[Path]:
+        """The file of a listed image, or None (unknown names never reach the filesystem)."""
+        image = self._images.get(name)
+        return image.path if image is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def _image_size(path: str, mtime: float) -> Optional[Tuple[int, int]]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError) as error:
+        logger.warning("gallery image %s is unreadable: %s", path, error)
+        return None
