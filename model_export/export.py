@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .lowres_model import SamLowResOnnxModel
-from .onnx_model import SamOnnxModel
+from .onnx_model import SamDecoderParts, SamOnnxModel
 
 VARIANTS = ("official", "lowres")
 
@@ -25,7 +25,7 @@ def use_approximate_gelu(model: nn.Module) -> None:
             module.approximate = "tanh"
 
 
-def example_inputs(model: nn.Module, variant: str, num_points: int = 5) -> Dict[str, torch.Tensor]:
+def example_inputs(model: SamDecoderParts, variant: str, num_points: int = 5) -> Dict[str, torch.Tensor]:
     """Random inputs with the decoder's shapes: image embedding [1, C, h, w], N points, mask [1, 1, 4h, 4w]."""
     embed_dim = model.prompt_encoder.embed_dim
     embed_size = tuple(model.prompt_encoder.image_embedding_size)
@@ -51,7 +51,9 @@ def onnx_wrapper(
     use_stability_score: bool = False,
     return_extra_metrics: bool = False,
 ) -> nn.Module:
-    """The nn.Module whose forward is the exported graph."""
+    """The nn.Module whose forward is the exported graph (built on a float32 CPU copy of the decoder parts)."""
+    if not isinstance(model, SamDecoderParts):
+        model = SamDecoderParts(model)
     if variant == "official":
         return SamOnnxModel(
             model,
@@ -94,14 +96,16 @@ def export_decoder(
     atomically: it is written beside `output` under a temporary name and renamed.
     """
     output = Path(output)
+    parts = SamDecoderParts(model)
     if gelu_approximate:
-        use_approximate_gelu(model)
-    wrapper = onnx_wrapper(model, variant, return_single_mask, use_stability_score, return_extra_metrics).eval()
-    inputs = example_inputs(model, variant)
+        use_approximate_gelu(parts)
+    wrapper = onnx_wrapper(parts, variant, return_single_mask, use_stability_score, return_extra_metrics).eval()
+    inputs = example_inputs(parts, variant)
     dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the files are served to browsers.
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

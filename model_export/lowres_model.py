@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from .folded_attention import FoldedTwoWayTransformer
-from .onnx_model import PromptEmbedder
+from .onnx_model import PromptEmbedder, SamDecoderParts
 
 
 class ChannelsLastUpscaling(nn.Module):
@@ -66,7 +66,7 @@ class SamLowResOnnxModel(nn.Module):
     Outputs: iou_predictions [1, 4], low_res_masks [1, 4, 256, 256] (index 0 the single-mask token).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: SamDecoderParts) -> None:
         super().__init__()
         decoder = model.mask_decoder
         self.transformer = FoldedTwoWayTransformer(decoder.transformer)
@@ -76,7 +76,7 @@ class SamLowResOnnxModel(nn.Module):
         self.iou_prediction_head = decoder.iou_prediction_head
         self.output_hypernetworks_mlps = decoder.output_hypernetworks_mlps
         self.upscaling = ChannelsLastUpscaling(decoder.output_upscaling)
-        self.prompts = PromptEmbedder(model.prompt_encoder, model.image_encoder.img_size)
+        self.prompts = PromptEmbedder(model.prompt_encoder, model.image_size)
         image_pe = model.prompt_encoder.get_dense_pe().detach()
         self.register_buffer("image_pe", image_pe.flatten(2)[0].transpose(0, 1).contiguous())
 

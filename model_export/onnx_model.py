@@ -1,10 +1,23 @@
 """The official ONNX decoder interface (interchangeable with Meta's exported decoder)."""
 
+import copy
 from typing import Tuple
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+
+class SamDecoderParts(nn.Module):
+    """A float32 CPU copy of the prompt encoder and mask decoder of a Sam, the only parts the ONNX graphs use."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        # Copies, so a model on CUDA or in reduced precision is left as it is for its other users.
+        self.prompt_encoder = copy.deepcopy(model.prompt_encoder).to(device="cpu", dtype=torch.float32).eval()
+        self.mask_decoder = copy.deepcopy(model.mask_decoder).to(device="cpu", dtype=torch.float32).eval()
+        self.mask_threshold = float(model.mask_threshold)
+        self.image_size = int(self.prompt_encoder.input_image_size[0])
 
 
 def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
@@ -61,7 +74,7 @@ class SamOnnxModel(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: SamDecoderParts,
         return_single_mask: bool,
         use_stability_score: bool = False,
         return_extra_metrics: bool = False,
@@ -69,8 +82,8 @@ class SamOnnxModel(nn.Module):
     ) -> None:
         super().__init__()
         self.mask_decoder = model.mask_decoder
-        self.image_size = model.image_encoder.img_size
-        self.mask_threshold = float(model.mask_threshold)
+        self.image_size = model.image_size
+        self.mask_threshold = model.mask_threshold
         self.prompts = PromptEmbedder(model.prompt_encoder, self.image_size)
         self.return_single_mask = return_single_mask
         self.use_stability_score = use_stability_score

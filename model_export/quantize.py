@@ -1,9 +1,17 @@
 """Dynamic uint8 weight quantization of an exported decoder."""
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Union
+
+
+class _DropPreprocessingHint(logging.Filter):
+    """quantize_dynamic logs a generic hint to run its pre-processing tool; it does not apply to these graphs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 def quantize_decoder(model_path: Union[str, Path], output: Union[str, Path]) -> Path:
@@ -17,6 +25,9 @@ def quantize_decoder(model_path: Union[str, Path], output: Union[str, Path]) -> 
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the files are served to browsers.
+    hint_filter = _DropPreprocessingHint()
+    logging.getLogger().addFilter(hint_filter)
     try:
         quantize_dynamic(
             model_input=str(model_path),
@@ -27,6 +38,7 @@ def quantize_decoder(model_path: Union[str, Path], output: Union[str, Path]) -> 
         )
         os.replace(tmp_name, output)
     finally:
+        logging.getLogger().removeFilter(hint_filter)
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return output

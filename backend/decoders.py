@@ -1,0 +1,144 @@
+"""
+The ONNX decoder files the browser downloads: exported from the loaded model at first start, cached on disk
+by weights id, variant and exporter version, and listed for GET /api/model.
+"""
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import torch.nn as nn
+
+from model_export import EXPORTER_VERSION, SamDecoderParts, export_decoder, quantize_decoder
+
+log = logging.getLogger(__name__)
+
+# name -> (interface, quantized, fp32 source name); listed in this order, the first being the client default.
+# lowres-quantized is kept: its masks match fp32 torch about as well as official-quantized's do
+# (per-candidate IoU >= 0.96 on the reference model, see tests/test_export.py).
+BUILT_IN: Dict[str, tuple] = {
+    "lowres": ("lowres", False, None),
+    "lowres-quantized": ("lowres", True, "lowres"),
+    "official": ("official", False, None),
+    "official-quantized": ("official", True, "official"),
+}
+
+QUANTIZED_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv", "DequantizeLinear"}
+
+
+class DecoderFileError(ValueError):
+    """A user-supplied decoder file that is missing, unreadable or not a SAM decoder."""
+
+
+def cache_key(weights_id: str) -> str:
+    """A directory name for weights_id (a checkpoint hash or a description) and the exporter version."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", weights_id).strip("._") or "weights"
+    if len(safe) > 64 or safe != weights_id:
+        # Keep it readable but unique: different ids never share a directory.
+        safe = f"{safe[:40]}-{hashlib.sha256(weights_id.encode()).hexdigest()[:16]}"
+    return f"{safe}-export{EXPORTER_VERSION}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def export_lock(directory: Path) -> Iterator[None]:
+    """Holds an exclusive lock on directory/.lock, so concurrent processes export each file once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # No flock (Windows): atomic renames still keep every file whole.
+        yield
+        return
+    with open(directory / ".lock", "a+b") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def describe(name: str, path: Path, interface: str, quantized: bool) -> dict:
+    return {
+        "name": name,
+        "path": path,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_of(path),
+        "interface": interface,
+        "quantized": quantized,
+    }
+
+
+def inspect_decoder(path: Path) -> dict:
+    """Interface ("official" or "lowres") and quantization of an ONNX decoder file, from its graph."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise DecoderFileError(f"custom decoder {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for files that are not ONNX
+        raise DecoderFileError(f"custom decoder {path} is not a readable ONNX model: {exc}") from exc
+    inputs = {i.name for i in model.graph.input} - {init.name for init in model.graph.initializer}
+    outputs = [o.name for o in model.graph.output]
+    needed = {"image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"}
+    if not needed <= inputs:
+        raise DecoderFileError(
+            f"custom decoder {path} is not a SAM decoder: its inputs {sorted(inputs)} lack {sorted(needed - inputs)}"
+        )
+    if "masks" in outputs and "orig_im_size" in inputs:
+        interface = "official"
+    elif "low_res_masks" in outputs and "iou_predictions" in outputs:
+        interface = "lowres"
+    else:
+        raise DecoderFileError(
+            f"custom decoder {path} has outputs {outputs}: expected masks, iou_predictions, low_res_masks "
+            "(official) or iou_predictions, low_res_masks (lowres)"
+        )
+    quantized = any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
+    return {"interface": interface, "quantized": quantized}
+
+
+def prepare_decoders(
+    model: nn.Module, weights_id: str, cache_dir: Path, custom_decoder: Optional[Path] = None
+) -> List[dict]:
+    """
+    Export (once per weights_id and exporter version) and list the decoders the client may download.
+
+    Returns dicts {name, path, bytes, sha256, interface: "official" | "lowres", quantized}: lowres,
+    lowres-quantized, official (fp32, 4 masks), official-quantized, then custom_decoder (a user's ONNX file,
+    e.g. from Meta's exporter) as "custom" when given. Files are written under a temporary name and renamed,
+    under a lock, so processes starting together neither clash nor serve half-written files.
+    """
+    custom = inspect_decoder(custom_decoder) if custom_decoder is not None else None
+    directory = Path(cache_dir) / cache_key(weights_id)
+    paths = {name: directory / f"{name}.onnx" for name in BUILT_IN}
+    if not all(path.is_file() for path in paths.values()):
+        with export_lock(directory):
+            parts = None
+            for name, (interface, quantized, source) in BUILT_IN.items():
+                if paths[name].is_file():
+                    continue
+                if quantized:
+                    log.info("quantizing the %s decoder", source)
+                    quantize_decoder(paths[source], paths[name])
+                    continue
+                if parts is None:
+                    parts = SamDecoderParts(model)
+                log.info("exporting the %s decoder to %s", name, paths[name])
+                export_decoder(parts, paths[name], variant=interface)
+    decoders = [describe(name, paths[name], interface, quantized) for name, (interface, quantized, _) in BUILT_IN.items()]
+    if custom is not None:
+        decoders.append(describe("custom", Path(custom_decoder), custom["interface"], custom["quantized"]))
+    return decoders
