@@ -250,3 +250,51 @@ def test_events_stream_progress_then_the_result():
     final = json.loads(events[-1].split("data: ", 1)[1])
     assert final["progress"] == 1.0 and len(final["result"]["annotations"]) == 1
     service.close()
+
+
+# --- the real app: upload, then everything mode from the cached embedding ------------------------------------
+
+
+def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(reference_dir, reduced_sam, tmp_path):
+    from backend.app import create_app
+    from backend.everything import resolver_from_encoder
+    from backend.weights import WeightsInfo
+
+    app = create_app(
+        {
+            "model": reduced_sam,
+            "weights_info": WeightsInfo("vit_b", "real", "reduced-vit-test", None, "reduced reference ViT for tests"),
+            "decoders": [],
+            "data_dir": str(tmp_path / "data"),
+            "device": "cpu",
+            "precision": "fp32",
+            "TESTING": True,
+        }
+    )
+    encoder = app.extensions["sam"].encoder
+    if "everything" not in app.blueprints:  # until create_app registers it itself
+        app.register_blueprint(create_everything_blueprint(resolver_from_encoder(encoder)))
+    client = app.test_client()
+    try:
+        upload = client.post("/api/images", data=(reference_dir / "images" / "dog.jpg").read_bytes(), content_type="image/jpeg")
+        assert upload.status_code == 200, upload.get_json()
+        image_id = upload.get_json()["id"]
+        response = client.post(f"/api/images/{image_id}/everything", json=SMALL_RUN)
+        assert response.status_code == 202, response.get_json()
+        body = _wait(client, response.get_json()["job_id"])
+        assert body["status"] == "done", body
+        assert encoder.images_encoded == 1  # the job decoded from the cached embedding
+
+        reference = np.load(reference_dir / "reduced_vit_seed0_dog.npz")["embedding"]
+        expected = SamAutomaticMaskGenerator(reduced_sam, output_mode="uncompressed_rle", **SMALL_RUN).generate(
+            np.zeros((534, 800, 3), dtype=np.uint8), image_embedding=torch.from_numpy(reference)
+        )
+        annotations = body["result"]["annotations"]
+        assert len(annotations) == len(expected) >= 4
+        for got, want in zip(annotations, expected):
+            mask = rle_to_mask(coco_decode_rle(got["segmentation"]))
+            assert (mask == rle_to_mask(want["segmentation"])).mean() >= 0.995
+            assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], abs=1e-3)
+    finally:
+        encoder.close()
+        app.extensions["everything"].close()
