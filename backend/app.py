@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request, send_file, send_from_directory
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from . import codec
 from .cache import EmbeddingCache, is_valid_key
@@ -327,7 +327,14 @@ def gallery_file(name: str):
 
 @static_files.get("/<path:filename>")
 def web_file(filename: str):
-    if filename.split("/", 1)[0] in ("node_modules", "api"):
+    top = filename.split("/", 1)[0]
+    if top == "api":
+        # This catch-all matched only because no API route takes GET here: say which methods would work.
+        adapter = current_app.url_map.bind_to_environ(request.environ)
+        methods = set(adapter.allowed_methods(request.path)) - {"GET", "HEAD", "OPTIONS"}
+        if methods:
+            raise MethodNotAllowed(valid_methods=sorted(methods))
+    if top in ("node_modules", "api"):
         raise ApiError(404, "not_found", f"/{filename} does not exist")
     return _send(WEB_DIR, filename, REVALIDATE)
 
@@ -444,11 +451,19 @@ def _public_decoder(decoder: dict) -> dict:
 
 
 def _prepare_decoders(model, weights: WeightsInfo, settings: Config) -> Tuple[List[dict], Optional[str]]:
-    custom = None if settings.decoder in DECODER_CHOICES else settings.decoder
+    custom = None if settings.decoder in DECODER_CHOICES else Path(settings.decoder)
     try:
         from .decoders import prepare_decoders
 
-        return prepare_decoders(model, weights.weights_id, settings.decoders_dir, custom_decoder=custom), None
+        try:
+            return prepare_decoders(model, weights.weights_id, settings.decoders_dir, custom_decoder=custom), None
+        except Exception as error:
+            if custom is None:
+                raise
+            # A broken custom file must not take the built-in decoders down with it.
+            logger.error("SAM_DECODER=%s cannot be used: %s", custom, error)
+            decoders = prepare_decoders(model, weights.weights_id, settings.decoders_dir)
+            return decoders, f"SAM_DECODER={custom} cannot be used ({error}); the built-in decoders are offered"
     except Exception as error:  # The API (uploads, embeddings) still works; the page shows the reason.
         logger.exception("could not prepare the ONNX decoders")
         return [], f"the ONNX decoders could not be prepared: {error}"
