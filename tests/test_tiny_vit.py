@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.sam.tiny_vit import Attention, TinyViT
+from backend.sam.tiny_vit import Attention, Conv2d_BN, TinyViT
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -174,6 +174,29 @@ def test_attention_bias_steers_each_token_to_its_horizontal_neighbours():
     expected[:, 0] = values[:, 1]
     expected[:, -1] = values[:, -2]
     torch.testing.assert_close(output, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_eval_conv_bn_uses_running_statistics(groups):
+    # The seeded reference weights have default BatchNorm statistics (mean 0, var 1), so parity alone
+    # would not notice running statistics being ignored or folded wrongly.
+    torch.manual_seed(4)
+    layer = Conv2d_BN(8, 16, kernel_size=3, stride=2, padding=1, groups=groups)
+    with torch.no_grad():
+        layer.bn.running_mean.normal_(0.0, 1.0)
+        layer.bn.running_var.uniform_(0.1, 3.0)
+        layer.bn.weight.normal_(1.0, 0.5)
+        layer.bn.bias.normal_(0.0, 0.5)
+    layer.eval()
+    images = torch.randn(2, 8, 20, 20)
+    conv_output = torch.nn.functional.conv2d(images, layer.c.weight, None, 2, 1, 1, groups)
+    expected = (conv_output - layer.bn.running_mean[:, None, None]) / torch.sqrt(
+        layer.bn.running_var[:, None, None] + layer.bn.eps
+    ) * layer.bn.weight[:, None, None] + layer.bn.bias[:, None, None]
+    with torch.inference_mode():
+        output = layer(images)
+    assert output.shape == (2, 16, 10, 10)
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_module_default_is_fp32():

@@ -40,6 +40,17 @@ class Conv2d_BN(nn.Sequential):
         nn.init.constant_(bn.bias, 0.0)
         self.add_module("bn", bn)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.bn(self.c(x))
+        # In eval mode BatchNorm is an affine map per channel, so it folds into the convolution: one pass
+        # over the (large, early-stage) activations instead of two.
+        conv, bn = self.c, self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale[:, None, None, None]
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
 
 class DropPath(nn.Module):
     """Stochastic depth: drops whole residual branches per sample while training."""
@@ -160,7 +171,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             height, width = self.input_resolution
-            x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+            x = x.reshape(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         x = self.conv3(x)
@@ -273,9 +284,10 @@ class Attention(nn.Module):
         x = self.norm(x)
         qkv = self.qkv(x).view(batch, num_tokens, self.num_heads, -1)
         q, k, v = qkv.permute(0, 2, 1, 3).split([self.key_dim, self.key_dim, self.d], dim=3)
-        bias = self.attention_biases[:, self.attention_bias_idxs]
-        # Under autocast, q/k/v may be reduced precision; the additive bias must match their dtype.
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        # A 4-D mask [1, heads, N, N] lets PyTorch pick its fused (flash) CPU kernel; a 3-D one falls back
+        # to the unfused path, which is ~4x slower here. Under autocast the mask must match q's dtype.
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)[None]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         x = x.transpose(1, 2).reshape(batch, num_tokens, self.dh)
         return self.proj(x)
 
@@ -326,7 +338,7 @@ class TinyViTBlock(nn.Module):
         if height == window and width == window:
             x = self.attn(x)
         else:
-            x = x.view(batch, height, width, channels)
+            x = x.reshape(batch, height, width, channels)
             pad_bottom = (window - height % window) % window
             pad_right = (window - width % window) % window
             # Zero tokens are padded before the attention's LayerNorm and are not masked out: this is
@@ -349,7 +361,8 @@ class TinyViTBlock(nn.Module):
             x = x[:, :height, :width].reshape(batch, num_tokens, channels)
 
         x = shortcut + self.drop_path(x)
-        x = x.transpose(1, 2).reshape(batch, channels, height, width)
+        # Tokens [B, H*W, C] are already an NHWC image: view them as channels-last NCHW, no copy.
+        x = x.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
         x = self.local_conv(x)
         x = x.flatten(2).transpose(1, 2)
         return x + self.drop_path(self.mlp(x))
@@ -531,12 +544,14 @@ class TinyViT(nn.Module):
             raise ValueError(
                 f"expected images padded to {self.img_size}x{self.img_size}, got {x.shape[-2]}x{x.shape[-1]}"
             )
-        x = self.patch_embed(x)
+        # Channels-last convolutions are faster on CPU (oneDNN) and match the token layout [B, H*W, C], so
+        # the switches between convolutions and attention are views rather than copies.
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
         height, width = self.output_resolution
-        x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
-        return self.neck(x)
+        x = x.reshape(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        return self.neck(x).contiguous()
 
 
 def _per_block(drop_path: "float | Sequence[float]", depth: int) -> List[float]:
