@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request, send_file, send_from_directory
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from . import codec
 from .cache import EmbeddingCache, is_valid_key
@@ -258,14 +258,24 @@ def gallery_listing():
 
 def _upload_bytes() -> bytes:
     content_type = request.mimetype or ""
+    if content_type == "application/x-www-form-urlencoded":
+        raise ApiError(415, "unsupported_upload", "send the image as multipart field 'image' or as the raw request body")
     if content_type.startswith("multipart/form-data"):
         upload = request.files.get("image")
+        _refuse_truncated_stream()
         if upload is None:
             raise ApiError(400, "missing_image", "a multipart upload needs the image in a field named 'image'")
         return upload.read()
-    if content_type == "application/x-www-form-urlencoded":
-        raise ApiError(415, "unsupported_upload", "send the image as multipart field 'image' or as the raw request body")
-    return request.get_data(cache=False)
+    data = request.get_data(cache=False)
+    _refuse_truncated_stream()
+    return data
+
+
+def _refuse_truncated_stream() -> None:
+    # A chunked body (no Content-Length) is cut at MAX_CONTENT_LENGTH without an error; reaching the cut
+    # means the body was at least that large.
+    if request.content_length is None and getattr(request.stream, "is_exhausted", False):
+        raise RequestEntityTooLarge()
 
 
 # Static files ---------------------------------------------------------------------------------------------------

@@ -21,8 +21,6 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Iterator, Optional, Tuple
 
-import torch
-
 from .config import Config
 
 logger = logging.getLogger(__name__)
@@ -186,6 +184,8 @@ def ensure_checkpoint(config: Config) -> Tuple[Optional[Path], str]:
 
 def random_model():
     """vit_t with weights drawn from a fixed seed (the global RNG is left as it was)."""
+    import torch
+
     from .sam import sam_model_registry
 
     with torch.random.fork_rng(devices=[]):
