@@ -1,0 +1,419 @@
+"""ONNX decoder export (model_export) and the decoder files the backend serves (backend.decoders).
+
+Parity is checked on the reduced reference model: onnxruntime outputs against the reference implementation's
+arrays and against the project's torch predictor.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backend.decoders import DecoderFileError, inspect_decoder, prepare_decoders, sha256_of
+from backend.sam import SamPredictor, build_sam
+from model_export.__main__ import main as export_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOGIT_TOL = 1e-3
+MASK_AGREEMENT = 0.995
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir):
+    meta = json.loads((reference_dir / "reduced_vit_seed0_dog.json").read_text())
+    arrays = np.load(reference_dir / meta["arrays"])
+    return meta, {k: arrays[k] for k in arrays.files}
+
+
+@pytest.fixture(scope="module")
+def model(reference_dir, reference):
+    meta, _ = reference
+    return build_sam(checkpoint=reference_dir / meta["checkpoint"], **meta["config"])
+
+
+@pytest.fixture(scope="module")
+def predictor(model, reference):
+    meta, arrays = reference
+    predictor = SamPredictor(model)
+    predictor.set_embedding(arrays["embedding"], tuple(meta["image_hw"]))
+    return predictor
+
+
+@pytest.fixture(scope="module")
+def decoders(model, tmp_path_factory):
+    cache_dir = tmp_path_factory.mktemp("decoders")
+    return {d["name"]: d for d in prepare_decoders(model, "reduced-seed0", cache_dir)}
+
+
+def session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def unpack_bits(bits: np.ndarray, width: int) -> np.ndarray:
+    return np.unpackbits(bits, axis=-1)[..., :width].astype(bool)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def onnx_prompt(predictor, prompt, mask_input=None):
+    """Reference prompt (image pixels) -> the ONNX inputs, as a client builds them."""
+    hw = predictor.original_size
+    coords, labels = [], []
+    if "points" in prompt:
+        coords.append(predictor.transform.apply_coords(np.array(prompt["points"], dtype=np.float64), hw))
+        labels.append(np.array(prompt["labels"], dtype=np.float64))
+    if "box" in prompt:
+        box = predictor.transform.apply_boxes(np.array([prompt["box"]], dtype=np.float64), hw)
+        coords.append(box.reshape(2, 2))
+        labels.append(np.array([2, 3]))
+    else:
+        coords.append(np.zeros((1, 2)))
+        labels.append(np.array([-1]))
+    feeds = {
+        "point_coords": np.concatenate(coords)[None].astype(np.float32),
+        "point_labels": np.concatenate(labels)[None].astype(np.float32),
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+    }
+    if mask_input is not None:
+        feeds["mask_input"] = mask_input.reshape(1, 1, 256, 256).astype(np.float32)
+        feeds["has_mask_input"] = np.ones(1, np.float32)
+    return feeds
+
+
+def reference_cases(reference):
+    """(index, prompt, feeds-builder args) for the reference prompts: points, box, box + points, mask input."""
+    meta, arrays = reference
+    for i, prompt in enumerate(meta["prompts"]):
+        mask_input = None
+        if "mask_from" in prompt:
+            j = prompt["mask_from"]
+            mask_input = arrays[f"p{j}_low_res"][np.argmax(arrays[f"p{j}_iou"])]
+        yield i, prompt, mask_input
+
+
+def candidates(prompt) -> slice:
+    """The 4-mask graphs' outputs matching the reference's: 1..3 for multimask, 0 (single-mask token) else."""
+    return slice(1, 4) if prompt["multimask"] else slice(0, 1)
+
+
+def client_upsample(low_res: np.ndarray, input_size, original_size) -> np.ndarray:
+    """What the web client does with lowres logits: bilinear (half-pixel) to 1024, crop, resize to the image."""
+    x = torch.from_numpy(low_res)
+    x = F.interpolate(x, (1024, 1024), mode="bilinear", align_corners=False)[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False).numpy()
+
+
+# ---------------------------------------------------------------- graph interface
+
+
+@pytest.mark.parametrize("name", ["official", "lowres", "official-quantized", "lowres-quantized"])
+def test_graph_interface_and_only_points_axis_dynamic(decoders, name):
+    graph = onnx.load(str(decoders[name]["path"])).graph
+    interface = decoders[name]["interface"]
+    initializers = {i.name for i in graph.initializer}
+    inputs = {i.name: i for i in graph.input if i.name not in initializers}
+    expected = {
+        "image_embeddings": [1, 256, 64, 64],
+        "point_coords": [1, "num_points", 2],
+        "point_labels": [1, "num_points"],
+        "mask_input": [1, 1, 256, 256],
+        "has_mask_input": [1],
+    }
+    if interface == "official":
+        expected["orig_im_size"] = [2]
+    shapes = {
+        name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] for name, value in inputs.items()
+    }
+    assert shapes == expected
+    outputs = [o.name for o in graph.output]
+    assert outputs == (["masks", "iou_predictions", "low_res_masks"] if interface == "official"
+                       else ["iou_predictions", "low_res_masks"])
+    assert opset_of(onnx.load(str(decoders[name]["path"]), load_external_data=False)) == 17
+
+
+def opset_of(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+@pytest.mark.parametrize("num_points", [1, 2, 6, 12])
+def test_any_number_of_points_runs(decoders, reference, num_points):
+    _, arrays = reference
+    rng = np.random.default_rng(num_points)
+    feeds = {
+        "image_embeddings": arrays["embedding"],
+        "point_coords": rng.uniform(0, 1024, (1, num_points, 2)).astype(np.float32),
+        "point_labels": rng.integers(-1, 4, (1, num_points)).astype(np.float32),
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+    }
+    official = session(decoders["official"]["path"]).run(None, {**feeds, "orig_im_size": np.array([300, 500], np.float32)})
+    lowres = session(decoders["lowres"]["path"]).run(None, feeds)
+    assert official[0].shape == (1, 4, 300, 500)
+    assert official[1].shape == (1, 4) and lowres[0].shape == (1, 4)
+    np.testing.assert_allclose(lowres[1], official[2], atol=LOGIT_TOL)
+    np.testing.assert_allclose(lowres[0], official[1], atol=LOGIT_TOL)
+
+
+# ---------------------------------------------------------------- parity: reference arrays
+
+
+@pytest.fixture(scope="module")
+def single_mask_decoder(tmp_path_factory, reference_dir):
+    """Made through the CLI, with Meta's flag and the reference JSON as config."""
+    out = tmp_path_factory.mktemp("cli") / "single.onnx"
+    quantized = out.with_name("single-quantized.onnx")
+    code = export_main([
+        "--config-json", str(reference_dir / "reduced_vit_seed0_dog.json"),
+        "--output", str(out), "--return-single-mask", "--quantize-out", str(quantized),
+    ])
+    assert code == 0
+    return out, quantized
+
+
+@pytest.mark.parametrize("kind", ["multi", "single"])
+def test_official_graph_matches_reference_onnx_interface(decoders, single_mask_decoder, reference, kind):
+    meta, arrays = reference
+    h, w = meta["image_hw"]
+    path = decoders["official"]["path"] if kind == "multi" else single_mask_decoder[0]
+    masks, scores, low_res = session(path).run(None, {
+        "image_embeddings": arrays["embedding"],
+        "point_coords": arrays[f"onnxif_{kind}_point_coords"],
+        "point_labels": arrays[f"onnxif_{kind}_point_labels"],
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+        "orig_im_size": np.array([h, w], np.float32),
+    })
+    np.testing.assert_allclose(low_res, arrays[f"onnxif_{kind}_low_res"], atol=LOGIT_TOL, rtol=0)
+    np.testing.assert_allclose(scores, arrays[f"onnxif_{kind}_scores"], atol=LOGIT_TOL, rtol=0)
+    expected = unpack_bits(arrays[f"onnxif_{kind}_mask_bits"], w)
+    assert masks.shape == expected.shape
+    assert ((masks > 0) == expected).mean() >= MASK_AGREEMENT
+
+
+@pytest.mark.parametrize("index", range(5), ids=["point", "points", "box", "box+point", "mask-input"])
+def test_onnx_decoders_match_reference_and_torch_predictor(decoders, predictor, reference, index):
+    meta, arrays = reference
+    i, prompt, mask_input = list(reference_cases(reference))[index]
+    h, w = meta["image_hw"]
+    feeds = {"image_embeddings": arrays["embedding"], **onnx_prompt(predictor, prompt, mask_input)}
+    pick = candidates(prompt)
+    masks, scores, low_res = session(decoders["official"]["path"]).run(None, {**feeds, "orig_im_size": np.array([h, w], np.float32)})
+    lowres_scores, lowres_low_res = session(decoders["lowres"]["path"]).run(None, feeds)
+
+    # Against Meta's reference predictor outputs.
+    reference_masks = unpack_bits(arrays[f"p{i}_mask_bits"], w)
+    np.testing.assert_allclose(low_res[0, pick], arrays[f"p{i}_low_res"], atol=LOGIT_TOL, rtol=0)
+    np.testing.assert_allclose(scores[0, pick], arrays[f"p{i}_iou"], atol=LOGIT_TOL, rtol=0)
+    assert ((masks[0, pick] > 0) == reference_masks).mean() >= MASK_AGREEMENT
+
+    # Against the project's torch predictor.
+    torch_masks, torch_scores, torch_low_res = predictor.predict(
+        point_coords=np.array(prompt["points"]) if "points" in prompt else None,
+        point_labels=np.array(prompt["labels"]) if "points" in prompt else None,
+        box=np.array(prompt["box"]) if "box" in prompt else None,
+        mask_input=None if mask_input is None else mask_input[None],
+        multimask_output=prompt["multimask"],
+    )
+    np.testing.assert_allclose(low_res[0, pick], torch_low_res, atol=LOGIT_TOL, rtol=0)
+    np.testing.assert_allclose(scores[0, pick], torch_scores, atol=LOGIT_TOL, rtol=0)
+    assert ((masks[0, pick] > 0) == torch_masks).mean() >= MASK_AGREEMENT
+
+    # The fast variant, upsampled as the client does, gives the same masks.
+    np.testing.assert_allclose(lowres_low_res[0, pick], torch_low_res, atol=LOGIT_TOL, rtol=0)
+    np.testing.assert_allclose(lowres_scores[0, pick], torch_scores, atol=LOGIT_TOL, rtol=0)
+    client_masks = client_upsample(lowres_low_res, predictor.input_size, (h, w))[0, pick] > 0
+    for k in range(client_masks.shape[0]):
+        assert mask_iou(client_masks[k], torch_masks[k]) >= 0.99
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def test_quantized_decoders_are_smaller_and_keep_masks(decoders, predictor, reference, capsys):
+    """
+    Per-candidate mask IoU of the uint8-weight decoders against fp32, over 16 random prompts of 1-3 clicks.
+    The fp32 reference is the fp32 official graph, which the tests above hold equal to the torch predictor
+    (and is ten times faster to run here).
+    """
+    meta, arrays = reference
+    h, w = meta["image_hw"]
+    for name in ("official", "lowres"):
+        assert decoders[f"{name}-quantized"]["bytes"] < 0.6 * decoders[name]["bytes"]
+    fp32 = session(decoders["official"]["path"])
+    official_q = session(decoders["official-quantized"]["path"])
+    lowres_q = session(decoders["lowres-quantized"]["path"])
+    rng = np.random.default_rng(0)
+    ious = {"official-quantized": [], "lowres-quantized": []}
+    for _ in range(16):
+        n = int(rng.integers(1, 4))
+        points = rng.uniform([0, 0], [w, h], (n, 2))
+        labels = np.concatenate([[1], rng.integers(0, 2, n - 1)])
+        feeds = {"image_embeddings": arrays["embedding"],
+                 **onnx_prompt(predictor, {"points": points.tolist(), "labels": labels.tolist()})}
+        orig_im_size = {"orig_im_size": np.array([h, w], np.float32)}
+        expected = fp32.run(None, {**feeds, **orig_im_size})[0][0] > 0
+        masks = official_q.run(None, {**feeds, **orig_im_size})[0][0] > 0
+        ious["official-quantized"].append([mask_iou(masks[k], expected[k]) for k in range(4)])
+        low_res = lowres_q.run(None, feeds)[1]
+        masks = client_upsample(low_res, predictor.input_size, (h, w))[0] > 0
+        ious["lowres-quantized"].append([mask_iou(masks[k], expected[k]) for k in range(4)])
+    with capsys.disabled():
+        for name, values in ious.items():
+            values = np.array(values)
+            print(f"\n{name}: mask IoU vs fp32 per candidate (0 = single-mask token, 1-3 multimask): "
+                  f"mean {np.round(values.mean(0), 4).tolist()}, min {np.round(values.min(0), 4).tolist()}")
+    for name, values in ious.items():
+        values = np.array(values)
+        assert values.mean(0).min() >= 0.97, name
+        assert values.min() >= 0.9, name
+
+
+def test_quantized_single_mask_graph_matches_reference_candidate(single_mask_decoder, reference):
+    """After quantization a single-mask graph may pick another near-tied candidate; its mask must match it."""
+    meta, arrays = reference
+    h, w = meta["image_hw"]
+    masks, scores, _ = session(single_mask_decoder[1]).run(None, {
+        "image_embeddings": arrays["embedding"],
+        "point_coords": arrays["onnxif_multi_point_coords"],
+        "point_labels": arrays["onnxif_multi_point_labels"],
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+        "orig_im_size": np.array([h, w], np.float32),
+    })
+    assert masks.shape == (1, 1, h, w)
+    all_masks = unpack_bits(arrays["onnxif_multi_mask_bits"], w)[0, 1:]
+    best = max(mask_iou(masks[0, 0] > 0, candidate) for candidate in all_masks)
+    assert best >= 0.95
+
+
+# ---------------------------------------------------------------- CLI options
+
+
+def test_extra_metrics_and_stability_score_outputs(tmp_path, reference_dir, reference):
+    meta, arrays = reference
+    h, w = meta["image_hw"]
+    out = tmp_path / "extra.onnx"
+    assert export_main([
+        "--config-json", str(reference_dir / "reduced_vit_seed0_dog.json"), "--output", str(out),
+        "--return-extra-metrics", "--use-stability-score", "--gelu-approximate",
+    ]) == 0
+    s = session(out)
+    assert [o.name for o in s.get_outputs()] == ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
+    masks, scores, stability, areas, low_res = s.run(None, {
+        "image_embeddings": arrays["embedding"],
+        "point_coords": arrays["onnxif_multi_point_coords"],
+        "point_labels": arrays["onnxif_multi_point_labels"],
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+        "orig_im_size": np.array([h, w], np.float32),
+    })
+    np.testing.assert_array_equal(areas, (masks > 0).sum((-1, -2)))
+    np.testing.assert_allclose(stability, (masks > 1).sum((-1, -2)) / (masks > -1).sum((-1, -2)), rtol=1e-6)
+    np.testing.assert_allclose(scores, (low_res > 1).sum((-1, -2)) / (low_res > -1).sum((-1, -2)), rtol=1e-6)
+    # tanh GELU moves the logits slightly, not the masks.
+    expected = unpack_bits(arrays["onnxif_multi_mask_bits"], w)
+    assert np.abs(low_res - arrays["onnxif_multi_low_res"]).max() < 0.05
+    assert ((masks > 0) == expected).mean() >= 0.99
+
+
+def test_cli_rejects_bad_arguments_with_plain_messages(tmp_path, reference_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        export_main(["--checkpoint", str(tmp_path / "missing.pth"), "--model-type", "vit_b", "--output", str(tmp_path / "x.onnx")])
+    assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main(["--config-json", str(reference_dir / "reduced_vit_seed0_dog.json"), "--output",
+                     str(tmp_path / "x.onnx"), "--variant", "lowres", "--return-single-mask"])
+    assert "--variant official" in capsys.readouterr().err
+    # A checkpoint of another architecture: a plain error, exit code 2, no file.
+    code = export_main(["--checkpoint", str(reference_dir / "reduced_vit_seed0.pth"), "--model-type", "vit_b",
+                        "--output", str(tmp_path / "x.onnx")])
+    assert code == 2 and "vit_b" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_help_documents_meta_flags():
+    out = subprocess.run([sys.executable, "-m", "model_export", "--help"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0
+    for flag in ["--checkpoint", "--model-type", "--output", "--return-single-mask", "--opset", "--quantize-out",
+                 "--gelu-approximate", "--use-stability-score", "--return-extra-metrics", "--config-json"]:
+        assert flag in out.stdout
+
+
+# ---------------------------------------------------------------- backend.decoders
+
+
+def test_prepare_decoders_lists_hashes_and_reuses_cache(decoders, model, tmp_path):
+    assert list(decoders) == ["lowres", "lowres-quantized", "official", "official-quantized"]
+    for d in decoders.values():
+        assert d["bytes"] == d["path"].stat().st_size
+        assert d["sha256"] == sha256_of(d["path"])
+        assert d["interface"] == inspect_decoder(d["path"])["interface"]
+        assert d["quantized"] == d["name"].endswith("-quantized") == inspect_decoder(d["path"])["quantized"]
+        assert d["path"].stat().st_mode & 0o044 == 0o044  # readable by the server process and others
+    cache_dir = decoders["official"]["path"].parent.parent
+    mtimes = {n: d["path"].stat().st_mtime_ns for n, d in decoders.items()}
+    again = {d["name"]: d for d in prepare_decoders(model, "reduced-seed0", cache_dir)}
+    assert {n: d["path"].stat().st_mtime_ns for n, d in again.items()} == mtimes
+    assert {n: d["sha256"] for n, d in again.items()} == {n: d["sha256"] for n, d in decoders.items()}
+    other = prepare_decoders(model, "other/weights id", cache_dir)
+    assert other[0]["path"].parent != decoders["lowres"]["path"].parent
+    assert not list(cache_dir.rglob("*.tmp"))
+
+
+def test_custom_decoder_interface_is_detected(decoders, model, single_mask_decoder, tmp_path):
+    cache_dir = decoders["official"]["path"].parent.parent
+    listed = prepare_decoders(model, "reduced-seed0", cache_dir, custom_decoder=single_mask_decoder[0])
+    custom = listed[-1]
+    assert custom["name"] == "custom" and custom["interface"] == "official" and custom["quantized"] is False
+    assert custom["sha256"] == sha256_of(single_mask_decoder[0])
+    assert inspect_decoder(decoders["lowres-quantized"]["path"]) == {"interface": "lowres", "quantized": True}
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx file")
+    with pytest.raises(DecoderFileError, match="not a readable ONNX model"):
+        prepare_decoders(model, "reduced-seed0", cache_dir, custom_decoder=garbage)
+    with pytest.raises(DecoderFileError, match="does not exist"):
+        prepare_decoders(model, "reduced-seed0", cache_dir, custom_decoder=tmp_path / "missing.onnx")
+
+
+CONCURRENT_EXPORT = """
+import json, sys
+from pathlib import Path
+from backend.decoders import prepare_decoders
+from backend.sam import build_sam
+reference = Path(sys.argv[1])
+meta = json.loads((reference / "reduced_vit_seed0_dog.json").read_text())
+model = build_sam(checkpoint=reference / meta["checkpoint"], **meta["config"])
+decoders = prepare_decoders(model, "concurrent", Path(sys.argv[2]))
+print(json.dumps({d["name"]: d["sha256"] for d in decoders}))
+"""
+
+
+def test_two_processes_exporting_at_once_agree(reference_dir, tmp_path):
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_EXPORT, str(reference_dir), str(tmp_path)],
+                         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in results)
+    assert first == second and len(first) == 4
+    for path in tmp_path.rglob("*.onnx"):
+        assert sha256_of(path) == first[path.stem]
+        session(path)  # whole, loadable files
+    assert not list(tmp_path.rglob("*.tmp"))
