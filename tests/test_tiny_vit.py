@@ -204,6 +204,18 @@ def test_module_default_is_fp32():
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
+def test_model_cast_to_bf16_runs_and_returns_bf16():
+    model = build_small().eval()
+    torch.manual_seed(5)
+    images = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        expected = model(images)
+        embedding = model.to(torch.bfloat16)(images.to(torch.bfloat16))
+    assert embedding.dtype == torch.bfloat16
+    cosine = torch.nn.functional.cosine_similarity(embedding.double().flatten(), expected.double().flatten(), dim=0)
+    assert cosine >= 0.99
+
+
 def test_images_in_a_batch_do_not_mix():
     model = build_small().eval()
     torch.manual_seed(1)

@@ -82,12 +82,15 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32 even under bf16 autocast: the embedding is this layer's output.
+        # Computed in float32 even under bf16 autocast, since the embedding is this layer's output; the
+        # result has the parameters' dtype (float32 under autocast, bf16 for a model cast to bf16).
+        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
         x = x.float()
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        x = self.weight.float()[:, None, None] * x + self.bias.float()[:, None, None]
+        return x.to(out_dtype)
 
 
 class PatchEmbed(nn.Module):
