@@ -3,9 +3,13 @@ Browser benchmark of the ONNX decoders: official interface vs the lowres variant
 headless Chromium, cross-origin isolated, interleaved in one page.
 
     .venv/bin/python tests/benchmarks/bench_decoder_browser.py [--decodes 60] [--threads 2]
+        [--image-hw 768 1024] [--with-quantized]
 
-Exports both decoders from the reduced reference model (../shared/reference) unless --models-dir holds
-official.onnx and lowres.onnx, feeds the reference dog embedding, and prints medians and their ratio.
+Exports the decoders from the reduced reference model (../shared/reference) with backend.decoders, feeds
+the reference dog embedding, and prints each decoder's median time per decode and the official/lowres ratio.
+A decode is prompt -> binary mask at image size, as the web client needs it: session.run, then for
+official a threshold of the chosen full-size mask, for lowres the client's upsampling (web/js/mask-math.js).
+The decode's cost is independent of the weights (random or real), only of the graph.
 """
 
 import argparse
@@ -76,9 +80,9 @@ def reference_model():
     return build_sam(checkpoint=str(REFERENCE_DIR / meta["checkpoint"]), **meta["config"]).eval(), meta
 
 
-def bench_prompts(meta: dict) -> list:
+def bench_prompts(image_hw) -> list:
     """Clicks, a box and box + point in the 1024 frame (as the client sends them)."""
-    h, w = meta["image_hw"]
+    h, w = image_hw
     scale = 1024 / max(h, w)
     sx, sy = int(w * scale + 0.5) / w, int(h * scale + 0.5) / h
     prompts = []
@@ -98,7 +102,10 @@ def main() -> int:
     parser.add_argument("--decodes", type=int, default=60, help="timed decodes per decoder (>= 40)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--models-dir", type=Path, help="directory with official.onnx and lowres.onnx")
+    parser.add_argument("--models-dir", type=Path, help="use official.onnx, lowres.onnx (and *-quantized.onnx) here")
+    parser.add_argument("--image-hw", type=int, nargs=2, metavar=("H", "W"),
+                        help="image size the masks are made for (default: the reference dog, 534 x 800)")
+    parser.add_argument("--with-quantized", action="store_true", help="also time the quantized decoders")
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     args = parser.parse_args()
 
@@ -111,12 +118,12 @@ def main() -> int:
         models_dir = args.models_dir
         if models_dir is None:
             sys.path.insert(0, str(REPO_ROOT))
-            from model_export.export import export_decoder
+            from backend.decoders import prepare_decoders
 
             model, _ = reference_model()
-            models_dir = tmp / "models"
-            for variant in ("official", "lowres"):
-                export_decoder(model, models_dir / f"{variant}.onnx", variant=variant)
+            models_dir = prepare_decoders(model, "bench", tmp / "cache")[0]["path"].parent
+        names = ["official", "lowres"] + (["official-quantized", "lowres-quantized"] if args.with_quantized else [])
+        image_hw = list(args.image_hw) if args.image_hw else meta["image_hw"]
         data_dir = tmp / "data"
         data_dir.mkdir()
         (data_dir / "embedding.f32").write_bytes(embedding.tobytes())
@@ -124,10 +131,10 @@ def main() -> int:
             "threads": args.threads,
             "decodes": args.decodes,
             "warmup": args.warmup,
-            "image_hw": meta["image_hw"],
-            "models": {"official": "/models/official.onnx", "lowres": "/models/lowres.onnx"},
-            "interfaces": {"official": "official", "lowres": "lowres"},
-            "prompts": bench_prompts(meta),
+            "image_hw": image_hw,
+            "models": {name: f"/models/{name}.onnx" for name in names},
+            "interfaces": {name: name.split("-")[0] for name in names},
+            "prompts": bench_prompts(image_hw),
         }
         (data_dir / "params.json").write_text(json.dumps(params))
         for name in ("decoder_bench.html", "decoder_bench.js"):
@@ -159,16 +166,17 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(f"onnxruntime-web {result['ortVersion']}, crossOriginIsolated={result['crossOriginIsolated']}, "
-          f"threads={result['threads']}, {args.decodes} interleaved decodes each, image {meta['image_hw']}")
+          f"threads={result['threads']}, {args.decodes} interleaved decodes each, image {image_hw}")
     print("session load ms: " + ", ".join(f"{k} {v:.0f}" for k, v in result["loadMs"].items()))
     medians = {}
     for name, series in result["times"].items():
         medians[name] = {key: statistics.median(values) for key, values in series.items()}
-        print(f"{name:9s} median run {medians[name]['runMs']:7.1f} ms   prompt->mask {medians[name]['totalMs']:7.1f} ms")
+        print(f"{name:18s} median run {medians[name]['runMs']:7.1f} ms   prompt->mask {medians[name]['totalMs']:7.1f} ms")
     for key, label in (("runMs", "session.run"), ("totalMs", "prompt->mask")):
         print(f"speed-up ({label}): {medians['official'][key] / medians['lowres'][key]:.2f}x")
-    worst = min(a["iou"] for a in result["agreement"])
-    print(f"mask IoU official vs lowres (client upsampling), worst of {len(result['agreement'])} prompts: {worst:.5f}")
+    for name in names[1:]:
+        worst = min(a["iou"] for a in result["agreement"] if a["decoder"] == name)
+        print(f"mask IoU of {name} vs official, worst of {len(bench_prompts(image_hw))} prompts: {worst:.5f}")
     return 0
 
 

@@ -80,8 +80,11 @@ for (let i = 0; i < params.decodes; i++) {
     times[n].totalMs.push(results[n].totalMs);
   }
   if (i < prompts.length) {
-    const [a, b] = names.map((n) => results[n]);
-    agreement.push({ prompt: i, k: [a.k, b.k], ...compareMasks(a.mask, b.mask) });
+    // Every decoder's mask against the first one's (the official fp32 graph).
+    for (const n of names.slice(1)) {
+      const [a, b] = [results[names[0]], results[n]];
+      agreement.push({ prompt: i, decoder: n, k: [a.k, b.k], ...compareMasks(a.mask, b.mask) });
+    }
   }
   status(`decode ${i + 1}/${params.decodes}`);
 }
