@@ -62,9 +62,24 @@ class ReferenceCase:
         return bits[..., : shape[-1]].astype(bool)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+_LOADED = {}
+
+
+def load_case(reference_dir, name):
+    """Each case is built and encoded once per session (the encoder dominates the cost)."""
+    if name not in _LOADED:
+        _LOADED[name] = ReferenceCase(reference_dir, name)
+    return _LOADED[name]
+
+
+@pytest.fixture(params=list(CASES))
 def case(request, reference_dir):
-    return ReferenceCase(reference_dir, request.param)
+    return load_case(reference_dir, request.param)
+
+
+@pytest.fixture
+def dog(reference_dir):
+    return load_case(reference_dir, "reduced_vit_seed0_dog")
 
 
     meta = json.loads((REFERENCE_DIR / f"{name}.json").read_text())
@@ -113,7 +128,8 @@ def test_logits_threshold_to_masks(case):
     np.testing.assert_array_equal(logits > case.model.mask_threshold, masks)
 
 
-def test_batched_prompts_equal_single_prompts(case):
+def test_batched_prompts_equal_single_prompts(dog):
+    case = dog
     """predict_torch with a batch of B prompts gives each prompt's single result."""
     predictor = case.predictor
     transform = ResizeLongestSide(1024)
@@ -130,7 +146,8 @@ def test_batched_prompts_equal_single_prompts(case):
         assert (masks[b].numpy() == single_masks).mean() > 0.9999
 
 
-def test_set_embedding_skips_encoder_and_matches(case, monkeypatch):
+def test_set_embedding_skips_encoder_and_matches(dog, monkeypatch):
+    case = dog
     embedding = case.predictor.get_image_embedding().cpu().numpy()
     height, width = case.meta["image_hw"]
     predictor = SamPredictor(case.model)
@@ -154,3 +171,90 @@ def test_preprocess_shape_rounds_half_up():
     assert ResizeLongestSide.get_preprocess_shape(2048, 1, 1024) == (1024, 1)
     coords = ResizeLongestSide(1024).apply_coords(np.array([[800.0, 534.0]]), (534, 800))
     np.testing.assert_allclose(coords, [[1024.0, 684.0]])
+
+
+def encode_with(case, attn_impl, precision):
+    """The image embedding computed with another attention implementation / precision (settings restored)."""
+    encoder = case.model.image_encoder
+    saved = (getattr(encoder, "attn_impl", None), case.model.precision)
+    try:
+        if saved[0] is not None:
+            encoder.attn_impl = attn_impl
+        case.model.set_precision(precision)
+        predictor = SamPredictor(case.model)
+        predictor.set_image(case.image)
+        return predictor
+    finally:
+        if saved[0] is not None:
+            encoder.attn_impl = saved[0]
+        case.model.set_precision(saved[1])
+
+
+def test_math_attention_matches_fused_attention(dog):
+    case = dog
+    assert case.model.image_encoder.attn_impl == "sdpa"  # the default the other tests exercise
+    embedding = encode_with(case, "math", "fp32").get_image_embedding().numpy()
+    assert np.abs(embedding - case.arrays["embedding"]).max() <= EMBEDDING_ATOL
+    fused = case.predictor.get_image_embedding().numpy()
+    assert np.abs(embedding - fused).max() <= 1e-4
+
+
+def mask_iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return np.logical_and(a, b).sum() / union
+
+
+@pytest.mark.parametrize(
+    "name, precision, min_iou",
+    [
+        ("reduced_vit_seed0_dog", "bf16", 0.99),
+        ("reduced_vit_seed0_dog", "fp16", 0.99),
+        # Random-weight logits are tiny (|x| < 0.45), so near-zero pixels flip; pixel agreement still holds.
+        ("vit_t_seed0_truck", "bf16", 0.98),
+    ],
+)
+def test_reduced_precision_encoder_agrees_with_fp32(reference_dir, name, precision, min_iou):
+    """Autocast (bf16 on CPUs with native bf16 and CUDA, fp16 on older GPUs) keeps the embedding and masks."""
+    case = load_case(reference_dir, name)
+    predictor = encode_with(case, "sdpa", precision)
+    embedding = predictor.get_image_embedding()
+    exact = case.predictor.get_image_embedding()
+    assert embedding.dtype == torch.float32
+    assert not torch.equal(embedding, exact)  # the knob really changed the computation
+    cosine = torch.nn.functional.cosine_similarity(embedding.flatten(), exact.flatten(), dim=0).item()
+    assert cosine >= 0.9995
+
+    outputs = {}
+    for index, prompt in enumerate(case.meta["prompts"]):
+        args = case.prompt_args(index)
+        if "mask_from" in prompt:
+            _, scores, low_res = outputs[prompt["mask_from"]]
+            args["mask_input"] = low_res[np.argmax(scores)][None]
+        outputs[index] = predictor.predict(**args)
+        for mask, reference in zip(outputs[index][0], case.reference_masks(index)):
+            assert (mask == reference).mean() >= MASK_AGREEMENT, (index, precision)
+            assert mask_iou(mask, reference) >= min_iou, (index, precision)
+
+
+def test_precision_choice():
+    from backend.sam.sam import cpu_has_native_bf16, default_precision
+
+    assert default_precision(torch.device("cpu")) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    with torch.device("meta"):
+        model = build_sam(encoder_embed_dim=64, encoder_depth=1, encoder_num_heads=4, encoder_global_attn_indexes=[0])
+    assert model.precision == "fp32"  # built models start on the exact path
+    assert model.set_precision("bf16") == "bf16" and model.image_encoder.autocast_dtype == torch.bfloat16
+    assert model.set_precision("fp32") == "fp32" and model.image_encoder.autocast_dtype is None
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model.set_precision("int4")
+    with pytest.raises(ValueError, match="attn_impl must be one of"):
+        model.image_encoder.attn_impl = "flash"
+
+
+def test_cuda_precision_choice_without_a_gpu(monkeypatch):
+    from backend.sam.sam import default_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert default_precision(torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert default_precision(torch.device("cuda")) == "fp16"

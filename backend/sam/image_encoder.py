@@ -177,26 +177,44 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
         tokens = height * width
-        # [3, B * heads, H * W, head_dim]
+        # [3, B, heads, H * W, head_dim]
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, batch * self.num_heads, tokens, -1).unbind(0)
-
-        bias = None
-        if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
-
         if self.attn_impl == "sdpa":
-            if bias is not None:
-                bias = bias.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            out = self._sdpa(*qkv.unbind(0), (height, width))
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if bias is not None:
-                attn = attn + bias
-            out = attn.softmax(dim=-1) @ v
-
+            out = self._math(*qkv.reshape(3, batch * self.num_heads, tokens, -1).unbind(0), (height, width))
         out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
         return self.proj(out)
+
+    def _math(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """The reference formulation; q, k, v: [B * heads, H * W, head_dim]."""
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        if self.use_rel_pos:
+            attn = attn + decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw, hw)
+        return attn.softmax(dim=-1) @ v
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """Fused attention; q, k, v: [B, heads, H * W, head_dim] -> [B, heads, H * W, head_dim].
+
+        The relative-position bias is rel_h[i, row(j)] + rel_w[i, col(j)], i.e. a dot product of
+        [rel_h[i], rel_w[i]] with one-hot row/column codes of key j. Appending those to q and k gives the
+        biased logits without materialising a [tokens, tokens] bias, so the fused kernel (which needs q, k and
+        v of one width) can run: v is zero-padded to that width and the padding dropped afterwards.
+        """
+        if not self.use_rel_pos:
+            return F.scaled_dot_product_attention(q, k, v)
+        batch, heads, tokens, head_dim = q.shape
+        height, width = hw
+        rel_h, rel_w = decomposed_rel_pos_terms(
+            q.reshape(batch * heads, tokens, head_dim), self.rel_pos_h, self.rel_pos_w, hw, hw
+        )
+        rows = torch.eye(height, dtype=k.dtype, device=k.device)[:, None, :].expand(height, width, height)
+        cols = torch.eye(width, dtype=k.dtype, device=k.device)[None, :, :].expand(height, width, width)
+        codes = torch.cat([rows, cols], dim=-1).reshape(1, 1, tokens, height + width).expand(batch, heads, -1, -1)
+        q = torch.cat([q * self.scale, rel_h.reshape(batch, heads, tokens, height), rel_w.reshape(batch, heads, tokens, width)], dim=-1)
+        k = torch.cat([k, codes], dim=-1)
+        v = F.pad(v, (0, height + width))
+        return F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :head_dim]
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -248,16 +266,16 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative.long()]
 
 
-def decomposed_rel_pos_bias(
+def decomposed_rel_pos_terms(
     q: torch.Tensor,
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
     q_size: Tuple[int, int],
     k_size: Tuple[int, int],
-) -> torch.Tensor:
-    """Additive attention bias of decomposed relative positions (MViTv2).
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-query relative-position terms along each axis (MViTv2's decomposition).
 
-    q: [B, q_h * q_w, C] unscaled queries -> bias [B, q_h * q_w, k_h * k_w].
+    q: [B, q_h * q_w, C] unscaled queries -> rel_h [B, q_h, q_w, k_h], rel_w [B, q_h, q_w, k_w].
     """
     q_h, q_w = q_size
     k_h, k_w = k_size
@@ -268,8 +286,20 @@ def decomposed_rel_pos_bias(
     grid_q = q.reshape(batch, q_h, q_w, dim)
     rel_h = torch.einsum("bhwc,hkc->bhwk", grid_q, rel_h_table.to(q.dtype))
     rel_w = torch.einsum("bhwc,wkc->bhwk", grid_q, rel_w_table.to(q.dtype))
+    return rel_h, rel_w
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: Tuple[int, int],
+    k_size: Tuple[int, int],
+) -> torch.Tensor:
+    """Additive attention bias of decomposed relative positions: q [B, q_h * q_w, C] -> [B, q_h * q_w, k_h * k_w]."""
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
     bias = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
-    return bias.reshape(batch, q_h * q_w, k_h * k_w)
+    return bias.reshape(q.shape[0], q_size[0] * q_size[1], k_size[0] * k_size[1])
 
 
 class PatchEmbed(nn.Module):

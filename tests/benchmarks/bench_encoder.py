@@ -1,0 +1,143 @@
+"""Image encoder speed on this machine: the plain fp32 path against each fast path.
+
+Not a test (pytest does not collect it). Run from the repository root:
+
+    .venv/bin/python tests/benchmarks/bench_encoder.py [--runs 3] [--models vit_b,vit_t]
+
+For each model (random weights, torch.manual_seed(0)) the paths run interleaved, `--runs` times each, on one
+real photo (dog.jpg from ../shared/reference/images). Reported per path: median seconds per image, speed-up
+over the plain path (ratio of medians), cosine similarity of the embedding to the plain path's, and the IoU
+of the masks predicted from that embedding with the masks from the plain embedding, over the prompts of
+reduced_vit_seed0_dog.json (single and multi-mask; mean and minimum).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
+sys.path.insert(0, str(REPO_ROOT))
+
+from backend.sam import SamPredictor, sam_model_registry  # noqa: E402
+from backend.sam.sam import default_precision  # noqa: E402
+
+# (name, attention implementation, autocast dtype); the first one is the plain reference formulation.
+PATHS: List[Tuple[str, str, str]] = [
+    ("fp32 plain (math attention)", "math", "fp32"),
+    ("fp32 + SDPA", "sdpa", "fp32"),
+    ("bf16 autocast (math attention)", "math", "bf16"),
+    ("bf16 autocast + SDPA (default)", "sdpa", "bf16"),
+]
+
+
+def encoder_input(model, image: np.ndarray) -> torch.Tensor:
+    predictor = SamPredictor(model)
+    resized = predictor.transform.apply_image(image)
+    x = torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None].float()
+    return model.preprocess(x)
+
+
+def configure(model, attn_impl: str, precision: str) -> None:
+    if hasattr(model.image_encoder, "attn_impl"):
+        model.image_encoder.attn_impl = attn_impl
+    model.set_precision(precision)
+
+
+def timed(fn: Callable[[], torch.Tensor]) -> Tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def masks_for(model, embedding: torch.Tensor, image_hw: Tuple[int, int], prompts: List[dict]) -> List[np.ndarray]:
+    predictor = SamPredictor(model)
+    predictor.set_embedding(embedding, image_hw)
+    results: List[np.ndarray] = []
+    outputs = []
+    for prompt in prompts:
+        mask_input = None
+        if "mask_from" in prompt:
+            _, scores, low_res = outputs[prompt["mask_from"]]
+            mask_input = low_res[np.argmax(scores)][None]
+        out = predictor.predict(
+            point_coords=np.array(prompt["points"]) if "points" in prompt else None,
+            point_labels=np.array(prompt["labels"]) if "labels" in prompt else None,
+            box=np.array(prompt["box"]) if "box" in prompt else None,
+            mask_input=mask_input,
+            multimask_output=prompt["multimask"],
+        )
+        outputs.append(out)
+        results.extend(out[0])
+    return results
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def bench_model(model_type: str, paths, runs: int, image: np.ndarray, prompts: List[dict]) -> None:
+    torch.manual_seed(0)
+    model = sam_model_registry[model_type]().eval()
+    x = encoder_input(model, image)
+    print(f"\n== {model_type}: {sum(p.numel() for p in model.image_encoder.parameters()) / 1e6:.1f}M encoder parameters, "
+          f"input {list(x.shape)}, {torch.get_num_threads()} threads, {runs} interleaved runs per path")
+
+    times: Dict[str, List[float]] = {name: [] for name, _, _ in paths}
+    embeddings: Dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        configure(model, "sdpa", "bf16")
+        model.image_encoder(x)  # warm-up: oneDNN kernel creation, allocator
+        for run in range(runs):
+            for name, attn_impl, precision in paths:
+                configure(model, attn_impl, precision)
+                seconds, out = timed(lambda: model.image_encoder(x))
+                times[name].append(seconds)
+                embeddings[name] = out
+                print(f"  run {run + 1}: {name:34s} {seconds:7.2f} s", flush=True)
+
+    plain_name = paths[0][0]
+    plain = embeddings[plain_name]
+    plain_median = statistics.median(times[plain_name])
+    configure(model, "math", "fp32")
+    image_hw = image.shape[:2]
+    plain_masks = masks_for(model, plain, image_hw, prompts)
+    coverage = np.mean([m.mean() for m in plain_masks])
+    print(f"\n  {'path':34s} {'median s':>9s} {'speed-up':>9s} {'cosine':>10s} {'mask IoU mean/min':>18s}")
+    for name, _, _ in paths:
+        emb = embeddings[name]
+        cosine = torch.nn.functional.cosine_similarity(emb.flatten().double(), plain.flatten().double(), dim=0).item()
+        ious = [iou(a, b) for a, b in zip(masks_for(model, emb, image_hw, prompts), plain_masks)]
+        median = statistics.median(times[name])
+        print(f"  {name:34s} {median:9.2f} {plain_median / median:8.2f}x {cosine:10.6f} {np.mean(ious):9.4f}/{min(ious):.4f}")
+    print(f"  (plain-path masks cover {coverage:.1%} of the image on average; {len(plain_masks)} masks)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--models", default="vit_b,vit_t")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    meta = json.loads((REFERENCE_DIR / "reduced_vit_seed0_dog.json").read_text())
+    image = np.array(Image.open(REFERENCE_DIR / meta["image"]).convert("RGB"))
+    print(f"torch {torch.__version__}; default precision on this CPU: {default_precision(torch.device('cpu'))}")
+    for model_type in args.models.split(","):
+        paths = PATHS if model_type != "vit_t" else [("fp32 plain", "math", "fp32"), ("bf16 autocast (default)", "sdpa", "bf16")]
+        bench_model(model_type, paths, args.runs, image, meta["prompts"])
+
+
+if __name__ == "__main__":
+    main()
