@@ -1,7 +1,7 @@
 // The decoder Web Worker: owns onnxruntime-web, the decoder session and the image embedding.
 // The page never runs the model; it posts prompts here and gets back logits and binary masks.
 //
-// Messages in:  init {modelUrl, backend: "auto"|"wasm"|"webgpu"}
+// Messages in:  init {modelUrl, backend: "auto"|"wasm"|"webgpu", threads: 0 (automatic) or a count}
 //               embedding {buffer: ArrayBuffer (wire format), imageSize: [H, W]}
 //               decode {id, points: [{x, y, label}], box: [x0,y0,x1,y1]|null, maskInput: Float32Array|null,
 //                       multimask: bool, outSize: [H, W], allMasks: bool}
@@ -56,7 +56,7 @@ async function webgpuAvailable() {
   }
 }
 
-async function init({ modelUrl, backend = "auto" }) {
+async function init({ modelUrl, backend = "auto", threads = 0 }) {
   const started = performance.now();
   const tryWebgpu = backend === "webgpu" || (backend === "auto" && (await webgpuAvailable()));
   // The WebGPU bundle also carries the WASM backend, so a failed WebGPU session can fall back in place.
@@ -65,7 +65,8 @@ async function init({ modelUrl, backend = "auto" }) {
   ort.env.wasm.proxy = false; // this is already a worker
   // Threads need SharedArrayBuffer, which browsers only give to cross-origin isolated pages (COOP + COEP).
   const isolated = self.crossOriginIsolated === true;
-  ort.env.wasm.numThreads = isolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
+  const wanted = threads > 0 ? threads : Math.min(4, navigator.hardwareConcurrency || 1);
+  ort.env.wasm.numThreads = isolated ? Math.max(1, wanted) : 1;
   const model = await fetchWithProgress(modelUrl, "model");
   let provider = "wasm";
   let fallbackReason = null;
@@ -197,7 +198,7 @@ self.onmessage = (event) => {
       if (!handler) throw new Error(`Unknown message type "${message.type}".`);
       const answer = await handler(message);
       const [reply, transfer] = Array.isArray(answer) ? answer : [answer, []];
-      postMessage(reply, transfer);
+      postMessage({ ...reply, id: message.id }, transfer);
     } catch (error) {
       postMessage({ type: "error", id: message.id, stage: message.type, message: error.message || String(error) });
     }

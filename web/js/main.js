@@ -1,0 +1,607 @@
+// Wires the page together: image in -> upload -> embedding -> decoder worker; prompts -> masks -> objects
+// -> exports. The model runs only in the worker (decoder-client.js); this module never touches it.
+
+import { fetchEmbedding, fetchGallery, fetchModelInfo, uploadImage } from "./api.js";
+import { Classroom, formatBytes, formatMs } from "./classroom.js";
+import { colorFor } from "./colors.js";
+import { DecoderClient } from "./decoder-client.js";
+import { EverythingMode } from "./everything.js";
+import { copyPng, cocoJson, cutoutPng, download, maskPng, polygonsSvg, safeName } from "./exports.js";
+import { bindImageInputs, fetchImage, prepareImage } from "./image-input.js";
+import { maskStats, resizeMaskNearest } from "./mask-math.js";
+import { ObjectList } from "./objects.js";
+import { chosenLowRes, chosenMask, PromptHistory } from "./prompts.js";
+import { StageView } from "./stage-view.js";
+import { paintLowResMask } from "./classroom.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const BACKEND_KEY = "sam-web.backend";
+
+const app = {
+  model: null, // /api/model
+  decoderEntry: null, // the chosen entry of model.decoders
+  decoderReady: null, // Promise of the worker's "ready" answer
+  image: null, // {name, original, originalSize, uploadSize, id, url}
+  ready: false, // embedding is in the worker
+  loadToken: 0,
+  lastHoverPixel: null,
+  hover: null, // {mask}
+  dragBox: null,
+  chain: Promise.resolve(), // committed prompts run strictly one after another
+};
+
+const history = new PromptHistory();
+const classroom = new Classroom();
+const everything = new EverythingMode((fraction, text) => setEverythingStatus(text, fraction));
+const decoder = new DecoderClient(({ stage, loaded, total }) => {
+  if (stage === "model") setStatus(`Loading the decoder… ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}`, total ? loaded / total : null);
+});
+
+// ---------------------------------------------------------------- status and errors
+
+function setStatus(text, progress = undefined) {
+  $("status-text").textContent = text;
+  const bar = $("status-progress");
+  bar.hidden = progress === undefined;
+  if (progress === null) bar.removeAttribute("value"); // indeterminate
+  else if (progress !== undefined) bar.value = Math.max(0, Math.min(1, progress));
+  if (progress !== undefined) bar.setAttribute("aria-label", text);
+}
+
+function showError(error) {
+  $("error-text").textContent = error?.message || String(error);
+  $("error-banner").hidden = false;
+}
+
+function clearError() {
+  $("error-banner").hidden = true;
+}
+
+// ---------------------------------------------------------------- the decoder and the model
+
+async function startDecoder() {
+  try {
+    app.model = await fetchModelInfo();
+  } catch (error) {
+    setStatus("The server did not describe its model.");
+    showError(error);
+    throw error;
+  }
+  const { model } = app;
+  if (model.weights === "random") {
+    $("weights-banner").textContent = model.weights_message ||
+      "This server runs a model with random weights: masks will not follow real objects.";
+    $("weights-banner").hidden = false;
+  }
+  classroom.setModel({ modelType: model.model_type, weights: model.weights });
+  const wanted = params.get("decoder") || model.default_decoder;
+  app.decoderEntry = model.decoders.find((d) => d.name === wanted) || model.decoders[0];
+  if (!app.decoderEntry) throw new Error("The server offers no decoder model.");
+  const backend = params.get("backend") || localStorage.getItem(BACKEND_KEY) || "auto";
+  $("backend-select").value = backend;
+  const url = new URL(app.decoderEntry.url, location.href).href;
+  setStatus("Loading the decoder…", null);
+  const info = await decoder.init(url, backend, Number(params.get("threads")) || 0);
+  const runsOn = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${info.threads} thread${info.threads === 1 ? "" : "s"}`;
+  $("fact-decoder").textContent = `${app.decoderEntry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)})`;
+  $("fact-provider").textContent = runsOn;
+  classroom.setProvider(runsOn);
+  document.body.dataset.decoder = "ready";
+  document.body.dataset.provider = info.provider;
+  if (info.fallbackReason) showError(new Error(info.fallbackReason));
+  if (!app.image) setStatus("Ready. Choose, drop or paste an image, or pick a sample.");
+  return info;
+}
+
+// ---------------------------------------------------------------- images
+
+async function openImage(blob, name) {
+  const token = ++app.loadToken;
+  clearError();
+  app.ready = false;
+  document.body.dataset.image = "loading";
+  everything.clear();
+  updateEverythingButtons();
+  let prepared;
+  try {
+    prepared = await prepareImage(blob, name);
+  } catch (error) {
+    showError(error);
+    document.body.dataset.image = app.image ? "ready" : "none";
+    app.ready = Boolean(app.image);
+    return;
+  }
+  if (token !== app.loadToken) return;
+  if (app.image?.url) URL.revokeObjectURL(app.image.url);
+  app.image = { ...prepared, url: URL.createObjectURL(blob), id: null };
+  history.clear();
+  objects.clear();
+  app.hover = null;
+  $("empty-state").hidden = true;
+  $("stage").hidden = false;
+  $("drop-zone").classList.add("has-image");
+  $("stage").classList.add("busy");
+  view.setImage(app.image.url, prepared.uploadSize);
+  view.setLayers([]);
+  view.render();
+  const [H, W] = prepared.originalSize;
+  $("fact-image").textContent = `${name}, ${W}×${H}` +
+    (prepared.downscaled ? ` (sent at ${prepared.uploadSize[1]}×${prepared.uploadSize[0]})` : "");
+  refreshControls();
+
+  try {
+    const total = prepared.upload.size;
+    setStatus(`Uploading ${formatBytes(total)}…`, 0);
+    const started = performance.now();
+    let encodingTimer = null;
+    const info = await uploadImage(
+      prepared.upload,
+      name,
+      (loaded, all) => token === app.loadToken &&
+        setStatus(`Uploading… ${formatBytes(loaded)} of ${formatBytes(all)}`, all ? loaded / all : null),
+      () => {
+        const sent = performance.now();
+        encodingTimer = setInterval(() => {
+          if (token === app.loadToken) setStatus(`The server is encoding the image… ${((performance.now() - sent) / 1000).toFixed(1)} s`, null);
+        }, 100);
+      },
+    ).finally(() => clearInterval(encodingTimer));
+    if (token !== app.loadToken) return;
+    const uploadMs = performance.now() - started;
+    if (info.height !== prepared.uploadSize[0] || info.width !== prepared.uploadSize[1]) {
+      // The server decoded another size than the browser (e.g. an EXIF rotation it ignored).
+      throw new Error(`The server read the image as ${info.width}×${info.height}, the browser as ` +
+        `${prepared.uploadSize[1]}×${prepared.uploadSize[0]}. Try saving the image as PNG first.`);
+    }
+    app.image.id = info.id;
+    const format = params.get("format") || info.format || "f16";
+    const embeddingUrl = info.embedding_url.includes("format=") ? info.embedding_url
+      : `${info.embedding_url}${info.embedding_url.includes("?") ? "&" : "?"}format=${format}`;
+    setStatus("Downloading the embedding…", 0);
+    const embedding = await fetchEmbedding(embeddingUrl, (loaded, all) => {
+      if (token === app.loadToken) {
+        setStatus(`Downloading the embedding… ${formatBytes(loaded)}${all ? ` of ${formatBytes(all)}` : ""}`, all ? loaded / all : null);
+      }
+    });
+    if (token !== app.loadToken) return;
+    classroom.setImage({ encodeMs: info.encode_ms, cacheHit: info.cache_hit, bytes: embedding.bytes,
+      format: info.dtype || format, downloadMs: embedding.ms });
+    await app.decoderReady;
+    await decoder.setEmbedding(embedding.buffer, prepared.uploadSize);
+    if (token !== app.loadToken) return;
+    app.ready = true;
+    document.body.dataset.image = "ready";
+    $("stage").classList.remove("busy");
+    setStatus(`Ready: hover over the image. Encoded in ${formatMs(info.encode_ms)}${info.cache_hit ? " (cached)" : ""}, ` +
+      `embedding ${formatBytes(embedding.bytes)}, upload ${formatMs(uploadMs)}.`);
+    refreshControls();
+  } catch (error) {
+    if (token !== app.loadToken) return;
+    document.body.dataset.image = "error";
+    $("stage").classList.remove("busy");
+    setStatus("The image could not be prepared.");
+    showError(error);
+  }
+}
+
+async function loadGallery() {
+  const list = $("gallery-list");
+  let items;
+  try {
+    items = await fetchGallery();
+  } catch {
+    list.replaceChildren(Object.assign(document.createElement("li"), { className: "muted", textContent: "No samples available." }));
+    return;
+  }
+  if (!items.length) {
+    list.replaceChildren(Object.assign(document.createElement("li"), { className: "muted", textContent: "No samples available." }));
+    return;
+  }
+  list.replaceChildren(...items.map((item) => {
+    const row = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.setAttribute("aria-label", `Open the sample ${item.name}`);
+    button.title = [item.name, item.source, item.license].filter(Boolean).join(" · ");
+    const image = document.createElement("img");
+    image.src = item.url;
+    image.alt = "";
+    image.loading = "lazy";
+    const caption = document.createElement("span");
+    caption.className = "caption";
+    caption.textContent = item.name;
+    button.append(image, caption);
+    button.addEventListener("click", async () => {
+      try {
+        openImage(await fetchImage(item.url, item.name), item.name);
+      } catch (error) {
+        showError(error);
+      }
+    });
+    row.append(button);
+    return row;
+  }));
+}
+
+// ---------------------------------------------------------------- prompts and masks
+
+const nextColor = () => colorFor(objects.items.length ? Math.max(...objects.items.map((o) => o.colorIndex)) + 1 : 0);
+
+function promptFor(state, extraPoint = null) {
+  const points = extraPoint ? [...state.points, extraPoint] : state.points;
+  const maskInput = chosenLowRes(state);
+  return {
+    points,
+    box: state.box,
+    maskInput: maskInput ? Float32Array.from(maskInput) : null,
+    // Like Meta's predictor: three candidates only for a lone click, where the intent is ambiguous.
+    multimask: points.length === 1 && !state.box && !maskInput,
+    outSize: app.image.uploadSize,
+  };
+}
+
+function renderOverlay() {
+  if (!app.image) return;
+  const state = history.current;
+  const mask = chosenMask(state);
+  view.render({
+    current: mask ? { mask, color: nextColor() } : null,
+    hover: app.hover && !everything.active ? { mask: app.hover.mask, color: nextColor() } : null,
+  });
+  view.drawPrompts(state.points, state.box, app.dragBox);
+}
+
+function renderLayers() {
+  const layers = objects.items.map((o) => ({ mask: o.mask, color: o.color, emphasis: o.id === objects.selectedId ? "selected" : undefined }));
+  view.setLayers([...everything.layers(), ...layers]);
+  renderOverlay();
+}
+
+function onHover(x, y) {
+  if (!app.ready) return;
+  if (app.lastHoverPixel && app.lastHoverPixel[0] === x && app.lastHoverPixel[1] === y) return;
+  app.lastHoverPixel = [x, y];
+  if (everything.active) {
+    const index = everything.at(x, y);
+    if (index !== everything.highlight) {
+      everything.highlight = index;
+      renderLayers();
+    }
+    return;
+  }
+  const label = view.negativeMode ? 0 : 1;
+  const pixel = { x, y, label };
+  decoder.hover(promptFor(history.current, pixel), (result, error) => {
+    if (error) {
+      showError(error);
+      return;
+    }
+    app.hover = { mask: result.masks[result.best] };
+    classroom.addDecode(result, result.best);
+    renderOverlay();
+  });
+}
+
+function onLeave() {
+  app.lastHoverPixel = null;
+  decoder.cancelHover();
+  if (everything.active && everything.highlight >= 0) {
+    everything.highlight = -1;
+    renderLayers();
+  }
+  if (app.hover) {
+    app.hover = null;
+    renderOverlay();
+  }
+}
+
+/** Queues a prompt change; `change(state)` gives the new points/box from the state current at run time. */
+function commitPrompt(change) {
+  if (!app.ready) return;
+  app.hover = null;
+  decoder.cancelHover();
+  app.chain = app.chain.then(async () => {
+    const token = app.loadToken;
+    const state = history.current;
+    const next = { ...state, ...change(state) };
+    view.drawPrompts(next.points, next.box);
+    try {
+      const result = await decoder.decode(promptFor({ ...state, points: next.points, box: next.box }));
+      if (token !== app.loadToken) return;
+      history.push({ points: next.points, box: next.box, result, chosen: result.best });
+      classroom.addDecode(result, result.best);
+      $("status-text").textContent = `Mask in ${formatMs(result.decodeMs)} (decoder) + ${formatMs(result.postMs)} (upsampling).`;
+    } catch (error) {
+      showError(error);
+    }
+    app.lastHoverPixel = null;
+    refreshControls();
+    renderOverlay();
+  });
+  return app.chain;
+}
+
+function onPoint(x, y, negative) {
+  if (everything.active) {
+    const index = everything.at(x, y);
+    if (index >= 0) takeEverythingMask(index);
+    return;
+  }
+  commitPrompt((state) => ({ points: [...state.points, { x, y, label: negative ? 0 : 1 }] }));
+}
+
+function onBox(box) {
+  if (everything.active) return;
+  if (box[2] - box[0] < 2 || box[3] - box[1] < 2) return;
+  commitPrompt(() => ({ box }));
+}
+
+function onDragBox(box) {
+  app.dragBox = box;
+  view.drawPrompts(history.current.points, history.current.box, box);
+}
+
+function afterHistoryMove() {
+  app.hover = null;
+  app.lastHoverPixel = null;
+  decoder.cancelHover();
+  refreshControls();
+  renderOverlay();
+  const state = history.current;
+  if (state.result) classroom.addDecode(state.result, state.chosen);
+}
+
+const undo = () => app.chain.then(() => { history.undo(); afterHistoryMove(); });
+const redo = () => app.chain.then(() => { history.redo(); afterHistoryMove(); });
+const resetPrompts = () => app.chain.then(() => { history.reset(); afterHistoryMove(); });
+
+function pickCandidate(candidate) {
+  const state = history.current;
+  if (!state.result || !state.result.candidates.includes(candidate)) return;
+  history.replace({ ...state, chosen: candidate });
+  classroom.addDecode(state.result, candidate);
+  refreshControls();
+  renderOverlay();
+}
+
+function keepObject() {
+  return app.chain.then(() => {
+    const state = history.current;
+    const mask = chosenMask(state);
+    if (!mask) return;
+    const colorIndex = objects.items.length ? Math.max(...objects.items.map((o) => o.colorIndex)) + 1 : 0;
+    objects.add({
+      name: `Object ${objects.nextId}`, color: colorFor(colorIndex), colorIndex, mask,
+      lowRes: Float32Array.from(chosenLowRes(state)), score: state.result.scores[state.chosen],
+      area: maskStats(mask, app.image.uploadSize).area,
+    });
+    history.clear();
+    afterHistoryMove();
+  });
+}
+
+function takeEverythingMask(index) {
+  const item = everything.take(index);
+  const colorIndex = objects.items.length ? Math.max(...objects.items.map((o) => o.colorIndex)) + 1 : 0;
+  objects.add({
+    name: `Object ${objects.nextId}`, color: colorFor(colorIndex), colorIndex, mask: item.mask, lowRes: null,
+    score: item.score ?? null, area: item.area,
+  });
+  updateEverythingButtons();
+}
+
+// ---------------------------------------------------------------- controls
+
+function renderCandidates() {
+  const state = history.current;
+  const result = state.result;
+  const show = Boolean(result && result.candidates.length > 1);
+  $("candidates").hidden = !show;
+  if (!show) return;
+  const list = $("candidate-list");
+  list.replaceChildren(...result.candidates.map((c, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.setAttribute("role", "radio");
+    button.setAttribute("aria-checked", String(c === state.chosen));
+    button.setAttribute("aria-label", `Candidate ${i + 1}, predicted IoU ${result.scores[c].toFixed(2)}`);
+    button.dataset.candidate = c;
+    const canvas = document.createElement("canvas");
+    paintLowResMask(canvas, result.lowRes.subarray(c * 65536, (c + 1) * 65536));
+    const label = document.createElement("span");
+    label.textContent = `${i + 1} · IoU ${result.scores[c].toFixed(2)}`;
+    button.append(canvas, label);
+    button.addEventListener("click", () => pickCandidate(c));
+    return button;
+  }));
+}
+
+function refreshControls() {
+  const state = history.current;
+  const hasMask = Boolean(chosenMask(state));
+  $("undo-button").disabled = !history.canUndo;
+  $("redo-button").disabled = !history.canRedo;
+  $("reset-button").disabled = history.isEmpty;
+  $("commit-button").disabled = !hasMask;
+  const anyMask = hasMask || objects.items.length > 0;
+  for (const button of document.querySelectorAll("[data-needs-mask]")) button.disabled = !anyMask;
+  renderCandidates();
+  updateEverythingButtons();
+  document.body.dataset.prompts = String(state.points.length + (state.box ? 1 : 0));
+}
+
+function updateEverythingButtons() {
+  $("everything-button").disabled = !app.ready;
+  $("everything-button").textContent = everything.active ? "Hide everything" : "Segment everything";
+  $("everything-export").disabled = !everything.active;
+}
+
+function setEverythingStatus(text, fraction) {
+  $("everything-status").textContent = fraction == null ? text : `${text} ${Math.round(fraction * 100)}%`;
+}
+
+async function toggleEverything() {
+  if (!app.ready) return;
+  if (everything.active) {
+    everything.clear();
+    setEverythingStatus("", null);
+    updateEverythingButtons();
+    renderLayers();
+    return;
+  }
+  $("everything-button").disabled = true;
+  try {
+    const count = await everything.run(app.image.id, app.image.uploadSize);
+    setEverythingStatus(`${count} masks. Hover to highlight one, click to keep it.`, null);
+    app.hover = null;
+    renderLayers();
+  } catch (error) {
+    setEverythingStatus("", null);
+    showError(error);
+  }
+  updateEverythingButtons();
+}
+
+// ---------------------------------------------------------------- exports
+
+/** The object the single-object exports act on: the selected one, else the one being edited. */
+function exportTarget() {
+  if (objects.selected) return objects.selected;
+  const state = history.current;
+  const mask = chosenMask(state);
+  if (!mask) return null;
+  return { name: `Object ${objects.nextId}`, color: nextColor(), mask, lowRes: chosenLowRes(state), score: state.result.scores[state.chosen] };
+}
+
+function allExportable() {
+  const state = history.current;
+  const mask = chosenMask(state);
+  if (!mask) return [...objects.items];
+  const editing = { name: `Object ${objects.nextId}`, color: nextColor(), mask, lowRes: chosenLowRes(state), score: state.result.scores[state.chosen] };
+  return [...objects.items, editing];
+}
+
+/** The object's mask at the original image's resolution. */
+async function fullResolutionMask(object) {
+  const { originalSize, uploadSize } = app.image;
+  if (originalSize[0] === uploadSize[0] && originalSize[1] === uploadSize[1]) return object.mask;
+  if (object.lowRes) return decoder.upsample(object.lowRes, originalSize);
+  return resizeMaskNearest(object.mask, uploadSize, originalSize);
+}
+
+const baseName = () => safeName(app.image.name.replace(/\.[^.]+$/, ""));
+
+async function runExport(kind) {
+  clearError();
+  try {
+    if (kind === "coco" || kind === "svg") {
+      const list = allExportable();
+      const full = await Promise.all(list.map(async (o) => ({ ...o, mask: await fullResolutionMask(o) })));
+      if (kind === "coco") download(cocoJson(full, app.image.originalSize, app.image.name), `${baseName()}_masks.json`);
+      else download(polygonsSvg(full, app.image.originalSize), `${baseName()}_polygons.svg`);
+      return;
+    }
+    const target = exportTarget();
+    if (!target) throw new Error("Make a mask first: hover and click on the image.");
+    const maskPromise = fullResolutionMask(target);
+    if (kind === "copy") {
+      const png = maskPromise.then((mask) => cutoutPng(app.image.original, mask, app.image.originalSize)).then((r) => r.blob);
+      await copyPng(png);
+      setStatus(`Copied the cut-out of “${target.name}” to the clipboard.`);
+      return;
+    }
+    const mask = await maskPromise;
+    const name = `${baseName()}_${safeName(target.name)}`;
+    if (kind === "cutout") download((await cutoutPng(app.image.original, mask, app.image.originalSize)).blob, `${name}_cutout.png`);
+    else download(await maskPng(mask, app.image.originalSize), `${name}_mask.png`);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function exportEverything() {
+  const { originalSize, uploadSize } = app.image;
+  const list = everything.items.map((item, i) => ({
+    name: `Mask ${i + 1}`, color: item.color, score: item.score,
+    mask: resizeMaskNearest(item.mask, uploadSize, originalSize),
+  }));
+  download(cocoJson(list, originalSize, app.image.name), `${baseName()}_everything.json`);
+}
+
+// ---------------------------------------------------------------- wiring
+
+const view = new StageView(
+  { stage: $("stage"), image: $("stage-image"), canvas: $("mask-canvas"), svg: $("prompt-layer") },
+  { onHover, onLeave, onPoint, onBox, onDragBox },
+);
+const objects = new ObjectList($("object-list"), $("objects-empty"), {
+  onChange: () => { renderLayers(); refreshControls(); },
+  onSelect: () => renderLayers(),
+});
+
+function setNegativeMode(on) {
+  view.negativeMode = on;
+  document.querySelector(`input[name="mode"][value="${on ? 0 : 1}"]`).checked = true;
+}
+
+function bindControls() {
+  bindImageInputs({ fileInput: $("file-input"), dropTarget: $("drop-zone"), onImage: openImage, onError: showError });
+  $("undo-button").addEventListener("click", undo);
+  $("redo-button").addEventListener("click", redo);
+  $("reset-button").addEventListener("click", resetPrompts);
+  $("commit-button").addEventListener("click", keepObject);
+  $("error-close").addEventListener("click", clearError);
+  for (const radio of document.querySelectorAll('input[name="mode"]')) {
+    radio.addEventListener("change", () => setNegativeMode(radio.value === "0" && radio.checked));
+  }
+  $("classroom-toggle").addEventListener("change", (event) => {
+    classroom.show(event.target.checked);
+    if (event.target.checked) classroom.refresh();
+  });
+  $("help-button").addEventListener("click", () => $("help-dialog").showModal());
+  $("export-cutout").addEventListener("click", () => runExport("cutout"));
+  $("export-mask").addEventListener("click", () => runExport("mask"));
+  $("export-copy").addEventListener("click", () => runExport("copy"));
+  $("export-coco").addEventListener("click", () => runExport("coco"));
+  $("export-svg").addEventListener("click", () => runExport("svg"));
+  $("everything-button").addEventListener("click", toggleEverything);
+  $("everything-export").addEventListener("click", exportEverything);
+  $("backend-select").addEventListener("change", (event) => {
+    localStorage.setItem(BACKEND_KEY, event.target.value);
+    setStatus("Reload the page to switch the decoder backend.");
+  });
+  document.addEventListener("keydown", onKey);
+}
+
+function onKey(event) {
+  const target = event.target;
+  const typing = target instanceof HTMLInputElement && target.type === "text" || target instanceof HTMLSelectElement ||
+    target instanceof HTMLTextAreaElement;
+  if (typing || $("help-dialog").open) return;
+  const ctrl = event.ctrlKey || event.metaKey;
+  const key = event.key.toLowerCase();
+  let handled = true;
+  if (ctrl && key === "z") (event.shiftKey ? redo : undo)();
+  else if (ctrl && key === "y") redo();
+  else if (ctrl || event.altKey) handled = false;
+  else if (key === "escape") everything.active ? toggleEverything() : resetPrompts();
+  else if (key === "enter" && !(target instanceof HTMLButtonElement)) keepObject();
+  else if (["1", "2", "3"].includes(key)) pickCandidate(Number(key));
+  else if (key === "n") setNegativeMode(!view.negativeMode);
+  else if (key === "c") $("classroom-toggle").click();
+  else if (key === "e") toggleEverything();
+  else if (key === "?") $("help-dialog").showModal();
+  else if ((key === "delete" || key === "backspace") && objects.selected) objects.remove(objects.selectedId);
+  else handled = false;
+  if (handled) event.preventDefault();
+}
+
+bindControls();
+app.decoderReady = startDecoder().catch((error) => {
+  document.body.dataset.decoder = "error";
+  showError(error);
+  throw error;
+});
+app.decoderReady.catch(() => {}); // reported above; uploads awaiting it report again
+loadGallery();

@@ -1,0 +1,170 @@
+// The image with its mask overlay and prompt markers, and the pointer gestures on it. Coordinates handed
+// out are pixels of the encoded (uploaded) image, which is also the resolution of the overlay.
+
+const DRAG_THRESHOLD_PX = 6; // CSS pixels before a press becomes a box drag
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function packRgba([r, g, b], alpha) {
+  return ((Math.round(alpha * 255) << 24) | (b << 16) | (g << 8) | r) >>> 0;
+}
+
+export class StageView {
+  /**
+   * @param {object} parts {stage, image, canvas, svg} elements
+   * @param {object} handlers {onHover(x, y), onLeave(), onPoint(x, y, negative), onBox([x0, y0, x1, y1])}
+   */
+  constructor({ stage, image, canvas, svg }, handlers) {
+    this.stage = stage;
+    this.image = image;
+    this.canvas = canvas;
+    this.svg = svg;
+    this.handlers = handlers;
+    this.size = null; // [H, W] of the overlay
+    this.base = null; // Uint32Array: kept objects, painted once per change
+    this.press = null;
+    this.negativeMode = false;
+    this.#bindPointer();
+  }
+
+  /** Shows a new image; maskSize [H, W] is the overlay (encoded image) resolution. */
+  setImage(url, maskSize) {
+    this.image.src = url;
+    this.size = maskSize;
+    this.canvas.width = maskSize[1];
+    this.canvas.height = maskSize[0];
+    this.svg.setAttribute("viewBox", `0 0 ${maskSize[1]} ${maskSize[0]}`);
+    this.context = this.canvas.getContext("2d");
+    this.frame = this.context.createImageData(maskSize[1], maskSize[0]);
+    this.pixels = new Uint32Array(this.frame.data.buffer);
+    this.base = new Uint32Array(this.pixels.length);
+    this.drawPrompts([], null);
+  }
+
+  #paint(target, mask, color, fillAlpha, edgeAlpha) {
+    const [H, W] = this.size;
+    const fill = packRgba(color, fillAlpha);
+    const edge = packRgba(color, edgeAlpha);
+    for (let y = 0; y < H; y++) {
+      const row = y * W;
+      for (let x = 0; x < W; x++) {
+        const i = row + x;
+        if (!mask[i]) continue;
+        const onEdge = x === 0 || x === W - 1 || y === 0 || y === H - 1 ||
+          !mask[i - 1] || !mask[i + 1] || !mask[i - W] || !mask[i + W];
+        target[i] = onEdge ? edge : fill;
+      }
+    }
+  }
+
+  /** Repaints the layer of kept masks: [{mask, color, emphasis: "selected"|"dim"|undefined}]. */
+  setLayers(layers) {
+    if (!this.size) return;
+    this.base.fill(0);
+    for (const layer of layers) {
+      const fillAlpha = layer.emphasis === "selected" ? 0.6 : layer.emphasis === "dim" ? 0.3 : 0.45;
+      this.#paint(this.base, layer.mask, layer.color, fillAlpha, 0.95);
+    }
+  }
+
+  /** Draws the kept layer plus the mask being edited and the hover preview. */
+  render({ current = null, hover = null } = {}) {
+    if (!this.size) return;
+    this.pixels.set(this.base);
+    if (current) this.#paint(this.pixels, current.mask, current.color, 0.5, 1);
+    if (hover) this.#paint(this.pixels, hover.mask, hover.color, 0.35, 0.8);
+    this.context.putImageData(this.frame, 0, 0);
+  }
+
+  /** Point markers ({x, y, label}) and the box, in overlay pixels; dragBox is the box being drawn. */
+  drawPrompts(points, box, dragBox = null) {
+    this.svg.replaceChildren();
+    if (!this.size) return;
+    const radius = Math.max(this.size[0], this.size[1]) / 90;
+    const rect = (b, cls) => {
+      const r = document.createElementNS(SVG_NS, "rect");
+      r.setAttribute("x", Math.min(b[0], b[2]));
+      r.setAttribute("y", Math.min(b[1], b[3]));
+      r.setAttribute("width", Math.abs(b[2] - b[0]));
+      r.setAttribute("height", Math.abs(b[3] - b[1]));
+      r.setAttribute("class", cls);
+      r.setAttribute("fill", "none");
+      r.setAttribute("stroke", "#fff");
+      r.setAttribute("stroke-width", radius / 3);
+      if (cls === "drag-box") r.setAttribute("stroke-dasharray", `${radius} ${radius / 2}`);
+      this.svg.append(r);
+    };
+    if (box) rect(box, "box");
+    if (dragBox) rect(dragBox, "drag-box");
+    for (const p of points) {
+      const c = document.createElementNS(SVG_NS, "circle");
+      c.setAttribute("cx", p.x + 0.5);
+      c.setAttribute("cy", p.y + 0.5);
+      c.setAttribute("r", radius);
+      c.setAttribute("fill", p.label === 1 ? "#17a34a" : "#d92d20");
+      c.setAttribute("stroke", "#fff");
+      c.setAttribute("stroke-width", radius / 3);
+      c.setAttribute("class", p.label === 1 ? "point positive" : "point negative");
+      this.svg.append(c);
+    }
+  }
+
+  /** Overlay pixel [x, y] (integers, clamped into the image) under a pointer event. */
+  toImage(event) {
+    const bounds = this.canvas.getBoundingClientRect();
+    const [H, W] = this.size;
+    const x = Math.floor(((event.clientX - bounds.left) / bounds.width) * W);
+    const y = Math.floor(((event.clientY - bounds.top) / bounds.height) * H);
+    return [Math.min(W - 1, Math.max(0, x)), Math.min(H - 1, Math.max(0, y))];
+  }
+
+  #bindPointer() {
+    const target = this.canvas;
+    target.addEventListener("contextmenu", (event) => event.preventDefault());
+    target.addEventListener("pointerdown", (event) => {
+      if (!this.size || (event.button !== 0 && event.button !== 2)) return;
+      event.preventDefault();
+      target.setPointerCapture(event.pointerId);
+      this.press = {
+        id: event.pointerId, startX: event.clientX, startY: event.clientY,
+        start: this.toImage(event), negative: event.button === 2, dragging: false,
+      };
+    });
+    target.addEventListener("pointermove", (event) => {
+      if (!this.size) return;
+      const press = this.press;
+      if (press && press.id === event.pointerId) {
+        const moved = Math.hypot(event.clientX - press.startX, event.clientY - press.startY);
+        if (!press.dragging && moved > DRAG_THRESHOLD_PX && !press.negative) {
+          press.dragging = true;
+          this.handlers.onLeave();
+        }
+        if (press.dragging) this.handlers.onDragBox([...press.start, ...this.toImage(event)]);
+        return;
+      }
+      if (event.pointerType === "mouse" || event.pointerType === "pen") this.handlers.onHover(...this.toImage(event));
+    });
+    const finish = (event, cancelled) => {
+      const press = this.press;
+      if (!press || press.id !== event.pointerId) return;
+      this.press = null;
+      if (cancelled) {
+        this.handlers.onDragBox(null);
+        return;
+      }
+      const end = this.toImage(event);
+      if (press.dragging) {
+        const box = [Math.min(press.start[0], end[0]), Math.min(press.start[1], end[1]),
+          Math.max(press.start[0], end[0]), Math.max(press.start[1], end[1])];
+        this.handlers.onDragBox(null);
+        this.handlers.onBox(box);
+      } else {
+        this.handlers.onPoint(...press.start, press.negative || this.negativeMode);
+      }
+    };
+    target.addEventListener("pointerup", (event) => finish(event, false));
+    target.addEventListener("pointercancel", (event) => finish(event, true));
+    target.addEventListener("pointerleave", () => {
+      if (!this.press) this.handlers.onLeave();
+    });
+  }
+}
