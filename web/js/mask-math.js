@@ -47,29 +47,46 @@ function resizeTable(inSize, outSize) {
   return table;
 }
 
-/** Resizes rows: src is rows x inW, returns rows x outCols of the resized width outW (first outCols columns). */
-function resizeRows(src, rows, inW, outW, outCols) {
-  const { i0, i1, w0, w1 } = resizeTable(inW, outW);
-  const out = new Float32Array(rows * outCols);
-  for (let r = 0; r < rows; r++) {
-    const base = r * inW;
-    const o = r * outCols;
-    for (let j = 0; j < outCols; j++) out[o + j] = w0[j] * src[base + i0[j]] + w1[j] * src[base + i1[j]];
+/**
+ * The two resizes of one axis (256 -> 1024, crop to `crop`, then -> `outSize`) folded into one 4-tap
+ * filter: out[i] = sum_k weight[4i+k] * low[index[4i+k]]. Both resizes are linear, so folding them changes
+ * nothing but float rounding.
+ */
+function foldedTable(crop, outSize) {
+  const key = `folded:${crop}:${outSize}`;
+  let table = tableCache.get(key);
+  if (table) return table;
+  const first = resizeTable(LOW_RES_SIDE, MODEL_SIDE);
+  const second = resizeTable(crop, outSize);
+  const index = new Int32Array(outSize * 4);
+  const weight = new Float32Array(outSize * 4);
+  for (let i = 0; i < outSize; i++) {
+    const taps = [[second.i0[i], second.w0[i]], [second.i1[i], second.w1[i]]];
+    let k = i * 4;
+    for (const [mid, w] of taps) {
+      index[k] = first.i0[mid];
+      weight[k++] = w * first.w0[mid];
+      index[k] = first.i1[mid];
+      weight[k++] = w * first.w1[mid];
+    }
   }
-  return out;
+  table = { index, weight };
+  tableCache.set(key, table);
+  return table;
 }
 
-/** Resizes columns: src is inH x cols, returns outRows x cols of the resized height outH (first outRows rows). */
-function resizeColumns(src, inH, cols, outH, outRows) {
-  const { i0, i1, w0, w1 } = resizeTable(inH, outH);
-  const out = new Float32Array(outRows * cols);
-  for (let i = 0; i < outRows; i++) {
-    const a = i0[i] * cols;
-    const b = i1[i] * cols;
-    const wa = w0[i];
-    const wb = w1[i];
-    const o = i * cols;
-    for (let j = 0; j < cols; j++) out[o + j] = wa * src[a + j] + wb * src[b + j];
+/** Horizontal pass: 256 rows of low-res logits -> 256 rows of W values. */
+function foldRows(lowRes, cols) {
+  const { index, weight } = cols;
+  const W = index.length / 4;
+  const out = new Float32Array(LOW_RES_SIDE * W);
+  for (let r = 0; r < LOW_RES_SIDE; r++) {
+    const base = r * LOW_RES_SIDE;
+    const o = r * W;
+    for (let j = 0, k = 0; j < W; j++, k += 4) {
+      out[o + j] = weight[k] * lowRes[base + index[k]] + weight[k + 1] * lowRes[base + index[k + 1]] +
+        weight[k + 2] * lowRes[base + index[k + 2]] + weight[k + 3] * lowRes[base + index[k + 3]];
+    }
   }
   return out;
 }
@@ -82,14 +99,24 @@ function resizeColumns(src, inH, cols, outH, outRows) {
  * @returns {Float32Array} H*W logits, row-major
  */
 export function upsampleLogits(lowRes, inputSize, outSize) {
-  const [h, w] = inputSize;
-  const [H, W] = outSize;
-  // Stage 1: 256 -> 1024 x 1024, keeping only the top-left h x w (the unpadded image).
-  const wide = resizeRows(lowRes, LOW_RES_SIDE, LOW_RES_SIDE, MODEL_SIDE, w);
-  const cropped = resizeColumns(wide, LOW_RES_SIDE, w, MODEL_SIDE, h);
-  // Stage 2: h x w -> H x W.
-  const rows = resizeRows(cropped, h, w, W, W);
-  return resizeColumns(rows, h, W, H, H);
+  return verticalPass(lowRes, inputSize, outSize, false);
+}
+
+function verticalPass(lowRes, [h, w], [H, W], binary) {
+  const rows = foldRows(lowRes, foldedTable(w, W));
+  const { index, weight } = foldedTable(h, H);
+  const out = binary ? new Uint8Array(H * W) : new Float32Array(H * W);
+  for (let i = 0, k = 0; i < H; i++, k += 4) {
+    const a = index[k] * W, b = index[k + 1] * W, c = index[k + 2] * W, d = index[k + 3] * W;
+    const wa = weight[k], wb = weight[k + 1], wc = weight[k + 2], wd = weight[k + 3];
+    const o = i * W;
+    if (binary) {
+      for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j] > 0 ? 1 : 0;
+    } else {
+      for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j];
+    }
+  }
+  return out;
 }
 
 /** 1 where logits > threshold, else 0. */
@@ -99,9 +126,9 @@ export function threshold(logits, level = 0) {
   return mask;
 }
 
-/** Binary mask of an image from low-res logits (the lowres decoder interface). */
+/** Binary mask of an image from low-res logits (the lowres decoder interface), thresholded at 0. */
 export function maskFromLowRes(lowRes, inputSize, outSize) {
-  return threshold(upsampleLogits(lowRes, inputSize, outSize));
+  return verticalPass(lowRes, inputSize, outSize, true);
 }
 
 /** Nearest-neighbour resize of a binary mask (for masks that have no logits, e.g. everything mode). */
