@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from backend.sam.amg import build_point_grid, coco_decode_rle, rle_to_mask
-from backend.sam.automatic import SamAutomaticMaskGenerator
+from backend.sam.automatic import SamAutomaticMaskGenerator, decode_points_multimask
 from backend.sam.build import build_sam
 from backend.sam.sam import Sam
 
@@ -62,6 +62,21 @@ def test_everything_matches_the_reference_mask_for_mask(reduced_sam, dog, dog_em
     ious = [a["predicted_iou"] for a in annotations]
     assert ious == sorted(ious, reverse=True)
     assert generator.last_timings["encoder"] < 0.5  # the given embedding was used, no encoder run
+
+
+def test_shared_image_decoding_equals_the_mask_decoder(reduced_sam, dog_embedding):
+    coords = torch.tensor([[[100.0, 200.0]], [[900.0, 30.0]], [[512.0, 600.0]]])
+    labels = torch.ones(3, 1, dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = reduced_sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        expected_masks, expected_iou = reduced_sam.mask_decoder(
+            image_embeddings=dog_embedding, image_pe=reduced_sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+        )
+        masks, iou = decode_points_multimask(reduced_sam, dog_embedding, coords, labels)
+    assert masks.shape == (3, 3, 256, 256) and iou.shape == (3, 3)
+    torch.testing.assert_close(masks, expected_masks, atol=1e-5, rtol=0)
+    torch.testing.assert_close(iou, expected_iou, atol=1e-6, rtol=0)
 
 
 def _subset_params(reference_amg, indices):

@@ -252,13 +252,8 @@ class SamAutomaticMaskGenerator:
         transformed = self.predictor.transform.apply_coords(points, im_size)
         in_points = torch.as_tensor(transformed, dtype=torch.float, device=device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
-        sparse, dense = model.prompt_encoder(points=(in_points[:, None, :], in_labels[:, None]), boxes=None, masks=None)
-        low_res, iou_preds = model.mask_decoder(
-            image_embeddings=self.predictor.features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
+        low_res, iou_preds = decode_points_multimask(
+            model, self.predictor.features, in_points[:, None, :], in_labels[:, None]
         )
         self.last_timings["decoder"] += time.perf_counter() - started
 
@@ -329,6 +324,55 @@ class SamAutomaticMaskGenerator:
                 mask_data["boxes"][i_mask] = boxes[i_mask].numpy() if isinstance(mask_data["boxes"], np.ndarray) else boxes[i_mask]
         mask_data.filter(keep)
         return mask_data
+
+
+def decode_points_multimask(
+    model: Sam, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The three multimask outputs for a batch of point prompts on one image.
+
+    features [1, C, h, w]; point_coords [B, N, 2] in the resized frame; point_labels [B, N].
+    Returns low-res logits [B, 3, 4h, 4w] and predicted IoUs [B, 3], as mask_decoder(multimask_output=True).
+
+    Same computation as MaskDecoder.predict_masks, but the image side stays a single [1, ...] tensor until the
+    first image-to-token attention makes it prompt-specific: the decoder would copy the embedding and its
+    positional encoding B times and project every copy identically in the first block.
+    """
+    decoder = model.mask_decoder
+    sparse, dense = model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+    image_pe = model.prompt_encoder.get_dense_pe()
+    if features.shape[0] != 1 or not all(hasattr(decoder, a) for a in _DECODER_PARTS):
+        return decoder(
+            image_embeddings=features,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+    batch = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
+    # Without a mask prompt every prompt's dense embedding is the same "no mask" embedding.
+    src = features + dense[:1]
+    channels, height, width = src.shape[1:]
+    hs, src = decoder.transformer(src, image_pe, tokens)
+    iou_token_out = hs[:, 0, :]
+    src = src.transpose(1, 2).reshape(batch, channels, height, width)
+    upscaled = decoder.output_upscaling(src)
+    # Only the multimask tokens (1..num_mask_tokens-1) are needed.
+    hyper_in = torch.stack(
+        [decoder.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(1, decoder.num_mask_tokens)], dim=1
+    )
+    up_channels, up_height, up_width = upscaled.shape[1:]
+    masks = (hyper_in @ upscaled.view(batch, up_channels, up_height * up_width)).view(batch, -1, up_height, up_width)
+    iou_pred = decoder.iou_prediction_head(iou_token_out)[:, 1:]
+    return masks, iou_pred
+
+
+_DECODER_PARTS = (
+    "iou_token", "mask_tokens", "num_mask_tokens", "transformer", "output_upscaling",
+    "output_hypernetworks_mlps", "iou_prediction_head",
+)
 
 
 class _ProgressTracker:
