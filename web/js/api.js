@@ -67,8 +67,9 @@ export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploa
 }
 
 /**
- * Downloads an embedding, reporting bytes as they arrive (total from Content-Length).
- * @returns {Promise<{buffer: ArrayBuffer, bytes: number, ms: number}>}
+ * Downloads an embedding, reporting bytes as they arrive. The total comes from X-Uncompressed-Length
+ * (the server may gzip the body, and fetch counts decompressed bytes), else from Content-Length.
+ * @returns {Promise<{buffer: ArrayBuffer, bytes: number, wireBytes: number, ms: number}>}
  */
 export async function fetchEmbedding(url, onProgress = () => {}) {
   const started = performance.now();
@@ -79,30 +80,29 @@ export async function fetchEmbedding(url, onProgress = () => {}) {
     throw new ApiError("The embedding download failed: the server cannot be reached.");
   }
   if (!response.ok) throw await errorFrom(response);
-  const total = Number(response.headers.get("Content-Length")) || 0;
+  const wireBytes = Number(response.headers.get("Content-Length")) || 0;
+  const encoded = Boolean(response.headers.get("Content-Encoding"));
+  const total = Number(response.headers.get("X-Uncompressed-Length")) || (encoded ? 0 : wireBytes);
   const reader = response.body.getReader();
-  const buffer = new Uint8Array(total || 0);
-  const extra = [];
+  const chunks = [];
   let loaded = 0;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
-    if (total && loaded + value.byteLength <= total) buffer.set(value, loaded);
-    else extra.push(value);
+    chunks.push(value);
     loaded += value.byteLength;
-    onProgress(loaded, total);
+    onProgress(loaded, Math.max(total, loaded));
   }
-  let bytes = buffer;
-  if (extra.length || loaded !== total) {
-    // Content-Length was missing or wrong (e.g. a compressing proxy): join what actually arrived.
-    bytes = new Uint8Array(loaded);
-    let offset = 0;
-    for (const chunk of [buffer.subarray(0, Math.min(total, loaded)), ...extra]) {
-      bytes.set(chunk, offset);
-      offset += chunk.byteLength;
-    }
+  const bytes = new Uint8Array(loaded);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
   }
-  return { buffer: bytes.buffer, bytes: loaded, ms: performance.now() - started };
+  if (total && loaded !== total) {
+    throw new ApiError(`The embedding download was cut short (${loaded} of ${total} bytes). Try again.`);
+  }
+  return { buffer: bytes.buffer, bytes: loaded, wireBytes: wireBytes || loaded, ms: performance.now() - started };
 }
 
 /** POST /api/images/<id>/everything: 202 {job_id, status_url}. */

@@ -77,9 +77,10 @@ export class Classroom {
     $("cls-provider").textContent = text;
   }
 
-  setImage({ encodeMs, cacheHit, bytes, format, downloadMs }) {
+  setImage({ encodeMs, cacheHit, bytes, wireBytes, format, downloadMs }) {
     $("cls-encode").textContent = cacheHit ? `${formatMs(encodeMs)} (cached)` : formatMs(encodeMs);
-    $("cls-bytes").textContent = bytes == null ? "–" : `${formatBytes(bytes)} (${format})`;
+    const sent = wireBytes && wireBytes !== bytes ? `, ${formatBytes(wireBytes)} sent compressed` : "";
+    $("cls-bytes").textContent = bytes == null ? "–" : `${formatBytes(bytes)} ${format}${sent}`;
     $("cls-download").textContent = formatMs(downloadMs);
   }
 

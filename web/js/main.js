@@ -166,7 +166,7 @@ async function openImage(blob, name) {
     });
     if (token !== app.loadToken) return;
     classroom.setImage({ encodeMs: info.encode_ms, cacheHit: info.cache_hit, bytes: embedding.bytes,
-      format: info.dtype || format, downloadMs: embedding.ms });
+      wireBytes: embedding.wireBytes, format: info.dtype || format, downloadMs: embedding.ms });
     await app.decoderReady;
     await decoder.setEmbedding(embedding.buffer, prepared.uploadSize);
     if (token !== app.loadToken) return;
@@ -174,7 +174,7 @@ async function openImage(blob, name) {
     document.body.dataset.image = "ready";
     $("stage").classList.remove("busy");
     setStatus(`Ready: hover over the image. Encoded in ${formatMs(info.encode_ms)}${info.cache_hit ? " (cached)" : ""}, ` +
-      `embedding ${formatBytes(embedding.bytes)}, upload ${formatMs(uploadMs)}.`);
+      `embedding ${formatBytes(embedding.wireBytes)}, upload ${formatMs(uploadMs)}.`);
     refreshControls();
   } catch (error) {
     if (token !== app.loadToken) return;
