@@ -13,7 +13,6 @@ from typing import Any, Dict, Generator, ItemsView, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 
 class MaskData:
@@ -402,6 +401,9 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> Tup
     """
     if mode not in ("holes", "islands"):
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    # Imported here so that only min_mask_region_area > 0 needs scipy.
+    from scipy import ndimage
+
     correct_holes = mode == "holes"
     working_mask = correct_holes ^ mask.astype(bool)
     regions, n_regions = ndimage.label(working_mask, structure=_EIGHT_CONNECTED)
