@@ -106,6 +106,8 @@ def main() -> int:
     parser.add_argument("--image-hw", type=int, nargs=2, metavar=("H", "W"),
                         help="image size the masks are made for (default: the reference dog, 534 x 800)")
     parser.add_argument("--with-quantized", action="store_true", help="also time the quantized decoders")
+    parser.add_argument("--ort-dist", type=Path, default=ORT_DIST,
+                        help="onnxruntime-web dist directory (default: the pinned one in web/node_modules)")
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     args = parser.parse_args()
 
@@ -143,7 +145,7 @@ def main() -> int:
         IsolatedHandler.routes = {
             "/bench/": data_dir,
             "/models/": models_dir,
-            "/ort/": ORT_DIST,
+            "/ort/": args.ort_dist,
             "/web/js/": REPO_ROOT / "web" / "js",
         }
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), IsolatedHandler)
