@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.decoders import DecoderFileError, inspect_decoder, prepare_decoders, sha256_of
+from backend.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
 from backend.sam import SamPredictor, build_sam
-from model_export import export_decoder
+from model_export import EXPORTER_VERSION, export_decoder
 from model_export.__main__ import main as export_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -372,9 +372,13 @@ def test_prepare_decoders_lists_hashes_and_reuses_cache(decoders, model, tmp_pat
     again = {d["name"]: d for d in prepare_decoders(model, "reduced-seed0", cache_dir)}
     assert {n: d["path"].stat().st_mtime_ns for n, d in again.items()} == mtimes
     assert {n: d["sha256"] for n, d in again.items()} == {n: d["sha256"] for n, d in decoders.items()}
-    other = prepare_decoders(model, "other/weights id", cache_dir)
-    assert other[0]["path"].parent != decoders["lowres"]["path"].parent
     assert not list(cache_dir.rglob("*.tmp"))
+    # Each weights id (a checkpoint hash, or a description of random weights) and exporter version has its own
+    # directory; ids that are not plain file names are made safe without two of them colliding.
+    keys = {cache_key(i) for i in ["reduced-seed0", "reduced-seed1", "random/seed 0", "random_seed_0", "../x", "x" * 300]}
+    assert len(keys) == 6
+    assert all("/" not in k and not k.startswith(".") and len(k) < 100 and k.endswith(f"-export{EXPORTER_VERSION}")
+               for k in keys)
 
 
 def test_custom_decoder_interface_is_detected(decoders, model, single_mask_decoder, tmp_path):
