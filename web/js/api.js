@@ -106,10 +106,14 @@ export async function fetchEmbedding(url, onProgress = () => {}) {
 }
 
 /** POST /api/images/<id>/everything: 202 {job_id, status_url}. */
-export async function startEverything(imageId) {
+export async function startEverything(imageId, parameters = {}) {
   let response;
   try {
-    response = await fetch(`api/images/${encodeURIComponent(imageId)}/everything`, { method: "POST" });
+    response = await fetch(`api/images/${encodeURIComponent(imageId)}/everything`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(parameters),
+    });
   } catch {
     throw new ApiError("The server cannot be reached.");
   }

@@ -26,10 +26,10 @@ export class EverythingMode {
   }
 
   /** Runs a job for imageId whose masks are [H, W]; resolves with the number of masks. */
-  async run(imageId, size) {
+  async run(imageId, size, parameters = {}) {
     const token = ++this.runToken;
     this.onProgress(0, "Starting…");
-    const { status_url: statusUrl } = await startEverything(imageId);
+    const { status_url: statusUrl } = await startEverything(imageId, parameters);
     for (;;) {
       if (token !== this.runToken) return 0;
       const job = await fetchJobStatus(statusUrl);

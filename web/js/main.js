@@ -296,12 +296,23 @@ function onLeave() {
   }
 }
 
+/** Runs `task` after every earlier prompt change; body[data-pending] counts what is still queued. */
+function enqueue(task) {
+  app.pending = (app.pending || 0) + 1;
+  document.body.dataset.pending = String(app.pending);
+  app.chain = app.chain.then(task).catch(showError).finally(() => {
+    app.pending--;
+    document.body.dataset.pending = String(app.pending);
+  });
+  return app.chain;
+}
+
 /** Queues a prompt change; `change(state)` gives the new points/box from the state current at run time. */
 function commitPrompt(change) {
   if (!app.ready) return;
   app.hover = null;
   decoder.cancelHover();
-  app.chain = app.chain.then(async () => {
+  return enqueue(async () => {
     const token = app.loadToken;
     const state = history.current;
     const next = { ...state, ...change(state) };
@@ -319,7 +330,6 @@ function commitPrompt(change) {
     refreshControls();
     renderOverlay();
   });
-  return app.chain;
 }
 
 function onPoint(x, y, negative) {
@@ -352,9 +362,9 @@ function afterHistoryMove() {
   if (state.result) classroom.addDecode(state.result, state.chosen);
 }
 
-const undo = () => app.chain.then(() => { history.undo(); afterHistoryMove(); });
-const redo = () => app.chain.then(() => { history.redo(); afterHistoryMove(); });
-const resetPrompts = () => app.chain.then(() => { history.reset(); afterHistoryMove(); });
+const undo = () => enqueue(() => { history.undo(); afterHistoryMove(); });
+const redo = () => enqueue(() => { history.redo(); afterHistoryMove(); });
+const resetPrompts = () => enqueue(() => { history.reset(); afterHistoryMove(); });
 
 function pickCandidate(candidate) {
   const state = history.current;
@@ -366,7 +376,7 @@ function pickCandidate(candidate) {
 }
 
 function keepObject() {
-  return app.chain.then(() => {
+  return enqueue(() => {
     const state = history.current;
     const mask = chosenMask(state);
     if (!mask) return;
@@ -452,7 +462,7 @@ async function toggleEverything() {
   }
   $("everything-button").disabled = true;
   try {
-    const count = await everything.run(app.image.id, app.image.uploadSize);
+    const count = await everything.run(app.image.id, app.image.uploadSize, everythingParameters());
     setEverythingStatus(`${count} masks. Hover to highlight one, click to keep it.`, null);
     app.hover = null;
     renderLayers();
@@ -461,6 +471,15 @@ async function toggleEverything() {
     showError(error);
   }
   updateEverythingButtons();
+}
+
+/** The settings' everything-mode parameters (names of the server's API). */
+function everythingParameters() {
+  return {
+    points_per_side: Number($("everything-grid").value),
+    pred_iou_thresh: Number($("everything-iou").value),
+    stability_score_thresh: Number($("everything-stability").value),
+  };
 }
 
 // ---------------------------------------------------------------- exports
@@ -576,8 +595,8 @@ function bindControls() {
 
 function onKey(event) {
   const target = event.target;
-  const typing = target instanceof HTMLInputElement && target.type === "text" || target instanceof HTMLSelectElement ||
-    target instanceof HTMLTextAreaElement;
+  const typing = (target instanceof HTMLInputElement && !["checkbox", "radio", "button", "file"].includes(target.type)) ||
+    target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement;
   if (typing || $("help-dialog").open) return;
   const ctrl = event.ctrlKey || event.metaKey;
   const key = event.key.toLowerCase();

@@ -1,0 +1,385 @@
+"""The web client end to end: real server, real Chromium, seeded random MobileSAM weights.
+
+Masks are compared with the server-side torch SamPredictor run on the server's own embedding, so the
+whole browser path (wire format, worker, ONNX decoder, coordinate mapping, upsampling, painting) is checked
+against Meta's API.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from tests.browser.conftest import (
+    canvas_point, leave_image, open_app, prompt_points, shown_mask, upload, wait_idle,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+# dog.jpg is 800x534: no client-side downscale, so the server encodes exactly the file's pixels.
+IMAGE = "images/dog.jpg"
+MIN_AGREEMENT = 0.99
+
+
+@pytest.fixture(scope="session")
+def predictor(reference_dir):
+    from backend.sam import SamPredictor, sam_model_registry
+
+    model = sam_model_registry["vit_t"](checkpoint=str(reference_dir / "vit_t_seed0.pth")).eval()
+    return SamPredictor(model)
+
+
+@pytest.fixture(scope="session")
+def dog_path(reference_dir):
+    return reference_dir / IMAGE
+
+
+def server_predictor(predictor, live_server, image_path):
+    """The torch predictor holding the server's embedding (f32) of the image."""
+    from backend.codec import decode_embedding
+
+    info = requests.post(live_server.url + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
+    body = requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content
+    predictor.set_embedding(decode_embedding(body), (info["height"], info["width"]))
+    return predictor
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a == b).mean())
+
+
+def click_pixel(page, x: int, y: int, button: str = "left") -> None:
+    page.mouse.click(*canvas_point(page, x, y), button=button)
+    wait_idle(page)
+
+
+@pytest.fixture
+def ready_page(page, live_server, dog_path):
+    open_app(page, live_server)
+    upload(page, dog_path)
+    return page
+
+
+def test_upload_shows_progress_then_the_embedding_arrives(page, live_server, dog_path):
+    open_app(page, live_server)
+    page.evaluate("""() => { window.statusLog = [];
+        new MutationObserver(() => statusLog.push(document.getElementById('status-text').textContent))
+            .observe(document.getElementById('status-text'), {childList: true, characterData: true, subtree: true}); }""")
+    upload(page, dog_path)
+    log = page.evaluate("statusLog")
+    assert any(re.match(r"Uploading… [\d.]+ [KM]?B of [\d.]+ [KM]?B", s) for s in log), log
+    assert any(re.match(r"Downloading the embedding… [\d.]+ [KM]?B of 2.00 MB", s) for s in log), log
+    status = page.inner_text("#status-text")
+    assert status.startswith("Ready"), status
+    assert re.search(r"embedding [\d.]+ MB", status), status
+    assert page.locator("#fact-image").text_content().startswith("dog.jpg, 800×534")
+    assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [800, 534]
+    assert not shown_mask(page).any()
+
+
+def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
+    page = ready_page
+    page.mouse.move(*canvas_point(page, 400, 260))
+    page.wait_for_function(
+        """() => { const c = document.getElementById('mask-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }""")
+    assert shown_mask(page).sum() > 0
+    assert prompt_points(page) == []  # hovering adds no prompt
+    leave_image(page)
+    page.wait_for_function(
+        """() => { const c = document.getElementById('mask-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 3; i < d.length; i += 4) if (d[i]) return false; return true; }""")
+
+
+def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_page, predictor, live_server, dog_path):
+    page = ready_page
+    click_pixel(page, 420, 250)
+    leave_image(page)
+    wait_idle(page)
+    points = prompt_points(page)
+    assert points == [[420, 250, 1]]
+    sam = server_predictor(predictor, live_server, dog_path)
+    masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
+    best = int(np.argmax(scores))
+    assert agreement(shown_mask(page), masks[best]) >= MIN_AGREEMENT
+
+    # The three candidates are offered with the decoder's IoU scores, best one chosen.
+    labels = page.locator("#candidate-list button").all_inner_texts()
+    assert len(labels) == 3
+    shown_scores = [float(re.search(r"IoU (-?[\d.]+)", t).group(1)) for t in labels]
+    np.testing.assert_allclose(shown_scores, scores, atol=0.02)
+    assert page.locator(f"#candidate-list button >> nth={best}").get_attribute("aria-checked") == "true"
+
+    # Picking another candidate shows that mask (keyboard shortcut 1-3).
+    other = (best + 1) % 3
+    page.keyboard.press(str(other + 1))
+    assert agreement(shown_mask(page), masks[other]) >= MIN_AGREEMENT
+
+
+def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predictor, live_server, dog_path):
+    page = ready_page
+    click_pixel(page, 420, 250)
+    click_pixel(page, 200, 120, button="right")  # right-click: a negative point
+    leave_image(page)
+    wait_idle(page)
+    assert prompt_points(page) == [[420, 250, 1], [200, 120, 0]]
+    sam = server_predictor(predictor, live_server, dog_path)
+    _, scores, low_res = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
+    masks, _, _ = sam.predict(
+        np.array([[420, 250], [200, 120]]), np.array([1, 0]),
+        mask_input=low_res[int(np.argmax(scores))][None], multimask_output=False)
+    assert agreement(shown_mask(page), masks[0]) >= MIN_AGREEMENT
+    assert page.locator("#candidates").is_hidden()  # refinements give one mask
+
+
+def test_dragging_draws_a_box_that_matches_the_predictor(ready_page, predictor, live_server, dog_path):
+    page = ready_page
+    start, end = canvas_point(page, 150, 100), canvas_point(page, 600, 450)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(start[0] + 20, start[1] + 20, steps=2)
+    page.mouse.move(*end, steps=4)
+    page.mouse.up()
+    leave_image(page)
+    wait_idle(page)
+    box = page.locator("#prompt-layer rect.box")
+    assert box.count() == 1
+    x, y, w, h = (float(box.get_attribute(a)) for a in ("x", "y", "width", "height"))
+    sam = server_predictor(predictor, live_server, dog_path)
+    masks, _, _ = sam.predict(box=np.array([x, y, x + w, y + h]), multimask_output=False)
+    assert (x, y) == (150, 100) and (x + w, y + h) == (600, 450)
+    assert agreement(shown_mask(page), masks[0]) >= MIN_AGREEMENT
+
+
+def test_undo_redo_and_reset(ready_page):
+    page = ready_page
+    click_pixel(page, 420, 250)
+    leave_image(page)
+    wait_idle(page)
+    first = shown_mask(page)
+    click_pixel(page, 300, 300)
+    leave_image(page)
+    wait_idle(page)
+    second = shown_mask(page)
+    assert agreement(first, second) < 1.0
+
+    page.click("#undo-button")
+    wait_idle(page)
+    assert len(prompt_points(page)) == 1
+    assert np.array_equal(shown_mask(page), first)
+
+    page.keyboard.press("Control+Shift+Z")  # redo
+    wait_idle(page)
+    assert len(prompt_points(page)) == 2
+    assert np.array_equal(shown_mask(page), second)
+
+    page.keyboard.press("Control+z")
+    page.keyboard.press("Control+z")
+    wait_idle(page)
+    assert prompt_points(page) == [] and not shown_mask(page).any()
+    assert page.locator("#undo-button").is_disabled()
+
+    page.keyboard.press("Control+y")
+    page.keyboard.press("Escape")  # reset
+    wait_idle(page)
+    assert prompt_points(page) == [] and not shown_mask(page).any()
+
+
+def _download(page, button: str) -> bytes:
+    with page.expect_download() as info:
+        page.click(button)
+    return open(info.value.path(), "rb").read(), info.value.suggested_filename
+
+
+def _svg_mask(page, svg: bytes, size) -> np.ndarray:
+    """Rasterises the SVG in the browser (paths along pixel edges fill whole pixels: no anti-aliasing)."""
+    bits = page.evaluate(
+        """async ([text, w, h]) => {
+        const url = URL.createObjectURL(new Blob([text], {type: 'image/svg+xml'}));
+        const image = new Image(); image.src = url; await image.decode();
+        const canvas = document.createElement('canvas'); canvas.width = w; canvas.height = h;
+        const context = canvas.getContext('2d'); context.drawImage(image, 0, 0, w, h);
+        const d = context.getImageData(0, 0, w, h).data;
+        const out = []; for (let i = 3; i < d.length; i += 4) out.push(d[i] > 127 ? 1 : 0);
+        return out.join(''); }""",
+        [svg.decode(), size[1], size[0]],
+    )
+    return np.frombuffer(bits.encode(), dtype=np.uint8).reshape(size) == ord("1")
+
+
+def test_every_export_holds_the_mask_shown(ready_page, dog_path):
+    from backend.sam.amg import decode_coco_counts
+
+    page = ready_page
+    click_pixel(page, 420, 250)
+    leave_image(page)
+    wait_idle(page)
+    mask = shown_mask(page)
+    assert mask.any()
+    original = np.array(Image.open(dog_path).convert("RGB"))
+
+    data, name = _download(page, "#export-mask")
+    assert name.endswith("_mask.png")
+    png = np.array(Image.open(io.BytesIO(data)).convert("L"))
+    assert np.array_equal(png > 127, mask)
+
+    data, name = _download(page, "#export-cutout")
+    assert name.endswith("_cutout.png")
+    cutout = np.array(Image.open(io.BytesIO(data)))
+    assert cutout.shape[2] == 4
+    ys, xs = np.nonzero(mask)
+    crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    assert np.array_equal(cutout[..., 3] > 0, mask[crop])
+    inside = cutout[..., 3] > 0
+    # Colours inside are the original's (the browser's JPEG decoder may differ from Pillow's by a little).
+    assert np.abs(cutout[..., :3][inside].astype(int) - original[crop][inside].astype(int)).mean() < 3
+
+    # Keep the object and rename it: the COCO and SVG exports name it.
+    page.click("#commit-button")
+    wait_idle(page)
+    page.fill("#object-list input", "good dog")
+    page.keyboard.press("Enter")
+    assert page.locator("#object-list li").count() == 1
+
+    data, name = _download(page, "#export-coco")
+    coco = json.loads(data)
+    assert coco["images"][0]["width"] == 800 and coco["images"][0]["height"] == 534
+    [annotation] = coco["annotations"]
+    assert annotation["name"] == "good dog"
+    assert annotation["segmentation"]["size"] == [534, 800]
+    counts = decode_coco_counts(annotation["segmentation"]["counts"])
+    flat = np.repeat(np.arange(len(counts)) % 2, counts).astype(bool)
+    assert np.array_equal(flat.reshape(800, 534).T, mask)
+    assert annotation["area"] == int(mask.sum())
+    assert annotation["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+    data, name = _download(page, "#export-svg")
+    assert b'data-name="good dog"' in data and b'fill-rule="evenodd"' in data
+    assert np.array_equal(_svg_mask(page, data, mask.shape), mask)
+
+
+def test_copy_puts_the_cutout_on_the_clipboard(ready_page):
+    page = ready_page
+    click_pixel(page, 420, 250)
+    leave_image(page)
+    wait_idle(page)
+    mask = shown_mask(page)
+    page.click("#export-copy")
+    page.wait_for_function("document.getElementById('status-text').textContent.startsWith('Copied')")
+    alpha_bits = page.evaluate(
+        """async () => {
+        const [item] = await navigator.clipboard.read();
+        const bitmap = await createImageBitmap(await item.getType('image/png'));
+        const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+        const context = canvas.getContext('2d'); context.drawImage(bitmap, 0, 0);
+        const d = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
+        const out = []; for (let i = 3; i < d.length; i += 4) out.push(d[i] > 0 ? 1 : 0);
+        return [bitmap.width, bitmap.height, out.join('')]; }""")
+    width, height, bits = alpha_bits
+    ys, xs = np.nonzero(mask)
+    assert (width, height) == (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    alpha = np.frombuffer(bits.encode(), dtype=np.uint8).reshape(height, width) == ord("1")
+    assert np.array_equal(alpha, mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+
+
+def test_objects_get_their_own_colours_and_can_be_deleted(ready_page):
+    page = ready_page
+    for x, y in [(420, 250), (150, 400)]:
+        click_pixel(page, x, y)
+        leave_image(page)
+        page.keyboard.press("Enter")
+        wait_idle(page)
+    rows = page.locator("#object-list li")
+    assert rows.count() == 2
+    colours = page.locator("#object-list .swatch").evaluate_all("els => els.map(e => e.style.background)")
+    assert colours[0] != colours[1]
+    both = shown_mask(page)
+    page.click("#object-list li >> nth=0 >> button.delete")
+    assert rows.count() == 1
+    assert shown_mask(page).sum() < both.sum()
+
+
+def test_a_file_that_is_not_an_image_gets_a_plain_error(page, live_server, tmp_path):
+    open_app(page, live_server)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.set_input_files("#file-input", str(notes))
+    page.wait_for_selector("#error-banner:not([hidden])")
+    assert "is not an image" in page.inner_text("#error-text")
+    # The app keeps working: a real image after the error is fine.
+
+
+def test_official_decoder_interface_gives_the_same_mask(page, live_server, dog_path, predictor):
+    open_app(page, live_server, "backend=wasm&decoder=official")
+    assert "official interface" in page.locator("#fact-decoder").text_content()
+    upload(page, dog_path)
+    click_pixel(page, 420, 250)
+    leave_image(page)
+    wait_idle(page)
+    sam = server_predictor(predictor, live_server, dog_path)
+    masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
+    assert agreement(shown_mask(page), masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
+
+
+def test_large_image_is_downscaled_before_upload_and_exports_at_full_size(page, live_server, reference_dir, predictor):
+    from backend.codec import decode_embedding
+
+    open_app(page, live_server)
+    with page.expect_response(lambda r: r.url.endswith("/api/images") and r.request.method == "POST") as answer:
+        upload(page, reference_dir / "images" / "truck.jpg")  # 1800x1200
+    info = answer.value.json()
+    assert (info["width"], info["height"]) == (1024, 683)  # what the browser sent
+    assert "sent at 1024×683" in page.locator("#fact-image").text_content()
+    assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [1024, 683]
+    click_pixel(page, 500, 300)
+    leave_image(page)
+    wait_idle(page)
+    data, _ = _download(page, "#export-mask")
+    full = np.array(Image.open(io.BytesIO(data)).convert("L")) > 127
+    assert full.shape == (1200, 1800)
+    # The export is the decoder's logits upsampled to the original size, as the predictor does for the
+    # original image (same 1024 frame: 1800x1200 and 1024x683 both resize to 1024x683).
+    body = requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content
+    predictor.set_embedding(decode_embedding(body), (1200, 1800))
+    x, y = 500 * 1800 / 1024, 300 * 1200 / 683  # the same point in original pixels
+    masks, scores, _ = predictor.predict(np.array([[x, y]]), np.array([1]), multimask_output=True)
+    assert agreement(full, masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
+
+
+def test_keyboard_and_accessibility_basics(page, live_server):
+    open_app(page, live_server)
+    unnamed = page.evaluate(
+        """() => [...document.querySelectorAll('button, input, select')].filter((el) => {
+            if (el.closest('[hidden]')) return false;
+            const label = el.getAttribute('aria-label') || el.labels?.[0]?.textContent || el.textContent;
+            return !label || !label.trim(); }).map((el) => el.outerHTML.slice(0, 80))""")
+    assert unnamed == []
+    page.keyboard.press("?")
+    assert page.locator("#help-dialog").is_visible()
+    page.keyboard.press("Escape")
+    assert not page.locator("#help-dialog").is_visible()
+
+
+def test_phone_width_has_no_horizontal_scroll(browser, live_server, dog_path):
+    context = browser.new_context(viewport={"width": 360, "height": 740}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    try:
+        open_app(page, live_server)
+        upload(page, dog_path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        # A tap adds a point (touch has no hover).
+        page.tap("#mask-canvas")
+        wait_idle(page)
+        assert len(prompt_points(page)) == 1
+    finally:
+        context.close()
