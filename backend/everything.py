@@ -54,7 +54,9 @@ class EverythingSource:
 Resolver = Callable[[str], Optional[EverythingSource]]
 
 
-def resolver_from_encoder(encoder_service: Any, image_store: Optional[Callable[[str], Optional[np.ndarray]]] = None) -> Resolver:
+def resolver_from_encoder(
+    encoder_service: Any, image_store: Optional[Callable[[str], Optional[np.ndarray]]] = None
+) -> Resolver:
     """A resolver over ``backend.encoder.EncoderService``'s cached embeddings (and optionally kept pixels)."""
 
     def resolve(image_id: str) -> Optional[EverythingSource]:

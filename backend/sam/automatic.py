@@ -244,7 +244,6 @@ class SamAutomaticMaskGenerator:
         Filtering on predicted IoU happens on the low-res logits, before the costly upsampling to full
         resolution; the survivors are upsampled exactly as predict_torch would, so the masks are the same.
         """
-        orig_h, orig_w = orig_size
         model = self.predictor.model
         device = self.predictor.device
 
@@ -267,28 +266,19 @@ class SamAutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
 
-        # Full-resolution work in chunks: stability, binarisation, boxes, RLE.
-        stability, boxes, rles = [], [], []
-        keep_all = []
+        # Full-resolution work in chunks (bounded memory): stability, binarisation, boxes, RLE.
+        keeps, stability, boxes, rles = [], [], [], []
         for start in range(0, len(data), _UPSAMPLE_CHUNK):
-            chunk = data["low_res"][start : start + _UPSAMPLE_CHUNK]
-            masks = model.postprocess_masks(chunk[:, None], self.predictor.input_size, self.predictor.original_size)
-            masks = masks[:, 0]
-            score = calculate_stability_score(masks, model.mask_threshold, self.stability_score_offset)
-            keep = score >= self.stability_score_thresh if self.stability_score_thresh > 0.0 else torch.ones_like(score, dtype=torch.bool)
-            masks = masks[keep] > model.mask_threshold
-            chunk_boxes = batched_mask_to_box(masks)
-            near_edge = is_box_near_crop_edge(chunk_boxes, crop_box, [0, 0, orig_w, orig_h])
-            kept_idx = torch.nonzero(keep).flatten()
-            keep[kept_idx[near_edge]] = False
-            masks, chunk_boxes = masks[~near_edge], chunk_boxes[~near_edge]
-            stability.append(score[keep])
+            keep, chunk_stability, chunk_boxes, chunk_rles = self._filter_full_resolution(
+                data["low_res"][start : start + _UPSAMPLE_CHUNK], crop_box, orig_size
+            )
+            keeps.append(keep)
+            stability.append(chunk_stability)
             boxes.append(chunk_boxes)
-            rles.extend(mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w)))
-            keep_all.append(keep)
+            rles.extend(chunk_rles)
         del data["low_res"]
-        if keep_all:
-            data.filter(torch.cat(keep_all))
+        if keeps:
+            data.filter(torch.cat(keeps))
             data["stability_score"] = torch.cat(stability)
             data["boxes"] = torch.cat(boxes)
         else:
@@ -297,6 +287,32 @@ class SamAutomaticMaskGenerator:
         data["rles"] = rles
         self.last_timings["postprocess"] += time.perf_counter() - started
         return data
+
+    def _filter_full_resolution(
+        self, low_res: torch.Tensor, crop_box: List[int], orig_size: Tuple[int, ...]
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[Dict[str, Any]]]:
+        """Low-res logits [N, 256, 256] of one crop -> which pass the stability and crop-edge filters.
+
+        Returns keep [N] bool, and for the kept masks: stability scores, XYXY boxes (crop frame) and RLEs of
+        the masks in the full image.
+        """
+        model = self.predictor.model
+        orig_h, orig_w = orig_size
+        logits = model.postprocess_masks(low_res[:, None], self.predictor.input_size, self.predictor.original_size)
+        logits = logits[:, 0]
+        score = calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset)
+        if self.stability_score_thresh > 0.0:
+            keep = score >= self.stability_score_thresh
+        else:
+            keep = torch.ones_like(score, dtype=torch.bool)
+        masks = logits[keep] > model.mask_threshold
+        del logits
+        boxes = batched_mask_to_box(masks)
+        near_edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+        keep[torch.nonzero(keep).flatten()[near_edge]] = False
+        masks, boxes = masks[~near_edge], boxes[~near_edge]
+        rles = mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w))
+        return keep, score[keep], boxes, rles
 
     @staticmethod
     def postprocess_small_regions(mask_data: MaskData, min_area: int, nms_thresh: float) -> MaskData:
@@ -321,7 +337,10 @@ class SamAutomaticMaskGenerator:
         for i_mask in keep.tolist():
             if scores[i_mask] == 0.0:
                 mask_data["rles"][i_mask] = mask_to_rle_pytorch(masks[i_mask].unsqueeze(0))[0]
-                mask_data["boxes"][i_mask] = boxes[i_mask].numpy() if isinstance(mask_data["boxes"], np.ndarray) else boxes[i_mask]
+                new_box = boxes[i_mask]
+                if isinstance(mask_data["boxes"], np.ndarray):
+                    new_box = new_box.numpy()
+                mask_data["boxes"][i_mask] = new_box
         mask_data.filter(keep)
         return mask_data
 
