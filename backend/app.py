@@ -434,7 +434,7 @@ class _BodyCache:
         body = make_body()
         if key in self._bodies:  # Known not to shrink enough.
             return body, False
-        packed = gzip.compress(body, compresslevel=6, mtime=0)
+        packed = gzip.compress(body, compresslevel=1, mtime=0)  # Level 6 saves 0.3% more at twice the time.
         worth_it = len(packed) <= (1 - MIN_GZIP_SAVING) * len(body)
         with self._lock:
             self._bodies[key] = packed if worth_it else None

@@ -145,3 +145,26 @@ def test_page_is_cross_origin_isolated(server):
     assert wasm.headers["Content-Type"] == "application/wasm" and wasm.content[:4] == b"\0asm"
     info = requests.get(server + "/api/model", timeout=10).json()
     assert info["decoders"] and info["default_decoder"] == "lowres"
+
+
+def test_cli_serve_prints_the_url_and_serves(reference_dir):
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), SAM_DATA_DIR=str(session_data_dir()), SAM_ALLOW_DOWNLOAD="0")
+    command = [sys.executable, "-m", "backend", "serve", "--model-type", "vit_t", "--checkpoint", str(reference_dir / "vit_t_seed0.pth")]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.strip() == f"Segment Anything is running at http://127.0.0.1:{port}/"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                info = requests.get(f"http://127.0.0.1:{port}/api/model", timeout=2).json()
+                break
+            except requests.RequestException:
+                time.sleep(0.3)
+        else:
+            pytest.fail("python -m backend serve did not answer")
+        assert (info["model_type"], info["weights"]) == ("vit_t", "real")
+    finally:
+        process.terminate()
+        process.wait(20)
