@@ -258,3 +258,27 @@ def test_cuda_precision_choice_without_a_gpu(monkeypatch):
     assert default_precision(torch.device("cuda")) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert default_precision(torch.device("cuda")) == "fp16"
+
+
+def test_encoder_batches_and_pads_windows_consistently():
+    """A 16x16 token grid does not divide into 14x14 windows: padding, batching and both attention paths agree."""
+    from backend.sam.image_encoder import ImageEncoderViT
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(
+        img_size=256, embed_dim=32, depth=2, num_heads=2, use_rel_pos=True, window_size=14, global_attn_indexes=(1,)
+    ).eval()
+    for block in encoder.blocks:  # zero-initialised tables would hide relative-position mistakes
+        torch.nn.init.normal_(block.attn.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(block.attn.rel_pos_w, std=0.5)
+    images = torch.randn(2, 3, 256, 256)
+    with torch.inference_mode():
+        encoder.attn_impl = "math"
+        exact = encoder(images)
+        singles = torch.cat([encoder(images[:1]), encoder(images[1:])])
+        encoder.attn_impl = "sdpa"
+        fused = encoder(images)
+    assert exact.shape == (2, 256, 16, 16)
+    torch.testing.assert_close(singles, exact, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused, exact, atol=1e-4, rtol=0)
+    assert not torch.allclose(exact[0], exact[1], atol=1e-2)

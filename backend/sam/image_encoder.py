@@ -143,8 +143,10 @@ class Block(nn.Module):
         x = self.attn(x)
         if self.window_size > 0:
             x = window_unpartition(x, self.window_size, padded_hw, (height, width))
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        # Under autocast the branches come out in bf16/fp16; adding them as float32 keeps the residual stream
+        # exact-width and avoids PyTorch's slow mixed-dtype add.
+        x = shortcut + x.to(shortcut.dtype)
+        return x + self.mlp(self.norm2(x)).to(x.dtype)
 
 
 class Attention(nn.Module):
