@@ -382,3 +382,28 @@ def test_gallery_lists_licensed_samples_and_the_deployment_folder(tmp_path):
 def test_healthz_reports_ok_and_encoder_state(tmp_path):
     body = fake_app(tmp_path).test_client().get("/healthz").get_json()
     assert body["status"] == "ok" and body["encoder"]["queue_depth"] == 0 and body["model_type"] == "vit_t"
+
+
+def test_static_files_are_gzipped_only_when_it_pays(tmp_path):
+    import gzip
+
+    from backend.app import ORT_DIST_DIR
+
+    client = fake_app(tmp_path).test_client()
+    raw = (ORT_DIST_DIR / "ort-wasm-simd-threaded.wasm").read_bytes()
+    packed = client.get("/vendor/ort/ort-wasm-simd-threaded.wasm", headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert packed.status_code == 200 and packed.headers["Content-Encoding"] == "gzip"
+    assert packed.mimetype == "application/wasm" and packed.headers["Vary"] == "Accept-Encoding"
+    assert int(packed.headers["Content-Length"]) == len(packed.data) <= 0.5 * len(raw)
+    assert gzip.decompress(packed.data) == raw
+    again = client.get("/vendor/ort/ort-wasm-simd-threaded.wasm", headers={"Accept-Encoding": "gzip", "If-None-Match": packed.headers["ETag"]})
+    assert again.status_code == 304
+    plain = client.get("/vendor/ort/ort-wasm-simd-threaded.wasm")
+    assert "Content-Encoding" not in plain.headers and plain.data == raw and plain.headers["ETag"] != packed.headers["ETag"]
+    plain.close()
+    # Content gzip would not shrink by 10% (random bytes) is sent as it is.
+    from backend.app import _StaticGzip
+
+    noise = tmp_path / "noise.js"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    assert _StaticGzip(max_bytes=10**7).get(str(noise), noise.stat()) is None
