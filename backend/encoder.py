@@ -307,37 +307,43 @@ class EncoderService:
             if batch is None:
                 return
             live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            started = time.perf_counter()
-            try:
-                encoded = self._encode_batch([job.pixels for job in live])
-                if len(encoded) != len(live):
-                    raise RuntimeError(f"encoder returned {len(encoded)} embeddings for {len(live)} images")
-            except Exception as error:  # Delivered to every waiting request; the worker keeps going.
-                logger.exception("encoding a batch of %d image(s) failed", len(live))
+            if live:
+                self._encode_and_deliver(live)
+
+    def _encode_and_deliver(self, live: List[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            encoded = self._encode_batch([job.pixels for job in live])
+            if len(encoded) != len(live):
+                raise RuntimeError(f"encoder returned {len(encoded)} embeddings for {len(live)} images")
+        except Exception as error:
+            if len(live) > 1:  # One bad image must not fail its neighbours: encode them one by one.
+                logger.warning("a batch of %d images failed (%s); encoding them one at a time", len(live), error)
                 for job in live:
-                    self._finish(job, error=error)
-                continue
-            elapsed_ms = _ms_since(started)
-            self.batches += 1
-            self.images_encoded += len(live)
-            self.batch_sizes.append(len(live))
-            self._seconds_per_image = 0.7 * self._seconds_per_image + 0.3 * (elapsed_ms / 1000 / len(live))
-            logger.info("encoded %d image(s) in %.0f ms", len(live), elapsed_ms)
-            for job, (embedding, input_size) in zip(live, encoded):
-                entry = CachedEmbedding(
-                    embedding=embedding,
-                    original_size=(int(job.pixels.shape[0]), int(job.pixels.shape[1])),
-                    input_size=(int(input_size[0]), int(input_size[1])),
-                    model_key=self.model_key,
-                    encode_ms=elapsed_ms,
-                )
-                try:
-                    self.cache.put(job.key, entry)
-                except Exception:  # A full disk must not lose the answer already computed.
-                    logger.exception("could not cache embedding %s", job.key)
-                self._finish(job, result=(entry, len(live)))
+                    self._encode_and_deliver([job])
+                return
+            logger.exception("encoding an image failed")  # Delivered to its request(s); the worker goes on.
+            self._finish(live[0], error=error)
+            return
+        elapsed_ms = _ms_since(started)
+        self.batches += 1
+        self.images_encoded += len(live)
+        self.batch_sizes.append(len(live))
+        self._seconds_per_image = 0.7 * self._seconds_per_image + 0.3 * (elapsed_ms / 1000 / len(live))
+        logger.info("encoded %d image(s) in %.0f ms", len(live), elapsed_ms)
+        for job, (embedding, input_size) in zip(live, encoded):
+            entry = CachedEmbedding(
+                embedding=embedding,
+                original_size=(int(job.pixels.shape[0]), int(job.pixels.shape[1])),
+                input_size=(int(input_size[0]), int(input_size[1])),
+                model_key=self.model_key,
+                encode_ms=elapsed_ms,
+            )
+            try:
+                self.cache.put(job.key, entry)
+            except Exception:  # A full disk must not lose the answer already computed.
+                logger.exception("could not cache embedding %s", job.key)
+            self._finish(job, result=(entry, len(live)))
 
     def _finish(self, job: _Job, result=None, error: Optional[BaseException] = None) -> None:
         with self._lock:

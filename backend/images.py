@@ -18,6 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000
+# Resized to a longest side of 1024, a thinner image would have a short side of zero pixels.
+MAX_ASPECT_RATIO = 500
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
 
@@ -69,6 +71,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         width, height = image.size
         if width < 1 or height < 1:
             raise ImageError(400, "corrupt_image", f"the image has no pixels ({width}x{height})")
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise ImageError(
+                400, "bad_aspect_ratio", f"the image is {width}x{height}; sides may differ by at most {MAX_ASPECT_RATIO}:1"
+            )
         if width * height > max_pixels:
             raise ImageError(
                 413, "image_too_large", f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"

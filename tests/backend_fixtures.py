@@ -61,6 +61,7 @@ class FakeEncoder:
         self.gate.set()
         self.started = threading.Event()
         self.fail_next = False
+        self.poison_shape = None  # Any batch holding an image of this shape fails.
 
     def __call__(self, images: Sequence[np.ndarray]):
         self.started.set()
@@ -69,6 +70,8 @@ class FakeEncoder:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("simulated encoder failure")
+        if any(image.shape == self.poison_shape for image in images):
+            raise ValueError("simulated bad image")
         time.sleep(self.delay_s)
         out = []
         for image in images:

@@ -142,6 +142,28 @@ def test_a_failing_forward_pass_fails_its_requests_only():
     service.close()
 
 
+def test_one_bad_image_does_not_fail_the_rest_of_its_batch():
+    fake = FakeEncoder()
+    fake.poison_shape = (5, 5, 3)
+    fake.gate.clear()
+    service = make_service(fake, max_batch_size=4)
+    blocker = threading.Thread(target=service.encode, args=(distinct_image(100),))
+    blocker.start()
+    assert fake.started.wait(5)
+    images = [distinct_image(1), distinct_image(2, (5, 5)), distinct_image(3)]
+    threads, results = in_threads(service.encode, images)
+    deadline = time.time() + 5
+    while service.queue_depth < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    fake.gate.set()
+    for thread in threads + [blocker]:
+        thread.join(10)
+    assert isinstance(results[1], ValueError)
+    assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
+    assert fake.batches[:2] == [1, 3] and sorted(fake.batches[2:]) == [1, 1, 1]
+    service.close()
+
+
 def test_unknown_image_has_no_embedding_or_predictor():
     service = make_service(FakeEncoder())
     assert service.embedding("0" * 32) is None

@@ -133,6 +133,7 @@ def png_claiming_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_pixel_limit_refuses_before_decoding():
     error = refused(png_claiming_size(12_000, 12_000))
     assert (error.status, error.code) == (413, "image_too_large")
@@ -145,3 +146,9 @@ def test_pillow_bomb_guard_also_answers_413():
     # With our own limit raised out of the way, Pillow's guard (2 x MAX_IMAGE_PIXELS) still refuses.
     error = refused(png_claiming_size(60_000, 60_000), max_pixels=10**12)
     assert (error.status, error.code) == (413, "image_too_large")
+
+
+def test_absurd_aspect_ratio_is_refused():
+    error = refused(encode(Image.new("RGB", (3000, 2)), "PNG"))
+    assert (error.status, error.code) == (400, "bad_aspect_ratio")
+    assert decode_image(encode(Image.new("RGB", (1000, 2)), "PNG")).pixels.shape == (2, 1000, 3)
