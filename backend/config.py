@@ -11,7 +11,7 @@ Every setting has an environment variable; ``create_app(config={...})`` override
 | `SAM_WEIGHTS_DIR` | `$SAM_DATA_DIR/weights` | where checkpoints are looked for and downloaded to |
 | `SAM_ALLOW_DOWNLOAD` | `1` | `0` never contacts the network; without a checkpoint the server then runs on seeded random `vit_t` weights |
 | `SAM_DEVICE` | `auto` | `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N` |
-| `SAM_PRECISION` | `auto` | encoder precision: `auto` (fp32 on CPU, bf16 on CUDA when supported, else fp16), `fp32`, `bf16`, `fp16` |
+| `SAM_PRECISION` | `auto` | encoder precision: `auto` (the model's choice per device: bf16 on CUDA, else fp16; bf16 on CPUs with native bf16 (AVX512-BF16/AMX); else fp32), `fp32`, `bf16`, `fp16` |
 | `SAM_CACHE_BYTES` | `536870912` | in-memory embedding cache bound in bytes (one embedding is 4 MiB) |
 | `SAM_DISK_CACHE_DIR` | unset | also keep embeddings in this directory (survives restarts, shared by workers); uploads themselves are never written |
 | `SAM_MAX_UPLOAD_BYTES` | `26214400` | largest accepted request body (25 MiB); larger answers 413 |

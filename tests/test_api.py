@@ -407,3 +407,24 @@ def test_static_files_are_gzipped_only_when_it_pays(tmp_path):
     noise = tmp_path / "noise.js"
     noise.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
     assert _StaticGzip(max_bytes=10**7).get(str(noise), noise.stat()) is None
+
+
+def test_configuration_from_environment_with_clear_errors():
+    from backend.config import Config, ConfigError
+
+    config = Config.from_env(
+        {"SAM_QUEUE_SIZE": "3", "SAM_ALLOW_DOWNLOAD": "no", "SAM_REQUEST_TIMEOUT": "2.5", "PORT": "8080", "SAM_DECODER": ""},
+        {"SAM_BATCH_SIZE": 2, "cache_bytes": "1000", "TESTING": True},
+    )
+    assert (config.queue_size, config.allow_download, config.request_timeout, config.port) == (3, False, 2.5, 8080)
+    assert (config.batch_size, config.cache_bytes, config.decoder) == (2, 1000, "lowres")
+    for environ, variable in [
+        ({"SAM_QUEUE_SIZE": "lots"}, "SAM_QUEUE_SIZE"),
+        ({"SAM_QUEUE_SIZE": "0"}, "SAM_QUEUE_SIZE"),
+        ({"SAM_ALLOW_DOWNLOAD": "perhaps"}, "SAM_ALLOW_DOWNLOAD"),
+        ({"SAM_MODEL_TYPE": "vit_xxl"}, "SAM_MODEL_TYPE"),
+        ({"SAM_DEVICE": "tpu"}, "SAM_DEVICE"),
+        ({"SAM_DECODER": "fastest"}, "SAM_DECODER"),
+    ]:
+        with pytest.raises(ConfigError, match=variable):
+            Config.from_env(environ)
