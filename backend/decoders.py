@@ -6,7 +6,6 @@ by weights id, variant and exporter version, and listed for GET /api/model.
 import contextlib
 import hashlib
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional

@@ -19,7 +19,6 @@ from typing import Tuple
 
 import torch
 import torch.nn as nn
-from torch.nn import functional as F
 
 
 def _head_weights(linear: nn.Linear, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor]:

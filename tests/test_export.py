@@ -206,6 +206,27 @@ def test_official_graph_matches_reference_onnx_interface(decoders, single_mask_d
     assert ((masks > 0) == expected).mean() >= MASK_AGREEMENT
 
 
+def test_cli_registry_model_type_matches_reference_mobile_sam(reference_dir, tmp_path):
+    """--checkpoint + --model-type (Meta's flags) on the MobileSAM reference: the official 4-mask graph."""
+    meta = json.loads((reference_dir / "vit_t_seed0_truck.json").read_text())
+    arrays = np.load(reference_dir / meta["arrays"])
+    h, w = meta["image_hw"]
+    out = tmp_path / "vit_t.onnx"
+    assert export_main(["--checkpoint", str(reference_dir / meta["checkpoint"]), "--model-type", "vit_t",
+                        "--output", str(out)]) == 0
+    masks, scores, low_res = session(out).run(None, {
+        "image_embeddings": arrays["embedding"],
+        "point_coords": arrays["onnxif_multi_point_coords"],
+        "point_labels": arrays["onnxif_multi_point_labels"],
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+        "orig_im_size": np.array([h, w], np.float32),
+    })
+    np.testing.assert_allclose(low_res, arrays["onnxif_multi_low_res"], atol=LOGIT_TOL, rtol=0)
+    np.testing.assert_allclose(scores, arrays["onnxif_multi_scores"], atol=LOGIT_TOL, rtol=0)
+    assert ((masks > 0) == unpack_bits(arrays["onnxif_multi_mask_bits"], w)).mean() >= MASK_AGREEMENT
+
+
 @pytest.mark.parametrize("index", range(5), ids=["point", "points", "box", "box+point", "mask-input"])
 def test_onnx_decoders_match_reference_and_torch_predictor(decoders, predictor, reference, index):
     meta, arrays = reference

@@ -13,7 +13,6 @@ The decode's cost is independent of the weights (random or real), only of the gr
 """
 
 import argparse
-import functools
 import http.server
 import json
 import statistics
