@@ -171,8 +171,10 @@ def shown_mask(page) -> np.ndarray:
 
 
 def canvas_point(page, x: float, y: float) -> tuple[float, float]:
-    """Viewport coordinates of the centre of image pixel (x, y)."""
-    box = page.locator("#mask-canvas").bounding_box()
+    """Viewport coordinates of the centre of image pixel (x, y) (scrolling the image into view)."""
+    canvas = page.locator("#mask-canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
     width, height = page.evaluate("[document.getElementById('mask-canvas').width, document.getElementById('mask-canvas').height]")
     return box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
 

@@ -103,7 +103,11 @@ def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
 
 def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_page, predictor, live_server, dog_path):
     page = ready_page
+    # Rest on the pixel until its preview is painted: the click then keeps that decode (the instant path).
+    page.mouse.move(*canvas_point(page, 420, 250))
+    page.wait_for_function("performance.getEntriesByName('sam:hover-to-paint').length > 0")
     click_pixel(page, 420, 250)
+    assert page.evaluate("performance.getEntriesByName('sam:decode').length") == 1  # no second decode
     leave_image(page)
     wait_idle(page)
     points = prompt_points(page)
@@ -123,6 +127,8 @@ def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_pag
     # Picking another candidate shows that mask (keyboard shortcut 1-3).
     other = (best + 1) % 3
     page.keyboard.press(str(other + 1))
+    wait_idle(page)
+    assert page.locator(f"#candidate-list button >> nth={other}").get_attribute("aria-checked") == "true"
     assert agreement(shown_mask(page), masks[other]) >= MIN_AGREEMENT
 
 
@@ -370,16 +376,24 @@ def test_keyboard_and_accessibility_basics(page, live_server):
     assert not page.locator("#help-dialog").is_visible()
 
 
-def test_phone_width_has_no_horizontal_scroll(browser, live_server, dog_path):
+def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, dog_path, predictor):
     context = browser.new_context(viewport={"width": 360, "height": 740}, has_touch=True, is_mobile=True)
     page = context.new_page()
     try:
         open_app(page, live_server)
         upload(page, dog_path)
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
-        # A tap adds a point (touch has no hover).
-        page.tap("#mask-canvas")
+        # A tap has no hover before it: this click runs its own decode.
+        page.touchscreen.tap(*canvas_point(page, 420, 250))
         wait_idle(page)
-        assert len(prompt_points(page)) == 1
+        assert prompt_points(page) == [[420, 250, 1]]
+        sam = server_predictor(predictor, live_server, dog_path)
+        masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
+        assert agreement(shown_mask(page), masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
+        # Touch users switch to "Remove area" for negative points.
+        page.check('input[name="mode"][value="0"]')
+        page.touchscreen.tap(*canvas_point(page, 200, 120))
+        wait_idle(page)
+        assert prompt_points(page) == [[420, 250, 1], [200, 120, 0]]
     finally:
         context.close()

@@ -30,6 +30,12 @@ export class DecoderClient {
       this.onProgress(message);
       return;
     }
+    if (message.type === "result") {
+      // User Timing entries of the worker's session.run and upsampling, for benchmarks and profiling.
+      const now = performance.now();
+      performance.measure("sam:decode", { start: now - message.decodeMs - message.postMs, duration: message.decodeMs });
+      performance.measure("sam:upsample", { start: now - message.postMs, duration: message.postMs });
+    }
     const waiter = this.waiting.get(message.id);
     if (!waiter) return;
     this.waiting.delete(message.id);

@@ -258,7 +258,13 @@ function renderLayers() {
   renderOverlay();
 }
 
-function onHover(x, y) {
+/** Records a User Timing measure from a pointer event to the frame that shows its mask (read by benchmarks). */
+function measureToPaint(name, eventTime) {
+  if (eventTime == null) return;
+  requestAnimationFrame(() => performance.measure(name, { start: eventTime, end: performance.now() }));
+}
+
+function onHover(x, y, eventTime) {
   if (!app.ready) return;
   if (app.lastHoverPixel && app.lastHoverPixel[0] === x && app.lastHoverPixel[1] === y) return;
   app.lastHoverPixel = [x, y];
@@ -272,14 +278,17 @@ function onHover(x, y) {
   }
   const label = view.negativeMode ? 0 : 1;
   const pixel = { x, y, label };
-  decoder.hover(promptFor(history.current, pixel), (result, error) => {
+  const state = history.current;
+  decoder.hover(promptFor(state, pixel), (result, error) => {
     if (error) {
       showError(error);
       return;
     }
-    app.hover = { mask: result.masks[result.best] };
+    // Kept whole: a click on this very pixel reuses the decode instead of running it again.
+    app.hover = { mask: result.masks[result.best], result, pixel, state };
     classroom.addDecode(result, result.best);
     renderOverlay();
+    measureToPaint("sam:hover-to-paint", eventTime);
   });
 }
 
@@ -308,7 +317,7 @@ function enqueue(task) {
 }
 
 /** Queues a prompt change; `change(state)` gives the new points/box from the state current at run time. */
-function commitPrompt(change) {
+function commitPrompt(change, eventTime = null) {
   if (!app.ready) return;
   app.hover = null;
   decoder.cancelHover();
@@ -329,16 +338,34 @@ function commitPrompt(change) {
     app.lastHoverPixel = null;
     refreshControls();
     renderOverlay();
+    measureToPaint("sam:click-to-paint", eventTime);
   });
 }
 
-function onPoint(x, y, negative) {
+function onPoint(x, y, negative, eventTime) {
   if (everything.active) {
     const index = everything.at(x, y);
     if (index >= 0) takeEverythingMask(index);
     return;
   }
-  commitPrompt((state) => ({ points: [...state.points, { x, y, label: negative ? 0 : 1 }] }));
+  const label = negative ? 0 : 1;
+  const hover = app.hover;
+  if (hover && !app.pending && hover.state === history.current &&
+      hover.pixel.x === x && hover.pixel.y === y && hover.pixel.label === label) {
+    // The preview on screen is exactly this click's mask: keep it rather than decode the same prompt again.
+    app.hover = null;
+    decoder.cancelHover();
+    enqueue(() => {
+      const { result } = hover;
+      history.push({ points: [...hover.state.points, hover.pixel], box: hover.state.box, result, chosen: result.best });
+      app.lastHoverPixel = null;
+      refreshControls();
+      renderOverlay();
+      measureToPaint("sam:click-to-paint", eventTime);
+    });
+    return;
+  }
+  commitPrompt((state) => ({ points: [...state.points, { x, y, label: negative ? 0 : 1 }] }), eventTime);
 }
 
 function onBox(box) {
@@ -366,9 +393,15 @@ const undo = () => enqueue(() => { history.undo(); afterHistoryMove(); });
 const redo = () => enqueue(() => { history.redo(); afterHistoryMove(); });
 const resetPrompts = () => enqueue(() => { history.reset(); afterHistoryMove(); });
 
-function pickCandidate(candidate) {
+async function pickCandidate(candidate) {
   const state = history.current;
   if (!state.result || !state.result.candidates.includes(candidate)) return;
+  if (!state.result.masks[candidate]) {
+    // A click that reused its hover preview only has the best candidate at full size so far.
+    const lowRes = state.result.lowRes.subarray(candidate * 65536, (candidate + 1) * 65536);
+    state.result.masks[candidate] = await decoder.upsample(lowRes, app.image.uploadSize);
+    if (history.current !== state) return;
+  }
   history.replace({ ...state, chosen: candidate });
   classroom.addDecode(state.result, candidate);
   refreshControls();
@@ -422,7 +455,7 @@ function renderCandidates() {
     const label = document.createElement("span");
     label.textContent = `${i + 1} · IoU ${result.scores[c].toFixed(2)}`;
     button.append(canvas, label);
-    button.addEventListener("click", () => pickCandidate(c));
+    button.addEventListener("click", () => enqueue(() => pickCandidate(c)));
     return button;
   }));
 }
@@ -606,7 +639,7 @@ function onKey(event) {
   else if (ctrl || event.altKey) handled = false;
   else if (key === "escape") everything.active ? toggleEverything() : resetPrompts();
   else if (key === "enter" && !(target instanceof HTMLButtonElement)) keepObject();
-  else if (["1", "2", "3"].includes(key)) pickCandidate(Number(key));
+  else if (["1", "2", "3"].includes(key)) enqueue(() => pickCandidate(Number(key)));
   else if (key === "n") setNegativeMode(!view.negativeMode);
   else if (key === "c") $("classroom-toggle").click();
   else if (key === "e") toggleEverything();

@@ -11,7 +11,8 @@ function packRgba([r, g, b], alpha) {
 export class StageView {
   /**
    * @param {object} parts {stage, image, canvas, svg} elements
-   * @param {object} handlers {onHover(x, y), onLeave(), onPoint(x, y, negative), onBox([x0, y0, x1, y1])}
+   * @param {object} handlers {onHover(x, y, time), onLeave(), onPoint(x, y, negative, time), onBox([x0, y0, x1, y1]),
+   *   onDragBox(box | null)}; time is the pointer event's timestamp (performance.now() clock)
    */
   constructor({ stage, image, canvas, svg }, handlers) {
     this.stage = stage;
@@ -141,7 +142,9 @@ export class StageView {
         if (press.dragging) this.handlers.onDragBox([...press.start, ...this.toImage(event)]);
         return;
       }
-      if (event.pointerType === "mouse" || event.pointerType === "pen") this.handlers.onHover(...this.toImage(event));
+      if (event.pointerType === "mouse" || event.pointerType === "pen") {
+        this.handlers.onHover(...this.toImage(event), event.timeStamp);
+      }
     });
     const finish = (event, cancelled) => {
       const press = this.press;
@@ -158,7 +161,7 @@ export class StageView {
         this.handlers.onDragBox(null);
         this.handlers.onBox(box);
       } else {
-        this.handlers.onPoint(...press.start, press.negative || this.negativeMode);
+        this.handlers.onPoint(...press.start, press.negative || this.negativeMode, event.timeStamp);
       }
     };
     target.addEventListener("pointerup", (event) => finish(event, false));
