@@ -31,6 +31,11 @@ WEBGPU_ARGS = ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-unsafe-swifts
 SERVER_START_TIMEOUT_S = 300
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "webgpu: runs the decoder on WebGPU via SwiftShader (slow CPU emulation); deselect with -m 'not webgpu'")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

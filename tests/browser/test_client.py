@@ -397,3 +397,28 @@ def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, dog_pa
         assert prompt_points(page) == [[420, 250, 1], [200, 120, 0]]
     finally:
         context.close()
+
+
+@pytest.mark.webgpu
+def test_webgpu_backend_gives_the_same_mask(playwright_instance, live_server, dog_path, predictor):
+    """WebGPU in headless Chromium runs on SwiftShader (a CPU emulation): slow, so one tap is all we decode."""
+    from tests.browser.conftest import CHROMIUM, WEBGPU_ARGS, ConsoleWatch
+
+    browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_ARGS)
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(240_000)
+    watch = ConsoleWatch(page)
+    try:
+        open_app(page, live_server, "backend=webgpu")
+        assert page.evaluate("document.body.dataset.provider") == "webgpu", page.inner_text("#error-text")
+        upload(page, dog_path)
+        page.touchscreen.tap(*canvas_point(page, 420, 250))
+        wait_idle(page)
+        sam = server_predictor(predictor, live_server, dog_path)
+        masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
+        assert agreement(shown_mask(page), masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
+    finally:
+        context.close()
+        browser.close()
+    assert not watch.unexpected(), watch.unexpected()

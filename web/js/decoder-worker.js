@@ -62,6 +62,8 @@ async function init({ modelUrl, backend = "auto", threads = 0 }) {
   // The WebGPU bundle also carries the WASM backend, so a failed WebGPU session can fall back in place.
   ort = await import(ORT_DIR + (tryWebgpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs"));
   ort.env.wasm.wasmPaths = ORT_DIR;
+  // ORT warns (on console.error) when shape ops stay on the CPU beside WebGPU: expected, not a user's problem.
+  ort.env.logLevel = "error";
   ort.env.wasm.proxy = false; // this is already a worker
   // Threads need SharedArrayBuffer, which browsers only give to cross-origin isolated pages (COOP + COEP).
   const isolated = self.crossOriginIsolated === true;
@@ -72,7 +74,7 @@ async function init({ modelUrl, backend = "auto", threads = 0 }) {
   let fallbackReason = null;
   if (tryWebgpu) {
     try {
-      session = await ort.InferenceSession.create(model, { executionProviders: ["webgpu"] });
+      session = await ort.InferenceSession.create(model, { executionProviders: ["webgpu"], logSeverityLevel: 3 });
       provider = "webgpu";
     } catch (error) {
       fallbackReason = `WebGPU could not run the decoder (${error.message}); using WebAssembly.`;
@@ -82,6 +84,7 @@ async function init({ modelUrl, backend = "auto", threads = 0 }) {
     session = await ort.InferenceSession.create(model, {
       executionProviders: ["wasm"],
       graphOptimizationLevel: "all",
+      logSeverityLevel: 3,
     });
   }
   usesOrigImSize = session.inputNames.includes("orig_im_size");
