@@ -63,15 +63,17 @@ class MaskData:
                 self._stats[key] = [value[i] for i in index_np.tolist()]
 
     def cat(self, new_stats: "MaskData") -> None:
+        """Appends the rows of ``new_stats``, which must not be modified afterwards (rows are shared, not copied:
+        copying every RLE would cost more than the rest of the post-processing)."""
         for key, value in new_stats.items():
             if key not in self._stats or self._stats[key] is None:
-                self._stats[key] = deepcopy(value)
+                self._stats[key] = list(value) if isinstance(value, list) else value
             elif isinstance(value, torch.Tensor):
                 self._stats[key] = torch.cat([self._stats[key], value], dim=0)
             elif isinstance(value, np.ndarray):
                 self._stats[key] = np.concatenate([self._stats[key], value], axis=0)
             else:
-                self._stats[key] = self._stats[key] + deepcopy(value)
+                self._stats[key] = self._stats[key] + list(value)
 
     def to_numpy(self) -> None:
         for key, value in self._stats.items():

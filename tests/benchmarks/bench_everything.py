@@ -111,7 +111,8 @@ def main() -> None:
         print(
             f"\n[{name}] {image.shape[1]}x{image.shape[0]}, {n_points} points, {len(annotations)} masks: "
             f"total {wall:.1f} s = encoder {timings['encoder']:.2f} s + decoder {timings['decoder']:.1f} s "
-            f"({1000 * timings['decoder'] / n_points:.0f} ms/point) + post-processing {timings['postprocess']:.1f} s",
+            f"({1000 * timings['decoder'] / n_points:.0f} ms/point) + post-processing {timings['postprocess']:.1f} s "
+            f"+ other {wall - sum(timings.values()):.1f} s",
             flush=True,
         )
 
