@@ -114,6 +114,9 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
     elif weights_info is None:
         weights_info = WeightsInfo(settings.canonical_model_type, "real", "injected", None, "model given to create_app")
     device = resolve_device(settings.device)
+    decoder_error = None
+    if decoders is None:  # Exported from the CPU fp32 model, before it moves to its device.
+        decoders, decoder_error = _prepare_decoders(model, weights_info, settings)
     precision = prepare_model(model, device, settings.precision)
     logger.info("serving %s (%s weights) on %s in %s", weights_info.model_type, weights_info.weights, device, precision)
 
@@ -127,9 +130,6 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
         timeout_s=settings.request_timeout,
         encode_batch=encode_batch,
     )
-    decoder_error = None
-    if decoders is None:
-        decoders, decoder_error = _prepare_decoders(model, weights_info, settings)
     app.extensions["sam"] = SamState(
         config=settings,
         weights=weights_info,
