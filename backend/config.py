@@ -24,7 +24,7 @@ Every setting has an environment variable; ``create_app(config={...})`` override
 | `SAM_GALLERY_DIR` | unset | a folder of the deployment's own sample images, listed at `/api/gallery` next to the bundled ones |
 | `SAM_LOG_LEVEL` | `INFO` | Python logging level |
 | `PORT` | `5000` | port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`) |
-| `SAM_WORKERS` | `1` | gunicorn worker processes (each holds one model) |
+| `SAM_WORKERS` | `1` | gunicorn worker processes (each holds one model; with more than one, embeddings are shared through `SAM_DISK_CACHE_DIR`, default `$SAM_DATA_DIR/embeddings`) |
 | `SAM_THREADS` | `8` | gunicorn threads per worker |
 """
 

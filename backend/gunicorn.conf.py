@@ -35,6 +35,11 @@ def on_starting(server):
 
     config = Config.from_env()
     config.resolve_secret()
+    if workers > 1 and not config.disk_cache_dir:
+        # The embedding GET may reach another worker than the upload did: share embeddings through disk.
+        shared = os.path.join(config.data_dir, "embeddings")
+        os.environ["SAM_DISK_CACHE_DIR"] = shared  # Inherited by the workers forked after this.
+        server.log.info("%d workers: sharing embeddings through %s (set SAM_DISK_CACHE_DIR to choose)", workers, shared)
     try:
         path, reason = ensure_checkpoint(config)
     except WeightsError as error:

@@ -28,6 +28,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(reference_dir, tmp_path_factory):
+    yield from run_gunicorn(reference_dir, tmp_path_factory)
+
+
+def run_gunicorn(reference_dir, tmp_path_factory, **extra_env):
     port = free_port()
     log_path = tmp_path_factory.mktemp("gunicorn") / "server.log"
     env = dict(
@@ -44,6 +48,7 @@ def server(reference_dir, tmp_path_factory):
         SAM_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024),
         SAM_THREADS="32",
     )
+    env.update(extra_env)
     procfile = (REPO_ROOT / "Procfile").read_text().strip()
     assert procfile.startswith("web: gunicorn ")
     command = [sys.executable, "-m", "gunicorn"] + procfile.split()[2:]
@@ -168,3 +173,26 @@ def test_cli_serve_prints_the_url_and_serves(reference_dir):
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_two_workers_share_embeddings_and_the_secret(reference_dir, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("two-workers")
+    for decoders in session_data_dir().glob("decoders"):  # Reuse exported decoders: only the sharing is new here.
+        os.symlink(decoders, data_dir / "decoders")
+    server = run_gunicorn(reference_dir, tmp_path_factory, SAM_WORKERS="2", SAM_DATA_DIR=str(data_dir))
+    base = next(server)
+    try:
+        upload = requests.post(base + "/api/images", data=image_bytes(distinct_image(7, (40, 60)), "PNG"), timeout=180)
+        assert upload.status_code == 200, upload.text
+        served_by = {}
+        for _ in range(80):  # New connections land on either worker; ask until both have answered.
+            with requests.Session() as fresh:
+                embedding = fresh.get(base + upload.json()["embedding_url"], timeout=30)
+                assert embedding.status_code == 200 and len(embedding.content) == upload.json()["bytes"]
+                served_by[fresh.get(base + "/healthz", timeout=10).json()["pid"]] = True
+            if len(served_by) == 2:
+                break
+        assert len(served_by) == 2
+        assert (data_dir / "embeddings" / f"{upload.json()['id']}.npz").is_file()
+    finally:
+        next(server, None)
