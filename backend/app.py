@@ -122,7 +122,7 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
 
     encoder = EncoderService(
         model,
-        EmbeddingCache(settings.cache_bytes, settings.disk_cache_dir),
+        EmbeddingCache(settings.cache_bytes, settings.disk_cache_dir, settings.disk_cache_bytes),
         settings.resolve_secret(),
         weights_info.weights_id,
         max_batch_size=settings.batch_size,

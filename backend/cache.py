@@ -57,12 +57,14 @@ class EmbeddingCache:
     """Thread-safe LRU of ``CachedEmbedding`` by image id, at most ``max_bytes`` of embeddings in memory.
 
     With ``disk_dir`` every entry is also written there (``<id>.npz``, atomically) and read back on a memory
-    miss, so a restarted server or another worker process finds it.
+    miss, so a restarted server or another worker process finds it; the least recently used files go when the
+    directory holds more than ``disk_max_bytes``.
     """
 
-    def __init__(self, max_bytes: int, disk_dir: Optional[os.PathLike] = None) -> None:
+    def __init__(self, max_bytes: int, disk_dir: Optional[os.PathLike] = None, disk_max_bytes: int = 4 << 30) -> None:
         self.max_bytes = int(max_bytes)
         self.disk_dir = Path(disk_dir) if disk_dir else None
+        self.disk_max_bytes = int(disk_max_bytes)
         if self.disk_dir is not None:
             self.disk_dir.mkdir(parents=True, exist_ok=True)
         self._entries: "collections.OrderedDict[str, CachedEmbedding]" = collections.OrderedDict()
@@ -140,6 +142,7 @@ class EmbeddingCache:
                     encode_ms=np.asarray(entry.encode_ms, dtype=np.float64),
                 )
             os.replace(file.name, path)
+            self._prune_disk()
         except OSError as error:
             logger.warning("could not write embedding %s to the disk cache: %s", key, error)
             try:
@@ -147,11 +150,30 @@ class EmbeddingCache:
             except (OSError, NameError):
                 pass
 
+    def _prune_disk(self) -> None:
+        files = []
+        for path in self.disk_dir.glob("*.npz"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # Removed by another worker meanwhile.
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.disk_max_bytes:
+                break
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            total -= size
+
     def _read_disk(self, key: str) -> Optional[CachedEmbedding]:
         path = self._disk_path(key)
         if path is None or not path.exists():
             return None
         try:
+            os.utime(path)  # Recently read: pruned last.
             with np.load(path, allow_pickle=False) as data:
                 return CachedEmbedding(
                     embedding=np.ascontiguousarray(data["embedding"], dtype=np.float32),

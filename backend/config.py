@@ -14,6 +14,7 @@ Every setting has an environment variable; ``create_app(config={...})`` override
 | `SAM_PRECISION` | `auto` | encoder precision: `auto` (the model's choice per device: bf16 on CUDA, else fp16; bf16 on CPUs with native bf16 (AVX512-BF16/AMX); else fp32), `fp32`, `bf16`, `fp16` |
 | `SAM_CACHE_BYTES` | `536870912` | in-memory embedding cache bound in bytes (one embedding is 4 MiB) |
 | `SAM_DISK_CACHE_DIR` | unset | also keep embeddings in this directory (survives restarts, shared by workers); uploads themselves are never written |
+| `SAM_DISK_CACHE_BYTES` | `4294967296` | bound of the disk cache directory; least recently used embeddings are deleted beyond it |
 | `SAM_MAX_UPLOAD_BYTES` | `26214400` | largest accepted request body (25 MiB); larger answers 413 |
 | `SAM_MAX_PIXELS` | `40000000` | largest accepted image (width x height) after decoding the header; larger answers 413 |
 | `SAM_QUEUE_SIZE` | `8` | images waiting for the encoder; when full, uploads answer 503 with `Retry-After` |
@@ -57,6 +58,7 @@ class Config:
     precision: str = "auto"
     cache_bytes: int = 512 * 1024 * 1024
     disk_cache_dir: Optional[str] = None
+    disk_cache_bytes: int = 4 << 30
     max_upload_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 40_000_000
     queue_size: int = 8
@@ -93,7 +95,7 @@ class Config:
             raise ConfigError(f"SAM_PRECISION must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"SAM_DEVICE must be {DEVICES_HELP}, not {self.device!r}")
-        for name in ("cache_bytes", "max_upload_bytes", "max_pixels", "queue_size", "batch_size"):
+        for name in ("cache_bytes", "disk_cache_bytes", "max_upload_bytes", "max_pixels", "queue_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be a positive number, not {getattr(self, name)}")
         if self.request_timeout <= 0:

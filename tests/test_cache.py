@@ -79,3 +79,18 @@ def test_image_key_is_stable_secret_dependent_and_content_dependent():
     assert a != image_key(b"secret-1", "vit_t:x", changed)
     # Same bytes, different shape: a different image.
     assert a != image_key(b"secret-1", "vit_t:x", pixels.reshape(30, 20, 3))
+
+
+def test_disk_directory_is_bounded_and_drops_the_least_recently_used(tmp_path):
+    import os
+    import time
+
+    cache = EmbeddingCache(max_bytes=MIB, disk_dir=tmp_path, disk_max_bytes=9 * MIB)  # Room for two files.
+    cache.put(key(1), entry(1))
+    cache.put(key(2), entry(2))
+    old = time.time() - 100
+    os.utime(tmp_path / f"{key(1)}.npz", (old, old))
+    os.utime(tmp_path / f"{key(2)}.npz", (old - 50, old - 50))
+    assert cache.get(key(2)) is not None  # Memory holds nothing (1 MiB budget): read from disk, now recent.
+    cache.put(key(3), entry(3))
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == [f"{key(2)}.npz", f"{key(3)}.npz"]
