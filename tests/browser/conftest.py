@@ -1,7 +1,8 @@
 """Browser tests: Debian Chromium driven by Playwright against the real Flask server.
 
 The server runs as a subprocess (`python -m backend serve`) on a free loopback port with the seeded random
-MobileSAM checkpoint from the reference data, fp32 encoder, no network. Every test page fails the test on
+MobileSAM checkpoint from the reference data, fp32 encoder, no network (or SAM_BROWSER_TEST_URL names a
+running one with that checkpoint). Every test page fails the test on
 any console error or uncaught exception.
 """
 
@@ -86,8 +87,18 @@ class LiveServer:
         self.log.close()
 
 
+class ExternalServer:
+    """A server someone else started (SAM_BROWSER_TEST_URL); it must run the reference vit_t checkpoint."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+
+
 @pytest.fixture(scope="session")
 def live_server(reference_dir, tmp_path_factory):
+    if os.environ.get("SAM_BROWSER_TEST_URL"):
+        yield ExternalServer(os.environ["SAM_BROWSER_TEST_URL"])
+        return
     server = LiveServer(reference_dir / "vit_t_seed0.pth", tmp_path_factory.mktemp("sam-data"))
     yield server
     server.stop()

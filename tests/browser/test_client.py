@@ -422,3 +422,36 @@ def test_webgpu_backend_gives_the_same_mask(playwright_instance, live_server, do
         context.close()
         browser.close()
     assert not watch.unexpected(), watch.unexpected()
+
+
+def test_everything_mode_shows_all_masks_and_a_click_keeps_one(ready_page, live_server):
+    page = ready_page
+    probe = requests.post(live_server.url + "api/images/0/everything", timeout=30)
+    if probe.status_code == 405:
+        pytest.skip("this server build has no everything-mode endpoint yet")
+    page.click(".settings summary")
+    page.select_option("#everything-grid", "8")
+    # Random weights predict low IoUs: keep every candidate.
+    page.fill("#everything-iou", "0")
+    page.fill("#everything-stability", "0")
+    with page.expect_response(lambda r: "/everything" in r.url and r.request.method == "POST") as started:
+        page.click("#everything-button")
+    status_url = started.value.json()["status_url"]
+    page.wait_for_function("/^\\d+ masks/.test(document.getElementById('everything-status').textContent)")
+    count = int(page.inner_text("#everything-status").split()[0])
+    annotations = requests.get(live_server.url + status_url.lstrip("/"), timeout=30).json()["result"]["annotations"]
+    assert count == len(annotations) > 0
+    painted = shown_mask(page)
+    assert painted.any()
+
+    # Export all: the COCO strings are the server's (decoded and encoded again by the client).
+    data, name = _download(page, "#everything-export")
+    exported = json.loads(data)["annotations"]
+    assert [a["segmentation"]["counts"] for a in exported] == [a["segmentation"]["counts"] for a in annotations]
+
+    # A click moves the mask under the pointer into the object list.
+    ys, xs = np.nonzero(painted)
+    page.mouse.click(*canvas_point(page, int(xs[len(xs) // 2]), int(ys[len(ys) // 2])))
+    assert page.locator("#object-list li").count() == 1
+    page.keyboard.press("Escape")  # leaves everything mode
+    assert page.inner_text("#everything-button") == "Segment everything"
