@@ -15,6 +15,7 @@ The decode's cost is independent of the weights (random or real), only of the gr
 import argparse
 import http.server
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
 BENCH_DIR = Path(__file__).resolve().parent
 ORT_DIST = REPO_ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium from PATH (Playwright's own browser download is not used).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -112,6 +114,9 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
+    if CHROMIUM is None:
+        parser.error("chromium is not on PATH (Debian: apt-get install chromium)")
+
     meta = json.loads((REFERENCE_DIR / "reduced_vit_seed0_dog.json").read_text())
     embedding = np.load(REFERENCE_DIR / meta["arrays"])["embedding"].astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="bench-decoder-") as tmp:
@@ -176,8 +181,8 @@ def main() -> int:
     for key, label in (("runMs", "session.run"), ("totalMs", "prompt->mask")):
         print(f"speed-up ({label}): {medians['official'][key] / medians['lowres'][key]:.2f}x")
     for name in names[1:]:
-        worst = min(a["iou"] for a in result["agreement"] if a["decoder"] == name)
-        print(f"mask IoU of {name} vs official, worst of {len(bench_prompts(image_hw))} prompts: {worst:.5f}")
+        ious = [a["iou"] for a in result["agreement"] if a["decoder"] == name]
+        print(f"mask IoU of {name} vs official, worst of {len(ious)} prompts: {min(ious):.5f}")
     return 0
 
 
