@@ -455,3 +455,57 @@ def test_everything_mode_shows_all_masks_and_a_click_keeps_one(ready_page, live_
     assert page.locator("#object-list li").count() == 1
     page.keyboard.press("Escape")  # leaves everything mode
     assert page.inner_text("#everything-button") == "Segment everything"
+
+
+def _image_file_in_page(page, url: str, name: str):
+    """A File of the server's gallery image, made inside the page (for drop and paste events)."""
+    return page.evaluate_handle(
+        """async ([url, name]) => {
+        const blob = await (await fetch(url)).blob();
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([blob], name, {type: blob.type}));
+        return transfer; }""",
+        [url, name],
+    )
+
+
+def test_gallery_drop_and_paste_all_open_images(page, live_server):
+    open_app(page, live_server)
+    gallery = requests.get(live_server.url + "api/gallery", timeout=30).json()
+    assert gallery, "the server lists no sample images"
+    first = gallery[0]
+    page.click(f'#gallery-list button[aria-label="Open the sample {first["name"]}"]')
+    page.wait_for_function("document.body.dataset.image === 'ready'")
+    assert page.locator("#fact-image").text_content().startswith(first["name"])
+
+    transfer = _image_file_in_page(page, first["url"], "dropped.png")
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('dropped.png')")
+    page.wait_for_function("document.body.dataset.image === 'ready'")
+
+    transfer = _image_file_in_page(page, first["url"], "clipboard.png")
+    page.evaluate(
+        "(transfer) => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true}))",
+        transfer)
+    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('clipboard.png')")
+    page.wait_for_function("document.body.dataset.image === 'ready'")
+
+
+def test_classroom_view_shows_the_three_stages_live(ready_page):
+    page = ready_page
+    assert page.locator("#classroom").is_hidden()
+    page.keyboard.press("c")
+    assert page.locator("#classroom").is_visible()
+    assert re.match(r"[\d.]+ ms", page.inner_text("#cls-encode"))
+    assert page.inner_text("#cls-bytes").startswith("2.00 MB float16")
+    click_pixel(page, 420, 250)
+    assert re.match(r"[\d.]+ ms", page.inner_text("#cls-decode"))
+    captions = page.locator("#cls-candidates figcaption").all_inner_texts()
+    assert len(captions) == 3 and sum("shown" in c for c in captions) == 1
+    assert re.match(r"logits from -?[\d.]+ to -?[\d.]+", page.inner_text("#cls-heatmap-range"))
+    # The heatmap is painted (not a blank canvas).
+    colours = page.evaluate(
+        """() => { const d = document.getElementById('cls-heatmap').getContext('2d').getImageData(0, 0, 256, 256).data;
+        const seen = new Set(); for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] * 65536 + d[i + 1] * 256 + d[i + 2]);
+        return seen.size; }""")
+    assert colours > 10
