@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -137,8 +138,6 @@ class Config:
             key = path.read_text().strip()
             if key:  # Another worker may be between creating and writing the file.
                 return key.encode("utf-8")
-            import time
-
             time.sleep(0.02)
         raise ConfigError(f"secret file {path} is empty; delete it or set SAM_SECRET")
 
