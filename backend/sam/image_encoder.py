@@ -143,10 +143,10 @@ class Block(nn.Module):
         x = self.attn(x)
         if self.window_size > 0:
             x = window_unpartition(x, self.window_size, padded_hw, (height, width))
-        # Under autocast the branches come out in bf16/fp16; adding them as float32 keeps the residual stream
-        # exact-width and avoids PyTorch's slow mixed-dtype add.
-        x = shortcut + x.to(shortcut.dtype)
-        return x + self.mlp(self.norm2(x)).to(x.dtype)
+        # Under autocast the branches come out in bf16/fp16: the residual stream stays float32 (accuracy), the
+        # branch is cast first (PyTorch's mixed-dtype add is slow), and added in place into that fresh tensor.
+        x = _fresh(x, shortcut.dtype).add_(shortcut)
+        return _fresh(self.mlp(self.norm2(x)), x.dtype).add_(x)
 
 
 class Attention(nn.Module):
@@ -217,6 +217,11 @@ class Attention(nn.Module):
         k = torch.cat([k, codes], dim=-1)
         v = F.pad(v, (0, height + width))
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :head_dim]
+
+
+def _fresh(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x` as `dtype`; `x` is a block-internal intermediate, so adding into it in place is safe."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
