@@ -437,7 +437,7 @@ def test_everything_mode_shows_all_masks_and_a_click_keeps_one(ready_page, live_
     with page.expect_response(lambda r: "/everything" in r.url and r.request.method == "POST") as started:
         page.click("#everything-button")
     status_url = started.value.json()["status_url"]
-    page.wait_for_function("/^\\d+ masks/.test(document.getElementById('everything-status').textContent)")
+    page.wait_for_function("/^\\d+ masks?\\./.test(document.getElementById('everything-status').textContent)")
     count = int(page.inner_text("#everything-status").split()[0])
     annotations = requests.get(live_server.url + status_url.lstrip("/"), timeout=30).json()["result"]["annotations"]
     assert count == len(annotations) > 0

@@ -496,7 +496,8 @@ async function toggleEverything() {
   $("everything-button").disabled = true;
   try {
     const count = await everything.run(app.image.id, app.image.uploadSize, everythingParameters());
-    setEverythingStatus(`${count} masks. Hover to highlight one, click to keep it.`, null);
+    setEverythingStatus(count ? `${count} mask${count === 1 ? "" : "s"}. Hover to highlight one, click to keep it.`
+      : "No masks passed the thresholds: lower them in Settings.", null);
     app.hover = null;
     renderLayers();
   } catch (error) {
