@@ -509,3 +509,21 @@ def test_classroom_view_shows_the_three_stages_live(ready_page):
         const seen = new Set(); for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] * 65536 + d[i + 1] * 256 + d[i + 2]);
         return seen.size; }""")
     assert colours > 10
+
+
+def test_keyboard_only_prompting(ready_page):
+    page = ready_page
+    page.focus("#stage")
+    page.keyboard.press("ArrowRight")  # the cursor starts at the centre (400, 267), one step is 8 px
+    page.wait_for_function("performance.getEntriesByName('sam:hover-to-paint').length > 0")
+    assert shown_mask(page).any()
+    page.keyboard.press("Space")
+    wait_idle(page)
+    assert prompt_points(page) == [[408, 267, 1]]
+    page.keyboard.press("Shift+ArrowDown")
+    page.keyboard.press("Shift+Space")
+    wait_idle(page)
+    assert prompt_points(page) == [[408, 267, 1], [408, 347, 0]]
+    page.keyboard.press("Enter")
+    wait_idle(page)
+    assert page.locator("#object-list li").count() == 1

@@ -599,6 +599,10 @@ function setNegativeMode(on) {
 }
 
 function bindControls() {
+  $("stage").addEventListener("blur", () => {
+    app.keyboardCursor = null;
+    view.setKeyboardCursor(null);
+  });
   bindImageInputs({ fileInput: $("file-input"), dropTarget: $("drop-zone"), onImage: openImage, onError: showError });
   $("undo-button").addEventListener("click", undo);
   $("redo-button").addEventListener("click", redo);
@@ -627,8 +631,37 @@ function bindControls() {
   document.addEventListener("keydown", onKey);
 }
 
+/**
+ * Prompting without a pointer: with the image focused, arrow keys move a cursor (Shift: 10x faster) that
+ * previews like hovering, Space adds a point there (Shift+Space a negative one).
+ */
+function onStageKey(event) {
+  if (!app.ready || event.ctrlKey || event.metaKey || event.altKey) return false;
+  const [H, W] = app.image.uploadSize;
+  const step = Math.max(1, Math.round(Math.max(H, W) / 100)) * (event.shiftKey ? 10 : 1);
+  const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
+  let cursor = app.keyboardCursor || [Math.floor(W / 2), Math.floor(H / 2)];
+  if (moves[event.key]) {
+    const [dx, dy] = moves[event.key];
+    cursor = [Math.min(W - 1, Math.max(0, cursor[0] + dx)), Math.min(H - 1, Math.max(0, cursor[1] + dy))];
+  } else if (event.key === " ") {
+    onPoint(cursor[0], cursor[1], event.shiftKey || view.negativeMode, event.timeStamp);
+    return true;
+  } else {
+    return false;
+  }
+  app.keyboardCursor = cursor;
+  view.setKeyboardCursor(cursor);
+  onHover(cursor[0], cursor[1], event.timeStamp);
+  return true;
+}
+
 function onKey(event) {
   const target = event.target;
+  if (target === $("stage") && onStageKey(event)) {
+    event.preventDefault();
+    return;
+  }
   const typing = (target instanceof HTMLInputElement && !["checkbox", "radio", "button", "file"].includes(target.type)) ||
     target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement;
   if (typing || $("help-dialog").open) return;

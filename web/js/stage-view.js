@@ -78,6 +78,7 @@ export class StageView {
 
   /** Point markers ({x, y, label}) and the box, in overlay pixels; dragBox is the box being drawn. */
   drawPrompts(points, box, dragBox = null) {
+    this.lastPrompts = [points, box, dragBox];
     this.svg.replaceChildren();
     if (!this.size) return;
     const radius = Math.max(this.size[0], this.size[1]) / 90;
@@ -107,6 +108,26 @@ export class StageView {
       c.setAttribute("class", p.label === 1 ? "point positive" : "point negative");
       this.svg.append(c);
     }
+    if (!dragBox) this.#drawKeyboardCursor();
+  }
+
+  /** Shows (or hides, with null) the keyboard cursor at overlay pixel [x, y]. */
+  setKeyboardCursor(point) {
+    this.keyboardCursor = point;
+    if (this.lastPrompts) this.drawPrompts(...this.lastPrompts);
+  }
+
+  #drawKeyboardCursor() {
+    const point = this.keyboardCursor;
+    if (!point || !this.size) return;
+    const size = Math.max(this.size[0], this.size[1]) / 40;
+    const path = document.createElementNS(SVG_NS, "path");
+    const [x, y] = [point[0] + 0.5, point[1] + 0.5];
+    path.setAttribute("d", `M${x - size} ${y}H${x + size}M${x} ${y - size}V${y + size}`);
+    path.setAttribute("stroke", "#f59e0b");
+    path.setAttribute("stroke-width", size / 6);
+    path.setAttribute("class", "keyboard-cursor");
+    this.svg.append(path);
   }
 
   /** Overlay pixel [x, y] (integers, clamped into the image) under a pointer event. */
