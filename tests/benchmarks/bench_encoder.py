@@ -2,7 +2,8 @@
 
 Not a test (pytest does not collect it). Run from the repository root:
 
-    .venv/bin/python tests/benchmarks/bench_encoder.py [--runs 3] [--models vit_b,vit_t]
+    .venv/bin/python tests/benchmarks/bench_encoder.py [--runs 3] [--models vit_b,vit_t] [--threads N]
+        [--omp-wait-policy PASSIVE]
 
 For each model (random weights, torch.manual_seed(0)) the paths run interleaved, `--runs` times each, on one
 real photo (dog.jpg from ../shared/reference/images). Reported per path: median seconds per image, speed-up
@@ -16,15 +17,29 @@ much of the cores the other processes leave, while CPU time measures the work th
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-import numpy as np
-import torch
-from PIL import Image
+
+def _omp_wait_policy_from_argv() -> None:
+    # libgomp reads OMP_WAIT_POLICY once, when torch loads it, so it must be set before `import torch`.
+    for i, arg in enumerate(sys.argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--omp-wait-policy=") else None
+        if arg == "--omp-wait-policy" and i + 1 < len(sys.argv):
+            value = sys.argv[i + 1]
+        if value and value.lower() != "inherit":
+            os.environ["OMP_WAIT_POLICY"] = value.upper()
+
+
+_omp_wait_policy_from_argv()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
@@ -138,13 +153,22 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--models", default="vit_b,vit_t")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="inherit",
+        help="PASSIVE lets idle OpenMP threads sleep instead of spin, which matters on a shared machine; "
+        "inherit keeps the environment's setting",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     meta = json.loads((REFERENCE_DIR / "reduced_vit_seed0_dog.json").read_text())
     image = np.array(Image.open(REFERENCE_DIR / meta["image"]).convert("RGB"))
-    print(f"torch {torch.__version__}; default precision on this CPU: {default_precision(torch.device('cpu'))}")
+    print(
+        f"torch {torch.__version__}; default precision on this CPU: {default_precision(torch.device('cpu'))}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; load average {os.getloadavg()[0]:.1f}"
+    )
     for model_type in args.models.split(","):
         paths = PATHS if model_type != "vit_t" else [("fp32 plain", "math", "fp32"), ("bf16 autocast (default)", "sdpa", "bf16")]
         bench_model(model_type, paths, args.runs, image, meta["prompts"])
