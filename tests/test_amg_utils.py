@@ -29,6 +29,10 @@ def test_rle_round_trip_gives_back_every_pixel(shape):
         assert amg.area_from_rle(rle) == int(mask.sum())
 
 
+def test_rle_of_no_masks_is_an_empty_list():
+    assert amg.mask_to_rle_pytorch(torch.zeros(0, 4, 5, dtype=torch.bool)) == []
+
+
 def test_rle_is_column_major_and_starts_with_background():
     mask = torch.tensor([[[1, 0, 0], [1, 1, 0]]], dtype=torch.bool)  # columns: [1,1] [0,1] [0,0]
     (rle,) = amg.mask_to_rle_pytorch(mask)
@@ -92,6 +96,20 @@ def test_mask_to_box_is_tight_with_inclusive_max_and_zero_when_empty():
     boxes = amg.batched_mask_to_box(masks)
     assert boxes.tolist() == [[1, 2, 3, 4], [7, 5, 7, 5], [0, 0, 0, 0]]
     assert amg.batched_mask_to_box(masks.reshape(1, 3, 6, 8)).shape == (1, 3, 4)
+
+
+def test_cpu_fast_paths_agree_with_the_torch_paths_used_on_gpus():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 40, 50, generator=gen)
+    logits[0, 1] = -5.0  # empty at every threshold: NaN in both paths
+    torch.testing.assert_close(
+        amg._stability_score_numpy(logits, 0.3, -0.3), amg._stability_score_torch(logits, 0.3, -0.3), equal_nan=True
+    )
+    masks = amg.threshold_masks(logits, 0.5)
+    assert torch.equal(masks, logits > 0.5)
+    flat = masks.flatten(0, 1)
+    assert torch.equal(amg._mask_to_box_numpy(flat), amg._mask_to_box_torch(flat))
+    assert amg._mask_to_box_numpy(flat)[1].tolist() == [0, 0, 0, 0]
 
 
 def test_stability_score_is_iou_of_the_offset_thresholds():

@@ -188,10 +188,33 @@ def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, thresh
     The high-threshold mask is a subset of the low-threshold one, so IoU is a ratio of two counts.
     An all-empty mask gives NaN, which fails every threshold, as in the reference.
     """
+    high, low = mask_threshold + threshold_offset, mask_threshold - threshold_offset
+    if masks.device.type == "cpu" and masks.dim() >= 2:
+        return _stability_score_numpy(masks, high, low)
+    return _stability_score_torch(masks, high, low)
+
+
+def _stability_score_torch(masks: torch.Tensor, high: float, low: float) -> torch.Tensor:
     # int16 row sums then int32 totals, as the reference, to keep memory low on big batches.
-    intersections = (masks > (mask_threshold + threshold_offset)).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
-    unions = (masks > (mask_threshold - threshold_offset)).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+    intersections = (masks > high).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+    unions = (masks > low).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
     return intersections / unions
+
+
+def _stability_score_numpy(masks: torch.Tensor, high: float, low: float) -> torch.Tensor:
+    # On the CPU numpy's compare + count_nonzero per mask is several times faster than torch's reductions for
+    # these memory-bound passes over full-resolution logits; the counts are the same.
+    planes = masks.detach().numpy().reshape(-1, *masks.shape[-2:])
+    intersections = torch.tensor([np.count_nonzero(p > high) for p in planes], dtype=torch.int32)
+    unions = torch.tensor([np.count_nonzero(p > low) for p in planes], dtype=torch.int32)
+    return (intersections / unions).reshape(masks.shape[:-2])
+
+
+def threshold_masks(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """logits [..., H, W] -> bool masks (logits > threshold), on the logits' device."""
+    if logits.device.type == "cpu":
+        return torch.from_numpy(logits.detach().numpy() > threshold)  # faster than torch's compare here
+    return logits > threshold
 
 
 def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
@@ -199,9 +222,16 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
     if masks.numel() == 0:
         return torch.zeros(*masks.shape[:-2], 4, device=masks.device)
     shape = masks.shape
-    h, w = shape[-2:]
     masks = masks.flatten(0, -3) if masks.dim() > 2 else masks.unsqueeze(0)
+    if masks.device.type == "cpu":
+        boxes = _mask_to_box_numpy(masks)
+    else:
+        boxes = _mask_to_box_torch(masks)
+    return boxes.reshape(*shape[:-2], 4)
 
+
+def _mask_to_box_torch(masks: torch.Tensor) -> torch.Tensor:
+    h, w = masks.shape[-2:]
     rows = masks.any(dim=-1)  # [B, H]
     cols = masks.any(dim=-2)  # [B, W]
     row_idx = torch.arange(h, device=masks.device)[None, :]
@@ -210,10 +240,19 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
     top = (row_idx + h * ~rows).min(dim=-1).values
     right = (cols * col_idx).max(dim=-1).values
     left = (col_idx + w * ~cols).min(dim=-1).values
-
     empty = (right < left) | (bottom < top)
-    out = torch.stack([left, top, right, bottom], dim=-1) * (~empty).unsqueeze(-1)
-    return out.reshape(*shape[:-2], 4)
+    return torch.stack([left, top, right, bottom], dim=-1) * (~empty).unsqueeze(-1)
+
+
+def _mask_to_box_numpy(masks: torch.Tensor) -> torch.Tensor:
+    # numpy's axis reductions over bool masks are much faster on the CPU than torch's.
+    out = np.zeros((masks.shape[0], 4), dtype=np.int64)
+    for i, mask in enumerate(masks.numpy()):
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size:
+            cols = np.flatnonzero(mask.any(axis=0))
+            out[i] = (cols[0], rows[0], cols[-1], rows[-1])
+    return torch.from_numpy(out)
 
 
 def box_xyxy_to_xywh(box_xyxy: torch.Tensor) -> torch.Tensor:
@@ -288,7 +327,9 @@ def mask_to_rle_pytorch(tensor: torch.Tensor) -> List[Dict[str, Any]]:
     is foreground). All masks are encoded in one pass over the change points.
     """
     b, h, w = tensor.shape
-    flat = tensor.permute(0, 2, 1).flatten(1).cpu().numpy().astype(bool)
+    if b == 0:
+        return []
+    flat = np.ascontiguousarray(tensor.cpu().numpy().astype(bool, copy=False).transpose(0, 2, 1)).reshape(b, -1)
     if flat.shape[1] == 0:
         return [{"size": [h, w], "counts": [0]} for _ in range(b)]
     row_len = max(h * w - 1, 1)

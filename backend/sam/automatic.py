@@ -22,6 +22,7 @@ from .amg import (
     mask_to_rle_pytorch,
     remove_small_regions,
     rle_to_mask,
+    threshold_masks,
     uncrop_boxes_xyxy,
     uncrop_masks,
     uncrop_points,
@@ -305,7 +306,7 @@ class SamAutomaticMaskGenerator:
             keep = score >= self.stability_score_thresh
         else:
             keep = torch.ones_like(score, dtype=torch.bool)
-        masks = logits[keep] > model.mask_threshold
+        masks = threshold_masks(logits[keep], model.mask_threshold)
         del logits
         boxes = batched_mask_to_box(masks)
         near_edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
