@@ -34,6 +34,7 @@ from . import codec
 from .cache import EmbeddingCache, is_valid_key
 from .config import DECODER_CHOICES, Config
 from .encoder import EncodeTimeout, EncoderBusy, EncoderClosed, EncoderService, prepare_model, resolve_device
+from .everything import create_everything_blueprint, resolver_from_encoder
 from .gallery import Gallery
 from .images import ImageError, decode_image
 from .weights import WeightsInfo, load_model
@@ -145,6 +146,11 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
     )
 
     app.register_blueprint(api)
+    app.register_blueprint(create_everything_blueprint(
+        resolver_from_encoder(encoder),
+        max_concurrent=settings.everything_jobs,
+        max_jobs=settings.everything_max_jobs,
+    ))
     app.register_blueprint(static_files)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)

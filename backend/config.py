@@ -23,6 +23,8 @@ Every setting has an environment variable; ``create_app(config={...})`` override
 | `SAM_SECRET` | generated | key for image ids (HMAC of the pixels); when unset a random one is created once in `$SAM_DATA_DIR/secret.key` so all workers agree |
 | `SAM_DECODER` | `lowres` | decoder the client uses: `official`, `official-quantized`, `lowres`, `lowres-quantized`, or a path to a custom ONNX file (official interface) |
 | `SAM_GALLERY_DIR` | unset | a folder of the deployment's own sample images, listed at `/api/gallery` next to the bundled ones |
+| `SAM_EVERYTHING_JOBS` | `1` | everything-mode jobs that run at once (each decodes a point grid on the server); others queue |
+| `SAM_EVERYTHING_MAX_JOBS` | `32` | everything-mode jobs (running, queued and finished results) kept; past it the oldest finished ones go |
 | `SAM_LOG_LEVEL` | `INFO` | Python logging level |
 | `PORT` | `5000` | port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`) |
 | `SAM_WORKERS` | `1` | gunicorn worker processes (each holds one model; with more than one, embeddings are shared through `SAM_DISK_CACHE_DIR`, default `$SAM_DATA_DIR/embeddings`) |
@@ -68,6 +70,8 @@ class Config:
     secret: Optional[str] = None
     decoder: str = "lowres"
     gallery_dir: Optional[str] = None
+    everything_jobs: int = 1
+    everything_max_jobs: int = 32
     log_level: str = "INFO"
     port: int = 5000
 
@@ -96,7 +100,8 @@ class Config:
             raise ConfigError(f"SAM_PRECISION must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"SAM_DEVICE must be {DEVICES_HELP}, not {self.device!r}")
-        for name in ("cache_bytes", "disk_cache_bytes", "max_upload_bytes", "max_pixels", "queue_size", "batch_size"):
+        for name in ("cache_bytes", "disk_cache_bytes", "max_upload_bytes", "max_pixels", "queue_size", "batch_size",
+                     "everything_jobs", "everything_max_jobs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be a positive number, not {getattr(self, name)}")
         if self.request_timeout <= 0:
