@@ -363,7 +363,7 @@ def create_everything_blueprint(
     def start(image_id: str):
         raw = None
         if request.get_data(cache=True):
-            raw = request.get_json(silent=True)
+            raw = request.get_json(force=True, silent=True)
             if raw is None:
                 return _error(400, "bad_json", "the request body must be JSON (an object of parameters) or empty")
         try:

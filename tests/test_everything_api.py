@@ -137,6 +137,9 @@ def test_a_body_that_is_not_json_is_400(dog_source):
     client, service = _client({"dog": dog_source})
     response = client.post("/api/images/dog/everything", data=b"points=8", content_type="text/plain")
     assert response.status_code == 400 and response.get_json()["error"] == "bad_json"
+    # JSON sent without a JSON content type is still read (and validated).
+    response = client.post("/api/images/dog/everything", data=b'{"points_per_side": 0}', content_type="text/plain")
+    assert response.status_code == 400 and response.get_json()["error"] == "bad_parameters"
     service.close()
 
 
