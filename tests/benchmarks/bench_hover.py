@@ -32,8 +32,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests" / "browser"))
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
 
 REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
 

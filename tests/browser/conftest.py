@@ -2,96 +2,23 @@
 
 The server runs as a subprocess (`python -m backend serve`) on a free loopback port with the seeded random
 MobileSAM checkpoint from the reference data, fp32 encoder, no network (or SAM_BROWSER_TEST_URL names a
-running one with that checkpoint). Every test page fails the test on
-any console error or uncaught exception.
+running one with that checkpoint). Every test page fails the test on any console error or uncaught
+exception. Helpers shared with the benchmarks live in browser_helpers.py.
 """
 
 from __future__ import annotations
 
-import base64
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
-WEBGPU_ARGS = ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"]
-SERVER_START_TIMEOUT_S = 300
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ConsoleWatch, ExternalServer, LiveServer
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "webgpu: runs the decoder on WebGPU via SwiftShader (slow CPU emulation); deselect with -m 'not webgpu'")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LiveServer:
-    """The real app in a subprocess; `url` ends with a slash."""
-
-    def __init__(self, checkpoint: Path, data_dir: Path, extra_env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        env = dict(os.environ)
-        env.update({
-            "SAM_MODEL_TYPE": "vit_t", "SAM_CHECKPOINT": str(checkpoint), "SAM_DATA_DIR": str(data_dir),
-            "SAM_ALLOW_DOWNLOAD": "0", "SAM_PRECISION": "fp32", "SAM_DEVICE": "cpu", "SAM_LOG_LEVEL": "WARNING",
-        })
-        env.update(extra_env or {})
-        self.log_path = data_dir / "server.log"
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        self._wait_until_up()
-
-    def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(self.url + "healthz", timeout=2).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the server did not come up in {SERVER_START_TIMEOUT_S} s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.log.close()
-
-
-class ExternalServer:
-    """A server someone else started (SAM_BROWSER_TEST_URL); it must run the reference vit_t checkpoint."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url if url.endswith("/") else url + "/"
 
 
 @pytest.fixture(scope="session")
@@ -121,19 +48,6 @@ def browser(playwright_instance):
     browser.close()
 
 
-class ConsoleWatch:
-    """Collects console errors and page exceptions; `allow` lists substrings a test expects."""
-
-    def __init__(self, page) -> None:
-        self.errors: list[str] = []
-        self.allow: list[str] = []
-        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
-        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
-
-    def unexpected(self) -> list[str]:
-        return [e for e in self.errors if not any(a in e for a in self.allow)]
-
-
 @pytest.fixture
 def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
@@ -145,65 +59,3 @@ def page(browser, live_server):
     yield page
     context.close()
     assert not watch.unexpected(), f"console errors: {watch.unexpected()}"
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-def open_app(page, server: LiveServer, query: str = "backend=wasm") -> None:
-    """Loads the app and waits until the decoder is ready."""
-    page.goto(server.url + (f"?{query}" if query else ""))
-    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.decoder)")
-    assert page.evaluate("document.body.dataset.decoder") == "ready", page.inner_text("#error-text")
-
-
-def upload(page, image_path: Path) -> None:
-    """Chooses an image with the file picker and waits until its embedding is in the worker."""
-    page.set_input_files("#file-input", str(image_path))
-    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.image)")
-    assert page.evaluate("document.body.dataset.image") == "ready", page.inner_text("#error-text")
-
-
-def wait_idle(page) -> None:
-    """Waits until every committed prompt has been decoded and painted."""
-    page.evaluate("() => new Promise((resolve) => setTimeout(resolve, 50))")
-    page.wait_for_function("!document.body.dataset.pending || document.body.dataset.pending === '0'")
-
-
-def shown_mask(page) -> np.ndarray:
-    """The mask overlay as the user sees it: bool [H, W], True where the overlay is painted."""
-    encoded = page.evaluate(
-        """() => {
-        const canvas = document.getElementById('mask-canvas');
-        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-        const bits = new Uint8Array(canvas.width * canvas.height);
-        for (let i = 0; i < bits.length; i++) bits[i] = data[i * 4 + 3] > 0 ? 1 : 0;
-        let text = '';
-        for (let i = 0; i < bits.length; i += 8192) text += String.fromCharCode(...bits.subarray(i, i + 8192));
-        return {w: canvas.width, h: canvas.height, b64: btoa(text)};
-    }"""
-    )
-    bits = np.frombuffer(base64.b64decode(encoded["b64"]), dtype=np.uint8)
-    return bits.reshape(encoded["h"], encoded["w"]).astype(bool)
-
-
-def canvas_point(page, x: float, y: float) -> tuple[float, float]:
-    """Viewport coordinates of the centre of image pixel (x, y) (scrolling the image into view)."""
-    canvas = page.locator("#mask-canvas")
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    width, height = page.evaluate("[document.getElementById('mask-canvas').width, document.getElementById('mask-canvas').height]")
-    return box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
-
-
-def prompt_points(page) -> list[tuple[int, int, int]]:
-    """(x, y, label) of the point markers drawn on the image."""
-    return page.evaluate(
-        """() => [...document.querySelectorAll('#prompt-layer circle')].map((c) => [
-            Number(c.getAttribute('cx')) - 0.5, Number(c.getAttribute('cy')) - 0.5,
-            c.classList.contains('positive') ? 1 : 0])"""
-    )
-
-
-def leave_image(page) -> None:
-    """Moves the pointer off the image so no hover preview is drawn."""
-    page.mouse.move(2, 2)

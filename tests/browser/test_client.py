@@ -14,10 +14,9 @@ import re
 import numpy as np
 import pytest
 import requests
-import torch
 from PIL import Image
 
-from tests.browser.conftest import (
+from browser_helpers import (
     canvas_point, leave_image, open_app, prompt_points, shown_mask, upload, wait_idle,
 )
 
@@ -402,7 +401,7 @@ def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, dog_pa
 @pytest.mark.webgpu
 def test_webgpu_backend_gives_the_same_mask(playwright_instance, live_server, dog_path, predictor):
     """WebGPU in headless Chromium runs on SwiftShader (a CPU emulation): slow, so one tap is all we decode."""
-    from tests.browser.conftest import CHROMIUM, WEBGPU_ARGS, ConsoleWatch
+    from browser_helpers import CHROMIUM, WEBGPU_ARGS, ConsoleWatch
 
     browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_ARGS)
     context = browser.new_context(viewport={"width": 1280, "height": 900}, has_touch=True)
