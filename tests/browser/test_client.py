@@ -526,3 +526,34 @@ def test_keyboard_only_prompting(ready_page):
     page.keyboard.press("Enter")
     wait_idle(page)
     assert page.locator("#object-list li").count() == 1
+
+
+def test_every_embedding_format_decodes_in_the_browser(page, live_server, dog_path):
+    """web/js/embedding.js against the server's codec: f16 and int8 within their rounding of f32."""
+    from backend.codec import decode_embedding
+
+    open_app(page, live_server)
+    info = requests.post(live_server.url + "api/images", files={"image": dog_path.open("rb")}, timeout=120).json()
+    reference = decode_embedding(
+        requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content)
+    result = page.evaluate(
+        """async (id) => {
+        const { decodeEmbedding } = await import('/js/embedding.js');
+        const out = {};
+        for (const format of ['f32', 'f16', 'int8']) {
+            const body = await (await fetch(`/api/embeddings/${id}?format=${format}`)).arrayBuffer();
+            const { data, dims, dtype } = decodeEmbedding(body);
+            out[format] = { dims, dtype, values: Array.from(data.subarray(0, 4096)) };
+        }
+        try { decodeEmbedding(new ArrayBuffer(8)); } catch (error) { out.short = error.message; }
+        return out; }""",
+        info["id"],
+    )
+    flat = reference.reshape(-1)
+    assert result["f32"]["dims"] == [1, 256, 64, 64] and result["f32"]["dtype"] == "float32"
+    assert np.array_equal(np.float32(result["f32"]["values"]), flat[:4096])
+    np.testing.assert_allclose(result["f16"]["values"], flat[:4096], rtol=1e-3, atol=1e-4)
+    # int8: symmetric per-channel scale max|x| / 127, so the error is at most half a step.
+    step = np.abs(reference.reshape(256, -1)[0]).max() / 127
+    assert np.abs(np.float32(result["int8"]["values"]) - flat[:4096]).max() <= step / 2 + 1e-6
+    assert "too short" in result["short"]
