@@ -2,21 +2,21 @@
 // -> exports. The model runs only in the worker (decoder-client.js); this module never touches it.
 
 import { fetchEmbedding, fetchGallery, fetchModelInfo, uploadImage } from "./api.js";
-import { Classroom, formatBytes, formatMs } from "./classroom.js";
+import { Classroom, formatBytes, formatMs, paintLowResMask } from "./classroom.js";
 import { colorFor } from "./colors.js";
 import { DecoderClient } from "./decoder-client.js";
 import { EverythingMode } from "./everything.js";
 import { copyPng, cocoJson, cutoutPng, download, maskPng, polygonsSvg, safeName } from "./exports.js";
 import { bindImageInputs, fetchImage, prepareImage } from "./image-input.js";
-import { maskStats, resizeMaskNearest } from "./mask-math.js";
+import { LOW_RES_SIDE, maskStats, resizeMaskNearest } from "./mask-math.js";
 import { ObjectList } from "./objects.js";
 import { chosenLowRes, chosenMask, PromptHistory } from "./prompts.js";
 import { StageView } from "./stage-view.js";
-import { paintLowResMask } from "./classroom.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const BACKEND_KEY = "sam-web.backend";
+const PLANE = LOW_RES_SIDE * LOW_RES_SIDE;
 
 const app = {
   model: null, // /api/model
@@ -26,7 +26,9 @@ const app = {
   ready: false, // embedding is in the worker
   loadToken: 0,
   lastHoverPixel: null,
-  hover: null, // {mask}
+  hover: null, // the painted hover preview: {mask, result, pixel, state}
+  keyboardCursor: null, // [x, y] of the arrow-key cursor
+  pending: 0, // queued prompt changes
   dragBox: null,
   chain: Promise.resolve(), // committed prompts run strictly one after another
 };
@@ -307,7 +309,7 @@ function onLeave() {
 
 /** Runs `task` after every earlier prompt change; body[data-pending] counts what is still queued. */
 function enqueue(task) {
-  app.pending = (app.pending || 0) + 1;
+  app.pending++;
   document.body.dataset.pending = String(app.pending);
   app.chain = app.chain.then(task).catch(showError).finally(() => {
     app.pending--;
@@ -398,7 +400,7 @@ async function pickCandidate(candidate) {
   if (!state.result || !state.result.candidates.includes(candidate)) return;
   if (!state.result.masks[candidate]) {
     // A click that reused its hover preview only has the best candidate at full size so far.
-    const lowRes = state.result.lowRes.subarray(candidate * 65536, (candidate + 1) * 65536);
+    const lowRes = state.result.lowRes.subarray(candidate * PLANE, (candidate + 1) * PLANE);
     state.result.masks[candidate] = await decoder.upsample(lowRes, app.image.uploadSize);
     if (history.current !== state) return;
   }
@@ -451,7 +453,7 @@ function renderCandidates() {
     button.setAttribute("aria-label", `Candidate ${i + 1}, predicted IoU ${result.scores[c].toFixed(2)}`);
     button.dataset.candidate = c;
     const canvas = document.createElement("canvas");
-    paintLowResMask(canvas, result.lowRes.subarray(c * 65536, (c + 1) * 65536));
+    paintLowResMask(canvas, result.lowRes.subarray(c * PLANE, (c + 1) * PLANE));
     const label = document.createElement("span");
     label.textContent = `${i + 1} · IoU ${result.scores[c].toFixed(2)}`;
     button.append(canvas, label);
