@@ -89,6 +89,7 @@ async function init({ modelUrl, backend = "auto", threads = 0 }) {
   }
   usesOrigImSize = session.inputNames.includes("orig_im_size");
   emptyMask = new ort.Tensor("float32", new Float32Array(PLANE), [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
+  const warmupMs = await warmUp();
   return {
     type: "ready",
     provider,
@@ -99,8 +100,32 @@ async function init({ modelUrl, backend = "auto", threads = 0 }) {
     outputNames: session.outputNames,
     modelBytes: model.byteLength,
     loadMs: performance.now() - started,
+    warmupMs,
     fallbackReason,
   };
+}
+
+/**
+ * One throw-away decode while the image is still uploading and encoding: the first run of a session
+ * allocates its buffers (and compiles shaders on WebGPU), which would otherwise delay the first hover.
+ */
+async function warmUp() {
+  const started = performance.now();
+  const feeds = {
+    image_embeddings: new ort.Tensor("float32", new Float32Array(256 * 64 * 64), [1, 256, 64, 64]),
+    point_coords: new ort.Tensor("float32", Float32Array.of(512, 512, 0, 0), [1, 2, 2]),
+    point_labels: new ort.Tensor("float32", Float32Array.of(1, -1), [1, 2]),
+    mask_input: emptyMask,
+    has_mask_input: new ort.Tensor("float32", Float32Array.of(0), [1]),
+  };
+  if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.of(1024, 1024), [2]);
+  try {
+    const outputs = await session.run(feeds);
+    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+  } catch {
+    return null; // a real decode will report the problem in words
+  }
+  return performance.now() - started;
 }
 
 function setEmbedding({ buffer, imageSize: size }) {
