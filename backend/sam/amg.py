@@ -375,15 +375,18 @@ def encode_coco_counts(counts: Sequence[int]) -> str:
         return ""
     diffs = cnts.copy()
     diffs[3:] -= cnts[1:-2]
-    if np.abs(diffs).max() >= 2 ** (_MAX_GROUPS * _GROUP_BITS - 1):
+    largest = int(np.abs(diffs).max())
+    if largest >= 2 ** (_MAX_GROUPS * _GROUP_BITS - 1):
         raise ValueError("RLE count too large for COCO compressed encoding")
-    shifts = np.arange(_MAX_GROUPS, dtype=np.int64) * _GROUP_BITS
+    # Enough groups for the largest value and its sign bit, plus one that is always empty.
+    width = min(largest.bit_length() // _GROUP_BITS + 2, _MAX_GROUPS)
+    shifts = np.arange(width, dtype=np.int64) * _GROUP_BITS
     groups = (diffs[:, None] >> shifts[None, :]) & 0x1F  # arithmetic shift keeps the sign
     rest = diffs[:, None] >> (shifts[None, :] + _GROUP_BITS)
     sign_bit = (groups & 0x10) != 0
     more = np.where(sign_bit, rest != -1, rest != 0)
     n_groups = np.argmin(more, axis=1) + 1  # first group after which nothing is left
-    used = np.arange(_MAX_GROUPS)[None, :] < n_groups[:, None]
+    used = np.arange(width)[None, :] < n_groups[:, None]
     chars = groups + 48 + np.where(more, 0x20, 0)
     return chars[used].astype(np.uint8).tobytes().decode("ascii")
 

@@ -306,7 +306,7 @@ class SamAutomaticMaskGenerator:
             keep = score >= self.stability_score_thresh
         else:
             keep = torch.ones_like(score, dtype=torch.bool)
-        masks = threshold_masks(logits[keep], model.mask_threshold)
+        masks = threshold_masks(logits if bool(keep.all()) else logits[keep], model.mask_threshold)
         del logits
         boxes = batched_mask_to_box(masks)
         near_edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
