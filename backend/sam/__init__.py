@@ -11,6 +11,7 @@ from .build import (
     default_device,
     sam_model_registry,
 )
+from .automatic import SamAutomaticMaskGenerator
 from .predictor import SamPredictor
 from .sam import Sam, default_precision
 from .transforms import ResizeLongestSide
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "ResizeLongestSide",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamPredictor",
     "UnknownModelTypeError",
     "build_sam",
