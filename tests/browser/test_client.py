@@ -561,3 +561,42 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, dog_pa
     step = np.abs(reference.reshape(256, -1)[0]).max() / 127
     assert np.abs(np.float32(result["int8"]["values"]) - flat[:4096]).max() <= step / 2 + 1e-6
     assert "too short" in result["short"]
+
+
+def test_a_second_image_can_be_chosen_with_a_visible_button(ready_page, reference_dir):
+    page = ready_page
+    # Once an image is open the first picker is gone with the empty state; phones cannot drop or paste.
+    picker = page.locator("label.file-button", has_text="Open another image")
+    assert picker.is_visible()
+    with page.expect_file_chooser() as chooser:
+        picker.click()
+    chooser.value.set_files(str(reference_dir / "images/truck.jpg"))
+    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('truck.jpg')")
+    page.wait_for_function("document.body.dataset.image === 'ready'")
+
+
+def test_a_hover_in_flight_does_not_paint_on_the_next_image(ready_page, dog_path):
+    page = ready_page
+    # The same photo mirrored: same size, other pixels, so the previous image's hover would fit its overlay.
+    mirrored = io.BytesIO()
+    Image.open(dog_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored, "PNG")
+    x, y = canvas_point(page, 420, 250)
+    # The hover is sent and the next image chosen in one task, so its decode is certainly still running.
+    page.evaluate(
+        """async ([bytes, x, y]) => {
+        const file = new File([new Uint8Array(bytes)], 'mirrored.png', {type: 'image/png'});
+        const canvas = document.getElementById('mask-canvas');
+        canvas.dispatchEvent(new PointerEvent('pointermove', {clientX: x, clientY: y, pointerType: 'mouse', bubbles: true}));
+        const input = document.getElementById('file-input-more') || document.getElementById('file-input');
+        const transfer = new DataTransfer();
+        transfer.items.add(file);
+        input.files = transfer.files;
+        input.dispatchEvent(new Event('change'));
+    }""",
+        [list(mirrored.getvalue()), x, y],
+    )
+    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('mirrored.png')")
+    page.wait_for_function("document.body.dataset.image === 'ready'")
+    wait_idle(page)
+    page.wait_for_timeout(300)
+    assert not shown_mask(page).any(), "a mask of the previous image is painted over the new one"

@@ -54,15 +54,17 @@ export function imageFromDataTransfer(transfer) {
 }
 
 /**
- * Wires the three ways in: a file input, drops on dropTarget, and paste anywhere on the page.
+ * Wires the three ways in: file inputs, drops on dropTarget, and paste anywhere on the page.
  * @param {(file: Blob, name: string) => void} onImage
  */
-export function bindImageInputs({ fileInput, dropTarget, onImage, onError }) {
-  fileInput.addEventListener("change", () => {
-    const file = fileInput.files?.[0];
-    if (file) onImage(file, file.name);
-    fileInput.value = "";
-  });
+export function bindImageInputs({ fileInputs, dropTarget, onImage, onError }) {
+  for (const fileInput of fileInputs) {
+    fileInput.addEventListener("change", () => {
+      const file = fileInput.files?.[0];
+      if (file) onImage(file, file.name);
+      fileInput.value = "";
+    });
+  }
   const setDragging = (on) => dropTarget.classList.toggle("dragging", on);
   dropTarget.addEventListener("dragover", (event) => {
     event.preventDefault();

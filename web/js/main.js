@@ -102,6 +102,12 @@ async function openImage(blob, name) {
   const token = ++app.loadToken;
   clearError();
   app.ready = false;
+  // A hover decode still in flight belongs to the previous image: drop it, and forget where the pointer was.
+  decoder.cancelHover();
+  app.hover = null;
+  app.lastHoverPixel = null;
+  app.keyboardCursor = null;
+  view.setKeyboardCursor(null);
   document.body.dataset.image = "loading";
   everything.clear();
   updateEverythingButtons();
@@ -121,6 +127,7 @@ async function openImage(blob, name) {
   objects.clear();
   app.hover = null;
   $("empty-state").hidden = true;
+  $("image-actions").hidden = false;
   $("stage").hidden = false;
   $("drop-zone").classList.add("has-image");
   $("stage").classList.add("busy");
@@ -281,7 +288,9 @@ function onHover(x, y, eventTime) {
   const label = view.negativeMode ? 0 : 1;
   const pixel = { x, y, label };
   const state = history.current;
+  const token = app.loadToken;
   decoder.hover(promptFor(state, pixel), (result, error) => {
+    if (token !== app.loadToken) return;
     if (error) {
       showError(error);
       return;
@@ -605,7 +614,7 @@ function bindControls() {
     app.keyboardCursor = null;
     view.setKeyboardCursor(null);
   });
-  bindImageInputs({ fileInput: $("file-input"), dropTarget: $("drop-zone"), onImage: openImage, onError: showError });
+  bindImageInputs({ fileInputs: [$("file-input"), $("file-input-more")], dropTarget: $("drop-zone"), onImage: openImage, onError: showError });
   $("undo-button").addEventListener("click", undo);
   $("redo-button").addEventListener("click", redo);
   $("reset-button").addEventListener("click", resetPrompts);
