@@ -29,7 +29,17 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        if x.dtype == self.weight.dtype == torch.float32:
+            # No casts: this layer is in the exported ONNX decoders, where each one would be a graph node.
+            return _normalize_channels(x, self.weight, self.bias, self.eps)
+        # Reduced precision is computed in float32, since an encoder's embedding is this layer's output; the
+        # result has the parameters' dtype (float32 under bf16 autocast, bf16 for a model cast to bf16).
+        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        return _normalize_channels(x.float(), self.weight.float(), self.bias.float(), self.eps).to(out_dtype)
+
+
+def _normalize_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    x = (x - mean) / torch.sqrt(var + eps)
+    return weight[:, None, None] * x + bias[:, None, None]

@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .common import LayerNorm2d
+
 # MobileSAM keeps full resolution in the last merges (dims 320, 448 and 576 are the last stages of its
 # TinyViT variants), so the encoder's output stride is 16 rather than TinyViT's 32.
 _STRIDE_ONE_MERGE_DIMS = (320, 448, 576)
@@ -70,27 +72,6 @@ class DropPath(nn.Module):
 
 def _drop_path_or_identity(drop_prob: float) -> nn.Module:
     return DropPath(drop_prob) if drop_prob > 0.0 else nn.Identity()
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of [B, C, H, W]."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Computed in float32 even under bf16 autocast, since the embedding is this layer's output; the
-        # result has the parameters' dtype (float32 under autocast, bf16 for a model cast to bf16).
-        out_dtype = torch.promote_types(x.dtype, self.weight.dtype)
-        x = x.float()
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) * torch.rsqrt(var + self.eps)
-        x = self.weight.float()[:, None, None] * x + self.bias.float()[:, None, None]
-        return x.to(out_dtype)
 
 
 class PatchEmbed(nn.Module):
