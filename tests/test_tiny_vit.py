@@ -7,31 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+from backend.sam.build import build_mobile_sam_encoder
 from backend.sam.tiny_vit import Attention, Conv2d_BN, TinyViT
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 PREFIX = "image_encoder."
-
-
-def build_vit_t() -> TinyViT:
-    # Exactly the call of backend/sam/build.py for vit_t.
-    return TinyViT(
-        img_size=1024,
-        in_chans=3,
-        num_classes=1000,
-        embed_dims=[64, 128, 160, 320],
-        depths=[2, 2, 6, 2],
-        num_heads=[2, 4, 5, 10],
-        window_sizes=[7, 7, 14, 7],
-        mlp_ratio=4.0,
-        drop_rate=0.0,
-        drop_path_rate=0.0,
-        use_checkpoint=False,
-        mbconv_expand_ratio=4.0,
-        local_conv_size=3,
-        layer_lr_decay=0.8,
-    )
 
 
 def build_small(**overrides) -> TinyViT:
@@ -87,7 +68,7 @@ def vit_t_keys(reference_dir):
 
 @pytest.fixture(scope="module")
 def seeded_encoder(reference_dir):
-    model = build_vit_t()
+    model = build_mobile_sam_encoder()
     # eval() before loading: a bias table cached at eval() time would go stale and break parity.
     model.eval()
     state = torch.load(reference_dir / "vit_t_seed0.pth", map_location="cpu", weights_only=True)
@@ -104,7 +85,7 @@ def truck(reference_dir):
 
 def test_state_dict_matches_mobile_sam_checkpoint_on_meta_device(vit_t_keys):
     with torch.device("meta"):
-        model = build_vit_t()
+        model = build_mobile_sam_encoder()
     ours = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
     assert set(ours) - set(vit_t_keys) == set(), "keys that mobile_sam.pt does not have"
     assert set(vit_t_keys) - set(ours) == set(), "keys of mobile_sam.pt the model lacks"

@@ -12,6 +12,7 @@ from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
+from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -105,7 +106,7 @@ def build_sam_vit_t(checkpoint: Optional[PathLike] = None) -> Sam:
 
     prompt_embed_dim, image_size = 256, 1024
     sam = Sam(
-        image_encoder=_mobile_sam_encoder(image_size),
+        image_encoder=build_mobile_sam_encoder(image_size),
         prompt_encoder=_prompt_encoder(prompt_embed_dim, image_size, image_size // 16),
         mask_decoder=_mask_decoder(prompt_embed_dim),
     )
@@ -152,21 +153,21 @@ def _mask_decoder(prompt_embed_dim: int) -> MaskDecoder:
     )
 
 
-def _mobile_sam_encoder(image_size: int) -> nn.Module:
-    from .tiny_vit import TinyViT
+class MobileSamImageEncoder(TinyViT):
+    """TinyViT honouring the same `autocast_dtype` knob as ImageEncoderViT (state_dict keys unchanged)."""
 
-    class MobileSamImageEncoder(TinyViT):
-        """TinyViT honouring the same `autocast_dtype` knob as ImageEncoderViT (state_dict keys unchanged)."""
+    autocast_dtype: Optional[torch.dtype] = None
 
-        autocast_dtype: Optional[torch.dtype] = None
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return super().forward(x)
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+            return super().forward(x).float()
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.autocast_dtype is None:
-                return super().forward(x)
-            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
-                return super().forward(x).float()
 
-    encoder = MobileSamImageEncoder(
+def build_mobile_sam_encoder(image_size: int = 1024) -> MobileSamImageEncoder:
+    """MobileSAM's TinyViT-5M image encoder with randomly initialised weights."""
+    return MobileSamImageEncoder(
         img_size=image_size,
         in_chans=3,
         num_classes=1000,
@@ -182,8 +183,6 @@ def _mobile_sam_encoder(image_size: int) -> nn.Module:
         local_conv_size=3,
         layer_lr_decay=0.8,
     )
-    encoder.img_size = image_size
-    return encoder
 
 
 def _finish(sam: Sam, state_dict: Optional[Mapping[str, torch.Tensor]], checkpoint: Optional[PathLike]) -> Sam:

@@ -23,13 +23,14 @@ REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 sys.path.insert(0, str(REPO_ROOT))
 
 from backend.sam.tiny_vit import TinyViT  # noqa: E402
-from tests.test_tiny_vit import build_vit_t, preprocess  # noqa: E402
+from backend.sam.build import build_mobile_sam_encoder  # noqa: E402
+from tests.test_tiny_vit import preprocess  # noqa: E402
 
 PREFIX = "image_encoder."
 
 
 def load_encoder() -> tuple[TinyViT, str]:
-    model = build_vit_t()
+    model = build_mobile_sam_encoder()
     checkpoint = REFERENCE_DIR / "vit_t_seed0.pth"
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
