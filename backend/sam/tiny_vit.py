@@ -162,7 +162,34 @@ class PatchMerging(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
-class ConvLayer(nn.Module):
+class _Stage(nn.Module):
+    """Blocks at one resolution, then an optional PatchMerging; subclasses set the attributes below."""
+
+    blocks: nn.ModuleList
+    downsample: Optional[PatchMerging]
+    use_checkpoint: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = _run_block(block, x, self.use_checkpoint)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+def _merging(
+    downsample: Optional[Type[PatchMerging]],
+    input_resolution: Tuple[int, int],
+    dim: int,
+    out_dim: Optional[int],
+    activation: Type[nn.Module],
+) -> Optional[PatchMerging]:
+    if downsample is None:
+        return None
+    return downsample(input_resolution, dim=dim, out_dim=out_dim, activation=activation)
+
+
+class ConvLayer(_Stage):
     """First stage: MBConv blocks on [B, dim, H, W], then an optional PatchMerging to tokens."""
 
     def __init__(
@@ -186,18 +213,7 @@ class ConvLayer(nn.Module):
         self.blocks = nn.ModuleList(
             [MBConv(dim, dim, conv_expand_ratio, activation, drop_paths[i]) for i in range(depth)]
         )
-        self.downsample = (
-            downsample(input_resolution, dim=dim, out_dim=out_dim, activation=activation)
-            if downsample is not None
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = _run_block(block, x, self.use_checkpoint)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        return x
+        self.downsample = _merging(downsample, input_resolution, dim, out_dim, activation)
 
 
 class Mlp(nn.Module):
@@ -352,7 +368,7 @@ class TinyViTBlock(nn.Module):
         return x + self.drop_path(self.mlp(x))
 
 
-class BasicLayer(nn.Module):
+class BasicLayer(_Stage):
     """One attention stage: TinyViT blocks on [B, H*W, dim], then an optional PatchMerging."""
 
     def __init__(
@@ -393,18 +409,7 @@ class BasicLayer(nn.Module):
                 for i in range(depth)
             ]
         )
-        self.downsample = (
-            downsample(input_resolution, dim=dim, out_dim=out_dim, activation=activation)
-            if downsample is not None
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = _run_block(block, x, self.use_checkpoint)
-        if self.downsample is not None:
-            x = self.downsample(x)
-        return x
+        self.downsample = _merging(downsample, input_resolution, dim, out_dim, activation)
 
 
 class TinyViT(nn.Module):
