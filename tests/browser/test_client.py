@@ -600,3 +600,38 @@ def test_a_hover_in_flight_does_not_paint_on_the_next_image(ready_page, dog_path
     wait_idle(page)
     page.wait_for_timeout(300)
     assert not shown_mask(page).any(), "a mask of the previous image is painted over the new one"
+
+
+def _mirrored_png(path) -> bytes:
+    """The photo mirrored: same size, other pixels (so masks of the original would fit its overlay)."""
+    out = io.BytesIO()
+    Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_everything_job_of_the_previous_image_is_forgotten(ready_page, live_server, dog_path):
+    page = ready_page
+    page.click(".settings summary")
+    page.select_option("#everything-grid", "8")
+    page.fill("#everything-iou", "0")
+    page.fill("#everything-stability", "0")
+    posts = []
+    page.on("request", lambda r: "/everything" in r.url and r.method == "POST" and posts.append(r.url))
+    with page.expect_response(lambda r: "/everything" in r.url and r.request.method == "POST") as started:
+        page.click("#everything-button")
+    status_url = live_server.url + started.value.json()["status_url"].lstrip("/")
+    page.keyboard.press("e")  # a second press while the job runs starts no second job
+    page.set_input_files("#file-input-more", files=[{"name": "mirrored.png", "mimeType": "image/png",
+                                                     "buffer": _mirrored_png(dog_path)}])
+    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('mirrored.png')")
+    page.wait_for_function("document.body.dataset.image === 'ready'")
+    for _ in range(300):
+        if requests.get(status_url, timeout=30).json()["status"] in ("done", "error"):
+            break
+        page.wait_for_timeout(200)
+    page.wait_for_timeout(1000)  # the page's next poll of the old job
+    assert len(posts) == 1
+    assert page.inner_text("#everything-status") == ""
+    assert page.inner_text("#everything-button") == "Segment everything"
+    assert page.locator("#everything-button").is_enabled()
+    assert not shown_mask(page).any()

@@ -18,6 +18,7 @@ export class EverythingMode {
     this.size = null;
     this.highlight = -1;
     this.runToken = 0;
+    this.running = false;
     this.annotations = [];
   }
 
@@ -25,21 +26,33 @@ export class EverythingMode {
     return this.items.length > 0;
   }
 
-  /** Runs a job for imageId whose masks are [H, W]; resolves with the number of masks. */
+  /**
+   * Runs a job for imageId whose masks are [H, W]; resolves with the number of masks, or null when clear()
+   * (e.g. another image opened) superseded the run, whose answers then belong to no image on screen.
+   */
   async run(imageId, size, parameters = {}) {
     const token = ++this.runToken;
-    this.onProgress(0, "Starting…");
-    const { status_url: statusUrl } = await startEverything(imageId, parameters);
-    for (;;) {
-      if (token !== this.runToken) return 0;
-      const job = await fetchJobStatus(statusUrl);
-      if (job.status === "error") throw new Error(job.message || job.error || "The server could not segment everything.");
-      if (job.status === "done") {
-        this.#load(job.result?.annotations || [], size);
-        return this.items.length;
+    this.running = true;
+    try {
+      this.onProgress(0, "Starting…");
+      const { status_url: statusUrl } = await startEverything(imageId, parameters);
+      for (;;) {
+        if (token !== this.runToken) return null;
+        const job = await fetchJobStatus(statusUrl);
+        if (token !== this.runToken) return null;
+        if (job.status === "error") throw new Error(job.message || job.error || "The server could not segment everything.");
+        if (job.status === "done") {
+          this.#load(job.result?.annotations || [], size);
+          return this.items.length;
+        }
+        this.onProgress(job.progress ?? null, job.status === "queued" ? "Waiting for the server…" : "Segmenting everything…");
+        await sleep(POLL_MS);
       }
-      this.onProgress(job.progress ?? null, job.status === "queued" ? "Waiting for the server…" : "Segmenting everything…");
-      await sleep(POLL_MS);
+    } catch (error) {
+      if (token !== this.runToken) return null;
+      throw error;
+    } finally {
+      if (token === this.runToken) this.running = false;
     }
   }
 
@@ -91,6 +104,7 @@ export class EverythingMode {
 
   clear() {
     this.runToken++;
+    this.running = false;
     this.items = [];
     this.annotations = [];
     this.owner = null;

@@ -110,6 +110,7 @@ async function openImage(blob, name) {
   view.setKeyboardCursor(null);
   document.body.dataset.image = "loading";
   everything.clear();
+  setEverythingStatus("", null);
   updateEverythingButtons();
   let prepared;
   try {
@@ -486,7 +487,7 @@ function refreshControls() {
 }
 
 function updateEverythingButtons() {
-  $("everything-button").disabled = !app.ready;
+  $("everything-button").disabled = !app.ready || everything.running;
   $("everything-button").textContent = everything.active ? "Hide everything" : "Segment everything";
   $("everything-export").disabled = !everything.active;
 }
@@ -496,7 +497,7 @@ function setEverythingStatus(text, fraction) {
 }
 
 async function toggleEverything() {
-  if (!app.ready) return;
+  if (!app.ready || everything.running) return;
   if (everything.active) {
     everything.clear();
     setEverythingStatus("", null);
@@ -507,6 +508,7 @@ async function toggleEverything() {
   $("everything-button").disabled = true;
   try {
     const count = await everything.run(app.image.id, app.image.uploadSize, everythingParameters());
+    if (count === null) return; // another image was opened meanwhile
     setEverythingStatus(count ? `${count} mask${count === 1 ? "" : "s"}. Hover to highlight one, click to keep it.`
       : "No masks passed the thresholds: lower them in Settings.", null);
     app.hover = null;
