@@ -8,12 +8,13 @@ from __future__ import annotations
 import atexit
 import functools
 import io
+import json
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,18 @@ def vit_t_model(checkpoint: str):
     model = sam_model_registry["vit_t"](checkpoint=checkpoint)
     prepare_model(model, __import__("torch").device("cpu"), "fp32")
     return model
+
+
+def reference_meta(reference_dir: Path, name: str) -> Dict[str, Any]:
+    """A reference case's description: ``<name>.json`` (config, checkpoint, image, prompts, arrays file)."""
+    return json.loads((reference_dir / f"{name}.json").read_text())
+
+
+def reference_case(reference_dir: Path, name: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """A reference case's description and its arrays (the reference implementation's outputs), in memory."""
+    meta = reference_meta(reference_dir, name)
+    with np.load(reference_dir / meta["arrays"]) as arrays:
+        return meta, {key: arrays[key] for key in arrays.files}
 
 
 @functools.lru_cache(maxsize=None)

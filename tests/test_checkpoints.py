@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from backend.sam import CheckpointError, build_sam, sam_model_registry
+from backend_fixtures import reference_meta
 
 MODEL_TYPES = ["vit_b", "vit_l", "vit_h", "vit_t"]
 
@@ -111,7 +112,7 @@ def test_pickle_that_is_not_a_state_dict(tmp_path):
 
 
 def test_missing_and_reshaped_keys_are_named(tmp_path, reference_dir):
-    meta = json.loads((reference_dir / "reduced_vit_seed0_dog.json").read_text())
+    meta = reference_meta(reference_dir, "reduced_vit_seed0_dog")
     state = torch.load(reference_dir / "reduced_vit_seed0.pth", map_location="cpu", weights_only=True)
     del state["mask_decoder.iou_token.weight"]
     state["mask_decoder.mask_tokens.weight"] = torch.zeros(3, 256)
@@ -125,7 +126,7 @@ def test_missing_and_reshaped_keys_are_named(tmp_path, reference_dir):
 
 
 def test_nested_state_dict_loads(tmp_path, reference_dir):
-    meta = json.loads((reference_dir / "reduced_vit_seed0_dog.json").read_text())
+    meta = reference_meta(reference_dir, "reduced_vit_seed0_dog")
     state = torch.load(reference_dir / "reduced_vit_seed0.pth", map_location="cpu", weights_only=True)
     path = tmp_path / "nested.pth"
     torch.save({"model": state}, path)

@@ -1,7 +1,6 @@
 """Encoder service: encodes once, batches what arrives together, bounds its queue, times out, survives errors;
 and the real vit_t path matches the reference embedding and masks."""
 
-import json
 import threading
 import time
 
@@ -19,7 +18,7 @@ from backend.encoder import (
     encode_images,
     resolve_device,
 )
-from backend_fixtures import FakeEncoder, distinct_image, vit_t_model
+from backend_fixtures import FakeEncoder, distinct_image, reference_case, vit_t_model
 
 GIB = 1024**3
 
@@ -235,12 +234,12 @@ def test_real_vit_t_service_matches_the_reference_embedding_and_masks(reference_
     model = vit_t_model(str(reference_dir / "vit_t_seed0.pth"))
     service = EncoderService(model, EmbeddingCache(GIB), b"secret", "vit_t:reference")
     result = service.encode(truck)
-    reference = np.load(reference_dir / "vit_t_seed0_truck.npz")
+    meta, reference = reference_case(reference_dir, "vit_t_seed0_truck")
     assert result.entry.embedding.shape == (256, 64, 64)
     assert np.abs(result.entry.embedding - reference["embedding"][0]).max() <= 1e-3
     assert result.entry.original_size == truck.shape[:2] and result.entry.input_size == (683, 1024)
 
-    prompts = json.loads((reference_dir / "vit_t_seed0_truck.json").read_text())["prompts"]
+    prompts = meta["prompts"]
     prompt = next(i for i, p in enumerate(prompts) if "mask_from" not in p and p.get("points"))
     spec = prompts[prompt]
     predictor = service.predictor_for(result.image_id)

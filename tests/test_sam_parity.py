@@ -3,8 +3,6 @@
 Reference arrays and tolerances: ../shared/reference/README.md.
 """
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +10,7 @@ from PIL import Image
 
 from backend.sam import SamPredictor, build_sam, sam_model_registry
 from backend.sam.transforms import ResizeLongestSide
+from backend_fixtures import reference_case
 
 EMBEDDING_ATOL = 1e-3
 LOGITS_ATOL = 1e-3
@@ -27,8 +26,7 @@ class ReferenceCase:
     """A model with the reference checkpoint, its predictor with the image set, and the reference arrays."""
 
     def __init__(self, reference_dir, name):
-        self.meta = json.loads((reference_dir / f"{name}.json").read_text())
-        self.arrays = np.load(reference_dir / self.meta["arrays"])
+        self.meta, self.arrays = reference_case(reference_dir, name)
         self.model = CASES[name](self.meta, reference_dir / self.meta["checkpoint"])
         self.model.set_precision("fp32")
         self.image = np.array(Image.open(reference_dir / self.meta["image"]).convert("RGB"))
@@ -80,10 +78,6 @@ def case(request, reference_dir):
 @pytest.fixture
 def dog(reference_dir):
     return load_case(reference_dir, "reduced_vit_seed0_dog")
-
-
-    meta = json.loads((REFERENCE_DIR / f"{name}.json").read_text())
-    return range(len(meta["prompts"]))
 
 
 def test_embedding_matches_reference(case):
