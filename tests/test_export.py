@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from backend.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
 from backend.sam import SamPredictor, build_sam
+from backend_fixtures import reference_case
 from model_export import EXPORTER_VERSION, export_decoder
 from model_export.__main__ import main as export_main
 
@@ -30,9 +31,7 @@ MASK_AGREEMENT = 0.995
 
 @pytest.fixture(scope="module")
 def reference(reference_dir):
-    meta = json.loads((reference_dir / "reduced_vit_seed0_dog.json").read_text())
-    arrays = np.load(reference_dir / meta["arrays"])
-    return meta, {k: arrays[k] for k in arrays.files}
+    return reference_case(reference_dir, "reduced_vit_seed0_dog")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +69,25 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def no_mask_input() -> dict:
+    return {"mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)}
+
+
+def orig_im_size(h: int, w: int) -> dict:
+    return {"orig_im_size": np.array([h, w], np.float32)}
+
+
+def onnx_interface_feeds(meta, arrays, kind: str = "multi") -> dict:
+    """The reference's own inputs for Meta's ONNX interface (`kind` "multi" or "single" mask)."""
+    return {
+        "image_embeddings": arrays["embedding"],
+        "point_coords": arrays[f"onnxif_{kind}_point_coords"],
+        "point_labels": arrays[f"onnxif_{kind}_point_labels"],
+        **no_mask_input(),
+        **orig_im_size(*meta["image_hw"]),
+    }
+
+
 def onnx_prompt(predictor, prompt, mask_input=None):
     """Reference prompt (image pixels) -> the ONNX inputs, as a client builds them."""
     hw = predictor.original_size
@@ -87,8 +105,7 @@ def onnx_prompt(predictor, prompt, mask_input=None):
     feeds = {
         "point_coords": np.concatenate(coords)[None].astype(np.float32),
         "point_labels": np.concatenate(labels)[None].astype(np.float32),
-        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-        "has_mask_input": np.zeros(1, np.float32),
+        **no_mask_input(),
     }
     if mask_input is not None:
         feeds["mask_input"] = mask_input.reshape(1, 1, 256, 256).astype(np.float32)
@@ -159,10 +176,9 @@ def test_any_number_of_points_runs(decoders, reference, num_points):
         "image_embeddings": arrays["embedding"],
         "point_coords": rng.uniform(0, 1024, (1, num_points, 2)).astype(np.float32),
         "point_labels": rng.integers(-1, 4, (1, num_points)).astype(np.float32),
-        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-        "has_mask_input": np.zeros(1, np.float32),
+        **no_mask_input(),
     }
-    official = session(decoders["official"]["path"]).run(None, {**feeds, "orig_im_size": np.array([300, 500], np.float32)})
+    official = session(decoders["official"]["path"]).run(None, {**feeds, **orig_im_size(300, 500)})
     lowres = session(decoders["lowres"]["path"]).run(None, feeds)
     assert official[0].shape == (1, 4, 300, 500)
     assert official[1].shape == (1, 4) and lowres[0].shape == (1, 4)
@@ -189,16 +205,9 @@ def single_mask_decoder(tmp_path_factory, reference_dir):
 @pytest.mark.parametrize("kind", ["multi", "single"])
 def test_official_graph_matches_reference_onnx_interface(decoders, single_mask_decoder, reference, kind):
     meta, arrays = reference
-    h, w = meta["image_hw"]
+    _, w = meta["image_hw"]
     path = decoders["official"]["path"] if kind == "multi" else single_mask_decoder[0]
-    masks, scores, low_res = session(path).run(None, {
-        "image_embeddings": arrays["embedding"],
-        "point_coords": arrays[f"onnxif_{kind}_point_coords"],
-        "point_labels": arrays[f"onnxif_{kind}_point_labels"],
-        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-        "has_mask_input": np.zeros(1, np.float32),
-        "orig_im_size": np.array([h, w], np.float32),
-    })
+    masks, scores, low_res = session(path).run(None, onnx_interface_feeds(meta, arrays, kind))
     np.testing.assert_allclose(low_res, arrays[f"onnxif_{kind}_low_res"], atol=LOGIT_TOL, rtol=0)
     np.testing.assert_allclose(scores, arrays[f"onnxif_{kind}_scores"], atol=LOGIT_TOL, rtol=0)
     expected = unpack_bits(arrays[f"onnxif_{kind}_mask_bits"], w)
@@ -208,20 +217,12 @@ def test_official_graph_matches_reference_onnx_interface(decoders, single_mask_d
 
 def test_cli_registry_model_type_matches_reference_mobile_sam(reference_dir, tmp_path):
     """--checkpoint + --model-type (Meta's flags) on the MobileSAM reference: the official 4-mask graph."""
-    meta = json.loads((reference_dir / "vit_t_seed0_truck.json").read_text())
-    arrays = np.load(reference_dir / meta["arrays"])
-    h, w = meta["image_hw"]
+    meta, arrays = reference_case(reference_dir, "vit_t_seed0_truck")
+    _, w = meta["image_hw"]
     out = tmp_path / "vit_t.onnx"
     assert export_main(["--checkpoint", str(reference_dir / meta["checkpoint"]), "--model-type", "vit_t",
                         "--output", str(out)]) == 0
-    masks, scores, low_res = session(out).run(None, {
-        "image_embeddings": arrays["embedding"],
-        "point_coords": arrays["onnxif_multi_point_coords"],
-        "point_labels": arrays["onnxif_multi_point_labels"],
-        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-        "has_mask_input": np.zeros(1, np.float32),
-        "orig_im_size": np.array([h, w], np.float32),
-    })
+    masks, scores, low_res = session(out).run(None, onnx_interface_feeds(meta, arrays))
     np.testing.assert_allclose(low_res, arrays["onnxif_multi_low_res"], atol=LOGIT_TOL, rtol=0)
     np.testing.assert_allclose(scores, arrays["onnxif_multi_scores"], atol=LOGIT_TOL, rtol=0)
     assert ((masks > 0) == unpack_bits(arrays["onnxif_multi_mask_bits"], w)).mean() >= MASK_AGREEMENT
@@ -234,7 +235,7 @@ def test_onnx_decoders_match_reference_and_torch_predictor(decoders, predictor, 
     h, w = meta["image_hw"]
     feeds = {"image_embeddings": arrays["embedding"], **onnx_prompt(predictor, prompt, mask_input)}
     pick = candidates(prompt)
-    masks, scores, low_res = session(decoders["official"]["path"]).run(None, {**feeds, "orig_im_size": np.array([h, w], np.float32)})
+    masks, scores, low_res = session(decoders["official"]["path"]).run(None, {**feeds, **orig_im_size(h, w)})
     lowres_scores, lowres_low_res = session(decoders["lowres"]["path"]).run(None, feeds)
 
     # Against Meta's reference predictor outputs.
@@ -287,9 +288,8 @@ def test_quantized_decoders_are_smaller_and_keep_masks(decoders, predictor, refe
         labels = np.concatenate([[1], rng.integers(0, 2, n - 1)])
         feeds = {"image_embeddings": arrays["embedding"],
                  **onnx_prompt(predictor, {"points": points.tolist(), "labels": labels.tolist()})}
-        orig_im_size = {"orig_im_size": np.array([h, w], np.float32)}
-        expected = fp32.run(None, {**feeds, **orig_im_size})[0][0] > 0
-        masks = official_q.run(None, {**feeds, **orig_im_size})[0][0] > 0
+        expected = fp32.run(None, {**feeds, **orig_im_size(h, w)})[0][0] > 0
+        masks = official_q.run(None, {**feeds, **orig_im_size(h, w)})[0][0] > 0
         ious["official-quantized"].append([mask_iou(masks[k], expected[k]) for k in range(4)])
         low_res = lowres_q.run(None, feeds)[1]
         masks = client_upsample(low_res, predictor.input_size, (h, w))[0] > 0
@@ -309,14 +309,7 @@ def test_quantized_single_mask_graph_matches_reference_candidate(single_mask_dec
     """After quantization a single-mask graph may pick another near-tied candidate; its mask must match it."""
     meta, arrays = reference
     h, w = meta["image_hw"]
-    masks, scores, _ = session(single_mask_decoder[1]).run(None, {
-        "image_embeddings": arrays["embedding"],
-        "point_coords": arrays["onnxif_multi_point_coords"],
-        "point_labels": arrays["onnxif_multi_point_labels"],
-        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-        "has_mask_input": np.zeros(1, np.float32),
-        "orig_im_size": np.array([h, w], np.float32),
-    })
+    masks, scores, _ = session(single_mask_decoder[1]).run(None, onnx_interface_feeds(meta, arrays))
     assert masks.shape == (1, 1, h, w)
     all_masks = unpack_bits(arrays["onnxif_multi_mask_bits"], w)[0, 1:]
     best = max(mask_iou(masks[0, 0] > 0, candidate) for candidate in all_masks)
@@ -328,7 +321,7 @@ def test_quantized_single_mask_graph_matches_reference_candidate(single_mask_dec
 
 def test_extra_metrics_and_stability_score_outputs(tmp_path, reference_dir, reference):
     meta, arrays = reference
-    h, w = meta["image_hw"]
+    _, w = meta["image_hw"]
     out = tmp_path / "extra.onnx"
     assert export_main([
         "--config-json", str(reference_dir / "reduced_vit_seed0_dog.json"), "--output", str(out),
@@ -336,14 +329,7 @@ def test_extra_metrics_and_stability_score_outputs(tmp_path, reference_dir, refe
     ]) == 0
     s = session(out)
     assert [o.name for o in s.get_outputs()] == ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
-    masks, scores, stability, areas, low_res = s.run(None, {
-        "image_embeddings": arrays["embedding"],
-        "point_coords": arrays["onnxif_multi_point_coords"],
-        "point_labels": arrays["onnxif_multi_point_labels"],
-        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-        "has_mask_input": np.zeros(1, np.float32),
-        "orig_im_size": np.array([h, w], np.float32),
-    })
+    masks, scores, stability, areas, low_res = s.run(None, onnx_interface_feeds(meta, arrays))
     np.testing.assert_array_equal(areas, (masks > 0).sum((-1, -2)))
     np.testing.assert_allclose(stability, (masks > 1).sum((-1, -2)) / (masks > -1).sum((-1, -2)), rtol=1e-6)
     np.testing.assert_allclose(scores, (low_res > 1).sum((-1, -2)) / (low_res > -1).sum((-1, -2)), rtol=1e-6)
