@@ -44,6 +44,21 @@ def in_threads(function, arguments):
     return threads, results
 
 
+def hold_worker(service: EncoderService, fake: FakeEncoder):
+    """Returns once the worker is inside a forward pass (of an unrelated image), where it stays until
+    ``fake.gate`` is set: requests made meanwhile queue up. -> (the blocking thread, its one-item results)."""
+    fake.gate.clear()
+    threads, results = in_threads(service.encode, [distinct_image(100)])
+    assert fake.started.wait(5)
+    return threads[0], results
+
+
+def wait_for_queue_depth(service: EncoderService, depth: int) -> None:
+    deadline = time.time() + 5
+    while service.queue_depth < depth and time.time() < deadline:
+        time.sleep(0.01)
+
+
 def test_same_image_twice_runs_the_encoder_once():
     fake = FakeEncoder()
     service = make_service(fake)
@@ -60,15 +75,10 @@ def test_same_image_twice_runs_the_encoder_once():
 
 def test_images_arriving_together_share_one_forward_pass():
     fake = FakeEncoder()
-    fake.gate.clear()
     service = make_service(fake, max_batch_size=4)
-    blocker = threading.Thread(target=service.encode, args=(distinct_image(100),))
-    blocker.start()
-    assert fake.started.wait(5)  # The worker is now inside a forward pass.
+    blocker, _ = hold_worker(service, fake)
     threads, results = in_threads(service.encode, [distinct_image(i) for i in range(3)])
-    deadline = time.time() + 5
-    while service.queue_depth < 3 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_queue_depth(service, 3)
     fake.gate.set()
     for thread in threads + [blocker]:
         thread.join(10)
@@ -94,19 +104,15 @@ def test_concurrent_uploads_of_the_same_image_encode_once():
 
 def test_full_queue_refuses_with_retry_after_and_recovers():
     fake = FakeEncoder()
-    fake.gate.clear()
     service = make_service(fake, max_queue_size=2, max_batch_size=1)
-    threads, results = in_threads(service.encode, [distinct_image(i) for i in range(1)])
-    assert fake.started.wait(5)
+    blocker, results = hold_worker(service, fake)
     more, more_results = in_threads(service.encode, [distinct_image(i) for i in range(1, 3)])
-    deadline = time.time() + 5
-    while service.queue_depth < 2 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_queue_depth(service, 2)
     with pytest.raises(EncoderBusy) as busy:
         service.encode(distinct_image(99))
     assert busy.value.retry_after >= 1 and "queue is full" in str(busy.value)
     fake.gate.set()
-    for thread in threads + more:
+    for thread in [blocker] + more:
         thread.join(10)
     assert not any(isinstance(r, Exception) for r in results + more_results)
     assert not service.encode(distinct_image(99)).cache_hit  # Room again once the queue drained.
@@ -115,11 +121,8 @@ def test_full_queue_refuses_with_retry_after_and_recovers():
 
 def test_timeout_answers_promptly_and_the_abandoned_image_is_skipped():
     fake = FakeEncoder()
-    fake.gate.clear()
     service = make_service(fake, max_batch_size=1)
-    blocker = threading.Thread(target=service.encode, args=(distinct_image(1),))
-    blocker.start()
-    assert fake.started.wait(5)
+    blocker, _ = hold_worker(service, fake)
     started = time.perf_counter()
     with pytest.raises(EncodeTimeout, match="not encoded within 0.2 s"):
         service.encode(distinct_image(2), timeout_s=0.2)
@@ -144,16 +147,11 @@ def test_a_failing_forward_pass_fails_its_requests_only():
 def test_one_bad_image_does_not_fail_the_rest_of_its_batch():
     fake = FakeEncoder()
     fake.poison_shape = (5, 5, 3)
-    fake.gate.clear()
     service = make_service(fake, max_batch_size=4)
-    blocker = threading.Thread(target=service.encode, args=(distinct_image(100),))
-    blocker.start()
-    assert fake.started.wait(5)
+    blocker, _ = hold_worker(service, fake)
     images = [distinct_image(1), distinct_image(2, (5, 5)), distinct_image(3)]
     threads, results = in_threads(service.encode, images)
-    deadline = time.time() + 5
-    while service.queue_depth < 3 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for_queue_depth(service, 3)
     fake.gate.set()
     for thread in threads + [blocker]:
         thread.join(10)
