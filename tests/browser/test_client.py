@@ -635,3 +635,15 @@ def test_everything_job_of_the_previous_image_is_forgotten(ready_page, live_serv
     assert page.inner_text("#everything-button") == "Segment everything"
     assert page.locator("#everything-button").is_enabled()
     assert not shown_mask(page).any()
+
+
+def test_a_tiny_image_is_enlarged_enough_to_point_at(page, live_server, tmp_path):
+    open_app(page, live_server)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(tiny)
+    upload(page, tiny)
+    box = page.locator("#mask-canvas").bounding_box()
+    assert box["width"] >= 256 and abs(box["height"] / box["width"] - 12 / 16) < 0.02, box
+    page.mouse.click(*canvas_point(page, 3, 9))
+    wait_idle(page)
+    assert prompt_points(page) == [[3, 9, 1]]

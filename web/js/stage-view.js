@@ -3,6 +3,7 @@
 
 const DRAG_THRESHOLD_PX = 6; // CSS pixels before a press becomes a box drag
 const SVG_NS = "http://www.w3.org/2000/svg";
+const MIN_SHOWN_SIDE_PX = 320; // smaller images are enlarged by a whole factor so they can be pointed at
 
 function packRgba([r, g, b], alpha) {
   return ((Math.round(alpha * 255) << 24) | (b << 16) | (g << 8) | r) >>> 0;
@@ -30,6 +31,10 @@ export class StageView {
   /** Shows a new image; maskSize [H, W] is the overlay (encoded image) resolution. */
   setImage(url, maskSize) {
     this.image.src = url;
+    const enlarge = Math.max(1, Math.floor(MIN_SHOWN_SIDE_PX / Math.max(...maskSize)));
+    this.image.style.width = enlarge > 1 ? `${maskSize[1] * enlarge}px` : "";
+    this.image.style.imageRendering = enlarge > 1 ? "pixelated" : "";
+    this.canvas.style.imageRendering = enlarge > 1 ? "pixelated" : "";
     this.size = maskSize;
     this.canvas.width = maskSize[1];
     this.canvas.height = maskSize[0];
