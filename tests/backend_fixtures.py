@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -49,6 +50,13 @@ def session_data_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="sam-test-data-"))
     atexit.register(shutil.rmtree, path, True)
     return path
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on (free when this returns)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def image_bytes(pixels: np.ndarray, fmt: str = "PNG", **params) -> bytes:

@@ -4,7 +4,6 @@ concurrent uploads (each 200 or 503, none hanging, the server still up), and bad
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,9 @@ import pytest
 import requests
 
 from backend import codec
-from backend_fixtures import distinct_image, image_bytes, session_data_dir
+from backend_fixtures import distinct_image, free_port, image_bytes, session_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from backend import weights
 from backend.__main__ import main
 from backend.config import Config
 from backend.weights import WeightsError, download, load_model
+from backend_fixtures import free_port
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 3 * 1024 * 1024 + 123, dtype=np.uint8).tobytes()
 
@@ -111,11 +112,7 @@ def test_size_mismatch_deletes_the_file_and_says_so(file_server, tmp_path):
 
 
 def test_unreachable_server_fails_fast(tmp_path):
-    import socket
-
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(WeightsError, match="cannot reach"):
         download(f"http://127.0.0.1:{port}/x.pth", tmp_path / "x.pth", 10, timeout_s=2, progress=None)
