@@ -217,8 +217,7 @@ def get_embedding(image_id: str):
     if entry is None:
         raise ApiError(404, "unknown_id", "no embedding with this id (unknown, or evicted from the cache): upload the image again")
 
-    use_gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
-    body, gzipped = state.compressed.get(image_id, fmt, use_gzip, lambda: codec.encode_embedding(entry.embedding, fmt))
+    body, gzipped = state.compressed.get(image_id, fmt, _accepts_gzip(), lambda: codec.encode_embedding(entry.embedding, fmt))
     etag = f"{image_id}-v{codec.VERSION}-{fmt}" + ("-gz" if gzipped else "")
     headers = {
         "Cache-Control": IMMUTABLE,
@@ -229,7 +228,7 @@ def get_embedding(image_id: str):
         "X-Uncompressed-Length": str(codec.encoded_size(entry.embedding.shape, fmt)),
         "Access-Control-Expose-Headers": "Content-Length, X-Uncompressed-Length, X-Embedding-Format, X-Embedding-Shape",
     }
-    if etag in _etags(request.headers.get("If-None-Match", "")):
+    if _client_has(etag):
         return Response(status=304, headers=headers)
     if gzipped:
         headers["Content-Encoding"] = "gzip"
@@ -361,13 +360,13 @@ def _send(folder: Path, filename: str, cache_control: str) -> Response:
     if path is None or not os.path.isfile(path):
         raise ApiError(404, "not_found", f"{request.path} does not exist")
     compressible = os.path.splitext(path)[1].lower() in COMPRESSIBLE_SUFFIXES
-    if compressible and "gzip" in request.headers.get("Accept-Encoding", "").lower():
+    if compressible and _accepts_gzip():
         stat = os.stat(path)
         packed = _STATIC_GZIP.get(path, stat)
         if packed is not None:
             etag = f"{stat.st_mtime_ns:x}-{stat.st_size:x}-gz"
             headers = {"ETag": f'"{etag}"', "Vary": "Accept-Encoding", "Cache-Control": cache_control}
-            if etag in _etags(request.headers.get("If-None-Match", "")):
+            if _client_has(etag):
                 return Response(status=304, headers=headers)
             mimetype = mimetypes.guess_type(path)[0] or "application/octet-stream"
             response = Response(packed, mimetype=mimetype, headers=headers)
@@ -437,80 +436,91 @@ def _isolation_headers(response: Response) -> Response:
 # Helpers --------------------------------------------------------------------------------------------------------
 
 
-class _BodyCache:
+class _GzipCache:
+    """gzip copies of bodies under a key, least recently used dropped beyond ``max_bytes``. A body that gzip
+    would not shrink enough is remembered as None, so it is not compressed again."""
+
+    def __init__(self, max_bytes: int, compresslevel: int) -> None:
+        self.max_bytes = max_bytes
+        self.compresslevel = compresslevel
+        self._bodies: "OrderedDict[Any, Optional[bytes]]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def _lookup(self, key: Any) -> Tuple[bool, Optional[bytes]]:
+        """(whether the key is known, its gzip copy or None)."""
+        with self._lock:
+            if key not in self._bodies:
+                return False, None
+            self._bodies.move_to_end(key)
+            return True, self._bodies[key]
+
+    def _compress(self, key: Any, raw: bytes) -> Optional[bytes]:
+        packed = gzip.compress(raw, compresslevel=self.compresslevel, mtime=0)
+        if len(packed) > (1 - MIN_GZIP_SAVING) * len(raw):
+            packed = None
+        with self._lock:
+            self._bodies[key] = packed
+            self._bytes += len(packed) if packed else 0
+            while self._bytes > self.max_bytes and self._bodies:
+                _, dropped = self._bodies.popitem(last=False)
+                self._bytes -= len(dropped) if dropped else 0
+        return packed
+
+
+class _BodyCache(_GzipCache):
     """Recently served embedding bodies that gzip shrank enough, so they are compressed once, not per request."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._bodies: "OrderedDict[Tuple[str, str], Optional[bytes]]" = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        super().__init__(max_bytes, compresslevel=1)  # Level 6 saves 0.3% more at twice the time.
 
     def get(self, image_id: str, fmt: str, accept_gzip: bool, make_body) -> Tuple[bytes, bool]:
         if not accept_gzip:
             return make_body(), False
         key = (image_id, fmt)
-        with self._lock:
-            if key in self._bodies:
-                self._bodies.move_to_end(key)
-                known = self._bodies[key]
-                if known is not None:
-                    return known, True
+        known, packed = self._lookup(key)
+        if packed is not None:
+            return packed, True
         body = make_body()
-        if key in self._bodies:  # Known not to shrink enough.
-            return body, False
-        packed = gzip.compress(body, compresslevel=1, mtime=0)  # Level 6 saves 0.3% more at twice the time.
-        worth_it = len(packed) <= (1 - MIN_GZIP_SAVING) * len(body)
-        with self._lock:
-            self._bodies[key] = packed if worth_it else None
-            self._bytes += len(packed) if worth_it else 0
-            while self._bytes > self.max_bytes and self._bodies:
-                _, dropped = self._bodies.popitem(last=False)
-                self._bytes -= len(dropped) if dropped else 0
-        return (packed, True) if worth_it else (body, False)
+        if not known:
+            packed = self._compress(key, body)
+        return (packed, True) if packed is not None else (body, False)
 
 
-class _StaticGzip:
-    """gzip copies of static files (the 14 MB onnxruntime WASM shrinks to a quarter), made on first request and
-    kept in memory up to ``max_bytes``; files that gzip would not shrink enough are remembered as such."""
+class _StaticGzip(_GzipCache):
+    """gzip copies of static files (the 14 MB onnxruntime WASM shrinks to a quarter), made on first request."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._bodies: "OrderedDict[Tuple[str, int, int], Optional[bytes]]" = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        super().__init__(max_bytes, compresslevel=6)
         self._file_locks: Dict[str, threading.Lock] = {}
 
     def get(self, path: str, stat: os.stat_result) -> Optional[bytes]:
         key = (path, stat.st_mtime_ns, stat.st_size)
+        known, packed = self._lookup(key)
+        if known:
+            return packed
         with self._lock:
-            if key in self._bodies:
-                self._bodies.move_to_end(key)
-                return self._bodies[key]
             file_lock = self._file_locks.setdefault(path, threading.Lock())
         with file_lock:  # One thread compresses a given file; the others wait for its result.
-            with self._lock:
-                if key in self._bodies:
-                    return self._bodies[key]
+            known, packed = self._lookup(key)
+            if known:
+                return packed
             with open(path, "rb") as file:
-                raw = file.read()
-            packed = gzip.compress(raw, compresslevel=6, mtime=0)
-            worth_it = len(packed) <= (1 - MIN_GZIP_SAVING) * len(raw)
-            with self._lock:
-                self._bodies[key] = packed if worth_it else None
-                self._bytes += len(packed) if worth_it else 0
-                while self._bytes > self.max_bytes and self._bodies:
-                    _, dropped = self._bodies.popitem(last=False)
-                    self._bytes -= len(dropped) if dropped else 0
-            return packed if worth_it else None
+                return self._compress(key, file.read())
 
 
 COMPRESSIBLE_SUFFIXES = {".wasm", ".mjs", ".js", ".css", ".html", ".json", ".svg", ".map", ".txt"}
 _STATIC_GZIP = _StaticGzip(max_bytes=128 * 1024 * 1024)
 
 
-def _etags(header: str) -> List[str]:
-    return [tag.strip().removeprefix("W/").strip('"') for tag in header.split(",") if tag.strip()]
+def _accepts_gzip() -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
+
+
+def _client_has(etag: str) -> bool:
+    """Whether the request's If-None-Match lists ``etag`` (weak or strong)."""
+    header = request.headers.get("If-None-Match", "")
+    return etag in [tag.strip().removeprefix("W/").strip('"') for tag in header.split(",") if tag.strip()]
 
 
 def _public_decoder(decoder: dict) -> dict:
