@@ -563,8 +563,11 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, dog_pa
     assert "too short" in result["short"]
 
 
-def test_a_second_image_can_be_chosen_with_a_visible_button(ready_page, reference_dir):
+def test_a_second_image_can_be_chosen_with_a_visible_button_and_starts_clean(ready_page, reference_dir):
     page = ready_page
+    click_pixel(page, 420, 250)
+    page.keyboard.press("c")
+    assert page.locator("#cls-candidates canvas").count() == 3
     # Once an image is open the first picker is gone with the empty state; phones cannot drop or paste.
     picker = page.locator("label.file-button", has_text="Open another image")
     assert picker.is_visible()
@@ -573,6 +576,10 @@ def test_a_second_image_can_be_chosen_with_a_visible_button(ready_page, referenc
     chooser.value.set_files(str(reference_dir / "images/truck.jpg"))
     page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('truck.jpg')")
     page.wait_for_function("document.body.dataset.image === 'ready'")
+    # Nothing of the dog is left: no prompt, no mask, no candidates in the classroom view.
+    assert prompt_points(page) == [] and not shown_mask(page).any()
+    assert page.locator("#cls-candidates canvas").count() == 0
+    assert page.inner_text("#cls-heatmap-range") == "–"
 
 
 def test_a_hover_in_flight_does_not_paint_on_the_next_image(ready_page, dog_path):

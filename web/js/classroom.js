@@ -82,6 +82,10 @@ export class Classroom {
     const sent = wireBytes && wireBytes !== bytes ? `, ${formatBytes(wireBytes)} sent compressed` : "";
     $("cls-bytes").textContent = bytes == null ? "–" : `${formatBytes(bytes)} ${format}${sent}`;
     $("cls-download").textContent = formatMs(downloadMs);
+    // The candidates and heatmap on show belong to the previous image.
+    this.lastResult = null;
+    this.lastChosen = null;
+    this.refresh();
   }
 
   /** Records one decode and, when visible, shows its candidates and logits. */
@@ -99,7 +103,12 @@ export class Classroom {
     const result = this.lastResult;
     const holder = $("cls-candidates");
     holder.replaceChildren();
-    if (!result) return;
+    if (!result) {
+      const heatmap = $("cls-heatmap");
+      heatmap.getContext("2d").clearRect(0, 0, heatmap.width, heatmap.height);
+      $("cls-heatmap-range").textContent = "–";
+      return;
+    }
     const k = result.scores.length;
     const shown = k === 4 ? [1, 2, 3] : [0];
     for (const c of shown) {
