@@ -82,6 +82,9 @@ def test_upload_shows_progress_then_the_embedding_arrives(page, live_server, dog
     assert page.locator("#fact-image").text_content().startswith("dog.jpg, 800×534")
     assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [800, 534]
     assert not shown_mask(page).any()
+    # The same photo again is a cache hit, and the page says so rather than quoting the first encode time.
+    upload(page, dog_path)
+    assert "Already encoded (from the server's cache)" in page.inner_text("#status-text")
 
 
 def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
@@ -382,6 +385,8 @@ def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, dog_pa
         open_app(page, live_server)
         upload(page, dog_path)
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        assert "tap the image" in page.inner_text("#status-text")  # there is no hover on a phone
+        assert page.locator("label.file-button", has_text="Open another image").is_visible()
         # A tap has no hover before it: this click runs its own decode.
         page.touchscreen.tap(*canvas_point(page, 420, 250))
         wait_idle(page)

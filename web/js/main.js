@@ -183,8 +183,9 @@ async function openImage(blob, name) {
     app.ready = true;
     document.body.dataset.image = "ready";
     $("stage").classList.remove("busy");
-    setStatus(`Ready: hover over the image. Encoded in ${formatMs(info.encode_ms)}${info.cache_hit ? " (cached)" : ""}, ` +
-      `embedding ${formatBytes(embedding.wireBytes)}, upload ${formatMs(uploadMs)}.`);
+    const pointing = matchMedia("(hover: hover)").matches ? "hover over the image" : "tap the image";
+    const encoded = info.cache_hit ? "Already encoded (from the server's cache)" : `Encoded in ${formatMs(info.encode_ms)}`;
+    setStatus(`Ready: ${pointing}. ${encoded}, embedding ${formatBytes(embedding.wireBytes)}, upload ${formatMs(uploadMs)}.`);
     refreshControls();
   } catch (error) {
     if (token !== app.loadToken) return;
