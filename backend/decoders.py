@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional
 
 import torch.nn as nn
 
-from model_export import EXPORTER_VERSION, SamDecoderParts, export_decoder, quantize_decoder
+from model_export import EXPORTER_VERSION, export_decoder, quantize_decoder
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,6 @@ def prepare_decoders(
     paths = {name: directory / f"{name}.onnx" for name in BUILT_IN}
     if not all(path.is_file() for path in paths.values()):
         with export_lock(directory):
-            parts = None
             for name, (interface, quantized, source) in BUILT_IN.items():
                 if paths[name].is_file():
                     continue
@@ -133,10 +132,8 @@ def prepare_decoders(
                     log.info("quantizing the %s decoder", source)
                     quantize_decoder(paths[source], paths[name])
                     continue
-                if parts is None:
-                    parts = SamDecoderParts(model)
                 log.info("exporting the %s decoder to %s", name, paths[name])
-                export_decoder(parts, paths[name], variant=interface)
+                export_decoder(model, paths[name], variant=interface)
     decoders = [describe(name, paths[name], interface, quantized) for name, (interface, quantized, _) in BUILT_IN.items()]
     if custom is not None:
         decoders.append(describe("custom", Path(custom_decoder), custom["interface"], custom["quantized"]))
