@@ -14,9 +14,6 @@ from .onnx_model import SamDecoderParts, SamOnnxModel
 
 VARIANTS = ("official", "lowres")
 
-OFFICIAL_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
-LOWRES_INPUTS = OFFICIAL_INPUTS[:-1]
-
 
 def use_approximate_gelu(model: nn.Module) -> None:
     """Switch every nn.GELU to the tanh approximation (cheaper on some runtimes; changes outputs slightly)."""
@@ -45,15 +42,13 @@ def example_inputs(model: SamDecoderParts, variant: str, num_points: int = 5) ->
 
 
 def onnx_wrapper(
-    model: nn.Module,
+    model: SamDecoderParts,
     variant: str = "official",
     return_single_mask: bool = False,
     use_stability_score: bool = False,
     return_extra_metrics: bool = False,
 ) -> nn.Module:
-    """The nn.Module whose forward is the exported graph (built on a float32 CPU copy of the decoder parts)."""
-    if not isinstance(model, SamDecoderParts):
-        model = SamDecoderParts(model)
+    """The nn.Module whose forward is the exported graph."""
     if variant == "official":
         return SamOnnxModel(
             model,
