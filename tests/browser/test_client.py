@@ -364,6 +364,15 @@ def test_large_image_is_downscaled_before_upload_and_exports_at_full_size(page, 
     assert agreement(full, masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
 
 
+def _contrast(css_a: str, css_b: str) -> float:
+    def luminance(css):
+        channels = [int(v) / 255 for v in re.findall(r"\d+", css)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    high, low = sorted([luminance(css_a), luminance(css_b)], reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
 def test_keyboard_and_accessibility_basics(page, live_server):
     open_app(page, live_server)
     unnamed = page.evaluate(
@@ -372,6 +381,17 @@ def test_keyboard_and_accessibility_basics(page, live_server):
             const label = el.getAttribute('aria-label') || el.labels?.[0]?.textContent || el.textContent;
             return !label || !label.trim(); }).map((el) => el.outerHTML.slice(0, 80))""")
     assert unnamed == []
+    # The focus ring stands out (WCAG 3:1) from the white panels and from the dark top bar alike.
+    page.wait_for_selector("#gallery-list button")
+    for selector in ["#gallery-list button", "#help-button"]:
+        page.locator(selector).first.focus()
+        page.keyboard.press("Shift+Tab")
+        page.keyboard.press("Tab")  # focus by keyboard, so :focus-visible applies
+        ring, behind = page.evaluate(
+            """() => { const el = document.activeElement; let node = el.parentElement;
+            while (getComputedStyle(node).backgroundColor === 'rgba(0, 0, 0, 0)') node = node.parentElement;
+            return [getComputedStyle(el).outlineColor, getComputedStyle(node).backgroundColor]; }""")
+        assert _contrast(ring, behind) >= 3, (selector, ring, behind)
     page.keyboard.press("?")
     assert page.locator("#help-dialog").is_visible()
     page.keyboard.press("Escape")
