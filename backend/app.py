@@ -33,7 +33,7 @@ from werkzeug.security import safe_join
 from . import codec
 from .cache import EmbeddingCache, is_valid_key
 from .config import DECODER_CHOICES, Config
-from .encoder import EncodeTimeout, EncoderBusy, EncoderClosed, EncoderService, prepare_model, resolve_device
+from .encoder import EncoderBusy, EncoderClosed, EncoderService, RetryLater, prepare_model, resolve_device
 from .everything import create_everything_blueprint, resolver_from_encoder
 from .gallery import Gallery
 from .images import ImageError, decode_image
@@ -175,7 +175,7 @@ def upload_image():
     del data
     try:
         result = state.encoder.encode(decoded.pixels)
-    except (EncoderBusy, EncodeTimeout) as error:
+    except RetryLater as error:
         code = "encoder_busy" if isinstance(error, EncoderBusy) else "encoder_timeout"
         raise ApiError(503, code, str(error), {"Retry-After": str(error.retry_after)}) from None
     except EncoderClosed as error:

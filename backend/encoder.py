@@ -32,20 +32,20 @@ EncodedBatch = List[Tuple[np.ndarray, Tuple[int, int]]]
 BatchEncoder = Callable[[Sequence[np.ndarray]], EncodedBatch]
 
 
-class EncoderBusy(RuntimeError):
-    """The queue is full; ``retry_after`` is a suggested wait in whole seconds."""
+class RetryLater(RuntimeError):
+    """The encoder cannot serve the request now; ``retry_after`` is a suggested wait in whole seconds."""
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class EncodeTimeout(RuntimeError):
+class EncoderBusy(RetryLater):
+    """The queue is full."""
+
+
+class EncodeTimeout(RetryLater):
     """The embedding was not ready within the request timeout."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class EncoderClosed(RuntimeError):
