@@ -168,7 +168,7 @@ class EncoderService:
         # Statistics (read by /healthz and by tests).
         self.batches = 0
         self.images_encoded = 0
-        self.batch_sizes: List[int] = []
+        self.largest_batch = 0
         self._seconds_per_image = 1.0
         self._worker = threading.Thread(target=self._run, name="sam-encoder", daemon=True)
         self._worker.start()
@@ -238,7 +238,7 @@ class EncoderService:
             "max_batch_size": self.max_batch_size,
             "batches": self.batches,
             "images_encoded": self.images_encoded,
-            "largest_batch": max(self.batch_sizes, default=0),
+            "largest_batch": self.largest_batch,
         }
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -328,7 +328,7 @@ class EncoderService:
         elapsed_ms = _ms_since(started)
         self.batches += 1
         self.images_encoded += len(live)
-        self.batch_sizes.append(len(live))
+        self.largest_batch = max(self.largest_batch, len(live))
         self._seconds_per_image = 0.7 * self._seconds_per_image + 0.3 * (elapsed_ms / 1000 / len(live))
         logger.info("encoded %d image(s) in %.0f ms", len(live), elapsed_ms)
         for job, (embedding, input_size) in zip(live, encoded):
