@@ -84,7 +84,8 @@ class EmbeddingCache:
         with self._lock:
             if key in self._entries:
                 return True
-        return self._disk_path(key) is not None and self._disk_path(key).exists()
+        path = self._disk_path(key)
+        return path is not None and path.exists()
 
     def get(self, key: str) -> Optional[CachedEmbedding]:
         if not is_valid_key(key):
