@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from backend import codec  # noqa: E402
 from backend.encoder import encode_images, prepare_model  # noqa: E402
 from backend.sam import SamPredictor, build_sam, sam_model_registry  # noqa: E402
+from tests.conftest import REFERENCE_DIR  # noqa: E402
 
-REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
 TARGET_MEAN_IOU = 0.99
 FORMATS = ("f16", "int8")
 

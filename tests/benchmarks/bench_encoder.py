@@ -42,11 +42,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
 sys.path.insert(0, str(REPO_ROOT))
 
 from backend.sam import SamPredictor, sam_model_registry  # noqa: E402
 from backend.sam.sam import default_precision  # noqa: E402
+from tests.conftest import REFERENCE_DIR  # noqa: E402
 
 # (name, attention implementation, autocast dtype); the first one is the plain reference formulation.
 PATHS: List[Tuple[str, str, str]] = [

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 sys.path.insert(0, str(REPO_ROOT))
 
-from backend.sam.tiny_vit import TinyViT  # noqa: E402
 from backend.sam.build import build_mobile_sam_encoder  # noqa: E402
+from backend.sam.tiny_vit import TinyViT  # noqa: E402
+from tests.conftest import REFERENCE_DIR  # noqa: E402
 from tests.test_tiny_vit import preprocess  # noqa: E402
 
 PREFIX = "image_encoder."
