@@ -163,11 +163,17 @@ class PatchMerging(nn.Module):
 
 
 class _Stage(nn.Module):
-    """Blocks at one resolution, then an optional PatchMerging; subclasses set the attributes below."""
+    """Blocks at one resolution, then an optional PatchMerging; subclasses build both."""
 
     blocks: nn.ModuleList
     downsample: Optional[PatchMerging]
-    use_checkpoint: bool
+
+    def __init__(self, dim: int, input_resolution: Tuple[int, int], depth: int, use_checkpoint: bool) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -204,11 +210,7 @@ class ConvLayer(_Stage):
         out_dim: Optional[int] = None,
         conv_expand_ratio: float = 4.0,
     ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = input_resolution
-        self.depth = depth
-        self.use_checkpoint = use_checkpoint
+        super().__init__(dim, input_resolution, depth, use_checkpoint)
         drop_paths = _per_block(drop_path, depth)
         self.blocks = nn.ModuleList(
             [MBConv(dim, dim, conv_expand_ratio, activation, drop_paths[i]) for i in range(depth)]
@@ -387,11 +389,7 @@ class BasicLayer(_Stage):
         activation: Type[nn.Module] = nn.GELU,
         out_dim: Optional[int] = None,
     ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = input_resolution
-        self.depth = depth
-        self.use_checkpoint = use_checkpoint
+        super().__init__(dim, input_resolution, depth, use_checkpoint)
         drop_paths = _per_block(drop_path, depth)
         self.blocks = nn.ModuleList(
             [
