@@ -679,3 +679,27 @@ def test_a_tiny_image_is_enlarged_enough_to_point_at(page, live_server, tmp_path
     page.mouse.click(*canvas_point(page, 3, 9))
     wait_idle(page)
     assert prompt_points(page) == [[3, 9, 1]]
+
+
+def test_prompts_queued_before_another_image_opens_are_dropped(ready_page, dog_path):
+    page = ready_page
+    # Two points and the next image in one task: both decodes are still queued when the image changes.
+    page.evaluate(
+        """([bytes]) => {
+        const stage = document.getElementById('stage');
+        stage.focus();
+        for (let i = 0; i < 2; i++) stage.dispatchEvent(new KeyboardEvent('keydown', {key: ' ', bubbles: true}));
+        const input = document.getElementById('file-input-more');
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], 'mirrored.png', {type: 'image/png'}));
+        input.files = transfer.files;
+        input.dispatchEvent(new Event('change'));
+    }""",
+        [list(_mirrored_png(dog_path))],
+    )
+    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('mirrored.png')")
+    page.wait_for_function("document.body.dataset.image === 'ready'")
+    wait_idle(page)
+    assert prompt_points(page) == []
+    assert not shown_mask(page).any(), "the previous image's mask is shown on the new one"
+    assert page.locator("#undo-button").is_disabled()

@@ -334,8 +334,10 @@ function commitPrompt(change, eventTime = null) {
   if (!app.ready) return;
   app.hover = null;
   decoder.cancelHover();
+  // Taken now, not when the task runs: a prompt queued before another image opened belongs to the old one.
+  const token = app.loadToken;
   return enqueue(async () => {
-    const token = app.loadToken;
+    if (token !== app.loadToken) return;
     const state = history.current;
     const next = { ...state, ...change(state) };
     view.drawPrompts(next.points, next.box);
@@ -368,7 +370,9 @@ function onPoint(x, y, negative, eventTime) {
     // The preview on screen is exactly this click's mask: keep it rather than decode the same prompt again.
     app.hover = null;
     decoder.cancelHover();
+    const token = app.loadToken;
     enqueue(() => {
+      if (token !== app.loadToken) return;
       const { result } = hover;
       history.push({ points: [...hover.state.points, hover.pixel], box: hover.state.box, result, chosen: result.best });
       app.lastHoverPixel = null;
