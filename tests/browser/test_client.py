@@ -375,6 +375,7 @@ def _contrast(css_a: str, css_b: str) -> float:
 
 def test_keyboard_and_accessibility_basics(page, live_server):
     open_app(page, live_server)
+    assert "right-click" in page.inner_text("#empty-state")  # a desktop gets the mouse's instructions
     unnamed = page.evaluate(
         """() => [...document.querySelectorAll('button, input, select')].filter((el) => {
             if (el.closest('[hidden]')) return false;
@@ -403,6 +404,8 @@ def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, dog_pa
     page = context.new_page()
     try:
         open_app(page, live_server)
+        first_steps = page.inner_text("#empty-state")
+        assert "tap" in first_steps and "right-click" not in first_steps and "Ctrl" not in first_steps
         upload(page, dog_path)
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
         assert "tap the image" in page.inner_text("#status-text")  # there is no hover on a phone
