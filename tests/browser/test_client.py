@@ -706,3 +706,14 @@ def test_prompts_queued_before_another_image_opens_are_dropped(ready_page, dog_p
     assert prompt_points(page) == []
     assert not shown_mask(page).any(), "the previous image's mask is shown on the new one"
     assert page.locator("#undo-button").is_disabled()
+
+
+def test_enter_still_works_on_the_controls_themselves(ready_page):
+    page = ready_page
+    # Enter keeps the object only when no control has the focus; on a control it does what the control does.
+    page.focus("#file-input-more")
+    with page.expect_file_chooser(timeout=5000):
+        page.keyboard.press("Enter")
+    page.focus(".settings summary")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.querySelector('.settings').open")

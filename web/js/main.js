@@ -690,7 +690,7 @@ function onKey(event) {
   else if (ctrl && key === "y") redo();
   else if (ctrl || event.altKey) handled = false;
   else if (key === "escape") everything.active ? toggleEverything() : resetPrompts();
-  else if (key === "enter" && !(target instanceof HTMLButtonElement)) keepObject();
+  else if (key === "enter" && !target.closest?.("button, a, summary, input, select, textarea")) keepObject();
   else if (["1", "2", "3"].includes(key)) enqueue(() => pickCandidate(Number(key)));
   else if (key === "n") setNegativeMode(!view.negativeMode);
   else if (key === "c") $("classroom-toggle").click();
