@@ -473,6 +473,14 @@ def test_everything_mode_shows_all_masks_and_a_click_keeps_one(ready_page, live_
     exported = json.loads(data)["annotations"]
     assert [a["segmentation"]["counts"] for a in exported] == [a["segmentation"]["counts"] for a in annotations]
 
+    # A file that is no image leaves everything mode as it was.
+    page.set_input_files("#file-input-more", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}])
+    page.wait_for_selector("#error-banner:not([hidden])")
+    assert page.inner_text("#everything-status").startswith(f"{count} mask")
+    assert page.inner_text("#everything-button") == "Hide everything"
+    assert (shown_mask(page) == painted).all()
+    page.click("#error-close")
+
     # Hovering highlights the mask under the pointer; a click moves it into the object list.
     alpha_sum = "() => { const c = document.getElementById('mask-canvas'); let s = 0;" \
         " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;" \

@@ -109,19 +109,20 @@ async function openImage(blob, name) {
   app.keyboardCursor = null;
   view.setKeyboardCursor(null);
   document.body.dataset.image = "loading";
-  everything.clear();
-  setEverythingStatus("", null);
-  updateEverythingButtons();
   let prepared;
   try {
     prepared = await prepareImage(blob, name);
   } catch (error) {
+    // Not an image: the one on screen stays as it was, everything mode included.
     showError(error);
     document.body.dataset.image = app.image ? "ready" : "none";
     app.ready = Boolean(app.image);
     return;
   }
   if (token !== app.loadToken) return;
+  everything.clear();
+  setEverythingStatus("", null);
+  updateEverythingButtons();
   if (app.image?.url) URL.revokeObjectURL(app.image.url);
   app.image = { ...prepared, url: URL.createObjectURL(blob), id: null };
   history.clear();
