@@ -725,3 +725,27 @@ def test_enter_still_works_on_the_controls_themselves(ready_page):
     page.focus(".settings summary")
     page.keyboard.press("Enter")
     assert page.evaluate("document.querySelector('.settings').open")
+
+
+def test_a_busy_server_is_retried_after_the_wait_it_asks_for(page, live_server, dog_path):
+    open_app(page, live_server)
+    page.console_watch.allow.append("503")  # Chromium logs the busy answer itself
+    answers = []
+
+    def busy_once(route):
+        if not answers:
+            answers.append(503)
+            route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
+                          body=json.dumps({"error": "encoder_busy", "message": "the encoder queue is full"}))
+        else:
+            answers.append("server")
+            route.continue_()
+
+    page.route("**/api/images", busy_once)
+    page.evaluate("""() => { window.statusLog = [];
+        new MutationObserver(() => statusLog.push(document.getElementById('status-text').textContent))
+            .observe(document.getElementById('status-text'), {childList: true, characterData: true, subtree: true}); }""")
+    upload(page, dog_path)
+    assert answers == [503, "server"]
+    assert any("busy" in s and "trying again in 1 s" in s for s in page.evaluate("statusLog"))
+    assert page.locator("#error-banner").is_hidden()

@@ -1,10 +1,11 @@
 // The backend's HTTP API (docs/ARCHITECTURE.md). Every failure becomes an ApiError with plain words.
 
 export class ApiError extends Error {
-  constructor(message, { status = 0, code = "network" } = {}) {
+  constructor(message, { status = 0, code = "network", retryAfterS = null } = {}) {
     super(message);
     this.status = status;
     this.code = code;
+    this.retryAfterS = retryAfterS; // the server's Retry-After (busy), in seconds, or null
   }
 }
 
@@ -59,7 +60,9 @@ export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploa
       if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body);
       else {
         const message = body?.message || `The upload failed (HTTP ${xhr.status}).`;
-        reject(new ApiError(message, { status: xhr.status, code: body?.error || "http" }));
+        const retryAfter = Number.parseInt(xhr.getResponseHeader("Retry-After"), 10);
+        reject(new ApiError(message, { status: xhr.status, code: body?.error || "http",
+          retryAfterS: xhr.status === 503 && Number.isFinite(retryAfter) ? retryAfter : null }));
       }
     };
     xhr.send(form);

@@ -145,19 +145,7 @@ async function openImage(blob, name) {
     const total = prepared.upload.size;
     setStatus(`Uploading ${formatBytes(total)}…`, 0);
     const started = performance.now();
-    let encodingTimer = null;
-    const info = await uploadImage(
-      prepared.upload,
-      name,
-      (loaded, all) => token === app.loadToken &&
-        setStatus(`Uploading… ${formatBytes(loaded)} of ${formatBytes(all)}`, all ? loaded / all : null),
-      () => {
-        const sent = performance.now();
-        encodingTimer = setInterval(() => {
-          if (token === app.loadToken) setStatus(`The server is encoding the image… ${((performance.now() - sent) / 1000).toFixed(1)} s`, null);
-        }, 100);
-      },
-    ).finally(() => clearInterval(encodingTimer));
+    const info = await uploadWhenServerFree(prepared.upload, name, token);
     if (token !== app.loadToken) return;
     const uploadMs = performance.now() - started;
     if (info.height !== prepared.uploadSize[0] || info.width !== prepared.uploadSize[1]) {
@@ -194,6 +182,40 @@ async function openImage(blob, name) {
     $("stage").classList.remove("busy");
     setStatus("The image could not be prepared.");
     showError(error);
+  }
+}
+
+const BUSY_RETRIES = 3;
+const BUSY_WAIT_MAX_S = 15;
+
+/** Uploads with progress; when the server is busy (503 + Retry-After) waits as told and tries again. */
+async function uploadWhenServerFree(blob, name, token) {
+  for (let attempt = 0; ; attempt++) {
+    let encodingTimer = null;
+    try {
+      return await uploadImage(
+        blob,
+        name,
+        (loaded, all) => token === app.loadToken &&
+          setStatus(`Uploading… ${formatBytes(loaded)} of ${formatBytes(all)}`, all ? loaded / all : null),
+        () => {
+          const sent = performance.now();
+          encodingTimer = setInterval(() => {
+            if (token === app.loadToken) setStatus(`The server is encoding the image… ${((performance.now() - sent) / 1000).toFixed(1)} s`, null);
+          }, 100);
+        },
+      );
+    } catch (error) {
+      if (error.retryAfterS == null || attempt >= BUSY_RETRIES || token !== app.loadToken) throw error;
+      const waitS = Math.min(Math.max(error.retryAfterS, 1), BUSY_WAIT_MAX_S);
+      for (let left = waitS; left > 0 && token === app.loadToken; left--) {
+        setStatus(`The server is busy with other images; trying again in ${left} s…`, null);
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+      if (token !== app.loadToken) throw error;
+    } finally {
+      clearInterval(encodingTimer);
+    }
   }
 }
 
