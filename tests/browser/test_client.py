@@ -533,8 +533,10 @@ def test_gallery_drop_and_paste_all_open_images(page, live_server):
 def test_classroom_view_shows_the_three_stages_live(ready_page):
     page = ready_page
     assert page.locator("#classroom").is_hidden()
+    page.set_viewport_size({"width": 1280, "height": 720})  # a projector: the section starts below the fold
     page.keyboard.press("c")
     assert page.locator("#classroom").is_visible()
+    assert page.evaluate("document.getElementById('classroom').getBoundingClientRect().top < innerHeight / 2")
     assert re.match(r"[\d.]+ ms", page.inner_text("#cls-encode"))
     assert page.inner_text("#cls-bytes").startswith("2.00 MB float16")
     click_pixel(page, 420, 250)

@@ -655,7 +655,11 @@ function bindControls() {
   }
   $("classroom-toggle").addEventListener("change", (event) => {
     classroom.show(event.target.checked);
-    if (event.target.checked) classroom.refresh();
+    if (event.target.checked) {
+      classroom.refresh();
+      // It sits below the image, often below the fold: show that the switch did something.
+      $("classroom").scrollIntoView({ block: "nearest" });
+    }
   });
   $("help-button").addEventListener("click", () => $("help-dialog").showModal());
   $("export-cutout").addEventListener("click", () => runExport("cutout"));
