@@ -1,10 +1,12 @@
 """Automatic mask generation ("everything" mode): segment a whole image from a grid of point prompts."""
 
+import math
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from .amg import (
     MaskData,
@@ -27,6 +29,7 @@ from .amg import (
     uncrop_masks,
     uncrop_points,
 )
+from .common import LayerNorm2d
 from .predictor import SamPredictor
 from .sam import Sam
 
@@ -252,20 +255,31 @@ class SamAutomaticMaskGenerator:
         transformed = self.predictor.transform.apply_coords(points, im_size)
         in_points = torch.as_tensor(transformed, dtype=torch.float, device=device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
-        low_res, iou_preds = decode_points_multimask(
-            model, self.predictor.features, in_points[:, None, :], in_labels[:, None]
-        )
-        self.last_timings["decoder"] += time.perf_counter() - started
-
-        started = time.perf_counter()
-        n_masks = low_res.shape[1]
+        decoded = decode_point_tokens(model, self.predictor.features, in_points[:, None, :], in_labels[:, None])
+        if isinstance(decoded, tuple):
+            low_res, iou_preds = decoded
+            decoded = None
+        else:
+            iou_preds = decoded.iou_pred
+        n_masks = iou_preds.shape[1]
         data = MaskData(
-            low_res=low_res.flatten(0, 1),
             iou_preds=iou_preds.flatten(0, 1).float(),
             points=torch.as_tensor(points.repeat(n_masks, axis=0)),
+            pair=torch.arange(iou_preds.numel(), device=iou_preds.device),
         )
         if self.pred_iou_thresh > 0.0:
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
+        pair = data["pair"]
+        del data["pair"]
+        # Only the masks that passed the IoU filter are upscaled.
+        if decoded is not None:
+            low_res = decoded.masks(pair // n_masks, pair % n_masks)
+        else:
+            low_res = low_res.flatten(0, 1)[pair]
+        self.last_timings["decoder"] += time.perf_counter() - started
+
+        started = time.perf_counter()
+        data["low_res"] = low_res
 
         # Full-resolution work in chunks (bounded memory): stability, binarisation, boxes, RLE.
         keeps, stability, boxes, rles = [], [], [], []
@@ -353,15 +367,72 @@ def decode_points_multimask(
 
     features [1, C, h, w]; point_coords [B, N, 2] in the resized frame; point_labels [B, N].
     Returns low-res logits [B, 3, 4h, 4w] and predicted IoUs [B, 3], as mask_decoder(multimask_output=True).
+    """
+    decoded = decode_point_tokens(model, features, point_coords, point_labels)
+    if isinstance(decoded, tuple):
+        return decoded
+    batch = decoded.iou_pred.shape[0]
+    point_index = torch.arange(batch).repeat_interleave(decoded.iou_pred.shape[1])
+    mask_index = torch.arange(decoded.iou_pred.shape[1]).repeat(batch)
+    masks = decoded.masks(point_index, mask_index)
+    return masks.view(batch, -1, *masks.shape[1:]), decoded.iou_pred
 
-    Same computation as MaskDecoder.predict_masks, but the image side stays a single [1, ...] tensor until the
-    first image-to-token attention makes it prompt-specific: the decoder would copy the embedding and its
-    positional encoding B times and project every copy identically in the first block.
+
+class DecodedPoints:
+    """The two-way transformer's outputs for a batch of point prompts, before the costly mask upscaling.
+
+    iou_pred [B, 3] is known at once, so masks() can upscale only the (point, mask) pairs that pass a filter.
+    """
+
+    def __init__(self, decoder: nn.Module, tokens: torch.Tensor, image_tokens: torch.Tensor, size: Tuple[int, int]):
+        # tokens [B, T, C]; image_tokens [B, h * w, C] (row-major pixels).
+        self.decoder = decoder
+        self.image_tokens = image_tokens
+        self.size = size
+        self.iou_pred = decoder.iou_prediction_head(tokens[:, 0, :])[:, 1:]
+        # Hypernetwork weights of the multimask tokens (1..num_mask_tokens-1): [B, 3, C / 8].
+        self.hyper_in = torch.stack(
+            [decoder.output_hypernetworks_mlps[i](tokens[:, 1 + i, :]) for i in range(1, decoder.num_mask_tokens)],
+            dim=1,
+        )
+
+    def masks(self, point_index: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
+        """Low-res logits [N, 4h, 4w] of the pairs (point_index[i], mask_index[i]), in the order given."""
+        height, width = self.size
+        out = self.image_tokens.new_empty(len(point_index), 4 * height, 4 * width)
+        point_index = point_index.tolist()
+        mask_index = mask_index.tolist()
+        start = 0
+        # Upscaled features are computed once per point, shared by that point's masks.
+        while start < len(point_index):
+            stop = start
+            while stop < len(point_index) and point_index[stop] == point_index[start]:
+                stop += 1
+            hyper = self.hyper_in[point_index[start], mask_index[start:stop]]  # [k, C / 8]
+            out[start:stop] = _upscaled_masks(
+                self.decoder.output_upscaling, self.image_tokens[point_index[start]], hyper, height, width
+            )
+            start = stop
+        return out
+
+
+def decode_point_tokens(
+    model: Sam, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+):
+    """Runs the prompt encoder and the two-way transformer for a batch of point prompts sharing one image.
+
+    Returns DecodedPoints, or for a decoder this fast path does not know, the (masks, iou_pred) of
+    mask_decoder(multimask_output=True).
+
+    Same maths as MaskDecoder.predict_masks, rearranged (see _token_to_image and _image_to_token): the image
+    side stays one [h * w, C] tensor until the first image-to-token attention makes it prompt-specific, the
+    image-side attention projections are folded into the few prompt tokens, and the upscaling runs
+    channels-last, one point at a time.
     """
     decoder = model.mask_decoder
     sparse, dense = model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
     image_pe = model.prompt_encoder.get_dense_pe()
-    if features.shape[0] != 1 or not all(hasattr(decoder, a) for a in _DECODER_PARTS):
+    if features.shape[0] != 1 or not _is_known_decoder(decoder):
         return decoder(
             image_embeddings=features,
             image_pe=image_pe,
@@ -373,20 +444,150 @@ def decode_points_multimask(
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
     # Without a mask prompt every prompt's dense embedding is the same "no mask" embedding.
-    src = features + dense[:1]
-    channels, height, width = src.shape[1:]
-    hs, src = decoder.transformer(src, image_pe, tokens)
-    iou_token_out = hs[:, 0, :]
-    src = src.transpose(1, 2).reshape(batch, channels, height, width)
-    upscaled = decoder.output_upscaling(src)
-    # Only the multimask tokens (1..num_mask_tokens-1) are needed.
-    hyper_in = torch.stack(
-        [decoder.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(1, decoder.num_mask_tokens)], dim=1
+    image = (features + dense[:1])[0].flatten(1).transpose(0, 1)  # [h * w, C]
+    pe = image_pe[0].flatten(1).transpose(0, 1)
+    hs, image_tokens = _two_way_transformer(decoder.transformer, image, pe, tokens)
+    return DecodedPoints(decoder, hs, image_tokens, tuple(features.shape[-2:]))
+
+
+def _two_way_transformer(
+    transformer: nn.Module, image: torch.Tensor, pe: torch.Tensor, tokens: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """TwoWayTransformer.forward with image [h * w, C] shared by all prompts, pe [h * w, C], tokens [B, T, C].
+
+    Returns tokens [B, T, C] and image tokens [B, h * w, C].
+    """
+    queries, keys = tokens, image
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + tokens
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        keys_with_pe = keys + pe
+        attn_out = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_with_pe, keys)
+        queries = layer.norm2(queries + attn_out)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        attn_out = _image_to_token(layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries)
+        keys = layer.norm4(keys + attn_out)
+    attn_out = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
+    queries = transformer.norm_final_attn(queries + attn_out)
+    if keys.dim() == 2:  # no blocks: every prompt sees the same image
+        keys = keys.expand(tokens.shape[0], -1, -1)
+    return queries, keys
+
+
+def _head_weights(linear: nn.Linear, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """nn.Linear(C -> D) -> weight [heads, D / heads, C], bias [heads, D / heads]."""
+    out_features, in_features = linear.weight.shape
+    return (
+        linear.weight.reshape(num_heads, out_features // num_heads, in_features),
+        linear.bias.reshape(num_heads, out_features // num_heads),
     )
-    up_channels, up_height, up_width = upscaled.shape[1:]
-    masks = (hyper_in @ upscaled.view(batch, up_channels, up_height * up_width)).view(batch, -1, up_height, up_width)
-    iou_pred = decoder.iou_prediction_head(iou_token_out)[:, 1:]
-    return masks, iou_pred
+
+
+def _batched_image(image: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+    return (image, False) if image.dim() == 3 else (image.unsqueeze(0), True)
+
+
+def _token_to_image(
+    attention: nn.Module, tokens: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor
+) -> torch.Tensor:
+    """Attention(q=tokens, k=image_keys, v=image_values), folded.
+
+    tokens [B, T, C]; image_keys, image_values [h * w, C] (shared) or [B, h * w, C] -> [B, T, C].
+    The key bias adds a constant per softmax row and the value projection commutes with the attention
+    average (its rows sum to 1), so the image tokens are only multiplied by [C, heads * T] matrices.
+    """
+    heads = attention.num_heads
+    k_weight, _ = _head_weights(attention.k_proj, heads)
+    v_weight, v_bias = _head_weights(attention.v_proj, heads)
+    batch, num_tokens, channels = tokens.shape
+    head_dim = k_weight.shape[1]
+    q = attention.q_proj(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, heads, T, d]
+    folded_q = (q @ k_weight).reshape(batch, heads * num_tokens, channels) * (1.0 / math.sqrt(head_dim))
+    if image_keys.dim() == 2:
+        logits = (folded_q.reshape(-1, channels) @ image_keys.t()).view(batch, heads * num_tokens, -1)
+    else:
+        logits = folded_q @ image_keys.transpose(1, 2)  # [B, heads * T, h * w]
+    attn = torch.softmax(logits, dim=-1)
+    if image_values.dim() == 2:
+        pooled = (attn.reshape(-1, attn.shape[-1]) @ image_values).view(batch, heads, num_tokens, channels)
+    else:
+        pooled = (attn @ image_values).view(batch, heads, num_tokens, channels)
+    out = pooled @ v_weight.transpose(1, 2) + v_bias.unsqueeze(1)  # [B, heads, T, d]
+    return attention.out_proj(out.transpose(1, 2).reshape(batch, num_tokens, heads * head_dim))
+
+
+def _image_to_token(
+    attention: nn.Module, image_queries: torch.Tensor, tokens: torch.Tensor, token_values: torch.Tensor
+) -> torch.Tensor:
+    """Attention(q=image_queries, k=tokens, v=token_values), folded.
+
+    image_queries [h * w, C] (shared) or [B, h * w, C]; tokens, token_values [B, T, C] -> [B, h * w, C].
+    The query projection is folded into the token keys and the output projection into the token values,
+    so no image-sized tensor is projected or split into heads.
+    """
+    heads = attention.num_heads
+    q_weight, q_bias = _head_weights(attention.q_proj, heads)
+    batch, num_tokens, channels = tokens.shape
+    head_dim = q_weight.shape[1]
+    scale = 1.0 / math.sqrt(head_dim)
+    k = attention.k_proj(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, heads, T, d]
+    v = attention.v_proj(token_values).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
+    folded_k = (q_weight.transpose(1, 2) @ k.transpose(2, 3)) * scale  # [B, heads, C, T]
+    folded_k = folded_k.permute(0, 2, 1, 3).reshape(batch, channels, heads * num_tokens)
+    key_bias = ((q_bias.unsqueeze(1) @ k.transpose(2, 3)) * scale).reshape(batch, 1, heads * num_tokens)
+    if image_queries.dim() == 2:
+        logits = image_queries @ folded_k.transpose(0, 1).reshape(channels, -1)  # [h * w, B * heads * T]
+        logits = logits.view(-1, batch, heads * num_tokens).transpose(0, 1) + key_bias
+    else:
+        logits = torch.baddbmm(key_bias, image_queries, folded_k)  # [B, h * w, heads * T]
+    attn = torch.softmax(logits.view(batch, -1, heads, num_tokens), dim=-1).view(batch, -1, heads * num_tokens)
+    o_weight = attention.out_proj.weight.view(channels, heads, head_dim).permute(1, 2, 0)  # [heads, d, C]
+    folded_v = (v @ o_weight).reshape(batch, heads * num_tokens, channels)
+    return torch.baddbmm(attention.out_proj.bias.expand(batch, 1, channels), attn, folded_v)
+
+
+def _upscaled_masks(
+    upscaling: nn.Sequential, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """output_upscaling then the hypernetwork product for one point, channels-last.
+
+    image_tokens [h * w, C]; hyper_in [k, C / 8] -> low-res logits [k, 4h, 4w].
+    A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently: a matmul
+    [C_in] -> [2, 2, C_out], so the layer norm can run on contiguous channels.
+    """
+    conv1, norm, act1, conv2, act2 = upscaling
+    x = _transposed_conv_2x2(conv1, image_tokens)  # [h * w * 4, C / 4]
+    x = act1(torch.nn.functional.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+    x = act2(_transposed_conv_2x2(conv2, x))  # [h * w * 16, C / 8]
+    logits = x @ hyper_in.t()  # [(i, j, ki, kj, ki2, kj2), k]
+    logits = logits.view(height, width, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
+    return logits.reshape(-1, 4 * height, 4 * width)
+
+
+def _transposed_conv_2x2(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """ConvTranspose2d(kernel 2, stride 2) on channels-last pixels [P, C_in] -> children [P * 4, C_out]."""
+    c_in, c_out = conv.weight.shape[:2]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
+    return torch.addmm(conv.bias.repeat(4), x, weight).view(-1, c_out)
+
+
+def _is_known_decoder(decoder: nn.Module) -> bool:
+    if not all(hasattr(decoder, a) for a in _DECODER_PARTS):
+        return False
+    upscaling = decoder.output_upscaling
+    if len(upscaling) != 5 or not all(hasattr(decoder.transformer, a) for a in ("layers", "final_attn_token_to_image")):
+        return False
+    conv1, norm, _, conv2, _ = upscaling
+    return all(
+        isinstance(conv, nn.ConvTranspose2d)
+        and conv.kernel_size == (2, 2) and conv.stride == (2, 2) and conv.padding == (0, 0)
+        and conv.groups == 1 and conv.bias is not None
+        for conv in (conv1, conv2)
+    ) and isinstance(norm, LayerNorm2d)
 
 
 _DECODER_PARTS = (
