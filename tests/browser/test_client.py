@@ -538,7 +538,7 @@ def test_classroom_view_shows_the_three_stages_live(ready_page):
     page.keyboard.press("c")
     assert page.locator("#classroom").is_visible()
     assert page.evaluate("document.getElementById('classroom').getBoundingClientRect().top < innerHeight / 2")
-    assert re.match(r"[\d.]+ ms", page.inner_text("#cls-encode"))
+    assert re.search(r"[\d.]+ ms", page.inner_text("#cls-encode"))  # "… ms", or a cache hit quoting it
     assert page.inner_text("#cls-bytes").startswith("2.00 MB float16")
     click_pixel(page, 420, 250)
     assert re.match(r"[\d.]+ ms", page.inner_text("#cls-decode"))
