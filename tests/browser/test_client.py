@@ -523,6 +523,16 @@ def test_gallery_drop_and_paste_all_open_images(page, live_server):
     page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('dropped.png')")
     page.wait_for_function("document.body.dataset.image === 'ready'")
 
+    # A drop that misses the image area (here on the tool panel) opens the image too, rather than the
+    # browser leaving the app to show the file.
+    transfer = _image_file_in_page(page, first["url"], "dropped-on-tools.png")
+    prevented = page.evaluate(
+        "(transfer) => !document.querySelector('.sidebar').dispatchEvent("
+        "new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}))", transfer)
+    assert prevented
+    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('dropped-on-tools.png')")
+    page.wait_for_function("document.body.dataset.image === 'ready'")
+
     transfer = _image_file_in_page(page, first["url"], "clipboard.png")
     page.evaluate(
         "(transfer) => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true}))",

@@ -65,16 +65,23 @@ export function bindImageInputs({ fileInputs, dropTarget, onImage, onError }) {
       fileInput.value = "";
     });
   }
+  // Files are taken wherever they are dropped: a browser would otherwise leave the app to show the file.
+  // Dragged text is left alone (it may be meant for a name field).
   const setDragging = (on) => dropTarget.classList.toggle("dragging", on);
-  dropTarget.addEventListener("dragover", (event) => {
+  const carriesFiles = (event) => Boolean(event.dataTransfer?.types?.includes("Files"));
+  document.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
     event.preventDefault();
     event.dataTransfer.dropEffect = "copy";
     setDragging(true);
   });
-  dropTarget.addEventListener("dragleave", () => setDragging(false));
-  dropTarget.addEventListener("drop", (event) => {
-    event.preventDefault();
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) setDragging(false); // left the window
+  });
+  document.addEventListener("drop", (event) => {
     setDragging(false);
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
     const file = imageFromDataTransfer(event.dataTransfer);
     if (file) onImage(file, file.name || "dropped image");
     else onError(new ImageInputError("Nothing to use was dropped: drop an image file."));
