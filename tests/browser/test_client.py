@@ -762,3 +762,19 @@ def test_a_busy_server_is_retried_after_the_wait_it_asks_for(page, live_server, 
     assert answers == [503, "server"]
     assert any("busy" in s and "trying again in 1 s" in s for s in page.evaluate("statusLog"))
     assert page.locator("#error-banner").is_hidden()
+
+
+def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, dog_path, tmp_path):
+    open_app(page, live_server)
+    # Stored landscape 600x400 with "rotate 90° clockwise" in EXIF, as phones save portrait photos; small
+    # enough to be sent as is, so the server must apply the rotation like the browser does.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "portrait.jpg"
+    Image.open(dog_path).resize((600, 400)).save(photo, exif=exif.tobytes())
+    upload(page, photo)
+    assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [400, 600]
+    shown = page.locator("#stage-image").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert shown == [400, 600]
+    click_pixel(page, 200, 500)
+    assert prompt_points(page) == [[200, 500, 1]] and shown_mask(page).any()
