@@ -316,6 +316,10 @@ def test_objects_get_their_own_colours_and_can_be_deleted(ready_page):
     page.click("#object-list li >> nth=0 >> button.delete")
     assert rows.count() == 1
     assert shown_mask(page).sum() < both.sum()
+    page.focus("#object-list li >> nth=0 >> button.delete")
+    page.keyboard.press("Enter")
+    assert rows.count() == 0
+    assert page.evaluate("document.activeElement.id") == "objects-empty"  # focus stays in the panel
 
 
 def test_a_file_that_is_not_an_image_gets_a_plain_error(page, live_server, tmp_path):

@@ -35,7 +35,12 @@ export class ObjectList {
     this.handlers.onChange();
     // Keep keyboard users in the list rather than dropping focus to the page.
     const next = this.list.querySelectorAll("input")[Math.min(index, this.items.length - 1)];
-    next?.focus();
+    if (next) next.focus();
+    else {
+      // The list is empty: its "No objects" line takes the focus, so it is not lost to the page.
+      this.empty.tabIndex = -1;
+      this.empty.focus();
+    }
   }
 
   select(id) {
