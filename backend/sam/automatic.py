@@ -469,8 +469,9 @@ def _two_way_transformer(
         attn_out = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_with_pe, keys)
         queries = layer.norm2(queries + attn_out)
         queries = layer.norm3(queries + layer.mlp(queries))
-        attn_out = _image_to_token(layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries)
-        keys = layer.norm4(keys + attn_out)
+        keys = layer.norm4(
+            _image_to_token(layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries, keys)
+        )
     attn_out = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
     queries = transformer.norm_final_attn(queries + attn_out)
     if keys.dim() == 2:  # no blocks: every prompt sees the same image
@@ -521,13 +522,17 @@ def _token_to_image(
 
 
 def _image_to_token(
-    attention: nn.Module, image_queries: torch.Tensor, tokens: torch.Tensor, token_values: torch.Tensor
+    attention: nn.Module,
+    image_queries: torch.Tensor,
+    tokens: torch.Tensor,
+    token_values: torch.Tensor,
+    residual: torch.Tensor,
 ) -> torch.Tensor:
-    """Attention(q=image_queries, k=tokens, v=token_values), folded.
+    """residual + Attention(q=image_queries, k=tokens, v=token_values), folded.
 
-    image_queries [h * w, C] (shared) or [B, h * w, C]; tokens, token_values [B, T, C] -> [B, h * w, C].
-    The query projection is folded into the token keys and the output projection into the token values,
-    so no image-sized tensor is projected or split into heads.
+    image_queries and residual [h * w, C] (shared) or [B, h * w, C]; tokens, token_values [B, T, C]
+    -> [B, h * w, C]. The query projection is folded into the token keys and the output projection into the
+    token values, so no image-sized tensor is projected or split into heads.
     """
     heads = attention.num_heads
     q_weight, q_bias = _head_weights(attention.q_proj, heads)
@@ -536,18 +541,21 @@ def _image_to_token(
     scale = 1.0 / math.sqrt(head_dim)
     k = attention.k_proj(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, heads, T, d]
     v = attention.v_proj(token_values).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
-    folded_k = (q_weight.transpose(1, 2) @ k.transpose(2, 3)) * scale  # [B, heads, C, T]
-    folded_k = folded_k.permute(0, 2, 1, 3).reshape(batch, channels, heads * num_tokens)
-    key_bias = ((q_bias.unsqueeze(1) @ k.transpose(2, 3)) * scale).reshape(batch, 1, heads * num_tokens)
+    folded_k = (k @ q_weight) * scale  # [B, heads, T, C]
+    folded_k = folded_k.reshape(batch, heads * num_tokens, channels)
+    key_bias = ((k @ q_bias.unsqueeze(-1)) * scale).reshape(batch, heads * num_tokens, 1)
+    # Logits are laid out [B, heads * T, h * w]: a softmax over T then runs across long contiguous rows,
+    # several times faster than over rows of T elements.
     if image_queries.dim() == 2:
-        logits = image_queries @ folded_k.transpose(0, 1).reshape(channels, -1)  # [h * w, B * heads * T]
-        logits = logits.view(-1, batch, heads * num_tokens).transpose(0, 1) + key_bias
+        logits = (folded_k.reshape(-1, channels) @ image_queries.t()).view(batch, heads * num_tokens, -1)
+        logits = logits + key_bias
     else:
-        logits = torch.baddbmm(key_bias, image_queries, folded_k)  # [B, h * w, heads * T]
-    attn = torch.softmax(logits.view(batch, -1, heads, num_tokens), dim=-1).view(batch, -1, heads * num_tokens)
+        logits = torch.baddbmm(key_bias, folded_k, image_queries.transpose(1, 2))
+    attn = torch.softmax(logits.view(batch, heads, num_tokens, -1), dim=2).view(batch, heads * num_tokens, -1)
     o_weight = attention.out_proj.weight.view(channels, heads, head_dim).permute(1, 2, 0)  # [heads, d, C]
-    folded_v = (v @ o_weight).reshape(batch, heads * num_tokens, channels)
-    return torch.baddbmm(attention.out_proj.bias.expand(batch, 1, channels), attn, folded_v)
+    # Each head's attention sums to 1 over T, so a bias / heads on every folded value adds the bias once.
+    folded_v = (v @ o_weight).reshape(batch, heads * num_tokens, channels) + attention.out_proj.bias / heads
+    return torch.baddbmm(residual.expand(batch, -1, -1), attn.transpose(1, 2), folded_v)
 
 
 def _upscaled_masks(
