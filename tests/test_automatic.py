@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from backend.sam.amg import build_point_grid, coco_decode_rle, rle_to_mask
-from backend.sam.automatic import SamAutomaticMaskGenerator, decode_points_multimask
+from backend.sam.automatic import SamAutomaticMaskGenerator, decode_points_multimask, upscale_low_res_logits
 from backend.sam.build import build_sam
 from backend.sam.sam import Sam
 
@@ -77,6 +77,16 @@ def test_shared_image_decoding_equals_the_mask_decoder(reduced_sam, dog_embeddin
     assert masks.shape == (3, 3, 256, 256) and iou.shape == (3, 3)
     torch.testing.assert_close(masks, expected_masks, atol=1e-5, rtol=0)
     torch.testing.assert_close(iou, expected_iou, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "input_size, original_size",
+    [((683, 1024), (534, 800)), ((1024, 683), (800, 534)), ((1024, 1024), (500, 500)), ((1021, 37), (5000, 181))],
+)
+def test_upscaling_only_the_read_low_res_rows_gives_the_same_logits(reduced_sam, input_size, original_size):
+    low_res = torch.randn(2, 256, 256, generator=torch.Generator().manual_seed(0))
+    expected = reduced_sam.postprocess_masks(low_res[:, None], input_size, original_size)[:, 0]
+    assert torch.equal(upscale_low_res_logits(reduced_sam, low_res, input_size, original_size), expected)
 
 
 def _subset_params(reference_amg, indices):

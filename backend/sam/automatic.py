@@ -313,8 +313,7 @@ class SamAutomaticMaskGenerator:
         """
         model = self.predictor.model
         orig_h, orig_w = orig_size
-        logits = model.postprocess_masks(low_res[:, None], self.predictor.input_size, self.predictor.original_size)
-        logits = logits[:, 0]
+        logits = upscale_low_res_logits(model, low_res, self.predictor.input_size, self.predictor.original_size)
         score = calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             keep = score >= self.stability_score_thresh
@@ -358,6 +357,33 @@ class SamAutomaticMaskGenerator:
                 mask_data["boxes"][i_mask] = new_box
         mask_data.filter(keep)
         return mask_data
+
+
+def upscale_low_res_logits(
+    model: Sam, low_res: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]
+) -> torch.Tensor:
+    """Low-res logits [N, h, w] -> [N, H, W] of the original image, equal to model.postprocess_masks.
+
+    The padded encoder frame is only upsampled over the low-res rows and columns that the resized image
+    (input_size) reads: with an integer scale, bilinear sampling of a slice that keeps one row past the
+    last one read gives the same values, and a landscape image skips the padding's rows.
+    """
+    height, width = low_res.shape[-2:]
+    scale = model.image_size // height
+    if scale * height != model.image_size or scale * width != model.image_size:
+        return model.postprocess_masks(low_res[:, None], input_size, original_size)[:, 0]
+
+    def needed(input_len: int, low_len: int) -> int:
+        # Last source index read by output pixel input_len - 1 (half-pixel centres), plus its right neighbour.
+        return min(low_len, int(math.floor((input_len - 0.5) / scale - 0.5)) + 2)
+
+    rows, cols = needed(input_size[0], height), needed(input_size[1], width)
+    logits = torch.nn.functional.interpolate(
+        low_res[:, None, :rows, :cols], (rows * scale, cols * scale), mode="bilinear", align_corners=False
+    )
+    logits = logits[..., : input_size[0], : input_size[1]]
+    size = tuple(int(s) for s in original_size)
+    return torch.nn.functional.interpolate(logits, size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def decode_points_multimask(
