@@ -89,6 +89,20 @@ def test_upscaling_only_the_read_low_res_rows_gives_the_same_logits(reduced_sam,
     assert torch.equal(upscale_low_res_logits(reduced_sam, low_res, input_size, original_size), expected)
 
 
+def test_an_iou_threshold_upscales_only_the_passing_masks_and_keeps_them_equal(
+    reduced_sam, dog, dog_embedding, reference_amg
+):
+    # The fixture's NMS keeps everything (threshold 1.0), so a stricter IoU filter just drops reference rows.
+    # Random weights predict IoUs near 0, and a threshold only filters when it is above 0: take half the
+    # smallest positive IoU.
+    threshold = min(a["predicted_iou"] for a in reference_amg["annotations"] if a["predicted_iou"] > 0) / 2
+    expected = [a for a in reference_amg["annotations"] if a["predicted_iou"] > threshold]
+    assert 0 < len(expected) < len(reference_amg["annotations"])
+    params = {**reference_amg["params"], "pred_iou_thresh": threshold}
+    generator = SamAutomaticMaskGenerator(reduced_sam, output_mode="uncompressed_rle", **params)
+    _assert_matches_reference(generator.generate(dog, image_embedding=dog_embedding), expected)
+
+
 def _subset_params(reference_amg, indices):
     params = dict(reference_amg["params"])
     points_per_side = params.pop("points_per_side")

@@ -245,8 +245,9 @@ class SamAutomaticMaskGenerator:
     ) -> MaskData:
         """Decodes one batch of point prompts and keeps the masks that pass the filters.
 
-        Filtering on predicted IoU happens on the low-res logits, before the costly upsampling to full
-        resolution; the survivors are upsampled exactly as predict_torch would, so the masks are the same.
+        Predicted IoUs come out of the transformer before any mask: only the (point, mask) pairs that pass
+        the IoU filter are upscaled by the decoder and then upsampled to full resolution, exactly as
+        predict_torch would, so the surviving masks are the same.
         """
         model = self.predictor.model
         device = self.predictor.device
