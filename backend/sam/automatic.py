@@ -222,10 +222,13 @@ class SamAutomaticMaskGenerator:
         for (points,) in batch_iterator(self.points_per_batch, points_for_image):
             data.cat(self._process_batch(points, cropped_im_size, crop_box, orig_size))
             tracker.advance()
-        self.predictor.reset_image()
 
         started = time.perf_counter()
         if len(data) == 0:
+            self.predictor.reset_image()
+            if "low_res" in data:
+                del data["low_res"]
+            data["rles"] = []
             return data
         keep = batched_nms(
             data["boxes"].float(),
@@ -234,6 +237,15 @@ class SamAutomaticMaskGenerator:
             iou_threshold=self.box_nms_thresh,
         )
         data.filter(keep)
+        # Run-length encoding is the costliest step per mask, so only NMS survivors are encoded: their
+        # full-resolution masks are rebuilt from the kept low-res logits (the same deterministic upsampling).
+        rles: List[Dict[str, Any]] = []
+        for start in range(0, len(data), _UPSAMPLE_CHUNK):
+            low_res = torch.stack(data["low_res"][start : start + _UPSAMPLE_CHUNK])
+            rles.extend(self._encode_masks(low_res, crop_box, orig_size))
+        del data["low_res"]
+        data["rles"] = rles
+        self.predictor.reset_image()
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
@@ -283,16 +295,14 @@ class SamAutomaticMaskGenerator:
         data["low_res"] = low_res
 
         # Full-resolution work in chunks (bounded memory): stability, binarisation, boxes, RLE.
-        keeps, stability, boxes, rles = [], [], [], []
+        keeps, stability, boxes = [], [], []
         for start in range(0, len(data), _UPSAMPLE_CHUNK):
-            keep, chunk_stability, chunk_boxes, chunk_rles = self._filter_full_resolution(
+            keep, chunk_stability, chunk_boxes = self._filter_full_resolution(
                 data["low_res"][start : start + _UPSAMPLE_CHUNK], crop_box, orig_size
             )
             keeps.append(keep)
             stability.append(chunk_stability)
             boxes.append(chunk_boxes)
-            rles.extend(chunk_rles)
-        del data["low_res"]
         if keeps:
             data.filter(torch.cat(keeps))
             data["stability_score"] = torch.cat(stability)
@@ -300,17 +310,17 @@ class SamAutomaticMaskGenerator:
         else:
             data["stability_score"] = torch.zeros(0)
             data["boxes"] = torch.zeros(0, 4, dtype=torch.int64)
-        data["rles"] = rles
+        # A list of rows: concatenating batches then costs nothing, and RLEs are made after NMS.
+        data["low_res"] = list(data["low_res"].unbind(0))
         self.last_timings["postprocess"] += time.perf_counter() - started
         return data
 
     def _filter_full_resolution(
         self, low_res: torch.Tensor, crop_box: List[int], orig_size: Tuple[int, ...]
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[Dict[str, Any]]]:
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Low-res logits [N, 256, 256] of one crop -> which pass the stability and crop-edge filters.
 
-        Returns keep [N] bool, and for the kept masks: stability scores, XYXY boxes (crop frame) and RLEs of
-        the masks in the full image.
+        Returns keep [N] bool, and for the kept masks: stability scores and XYXY boxes (crop frame).
         """
         model = self.predictor.model
         orig_h, orig_w = orig_size
@@ -325,9 +335,18 @@ class SamAutomaticMaskGenerator:
         boxes = batched_mask_to_box(masks)
         near_edge = is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
         keep[torch.nonzero(keep).flatten()[near_edge]] = False
-        masks, boxes = masks[~near_edge], boxes[~near_edge]
-        rles = mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w))
-        return keep, score[keep], boxes, rles
+        return keep, score[keep], boxes[~near_edge]
+
+    def _encode_masks(
+        self, low_res: torch.Tensor, crop_box: List[int], orig_size: Tuple[int, ...]
+    ) -> List[Dict[str, Any]]:
+        """Low-res logits [N, 256, 256] of one crop -> uncompressed RLEs of the masks in the full image."""
+        model = self.predictor.model
+        orig_h, orig_w = orig_size
+        logits = upscale_low_res_logits(model, low_res, self.predictor.input_size, self.predictor.original_size)
+        masks = threshold_masks(logits, model.mask_threshold)
+        del logits
+        return mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w))
 
     @staticmethod
     def postprocess_small_regions(mask_data: MaskData, min_area: int, nms_thresh: float) -> MaskData:
