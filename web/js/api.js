@@ -1,5 +1,7 @@
 // The backend's HTTP API (docs/ARCHITECTURE.md). Every failure becomes an ApiError with plain words.
 
+import { readBody } from "./read-body.js";
+
 export class ApiError extends Error {
   constructor(message, { status = 0, code = "network", retryAfterS = null } = {}) {
     super(message);
@@ -86,22 +88,8 @@ export async function fetchEmbedding(url, onProgress = () => {}) {
   const wireBytes = Number(response.headers.get("Content-Length")) || 0;
   const encoded = Boolean(response.headers.get("Content-Encoding"));
   const total = Number(response.headers.get("X-Uncompressed-Length")) || (encoded ? 0 : wireBytes);
-  const reader = response.body.getReader();
-  const chunks = [];
-  let loaded = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    loaded += value.byteLength;
-    onProgress(loaded, Math.max(total, loaded));
-  }
-  const bytes = new Uint8Array(loaded);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
+  const bytes = await readBody(response, (received) => onProgress(received, Math.max(total, received)));
+  const loaded = bytes.byteLength;
   if (total && loaded !== total) {
     throw new ApiError(`The embedding download was cut short (${loaded} of ${total} bytes). Try again.`);
   }

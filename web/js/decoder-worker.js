@@ -11,6 +11,7 @@
 
 import { decodeEmbedding } from "./embedding.js";
 import { LOW_RES_SIDE, maskFromLowRes, resizedSize, threshold, toModelFrame } from "./mask-math.js";
+import { readBody } from "./read-body.js";
 
 const ORT_DIR = new URL("../vendor/ort/", import.meta.url).href;
 const PLANE = LOW_RES_SIDE * LOW_RES_SIDE;
@@ -27,24 +28,7 @@ async function fetchWithProgress(url, stage) {
   const response = await fetch(url);
   if (!response.ok) throw new Error(`The decoder model could not be downloaded (HTTP ${response.status}).`);
   const total = Number(response.headers.get("Content-Length")) || 0;
-  if (!response.body) return new Uint8Array(await response.arrayBuffer());
-  const reader = response.body.getReader();
-  const chunks = [];
-  let loaded = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    loaded += value.byteLength;
-    postMessage({ type: "progress", stage, loaded, total });
-  }
-  const bytes = new Uint8Array(loaded);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return bytes;
+  return readBody(response, (loaded) => postMessage({ type: "progress", stage, loaded, total }));
 }
 
 async function webgpuAvailable() {
