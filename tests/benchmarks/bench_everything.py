@@ -5,6 +5,9 @@ reference image:
 
 1. A full run of SamAutomaticMaskGenerator (default 32x32 grid, 64 points per batch), time split into
    encoder, decoder batches and post-processing (filters, upsampling, NMS, RLE) as the generator records it.
+   The decoder time covers the prompt encoder, the two-way transformer and the upscaling of the masks that
+   pass the IoU filter (all of them here); post-processing is everything after (full-resolution upsampling,
+   stability, boxes, NMS, RLE of the NMS survivors).
    Random weights give tiny logits, so the default thresholds would drop every mask and post-processing
    would cost nothing; the run uses the reference fixture's permissive thresholds (pred_iou 0, stability 0.6
    at offset 0.01) with box NMS 0.7, so masks survive and post-processing does real work.
@@ -124,6 +127,7 @@ def main() -> None:
             f"\n[{name}] {image.shape[1]}x{image.shape[0]}, {n_points} points, {len(annotations)} masks: "
             f"total {wall:.1f} s = encoder {timings['encoder']:.2f} s + decoder {timings['decoder']:.1f} s "
             f"({1000 * timings['decoder'] / n_points:.0f} ms/point) + post-processing {timings['postprocess']:.1f} s "
+            f"({1000 * timings['postprocess'] / n_points:.0f} ms/point) "
             f"+ other {wall - sum(timings.values()):.1f} s",
             flush=True,
         )
