@@ -30,7 +30,7 @@ from .amg import (
     uncrop_points,
 )
 from .common import LayerNorm2d
-from .predictor import SamPredictor
+from .predictor import SamPredictor, check_image
 from .sam import Sam
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -128,7 +128,7 @@ class SamAutomaticMaskGenerator:
         Returns one dict per mask: segmentation (per output_mode), area (pixels), bbox (XYWH), predicted_iou,
         point_coords ([[x, y]] prompt), stability_score, crop_box (XYWH).
         """
-        image = _check_image(image)
+        image = check_image(image)
         self.last_timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
         mask_data = self._generate_masks(image, image_embedding, progress)
 
@@ -665,15 +665,3 @@ class _ProgressTracker:
 
 def _n_batches(n_points: int, batch_size: int) -> int:
     return (n_points + batch_size - 1) // batch_size
-
-
-def _check_image(image: Any) -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy array (HxWx3 uint8 RGB), not {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be HxWx3 (RGB), got shape {tuple(image.shape)}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image is empty: shape {tuple(image.shape)}")
-    return image

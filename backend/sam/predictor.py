@@ -1,12 +1,25 @@
 """SamPredictor: encode an image once, then predict masks for any number of prompts."""
 
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .sam import Sam
 from .transforms import ResizeLongestSide
+
+
+def check_image(image: Any) -> np.ndarray:
+    """Raises a plain TypeError/ValueError unless ``image`` is a non-empty HxWx3 uint8 array; returns it."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (HxWx3 uint8), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape HxWx3, got {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (0-255), got dtype {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image must not be empty, got shape {tuple(image.shape)}")
+    return image
 
 
 class SamPredictor:
@@ -24,14 +37,7 @@ class SamPredictor:
         """Encodes an HxWx3 uint8 image (RGB or BGR, see image_format) and keeps its embedding."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        if not isinstance(image, np.ndarray):
-            raise TypeError(f"image must be a numpy array (HxWx3 uint8), got {type(image).__name__}")
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must have shape HxWx3, got {tuple(image.shape)}")
-        if image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 (0-255), got dtype {image.dtype}")
-        if image.shape[0] < 1 or image.shape[1] < 1:
-            raise ValueError(f"image must not be empty, got shape {tuple(image.shape)}")
+        check_image(image)
         if image_format != self.model.image_format:
             image = image[..., ::-1]
 
