@@ -12,12 +12,11 @@ import argparse
 import logging
 import os
 import sys
-from typing import List, Optional
 
 from .config import MODEL_TYPES, Config, ConfigError
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Segment Anything web app")
     commands = parser.add_subparsers(dest="command", required=True)
 

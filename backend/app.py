@@ -24,7 +24,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request, send_file, send_from_directory
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -71,14 +71,14 @@ class SamState:
     config: Config
     weights: WeightsInfo
     encoder: EncoderService
-    decoders: List[dict]
-    default_decoder: Optional[str]
-    decoder_error: Optional[str]
+    decoders: list[dict]
+    default_decoder: str | None
+    decoder_error: str | None
     device: str
     precision: str
     gallery: Gallery
-    ort_version: Optional[str]
-    compressed: "_BodyCache"
+    ort_version: str | None
+    compressed: _BodyCache
 
 
 def sam_state() -> SamState:
@@ -88,12 +88,12 @@ def sam_state() -> SamState:
 class ApiError(Exception):
     """Answered as JSON ``{"error": code, "message": message}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str, headers: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
+def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Builds the app: loads the model (or seeded random weights), starts the encoder, exports decoders."""
     overrides = dict(config or {})
     model = overrides.pop("model", None)
@@ -146,11 +146,13 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
     )
 
     app.register_blueprint(api)
-    app.register_blueprint(create_everything_blueprint(
-        resolver_from_encoder(encoder),
-        max_concurrent=settings.everything_jobs,
-        max_jobs=settings.everything_max_jobs,
-    ))
+    app.register_blueprint(
+        create_everything_blueprint(
+            resolver_from_encoder(encoder),
+            max_concurrent=settings.everything_jobs,
+            max_jobs=settings.everything_max_jobs,
+        )
+    )
     app.register_blueprint(static_files)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -215,9 +217,13 @@ def get_embedding(image_id: str):
         raise ApiError(400, "unknown_format", f"format must be one of {', '.join(codec.FORMATS)}, not {fmt!r}")
     entry = state.encoder.embedding(image_id)
     if entry is None:
-        raise ApiError(404, "unknown_id", "no embedding with this id (unknown, or evicted from the cache): upload the image again")
+        raise ApiError(
+            404, "unknown_id", "no embedding with this id (unknown, or evicted from the cache): upload the image again"
+        )
 
-    body, gzipped = state.compressed.get(image_id, fmt, _accepts_gzip(), lambda: codec.encode_embedding(entry.embedding, fmt))
+    body, gzipped = state.compressed.get(
+        image_id, fmt, _accepts_gzip(), lambda: codec.encode_embedding(entry.embedding, fmt)
+    )
     etag = f"{image_id}-v{codec.VERSION}-{fmt}" + ("-gz" if gzipped else "")
     headers = {
         "Cache-Control": IMMUTABLE,
@@ -265,7 +271,9 @@ def gallery_listing():
 def _upload_bytes() -> bytes:
     content_type = request.mimetype or ""
     if content_type == "application/x-www-form-urlencoded":
-        raise ApiError(415, "unsupported_upload", "send the image as multipart field 'image' or as the raw request body")
+        raise ApiError(
+            415, "unsupported_upload", "send the image as multipart field 'image' or as the raw request body"
+        )
     if content_type.startswith("multipart/form-data"):
         upload = request.files.get("image")
         _refuse_truncated_stream()
@@ -316,7 +324,9 @@ def ort_file(filename: str):
 @static_files.get("/vendor/ort@<version>/<path:filename>")
 def ort_versioned_file(version: str, filename: str):
     if version != sam_state().ort_version:
-        raise ApiError(404, "not_found", f"onnxruntime-web {version} is not installed here (have {sam_state().ort_version})")
+        raise ApiError(
+            404, "not_found", f"onnxruntime-web {version} is not installed here (have {sam_state().ort_version})"
+        )
     return _send(ORT_DIST_DIR, filename, IMMUTABLE)
 
 
@@ -326,7 +336,9 @@ def decoder_file(name: str):
     if decoder is None:
         raise ApiError(404, "unknown_decoder", f"no decoder named {name!r}; see /api/model")
     versioned = request.args.get("v") == decoder["sha256"][:16]
-    response = send_file(decoder["path"], mimetype="application/octet-stream", conditional=True, etag=decoder["sha256"][:32])
+    response = send_file(
+        decoder["path"], mimetype="application/octet-stream", conditional=True, etag=decoder["sha256"][:32]
+    )
     response.headers["Cache-Control"] = IMMUTABLE if versioned else REVALIDATE
     return response
 
@@ -443,11 +455,11 @@ class _GzipCache:
     def __init__(self, max_bytes: int, compresslevel: int) -> None:
         self.max_bytes = max_bytes
         self.compresslevel = compresslevel
-        self._bodies: "OrderedDict[Any, Optional[bytes]]" = OrderedDict()
+        self._bodies: OrderedDict[Any, bytes | None] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def _lookup(self, key: Any) -> Tuple[bool, Optional[bytes]]:
+    def _lookup(self, key: Any) -> tuple[bool, bytes | None]:
         """(whether the key is known, its gzip copy or None)."""
         with self._lock:
             if key not in self._bodies:
@@ -455,7 +467,7 @@ class _GzipCache:
             self._bodies.move_to_end(key)
             return True, self._bodies[key]
 
-    def _compress(self, key: Any, raw: bytes) -> Optional[bytes]:
+    def _compress(self, key: Any, raw: bytes) -> bytes | None:
         packed = gzip.compress(raw, compresslevel=self.compresslevel, mtime=0)
         if len(packed) > (1 - MIN_GZIP_SAVING) * len(raw):
             packed = None
@@ -474,7 +486,7 @@ class _BodyCache(_GzipCache):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(max_bytes, compresslevel=1)  # Level 6 saves 0.3% more at twice the time.
 
-    def get(self, image_id: str, fmt: str, accept_gzip: bool, make_body) -> Tuple[bytes, bool]:
+    def get(self, image_id: str, fmt: str, accept_gzip: bool, make_body) -> tuple[bytes, bool]:
         if not accept_gzip:
             return make_body(), False
         key = (image_id, fmt)
@@ -492,9 +504,9 @@ class _StaticGzip(_GzipCache):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(max_bytes, compresslevel=6)
-        self._file_locks: Dict[str, threading.Lock] = {}
+        self._file_locks: dict[str, threading.Lock] = {}
 
-    def get(self, path: str, stat: os.stat_result) -> Optional[bytes]:
+    def get(self, path: str, stat: os.stat_result) -> bytes | None:
         key = (path, stat.st_mtime_ns, stat.st_size)
         known, packed = self._lookup(key)
         if known:
@@ -534,7 +546,7 @@ def _public_decoder(decoder: dict) -> dict:
     }
 
 
-def _prepare_decoders(model, weights: WeightsInfo, settings: Config) -> Tuple[List[dict], Optional[str]]:
+def _prepare_decoders(model, weights: WeightsInfo, settings: Config) -> tuple[list[dict], str | None]:
     custom = None if settings.decoder in DECODER_CHOICES else Path(settings.decoder)
     try:
         from .decoders import prepare_decoders
@@ -553,7 +565,7 @@ def _prepare_decoders(model, weights: WeightsInfo, settings: Config) -> Tuple[Li
         return [], f"the ONNX decoders could not be prepared: {error}"
 
 
-def _default_decoder(decoders: List[dict], choice: str) -> Optional[str]:
+def _default_decoder(decoders: list[dict], choice: str) -> str | None:
     names = [d["name"] for d in decoders]
     if choice in names:
         return choice
@@ -568,7 +580,7 @@ def _default_decoder(decoders: List[dict], choice: str) -> Optional[str]:
     return None
 
 
-def _ort_version() -> Optional[str]:
+def _ort_version() -> str | None:
     try:
         return json.loads((ORT_PACKAGE_DIR / "package.json").read_text())["version"]
     except (OSError, ValueError, KeyError):

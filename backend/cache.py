@@ -7,6 +7,7 @@ secret, so the same image always gets the same id while nobody can compute an id
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -16,7 +17,6 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -43,8 +43,8 @@ class CachedEmbedding:
     """``embedding``: float32 [256, 64, 64]. Sizes are (H, W): the upload's, and after resize-longest-side."""
 
     embedding: np.ndarray
-    original_size: Tuple[int, int]
-    input_size: Tuple[int, int]
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
     model_key: str
     encode_ms: float = 0.0
 
@@ -61,13 +61,13 @@ class EmbeddingCache:
     directory holds more than ``disk_max_bytes``.
     """
 
-    def __init__(self, max_bytes: int, disk_dir: Optional[os.PathLike] = None, disk_max_bytes: int = 4 << 30) -> None:
+    def __init__(self, max_bytes: int, disk_dir: os.PathLike | None = None, disk_max_bytes: int = 4 << 30) -> None:
         self.max_bytes = int(max_bytes)
         self.disk_dir = Path(disk_dir) if disk_dir else None
         self.disk_max_bytes = int(disk_max_bytes)
         if self.disk_dir is not None:
             self.disk_dir.mkdir(parents=True, exist_ok=True)
-        self._entries: "collections.OrderedDict[str, CachedEmbedding]" = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, CachedEmbedding] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -87,7 +87,7 @@ class EmbeddingCache:
         path = self._disk_path(key)
         return path is not None and path.exists()
 
-    def get(self, key: str) -> Optional[CachedEmbedding]:
+    def get(self, key: str) -> CachedEmbedding | None:
         if not is_valid_key(key):
             return None
         with self._lock:
@@ -123,7 +123,7 @@ class EmbeddingCache:
             _, evicted = self._entries.popitem(last=False)
             self._bytes -= evicted.nbytes
 
-    def _disk_path(self, key: str) -> Optional[Path]:
+    def _disk_path(self, key: str) -> Path | None:
         if self.disk_dir is None or not is_valid_key(key):
             return None
         return self.disk_dir / f"{key}.npz"
@@ -146,10 +146,8 @@ class EmbeddingCache:
             self._prune_disk()
         except OSError as error:
             logger.warning("could not write embedding %s to the disk cache: %s", key, error)
-            try:
+            with contextlib.suppress(OSError, NameError):
                 os.unlink(file.name)
-            except (OSError, NameError):
-                pass
 
     def _prune_disk(self) -> None:
         files = []
@@ -163,13 +161,11 @@ class EmbeddingCache:
         for _, size, path in sorted(files):
             if total <= self.disk_max_bytes:
                 break
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            except FileNotFoundError:
-                pass
             total -= size
 
-    def _read_disk(self, key: str) -> Optional[CachedEmbedding]:
+    def _read_disk(self, key: str) -> CachedEmbedding | None:
         path = self._disk_path(key)
         if path is None or not path.exists():
             return None

@@ -9,7 +9,6 @@ scale = max|x_c| / 127 (symmetric).
 from __future__ import annotations
 
 import struct
-from typing import Tuple
 
 import numpy as np
 
@@ -29,7 +28,7 @@ class CodecError(ValueError):
     """The bytes are not a valid embedding in the wire format, or the format name is unknown."""
 
 
-def encoded_size(shape: Tuple[int, int, int], fmt: str) -> int:
+def encoded_size(shape: tuple[int, int, int], fmt: str) -> int:
     """Bytes on the wire (header included) for an embedding of ``shape`` (C, H, W) in ``fmt``."""
     channels, height, width = shape
     count = channels * height * width
@@ -65,7 +64,7 @@ def encode_embedding(embedding: np.ndarray, fmt: str = DEFAULT_FORMAT) -> bytes:
     return header + payload
 
 
-def quantize_int8(array: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def quantize_int8(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-channel int8: returns scales float32 [C] and values int8 [C, H, W]."""
     channels = array.shape[0]
     peaks = np.abs(array.reshape(channels, -1)).max(axis=1)
@@ -76,7 +75,7 @@ def quantize_int8(array: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return scales, np.clip(quantized, -127, 127).astype(np.int8)
 
 
-def parse_header(data: bytes) -> Tuple[str, Tuple[int, int, int]]:
+def parse_header(data: bytes) -> tuple[str, tuple[int, int, int]]:
     """Returns (format name, (C, H, W)) from the first 16 bytes."""
     if len(data) < HEADER_BYTES:
         raise CodecError(f"an embedding starts with a {HEADER_BYTES}-byte header; got {len(data)} bytes")
@@ -94,7 +93,9 @@ def decode_embedding(data: bytes) -> np.ndarray:
     """Parses wire bytes back into a float32 array [C, H, W]."""
     fmt, shape = parse_header(data)
     if len(data) != encoded_size(shape, fmt):
-        raise CodecError(f"{fmt} embedding of shape {list(shape)} needs {encoded_size(shape, fmt)} bytes, got {len(data)}")
+        raise CodecError(
+            f"{fmt} embedding of shape {list(shape)} needs {encoded_size(shape, fmt)} bytes, got {len(data)}"
+        )
     channels = shape[0]
     body = memoryview(data)[HEADER_BYTES:]
     if fmt == "f32":

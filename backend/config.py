@@ -37,8 +37,9 @@ import dataclasses
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t", "default")
 DECODER_CHOICES = ("official", "official-quantized", "lowres", "lowres-quantized")
@@ -53,30 +54,30 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class Config:
     model_type: str = "vit_b"
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     data_dir: str = str(Path.home() / ".cache" / "sam-web")
-    weights_dir: Optional[str] = None
+    weights_dir: str | None = None
     allow_download: bool = True
     device: str = "auto"
     precision: str = "auto"
     cache_bytes: int = 512 * 1024 * 1024
-    disk_cache_dir: Optional[str] = None
+    disk_cache_dir: str | None = None
     disk_cache_bytes: int = 4 << 30
     max_upload_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 40_000_000
     queue_size: int = 8
     batch_size: int = 4
     request_timeout: float = 120.0
-    secret: Optional[str] = None
+    secret: str | None = None
     decoder: str = "lowres"
-    gallery_dir: Optional[str] = None
+    gallery_dir: str | None = None
     everything_jobs: int = 1
     everything_max_jobs: int = 32
     log_level: str = "INFO"
     port: int = 5000
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None, overrides: Optional[Mapping[str, Any]] = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
         """Reads ``SAM_*`` variables (and ``PORT``) from ``environ``, then applies ``overrides``."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -100,8 +101,16 @@ class Config:
             raise ConfigError(f"SAM_PRECISION must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"SAM_DEVICE must be {DEVICES_HELP}, not {self.device!r}")
-        for name in ("cache_bytes", "disk_cache_bytes", "max_upload_bytes", "max_pixels", "queue_size", "batch_size",
-                     "everything_jobs", "everything_max_jobs"):
+        for name in (
+            "cache_bytes",
+            "disk_cache_bytes",
+            "max_upload_bytes",
+            "max_pixels",
+            "queue_size",
+            "batch_size",
+            "everything_jobs",
+            "everything_max_jobs",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be a positive number, not {getattr(self, name)}")
         if self.request_timeout <= 0:

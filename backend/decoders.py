@@ -7,8 +7,8 @@ import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
 
 import torch.nn as nn
 
@@ -19,14 +19,21 @@ log = logging.getLogger(__name__)
 # name -> (interface, quantized, fp32 source name); listed in this order, the first being the client default.
 # lowres-quantized is kept: its masks match fp32 torch about as well as official-quantized's do
 # (per-candidate IoU >= 0.96 on the reference model, see tests/test_export.py).
-BUILT_IN: Dict[str, tuple] = {
+BUILT_IN: dict[str, tuple] = {
     "lowres": ("lowres", False, None),
     "lowres-quantized": ("lowres", True, "lowres"),
     "official": ("official", False, None),
     "official-quantized": ("official", True, "official"),
 }
 
-QUANTIZED_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv", "DequantizeLinear"}
+QUANTIZED_OPS = {
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeLinear",
+    "QLinearMatMul",
+    "QLinearConv",
+    "DequantizeLinear",
+}
 
 
 class DecoderFileError(ValueError):
@@ -110,8 +117,8 @@ def inspect_decoder(path: Path) -> dict:
 
 
 def prepare_decoders(
-    model: nn.Module, weights_id: str, cache_dir: Path, custom_decoder: Optional[Path] = None
-) -> List[dict]:
+    model: nn.Module, weights_id: str, cache_dir: Path, custom_decoder: Path | None = None
+) -> list[dict]:
     """
     Export (once per weights_id and exporter version) and list the decoders the client may download.
 
@@ -134,7 +141,9 @@ def prepare_decoders(
                     continue
                 log.info("exporting the %s decoder to %s", name, paths[name])
                 export_decoder(model, paths[name], variant=interface)
-    decoders = [describe(name, paths[name], interface, quantized) for name, (interface, quantized, _) in BUILT_IN.items()]
+    decoders = [
+        describe(name, paths[name], interface, quantized) for name, (interface, quantized, _) in BUILT_IN.items()
+    ]
     if custom is not None:
         decoders.append(describe("custom", Path(custom_decoder), custom["interface"], custom["quantized"]))
     return decoders

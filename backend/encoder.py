@@ -18,7 +18,7 @@ import math
 import queue
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from .cache import CachedEmbedding, EmbeddingCache, image_key
 logger = logging.getLogger(__name__)
 
 # (embedding float32 [256, 64, 64], input_size (h, w)) for each image of a batch.
-EncodedBatch = List[Tuple[np.ndarray, Tuple[int, int]]]
+EncodedBatch = list[tuple[np.ndarray, tuple[int, int]]]
 BatchEncoder = Callable[[Sequence[np.ndarray]], EncodedBatch]
 
 
@@ -123,7 +123,7 @@ def encode_images(model: torch.nn.Module, images: Sequence[np.ndarray]) -> Encod
 class _Job:
     key: str
     pixels: np.ndarray
-    future: "concurrent.futures.Future[Tuple[CachedEmbedding, int]]"
+    future: concurrent.futures.Future[tuple[CachedEmbedding, int]]
     waiters: int = 1
 
 
@@ -139,7 +139,7 @@ class EncoderService:
 
     def __init__(
         self,
-        model: Optional[torch.nn.Module],
+        model: torch.nn.Module | None,
         cache: EmbeddingCache,
         secret: bytes,
         model_key: str,
@@ -148,7 +148,7 @@ class EncoderService:
         max_queue_size: int = 8,
         timeout_s: float = 120.0,
         batch_window_s: float = 0.005,
-        encode_batch: Optional[BatchEncoder] = None,
+        encode_batch: BatchEncoder | None = None,
     ) -> None:
         if encode_batch is None and model is None:
             raise ValueError("EncoderService needs a model or an encode_batch function")
@@ -161,8 +161,8 @@ class EncoderService:
         self.batch_window_s = float(batch_window_s)
         self._secret = secret
         self._encode_batch = encode_batch or (lambda images: encode_images(model, images))
-        self._queue: "queue.Queue[Optional[_Job]]" = queue.Queue(maxsize=self.max_queue_size)
-        self._pending: Dict[str, _Job] = {}
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self.max_queue_size)
+        self._pending: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._closed = False
         # Statistics (read by /healthz and by tests).
@@ -178,7 +178,7 @@ class EncoderService:
     def image_id(self, pixels: np.ndarray) -> str:
         return image_key(self._secret, self.model_key, pixels)
 
-    def encode(self, pixels: np.ndarray, timeout_s: Optional[float] = None) -> EncodeResult:
+    def encode(self, pixels: np.ndarray, timeout_s: float | None = None) -> EncodeResult:
         """The embedding of uint8 RGB ``pixels`` [H, W, 3]: from the cache, or encoded (waiting in the queue).
 
         Raises ``EncoderBusy`` when the queue is full, ``EncodeTimeout`` after ``timeout_s`` (default: the
@@ -202,7 +202,7 @@ class EncoderService:
             raise EncoderClosed("the encoder shut down before this image was encoded") from None
         return EncodeResult(key, entry, False, entry.encode_ms, _ms_since(started), batch_size)
 
-    def embedding(self, image_id: str) -> Optional[CachedEmbedding]:
+    def embedding(self, image_id: str) -> CachedEmbedding | None:
         """The cached embedding of an uploaded image, or None when unknown or evicted."""
         return self.cache.get(image_id)
 
@@ -284,7 +284,7 @@ class EncoderService:
             if job.waiters <= 0 and job.future.cancel():  # Still queued: the worker will skip it.
                 self._pending.pop(job.key, None)
 
-    def _next_batch(self) -> Optional[List[_Job]]:
+    def _next_batch(self) -> list[_Job] | None:
         first = self._queue.get()
         if first is None:
             return None
@@ -310,7 +310,7 @@ class EncoderService:
             if live:
                 self._encode_and_deliver(live)
 
-    def _encode_and_deliver(self, live: List[_Job]) -> None:
+    def _encode_and_deliver(self, live: list[_Job]) -> None:
         started = time.perf_counter()
         try:
             encoded = self._encode_batch([job.pixels for job in live])
@@ -331,7 +331,7 @@ class EncoderService:
         self.largest_batch = max(self.largest_batch, len(live))
         self._seconds_per_image = 0.7 * self._seconds_per_image + 0.3 * (elapsed_ms / 1000 / len(live))
         logger.info("encoded %d image(s) in %.0f ms", len(live), elapsed_ms)
-        for job, (embedding, input_size) in zip(live, encoded):
+        for job, (embedding, input_size) in zip(live, encoded, strict=True):
             entry = CachedEmbedding(
                 embedding=embedding,
                 original_size=(int(job.pixels.shape[0]), int(job.pixels.shape[1])),
@@ -345,7 +345,7 @@ class EncoderService:
                 logger.exception("could not cache embedding %s", job.key)
             self._finish(job, result=(entry, len(live)))
 
-    def _finish(self, job: _Job, result=None, error: Optional[BaseException] = None) -> None:
+    def _finish(self, job: _Job, result=None, error: BaseException | None = None) -> None:
         with self._lock:
             self._pending.pop(job.key, None)
         job.pixels = None  # type: ignore[assignment]  # Free the image as soon as possible.

@@ -22,8 +22,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,21 +46,21 @@ class EverythingSource:
 
     model: torch.nn.Module
     embedding: Any
-    original_size: Tuple[int, int]
-    input_size: Tuple[int, int]
-    image: Optional[np.ndarray] = None
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    image: np.ndarray | None = None
 
 
 # A resolver maps an image id to its source, or None when the id is unknown (or its embedding evicted).
-Resolver = Callable[[str], Optional[EverythingSource]]
+Resolver = Callable[[str], EverythingSource | None]
 
 
 def resolver_from_encoder(
-    encoder_service: Any, image_store: Optional[Callable[[str], Optional[np.ndarray]]] = None
+    encoder_service: Any, image_store: Callable[[str], np.ndarray | None] | None = None
 ) -> Resolver:
     """A resolver over ``backend.encoder.EncoderService``'s cached embeddings (and optionally kept pixels)."""
 
-    def resolve(image_id: str) -> Optional[EverythingSource]:
+    def resolve(image_id: str) -> EverythingSource | None:
         entry = encoder_service.embedding(image_id)
         if entry is None:
             return None
@@ -87,7 +88,7 @@ class _Param:
 
 
 # Bounded so that one request cannot take the server for hours or exhaust memory.
-PARAMETERS: Dict[str, _Param] = {
+PARAMETERS: dict[str, _Param] = {
     "points_per_side": _Param(int, 32, 1, 64),
     "pred_iou_thresh": _Param(float, 0.88, 0.0, 1.0),
     "stability_score_thresh": _Param(float, 0.95, 0.0, 1.0),
@@ -102,7 +103,7 @@ class BadParameters(ValueError):
     """A request parameter is missing its type, out of bounds or unknown."""
 
 
-def validate_parameters(raw: Any) -> Dict[str, Any]:
+def validate_parameters(raw: Any) -> dict[str, Any]:
     """Request JSON -> every parameter with its value (defaults filled in); raises BadParameters."""
     if raw is None:
         raw = {}
@@ -138,17 +139,17 @@ def validate_parameters(raw: Any) -> Dict[str, Any]:
 class EverythingJob:
     job_id: str
     image_id: str
-    params: Dict[str, Any]
-    source: Optional[EverythingSource]
+    params: dict[str, Any]
+    source: EverythingSource | None
     status: str = QUEUED
     progress: float = 0.0
-    message: Optional[str] = None
-    result: Optional[Dict[str, Any]] = None
+    message: str | None = None
+    result: dict[str, Any] | None = None
     created: float = dataclasses.field(default_factory=time.time)
-    elapsed_ms: Optional[float] = None
+    elapsed_ms: float | None = None
 
-    def to_json(self, with_result: bool = True) -> Dict[str, Any]:
-        out: Dict[str, Any] = {
+    def to_json(self, with_result: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "job_id": self.job_id,
             "image_id": self.image_id,
             "status": self.status,
@@ -180,10 +181,10 @@ class TooManyJobs(RuntimeError):
     pass
 
 
-GeneratorFactory = Callable[[torch.nn.Module, Dict[str, Any]], Any]
+GeneratorFactory = Callable[[torch.nn.Module, dict[str, Any]], Any]
 
 
-def default_generator_factory(model: torch.nn.Module, params: Dict[str, Any]):
+def default_generator_factory(model: torch.nn.Module, params: dict[str, Any]):
     from .sam.automatic import SamAutomaticMaskGenerator
 
     return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
@@ -210,11 +211,11 @@ class EverythingService:
         self.max_jobs = max(1, int(max_jobs))
         self.generator_factory = generator_factory
         self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="sam-everything")
-        self._jobs: "OrderedDict[str, EverythingJob]" = OrderedDict()
-        self._by_key: Dict[Tuple[str, Tuple], str] = {}
+        self._jobs: OrderedDict[str, EverythingJob] = OrderedDict()
+        self._by_key: dict[tuple[str, tuple], str] = {}
         self._changed = threading.Condition()
 
-    def submit(self, image_id: str, params: Dict[str, Any]) -> Tuple[EverythingJob, bool]:
+    def submit(self, image_id: str, params: dict[str, Any]) -> tuple[EverythingJob, bool]:
         """The job for (image_id, validated params): the cached one if any, else a new queued one.
 
         Returns (job, created). Raises UnknownImage, ImageUnavailable (crops need pixels the server did not
@@ -243,18 +244,18 @@ class EverythingService:
         self._executor.submit(self._run, job)
         return job, True
 
-    def get(self, job_id: str) -> Optional[EverythingJob]:
+    def get(self, job_id: str) -> EverythingJob | None:
         with self._changed:
             return self._jobs.get(job_id)
 
-    def wait_for_change(self, job: EverythingJob, seen: Tuple[str, float], timeout: float) -> None:
+    def wait_for_change(self, job: EverythingJob, seen: tuple[str, float], timeout: float) -> None:
         """Blocks until the job's (status, progress) differs from ``seen`` or ``timeout`` seconds pass."""
         with self._changed:
             self._changed.wait_for(lambda: (job.status, job.progress) != seen, timeout=timeout)
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         with self._changed:
-            counts = {s: 0 for s in (QUEUED, RUNNING, DONE, ERROR)}
+            counts = dict.fromkeys((QUEUED, RUNNING, DONE, ERROR), 0)
             for job in self._jobs.values():
                 counts[job.status] += 1
         return {"max_concurrent": self.max_concurrent, "max_jobs": self.max_jobs, **counts}
@@ -301,18 +302,25 @@ class EverythingService:
                 "annotations": [_annotation_json(a) for a in annotations],
             }
             self._update(
-                job, status=DONE, progress=1.0, result=result, source=None,
+                job,
+                status=DONE,
+                progress=1.0,
+                result=result,
+                source=None,
                 elapsed_ms=(time.perf_counter() - started) * 1000,
             )
         except Exception as exc:  # a failed job reports why instead of taking the worker down
             logger.exception("everything job %s failed", job.job_id)
             self._update(
-                job, status=ERROR, message=f"mask generation failed: {exc}", source=None,
+                job,
+                status=ERROR,
+                message=f"mask generation failed: {exc}",
+                source=None,
                 elapsed_ms=(time.perf_counter() - started) * 1000,
             )
 
 
-def _annotation_json(ann: Dict[str, Any]) -> Dict[str, Any]:
+def _annotation_json(ann: dict[str, Any]) -> dict[str, Any]:
     segmentation = ann["segmentation"]
     counts = segmentation["counts"]
     return {
@@ -400,7 +408,7 @@ def create_everything_blueprint(
             return _error(404, "unknown_job", f"no everything job {job_id!r} (it may have expired)")
 
         def stream() -> Iterator[str]:
-            seen: Tuple[str, float] = ("", -1.0)
+            seen: tuple[str, float] = ("", -1.0)
             while True:
                 current = (job.status, job.progress)
                 if current != seen:

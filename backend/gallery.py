@@ -16,7 +16,6 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
 
@@ -36,8 +35,12 @@ class GalleryImage:
 
 # Licences as stated in scikit-image's skimage/data/_fetchers.py docstrings. Its other bundled photos
 # (e.g. the Middlebury stereo motorcycle) carry no such grant and are left out.
-SKIMAGE_SAMPLES: Tuple[Tuple[str, str, str], ...] = (
-    ("astronaut.png", "Public domain", "Eileen Collins, NASA Great Images (https://flic.kr/p/r9qvLn), via scikit-image"),
+SKIMAGE_SAMPLES: tuple[tuple[str, str, str], ...] = (
+    (
+        "astronaut.png",
+        "Public domain",
+        "Eileen Collins, NASA Great Images (https://flic.kr/p/r9qvLn), via scikit-image",
+    ),
     ("chelsea.png", "CC0", "Chelsea the cat, photo by Stefan van der Walt, via scikit-image"),
     ("coffee.png", "CC0", "Coffee cup, photo by Rachel Michetti, via scikit-image"),
     (
@@ -48,7 +51,7 @@ SKIMAGE_SAMPLES: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
-def skimage_data_dir() -> Optional[Path]:
+def skimage_data_dir() -> Path | None:
     """scikit-image's bundled data folder, found without importing the package."""
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.origin:
@@ -60,9 +63,9 @@ def skimage_data_dir() -> Optional[Path]:
 class Gallery:
     """The sample images by name; ``gallery_dir`` adds a deployment's folder (bundled names win on a clash)."""
 
-    def __init__(self, gallery_dir: Optional[os.PathLike] = None) -> None:
+    def __init__(self, gallery_dir: os.PathLike | None = None) -> None:
         self.gallery_dir = Path(gallery_dir) if gallery_dir else None
-        self._images: Dict[str, GalleryImage] = {}
+        self._images: dict[str, GalleryImage] = {}
         bundled = skimage_data_dir()
         if bundled is None:
             logger.info("scikit-image is not installed: the gallery has no bundled samples")
@@ -98,7 +101,7 @@ class Gallery:
                 str(credit.get("source", "SAM_GALLERY_DIR")),
             )
 
-    def listing(self) -> List[dict]:
+    def listing(self) -> list[dict]:
         """``[{name, url, width, height, license, source}]`` for ``GET /api/gallery``."""
         items = []
         for image in self._images.values():
@@ -117,14 +120,14 @@ class Gallery:
             )
         return items
 
-    def path(self, name: str) -> Optional[Path]:
+    def path(self, name: str) -> Path | None:
         """The file of a listed image, or None (unknown names never reach the filesystem)."""
         image = self._images.get(name)
         return image.path if image is not None else None
 
 
 @functools.lru_cache(maxsize=256)
-def _image_size(path: str, mtime: float) -> Optional[Tuple[int, int]]:
+def _image_size(path: str, mtime: float) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:
             return image.size

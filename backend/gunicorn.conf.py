@@ -44,7 +44,7 @@ def on_starting(server):
         path, reason = ensure_checkpoint(config)
     except WeightsError as error:
         server.log.error("%s", error)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     if path is None:
         server.log.warning("%s; workers will start on seeded random weights", reason)
 

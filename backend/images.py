@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import struct
-from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,7 +42,7 @@ class DecodedImage:
     source_mode: str
 
     @property
-    def size(self) -> Tuple[int, int]:
+    def size(self) -> tuple[int, int]:
         """(height, width)."""
         return self.pixels.shape[0], self.pixels.shape[1]
 
@@ -54,7 +53,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageError(400, "empty_image", "the upload is empty (0 bytes); send an image file")
     if _looks_like_markup(data):
         raise ImageError(
-            415, "unsupported_image", "this is markup (HTML, SVG or XML), not a raster image; send a JPEG, PNG, WebP, GIF, BMP or TIFF"
+            415,
+            "unsupported_image",
+            "this is markup (HTML, SVG or XML), not a raster image; send a JPEG, PNG, WebP, GIF, BMP or TIFF",
         )
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
@@ -62,7 +63,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageError(413, "image_too_large", f"the image has too many pixels to decode safely ({error})") from None
     except UnidentifiedImageError:
         raise ImageError(
-            415, "unsupported_image", "the upload is not an image this server reads; send a JPEG, PNG, WebP, GIF, BMP or TIFF"
+            415,
+            "unsupported_image",
+            "the upload is not an image this server reads; send a JPEG, PNG, WebP, GIF, BMP or TIFF",
         ) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(400, "corrupt_image", f"the image header cannot be read: {error}") from None
@@ -73,11 +76,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             raise ImageError(400, "corrupt_image", f"the image has no pixels ({width}x{height})")
         if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
             raise ImageError(
-                400, "bad_aspect_ratio", f"the image is {width}x{height}; sides may differ by at most {MAX_ASPECT_RATIO}:1"
+                400,
+                "bad_aspect_ratio",
+                f"the image is {width}x{height}; sides may differ by at most {MAX_ASPECT_RATIO}:1",
             )
         if width * height > max_pixels:
             raise ImageError(
-                413, "image_too_large", f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
+                413,
+                "image_too_large",
+                f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}",
             )
         source_format, source_mode = image.format or "unknown", image.mode
         try:
@@ -86,7 +93,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             oriented = ImageOps.exif_transpose(image)
             pixels = _to_rgb(oriented)
         except Image.DecompressionBombError as error:
-            raise ImageError(413, "image_too_large", f"the image has too many pixels to decode safely ({error})") from None
+            raise ImageError(
+                413, "image_too_large", f"the image has too many pixels to decode safely ({error})"
+            ) from None
         except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
             raise ImageError(400, "corrupt_image", f"the image data is truncated or corrupt: {error}") from None
     return DecodedImage(pixels=pixels, source_format=source_format, source_mode=source_mode)

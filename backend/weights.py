@@ -18,8 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator, Optional, Tuple
+from typing import IO
 
 from .config import Config
 
@@ -34,18 +35,27 @@ class Checkpoint:
     model_type: str
     url: str
     filename: str
-    size: Optional[int]  # None: not published; the size check is skipped.
+    size: int | None  # None: not published; the size check is skipped.
 
 
 CHECKPOINTS = {
     "vit_h": Checkpoint(
-        "vit_h", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth", "sam_vit_h_4b8939.pth", 2_564_550_879
+        "vit_h",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "sam_vit_h_4b8939.pth",
+        2_564_550_879,
     ),
     "vit_l": Checkpoint(
-        "vit_l", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth", "sam_vit_l_0b3195.pth", 1_249_524_607
+        "vit_l",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "sam_vit_l_0b3195.pth",
+        1_249_524_607,
     ),
     "vit_b": Checkpoint(
-        "vit_b", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth", "sam_vit_b_01ec64.pth", 375_042_383
+        "vit_b",
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "sam_vit_b_01ec64.pth",
+        375_042_383,
     ),
     "vit_t": Checkpoint(
         "vit_t", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt", "mobile_sam.pt", None
@@ -66,7 +76,7 @@ class WeightsInfo:
     model_type: str
     weights: str
     weights_id: str
-    checkpoint: Optional[str]
+    checkpoint: str | None
     message: str
 
 
@@ -74,7 +84,7 @@ def download_command(model_type: str) -> str:
     return f"python -m backend download-weights --model-type {model_type}"
 
 
-def find_checkpoint(model_type: str, weights_dir: Path) -> Optional[Path]:
+def find_checkpoint(model_type: str, weights_dir: Path) -> Path | None:
     """The complete official checkpoint of ``model_type`` in ``weights_dir``, if there."""
     checkpoint = CHECKPOINTS[model_type]
     path = Path(weights_dir) / checkpoint.filename
@@ -89,10 +99,10 @@ def find_checkpoint(model_type: str, weights_dir: Path) -> Optional[Path]:
 def download(
     url: str,
     destination: Path,
-    expected_size: Optional[int] = None,
+    expected_size: int | None = None,
     *,
     timeout_s: float = 10.0,
-    progress: Optional[IO[str]] = sys.stderr,
+    progress: IO[str] | None = sys.stderr,
     chunk_size: int = 1 << 20,
 ) -> Path:
     """Downloads ``url`` to ``destination``, resuming a previous ``.part`` file with an HTTP Range request.
@@ -151,7 +161,9 @@ def download(
             )
         if expected_size is not None and size != expected_size:
             part.unlink()
-            raise WeightsError(f"downloaded {size:,} bytes from {url} but the file should have {expected_size:,}; deleted it")
+            raise WeightsError(
+                f"downloaded {size:,} bytes from {url} but the file should have {expected_size:,}; deleted it"
+            )
         os.replace(part, destination)
         return destination
 
@@ -161,7 +173,7 @@ def download_checkpoint(model_type: str, weights_dir: Path, **kwargs) -> Path:
     return download(checkpoint.url, Path(weights_dir) / checkpoint.filename, checkpoint.size, **kwargs)
 
 
-def ensure_checkpoint(config: Config) -> Tuple[Optional[Path], str]:
+def ensure_checkpoint(config: Config) -> tuple[Path | None, str]:
     """The checkpoint to load for ``config`` (downloading if allowed), or None with the reason why not."""
     model_type = config.canonical_model_type
     if config.checkpoint:
@@ -245,7 +257,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 class _ProgressBar:
     """A one-line progress bar on a terminal; a line per 10% elsewhere (logs)."""
 
-    def __init__(self, name: str, total: Optional[int], done: int, stream: Optional[IO[str]]) -> None:
+    def __init__(self, name: str, total: int | None, done: int, stream: IO[str] | None) -> None:
         self.name, self.total, self.done, self.stream = name, total, done, stream
         self.started = time.monotonic()
         self.start_bytes = done

@@ -1,6 +1,6 @@
 """ONNX export of SAM's prompt encoder + mask decoder: the official interface, the fast lowres one, quantization."""
 
-from .export import VARIANTS, export_decoder, example_inputs, output_names
+from .export import VARIANTS, example_inputs, export_decoder, output_names
 from .lowres_model import SamLowResOnnxModel
 from .onnx_model import SamDecoderParts, SamOnnxModel
 from .quantize import quantize_decoder

@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 from .export import VARIANTS, example_inputs, export_decoder
 
@@ -56,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="return only the best mask (K=1) instead of all four (single-mask token, then three ambiguity masks)",
     )
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; at least 17 for LayerNormalization)")
+    parser.add_argument(
+        "--opset", type=int, default=17, help="ONNX opset (default 17; at least 17 for LayerNormalization)"
+    )
     parser.add_argument("--quantize-out", type=Path, help="also write a uint8 dynamically quantized copy here")
     parser.add_argument(
         "--gelu-approximate",
@@ -109,17 +110,17 @@ def load_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
     return sam_model_registry[args.model_type](checkpoint=checkpoint)
 
 
-def check_with_onnxruntime(path: Path, model, variant: str) -> List[str]:
+def check_with_onnxruntime(path: Path, model, variant: str) -> list[str]:
     """Run the exported file once in onnxruntime; returns 'name [shape]' lines."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: value.numpy() for name, value in example_inputs(model, variant, num_points=3).items()}
     outputs = session.run(None, feeds)
-    return [f"{meta.name} {list(value.shape)}" for meta, value in zip(session.get_outputs(), outputs)]
+    return [f"{meta.name} {list(value.shape)}" for meta, value in zip(session.get_outputs(), outputs, strict=True)]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.opset < 17:

@@ -4,7 +4,6 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Union
 
 import torch
 import torch.nn as nn
@@ -22,7 +21,7 @@ def use_approximate_gelu(model: nn.Module) -> None:
             module.approximate = "tanh"
 
 
-def example_inputs(model: SamDecoderParts, variant: str, num_points: int = 5) -> Dict[str, torch.Tensor]:
+def example_inputs(model: SamDecoderParts, variant: str, num_points: int = 5) -> dict[str, torch.Tensor]:
     """Random inputs with the decoder's shapes: image embedding [1, C, h, w], N points, mask [1, 1, 4h, 4w]."""
     embed_dim = model.prompt_encoder.embed_dim
     embed_size = tuple(model.prompt_encoder.image_embedding_size)
@@ -66,7 +65,7 @@ def onnx_wrapper(
     raise ValueError(f"unknown decoder variant {variant!r}; expected one of {', '.join(VARIANTS)}")
 
 
-def output_names(variant: str, return_extra_metrics: bool = False) -> List[str]:
+def output_names(variant: str, return_extra_metrics: bool = False) -> list[str]:
     if variant == "lowres":
         return ["iou_predictions", "low_res_masks"]
     if return_extra_metrics:
@@ -76,7 +75,7 @@ def output_names(variant: str, return_extra_metrics: bool = False) -> List[str]:
 
 def export_decoder(
     model: nn.Module,
-    output: Union[str, Path],
+    output: str | Path,
     variant: str = "official",
     opset: int = 17,
     return_single_mask: bool = False,

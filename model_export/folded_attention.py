@@ -1,7 +1,5 @@
 """The `lowres` decoder's two-way transformer: backend.sam.folded_decoder for a single prompt (batch 1)."""
 
-from typing import Tuple
-
 import torch
 import torch.nn as nn
 
@@ -22,6 +20,6 @@ class FoldedTwoWayTransformer(nn.Module):
 
     def forward(
         self, image_tokens: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         queries, keys = folded_two_way_transformer(self.transformer, image_tokens, image_pe, point_embedding)
         return queries, keys[0]

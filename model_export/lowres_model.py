@@ -1,7 +1,5 @@
 """The fast browser decoder: low-resolution logits only, folded attention, a matmul-only upscaling path."""
 
-from typing import Tuple
-
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -88,7 +86,7 @@ class SamLowResOnnxModel(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse_embedding = self.prompts.embed_points(point_coords, point_labels)
         dense_embedding = self.prompts.embed_masks(mask_input, has_mask_input)
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0).unsqueeze(0)
@@ -98,8 +96,6 @@ class SamLowResOnnxModel(nn.Module):
         image_tokens = src.flatten(2)[0].transpose(0, 1)  # [HW, C]
         hs, src_tokens = self.transformer(image_tokens, self.image_pe, tokens)
         iou_predictions = self.iou_prediction_head(hs[:, 0, :])
-        hyper_in = torch.stack(
-            [mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
+        hyper_in = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         low_res_masks = self.upscaling(src_tokens, hyper_in, height, width)
         return iou_predictions, low_res_masks

@@ -1,7 +1,6 @@
 """The official ONNX decoder interface (interchangeable with Meta's exported decoder)."""
 
 import copy
-from typing import Tuple
 
 import torch
 import torch.nn as nn
@@ -101,7 +100,7 @@ class SamOnnxModel(nn.Module):
 
     def select_masks(
         self, masks: torch.Tensor, iou_preds: torch.Tensor, num_points: int
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick the single-mask token for several points, else the best ambiguity mask (as Meta's export)."""
         # A point prompt plus its padding point means num_points == 2: the multimask outputs (1..3) compete;
         # more points favour token 0 by a large weight.

@@ -4,7 +4,6 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
 
 
 class _DropPreprocessingHint(logging.Filter):
@@ -14,7 +13,7 @@ class _DropPreprocessingHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_decoder(model_path: Union[str, Path], output: Union[str, Path]) -> Path:
+def quantize_decoder(model_path: str | Path, output: str | Path) -> Path:
     """
     Quantize the weights of the ONNX decoder at model_path to uint8 (onnxruntime quantize_dynamic, per tensor)
     and write it to output atomically. Activations stay float; MatMul and Gemm become their integer forms.

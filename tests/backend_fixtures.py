@@ -14,14 +14,15 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def vit_t_model(checkpoint: str):
     """The reference vit_t (seeded random MobileSAM) in exact fp32 on the CPU."""
     from backend.encoder import prepare_model
@@ -32,19 +33,19 @@ def vit_t_model(checkpoint: str):
     return model
 
 
-def reference_meta(reference_dir: Path, name: str) -> Dict[str, Any]:
+def reference_meta(reference_dir: Path, name: str) -> dict[str, Any]:
     """A reference case's description: ``<name>.json`` (config, checkpoint, image, prompts, arrays file)."""
     return json.loads((reference_dir / f"{name}.json").read_text())
 
 
-def reference_case(reference_dir: Path, name: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+def reference_case(reference_dir: Path, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A reference case's description and its arrays (the reference implementation's outputs), in memory."""
     meta = reference_meta(reference_dir, name)
     with np.load(reference_dir / meta["arrays"]) as arrays:
         return meta, {key: arrays[key] for key in arrays.files}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def session_data_dir() -> Path:
     """One data dir per test process, so exported decoders are built once and reused by every app."""
     path = Path(tempfile.mkdtemp(prefix="sam-test-data-"))
@@ -65,7 +66,7 @@ def image_bytes(pixels: np.ndarray, fmt: str = "PNG", **params) -> bytes:
     return buffer.getvalue()
 
 
-def distinct_image(seed: int, size: Tuple[int, int] = (24, 32)) -> np.ndarray:
+def distinct_image(seed: int, size: tuple[int, int] = (24, 32)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
 
 
@@ -77,7 +78,7 @@ class FakeEncoder:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
-        self.batches: List[int] = []
+        self.batches: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Event()

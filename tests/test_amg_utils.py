@@ -6,7 +6,6 @@ import torch
 
 from backend.sam import amg
 
-
 # --- run-length encodings -----------------------------------------------------------------------------------
 
 
@@ -22,7 +21,7 @@ def test_rle_round_trip_gives_back_every_pixel(shape):
     masks[-1] = True
     rles = amg.mask_to_rle_pytorch(masks)
     assert len(rles) == shape[0]
-    for mask, rle in zip(masks, rles):
+    for mask, rle in zip(masks, rles, strict=True):
         assert rle["size"] == list(shape[1:])
         assert sum(rle["counts"]) == shape[1] * shape[2]
         np.testing.assert_array_equal(amg.rle_to_mask(rle), mask.numpy())
@@ -74,7 +73,7 @@ def test_coco_string_round_trip_on_random_and_large_counts():
 
 def test_coco_rle_round_trip_through_masks():
     masks = _random_masks(1, 3, 40, 30, density=0.2)
-    for mask, rle in zip(masks, amg.mask_to_rle_pytorch(masks)):
+    for mask, rle in zip(masks, amg.mask_to_rle_pytorch(masks), strict=True):
         coco = amg.coco_encode_rle(rle)
         assert coco["size"] == [40, 30] and isinstance(coco["counts"], str)
         np.testing.assert_array_equal(amg.rle_to_mask(amg.coco_decode_rle(coco)), mask.numpy())
@@ -192,9 +191,7 @@ def test_batched_nms_never_suppresses_across_categories():
 
 
 def test_point_grid_is_cell_centres_row_by_row():
-    np.testing.assert_allclose(
-        amg.build_point_grid(2), [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
-    )
+    np.testing.assert_allclose(amg.build_point_grid(2), [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])
     grids = amg.build_all_layer_point_grids(8, 2, 2)
     assert [len(g) for g in grids] == [64, 16, 4]
 

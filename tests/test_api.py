@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from backend_fixtures import FakeEncoder, distinct_image, image_bytes, session_data_dir, vit_t_model
 from PIL import Image
 
 from backend import codec
 from backend.app import create_app
 from backend.weights import WeightsInfo
-from backend_fixtures import FakeEncoder, distinct_image, image_bytes, session_data_dir, vit_t_model
 
 WEIGHTS = WeightsInfo("vit_t", "real", "vit_t-reference-test", None, "reference vit_t (seeded random) for tests")
 
@@ -59,7 +59,14 @@ def fake_app(tmp_path, fake=None, **settings):
         "weights_info": WEIGHTS,
         "encode_batch": fake or FakeEncoder(),
         "decoders": [
-            {"name": "lowres", "path": decoder_file, "bytes": 15, "sha256": digest, "interface": "lowres", "quantized": False}
+            {
+                "name": "lowres",
+                "path": decoder_file,
+                "bytes": 15,
+                "sha256": digest,
+                "interface": "lowres",
+                "quantized": False,
+            }
         ],
         "data_dir": str(tmp_path / "data"),
         "device": "cpu",
@@ -95,7 +102,9 @@ def test_upload_answers_id_sizes_and_embedding_details(truck_upload):
 def test_reupload_as_multipart_is_a_cache_hit_without_encoding(real_app, truck_upload, truck_jpeg):
     encoder = real_app.extensions["sam"].encoder
     response = real_app.test_client().post(
-        "/api/images", data={"image": (io.BytesIO(truck_jpeg), "truck.jpg", "image/jpeg")}, content_type="multipart/form-data"
+        "/api/images",
+        data={"image": (io.BytesIO(truck_jpeg), "truck.jpg", "image/jpeg")},
+        content_type="multipart/form-data",
     )
     assert response.status_code == 200
     assert response.get_json()["id"] == truck_upload["id"]
@@ -165,7 +174,12 @@ def test_unknown_embedding_format_is_400(real_app, truck_upload):
 def test_model_info_lists_downloadable_decoders(real_app):
     client = real_app.test_client()
     info = client.get("/api/model").get_json()
-    assert (info["model_type"], info["weights"], info["image_size"], info["mask_threshold"]) == ("vit_t", "real", 1024, 0.0)
+    assert (info["model_type"], info["weights"], info["image_size"], info["mask_threshold"]) == (
+        "vit_t",
+        "real",
+        1024,
+        0.0,
+    )
     assert info["weights_message"]
     assert info["decoder_error"] is None
     names = [d["name"] for d in info["decoders"]]
@@ -210,7 +224,9 @@ def test_non_images_are_refused_and_the_server_goes_on(tmp_path, data, content_t
 def test_body_over_the_limit_is_413_json(tmp_path):
     app = fake_app(tmp_path, max_upload_bytes=10_000)
     client = app.test_client()
-    body = assert_json_error(client.post("/api/images", data=b"\xff" * 20_000, content_type="image/jpeg"), 413, "too_large")
+    body = assert_json_error(
+        client.post("/api/images", data=b"\xff" * 20_000, content_type="image/jpeg"), 413, "too_large"
+    )
     assert "10,000" in body["message"]
     multipart = client.post(
         "/api/images", data={"image": (io.BytesIO(b"\xff" * 20_000), "a.jpg")}, content_type="multipart/form-data"
@@ -233,7 +249,9 @@ def test_decompression_bombs_are_413(tmp_path):
 
 def test_multipart_without_image_field_is_400(tmp_path):
     client = fake_app(tmp_path).test_client()
-    response = client.post("/api/images", data={"file": (io.BytesIO(jpeg()), "a.jpg")}, content_type="multipart/form-data")
+    response = client.post(
+        "/api/images", data={"file": (io.BytesIO(jpeg()), "a.jpg")}, content_type="multipart/form-data"
+    )
     assert "'image'" in assert_json_error(response, 400, "missing_image")["message"]
 
 
@@ -248,7 +266,12 @@ def test_wrong_method_and_unknown_paths_are_json(tmp_path):
 def test_exif_rotated_upload_reports_the_displayed_size(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 8
-    body = fake_app(tmp_path).test_client().post("/api/images", data=jpeg(distinct_image(5, (30, 50)), exif=exif.tobytes())).get_json()
+    body = (
+        fake_app(tmp_path)
+        .test_client()
+        .post("/api/images", data=jpeg(distinct_image(5, (30, 50)), exif=exif.tobytes()))
+        .get_json()
+    )
     assert (body["width"], body["height"]) == (30, 50)
 
 
@@ -368,7 +391,12 @@ def test_gallery_lists_licensed_samples_and_the_deployment_folder(tmp_path):
     assert by_name["astronaut.png"]["license"] == "Public domain" and "NASA" in by_name["astronaut.png"]["source"]
     assert by_name["coffee.png"]["license"] == "CC0"
     assert by_name["street.jpg"] == {
-        "name": "street.jpg", "url": "/gallery/street.jpg", "width": 60, "height": 40, "license": "CC-BY-4.0", "source": "me"
+        "name": "street.jpg",
+        "url": "/gallery/street.jpg",
+        "width": 60,
+        "height": 40,
+        "license": "CC-BY-4.0",
+        "source": "me",
     }
     assert "notes.txt" not in by_name
     for item in listing:
@@ -396,10 +424,17 @@ def test_static_files_are_gzipped_only_when_it_pays(tmp_path):
     assert packed.mimetype == "application/wasm" and packed.headers["Vary"] == "Accept-Encoding"
     assert int(packed.headers["Content-Length"]) == len(packed.data) <= 0.5 * len(raw)
     assert gzip.decompress(packed.data) == raw
-    again = client.get("/vendor/ort/ort-wasm-simd-threaded.wasm", headers={"Accept-Encoding": "gzip", "If-None-Match": packed.headers["ETag"]})
+    again = client.get(
+        "/vendor/ort/ort-wasm-simd-threaded.wasm",
+        headers={"Accept-Encoding": "gzip", "If-None-Match": packed.headers["ETag"]},
+    )
     assert again.status_code == 304
     plain = client.get("/vendor/ort/ort-wasm-simd-threaded.wasm")
-    assert "Content-Encoding" not in plain.headers and plain.data == raw and plain.headers["ETag"] != packed.headers["ETag"]
+    assert (
+        "Content-Encoding" not in plain.headers
+        and plain.data == raw
+        and plain.headers["ETag"] != packed.headers["ETag"]
+    )
     plain.close()
     # Content gzip would not shrink by 10% (random bytes) is sent as it is.
     from backend.app import _StaticGzip
@@ -413,7 +448,13 @@ def test_configuration_from_environment_with_clear_errors():
     from backend.config import Config, ConfigError
 
     config = Config.from_env(
-        {"SAM_QUEUE_SIZE": "3", "SAM_ALLOW_DOWNLOAD": "no", "SAM_REQUEST_TIMEOUT": "2.5", "PORT": "8080", "SAM_DECODER": ""},
+        {
+            "SAM_QUEUE_SIZE": "3",
+            "SAM_ALLOW_DOWNLOAD": "no",
+            "SAM_REQUEST_TIMEOUT": "2.5",
+            "PORT": "8080",
+            "SAM_DECODER": "",
+        },
         {"SAM_BATCH_SIZE": 2, "cache_bytes": "1000", "TESTING": True},
     )
     assert (config.queue_size, config.allow_download, config.request_timeout, config.port) == (3, False, 2.5, 8080)

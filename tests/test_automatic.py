@@ -44,7 +44,7 @@ def reference_amg(reference_dir):
 
 def _assert_matches_reference(annotations, expected):
     assert len(annotations) == len(expected)
-    for i, (got, ref) in enumerate(zip(annotations, expected)):
+    for i, (got, ref) in enumerate(zip(annotations, expected, strict=True)):
         assert np.allclose(got["point_coords"], ref["point_coords"]), i
         assert got["crop_box"] == ref["crop_box"], i
         assert got["predicted_iou"] == pytest.approx(ref["predicted_iou"], abs=1e-3), i
@@ -70,8 +70,11 @@ def test_shared_image_decoding_equals_the_mask_decoder(reduced_sam, dog_embeddin
     with torch.no_grad():
         sparse, dense = reduced_sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         expected_masks, expected_iou = reduced_sam.mask_decoder(
-            image_embeddings=dog_embedding, image_pe=reduced_sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+            image_embeddings=dog_embedding,
+            image_pe=reduced_sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
         )
         masks, iou = decode_points_multimask(reduced_sam, dog_embedding, coords, labels)
     assert masks.shape == (3, 3, 256, 256) and iou.shape == (3, 3)
@@ -242,8 +245,13 @@ def test_every_output_mode_describes_the_same_mask():
     results = {}
     for mode in ("binary_mask", "uncompressed_rle", "coco_rle"):
         generator = SamAutomaticMaskGenerator(
-            sam, points_per_side=None, point_grids=_one_point(0.5, 0.5), pred_iou_thresh=0.0,
-            stability_score_thresh=0.5, box_nms_thresh=1.0, output_mode=mode,
+            sam,
+            points_per_side=None,
+            point_grids=_one_point(0.5, 0.5),
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.5,
+            box_nms_thresh=1.0,
+            output_mode=mode,
         )
         results[mode] = generator.generate(image)
     binary = [a["segmentation"] for a in results["binary_mask"]]
@@ -288,7 +296,11 @@ def test_crop_duplicates_keep_the_smaller_crop_and_encoder_runs_once_per_crop():
     sam = _stand_in_sam(decoder)
     image = _image(400, 600, [(60, 60, 120, 120)])
     generator = SamAutomaticMaskGenerator(
-        sam, points_per_side=1, crop_n_layers=1, pred_iou_thresh=0.0, stability_score_thresh=0.5,
+        sam,
+        points_per_side=1,
+        crop_n_layers=1,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.5,
         output_mode="binary_mask",
     )
     annotations = generator.generate(image)
@@ -302,8 +314,9 @@ def test_crop_duplicates_keep_the_smaller_crop_and_encoder_runs_once_per_crop():
 
     # The full-image crop reuses a given embedding: only the 4 tiles are encoded.
     sam.image_encoder.calls = 0
-    embedding = sam.image_encoder(sam.preprocess(torch.as_tensor(
-        generator.predictor.transform.apply_image(image)).permute(2, 0, 1)[None].float()))
+    embedding = sam.image_encoder(
+        sam.preprocess(torch.as_tensor(generator.predictor.transform.apply_image(image)).permute(2, 0, 1)[None].float())
+    )
     sam.image_encoder.calls = 0
     again = generator.generate(image, image_embedding=embedding)
     assert sam.image_encoder.calls == 4
@@ -314,7 +327,11 @@ def test_masks_cut_by_an_inner_crop_edge_are_dropped():
     sam = _stand_in_sam(_BrightPixels())
     image = _image(400, 600, [(330, 60, 390, 120)])  # cut by tile [0, 0, 368, 268]'s right edge
     generator = SamAutomaticMaskGenerator(
-        sam, points_per_side=1, crop_n_layers=1, pred_iou_thresh=0.0, stability_score_thresh=0.5,
+        sam,
+        points_per_side=1,
+        crop_n_layers=1,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.5,
         output_mode="binary_mask",
     )
     annotations = generator.generate(image)
@@ -332,8 +349,12 @@ def test_min_mask_region_area_fills_small_holes_and_drops_small_islands():
 
     def run(min_area):
         generator = SamAutomaticMaskGenerator(
-            sam, points_per_side=1, pred_iou_thresh=0.0, stability_score_thresh=0.5,
-            min_mask_region_area=min_area, output_mode="binary_mask",
+            sam,
+            points_per_side=1,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.5,
+            min_mask_region_area=min_area,
+            output_mode="binary_mask",
         )
         return generator.generate(image)
 

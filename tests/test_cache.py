@@ -43,7 +43,9 @@ def test_replacing_a_key_does_not_double_count():
 
 def test_disk_directory_survives_a_new_cache_instance(tmp_path):
     first = EmbeddingCache(max_bytes=100 * MIB, disk_dir=tmp_path)
-    stored = CachedEmbedding(np.random.default_rng(0).standard_normal((256, 64, 64)).astype(np.float32), (480, 640), (768, 1024), "m", 3.0)
+    stored = CachedEmbedding(
+        np.random.default_rng(0).standard_normal((256, 64, 64)).astype(np.float32), (480, 640), (768, 1024), "m", 3.0
+    )
     first.put(key(7), stored)
     assert [p.name for p in tmp_path.iterdir()] == [f"{key(7)}.npz"]
     second = EmbeddingCache(max_bytes=100 * MIB, disk_dir=tmp_path)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from backend_fixtures import reference_meta
 
 from backend.sam import CheckpointError, build_sam, sam_model_registry
-from backend_fixtures import reference_meta
 
 MODEL_TYPES = ["vit_b", "vit_l", "vit_h", "vit_t"]
 

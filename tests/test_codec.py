@@ -25,7 +25,8 @@ def test_header_bytes_follow_the_documented_layout(embedding):
 
 
 @pytest.mark.parametrize(
-    "fmt, size", [("f32", 16 + 4 * 256 * 64 * 64), ("f16", 16 + 2 * 256 * 64 * 64), ("int8", 16 + 4 * 256 + 256 * 64 * 64)]
+    "fmt, size",
+    [("f32", 16 + 4 * 256 * 64 * 64), ("f16", 16 + 2 * 256 * 64 * 64), ("int8", 16 + 4 * 256 + 256 * 64 * 64)],
 )
 def test_sizes_on_the_wire(embedding, fmt, size):
     data = codec.encode_embedding(embedding, fmt)

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from backend_fixtures import FakeEncoder, distinct_image, reference_case, vit_t_model
 from PIL import Image
 
 from backend.cache import EmbeddingCache
@@ -18,7 +19,6 @@ from backend.encoder import (
     encode_images,
     resolve_device,
 )
-from backend_fixtures import FakeEncoder, distinct_image, reference_case, vit_t_model
 
 GIB = 1024**3
 
@@ -217,7 +217,7 @@ def test_batched_images_of_different_sizes_match_one_by_one():
     batched = encode_images(model, [wide, tall])
     alone = [encode_images(model, [wide])[0], encode_images(model, [tall])[0]]
     assert [size for _, size in batched] == [(614, 1024), (1024, 293)]
-    for (b, _), (a, _) in zip(batched, alone):
+    for (b, _), (a, _) in zip(batched, alone, strict=True):
         assert np.allclose(a, b, atol=1e-6)
     # Padding is zero after normalisation: the bottom rows of the wide image's embedding are exactly 0.
     assert np.all(batched[0][0][:, 40:, :] == 0)

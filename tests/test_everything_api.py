@@ -71,7 +71,7 @@ def test_a_job_returns_the_generators_masks_as_coco_rle(dog_source, reduced_sam)
         np.zeros((534, 800, 3), dtype=np.uint8), image_embedding=embedding
     )
     assert len(result["annotations"]) == len(direct) >= 4
-    for got, want in zip(result["annotations"], direct):
+    for got, want in zip(result["annotations"], direct, strict=True):
         assert got["segmentation"]["size"] == [534, 800] and isinstance(got["segmentation"]["counts"], str)
         mask = rle_to_mask(coco_decode_rle(got["segmentation"]))
         np.testing.assert_array_equal(mask, rle_to_mask(want["segmentation"]))
@@ -167,15 +167,21 @@ class _GatedGenerator:
         return [
             {
                 "segmentation": {"size": [2, 3], "counts": "024"},
-                "area": 2, "bbox": [0, 0, 0, 1], "predicted_iou": 0.9, "point_coords": [[0.5, 0.5]],
-                "stability_score": 1.0, "crop_box": [0, 0, 3, 2],
+                "area": 2,
+                "bbox": [0, 0, 0, 1],
+                "predicted_iou": 0.9,
+                "point_coords": [[0.5, 0.5]],
+                "stability_score": 1.0,
+                "crop_box": [0, 0, 3, 2],
             }
         ]
 
 
 def _gated_client(max_concurrent=1, max_jobs=32, fail=False):
     gate = threading.Event()
-    source = EverythingSource(model=None, embedding=np.zeros((256, 64, 64), np.float32), original_size=(2, 3), input_size=(683, 1024))
+    source = EverythingSource(
+        model=None, embedding=np.zeros((256, 64, 64), np.float32), original_size=(2, 3), input_size=(683, 1024)
+    )
     client, service = _client(
         {"a": source, "b": source, "c": source},
         max_concurrent=max_concurrent,
@@ -279,7 +285,9 @@ def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(refe
         app.register_blueprint(create_everything_blueprint(resolver_from_encoder(encoder)))
     client = app.test_client()
     try:
-        upload = client.post("/api/images", data=(reference_dir / "images" / "dog.jpg").read_bytes(), content_type="image/jpeg")
+        upload = client.post(
+            "/api/images", data=(reference_dir / "images" / "dog.jpg").read_bytes(), content_type="image/jpeg"
+        )
         assert upload.status_code == 200, upload.get_json()
         image_id = upload.get_json()["id"]
         response = client.post(f"/api/images/{image_id}/everything", json=SMALL_RUN)
@@ -294,7 +302,7 @@ def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(refe
         )
         annotations = body["result"]["annotations"]
         assert len(annotations) == len(expected) >= 4
-        for got, want in zip(annotations, expected):
+        for got, want in zip(annotations, expected, strict=True):
             mask = rle_to_mask(coco_decode_rle(got["segmentation"]))
             assert (mask == rle_to_mask(want["segmentation"])).mean() >= 0.995
             assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], abs=1e-3)

@@ -15,10 +15,10 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from backend_fixtures import reference_case
 
 from backend.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
 from backend.sam import SamPredictor, build_sam
-from backend_fixtures import reference_case
 from model_export import EXPORTER_VERSION, export_decoder
 from model_export.__main__ import main as export_main
 
@@ -159,8 +159,11 @@ def test_graph_interface_and_only_points_axis_dynamic(decoders, name):
     }
     assert shapes == expected
     outputs = [o.name for o in graph.output]
-    assert outputs == (["masks", "iou_predictions", "low_res_masks"] if interface == "official"
-                       else ["iou_predictions", "low_res_masks"])
+    assert outputs == (
+        ["masks", "iou_predictions", "low_res_masks"]
+        if interface == "official"
+        else ["iou_predictions", "low_res_masks"]
+    )
     assert opset_of(onnx.load(str(decoders[name]["path"]), load_external_data=False)) == 17
 
 
@@ -194,10 +197,17 @@ def single_mask_decoder(tmp_path_factory, reference_dir):
     """Made through the CLI, with Meta's flag and the reference JSON as config."""
     out = tmp_path_factory.mktemp("cli") / "single.onnx"
     quantized = out.with_name("single-quantized.onnx")
-    code = export_main([
-        "--config-json", str(reference_dir / "reduced_vit_seed0_dog.json"),
-        "--output", str(out), "--return-single-mask", "--quantize-out", str(quantized),
-    ])
+    code = export_main(
+        [
+            "--config-json",
+            str(reference_dir / "reduced_vit_seed0_dog.json"),
+            "--output",
+            str(out),
+            "--return-single-mask",
+            "--quantize-out",
+            str(quantized),
+        ]
+    )
     assert code == 0
     return out, quantized
 
@@ -220,8 +230,12 @@ def test_cli_registry_model_type_matches_reference_mobile_sam(reference_dir, tmp
     meta, arrays = reference_case(reference_dir, "vit_t_seed0_truck")
     _, w = meta["image_hw"]
     out = tmp_path / "vit_t.onnx"
-    assert export_main(["--checkpoint", str(reference_dir / meta["checkpoint"]), "--model-type", "vit_t",
-                        "--output", str(out)]) == 0
+    assert (
+        export_main(
+            ["--checkpoint", str(reference_dir / meta["checkpoint"]), "--model-type", "vit_t", "--output", str(out)]
+        )
+        == 0
+    )
     masks, scores, low_res = session(out).run(None, onnx_interface_feeds(meta, arrays))
     np.testing.assert_allclose(low_res, arrays["onnxif_multi_low_res"], atol=LOGIT_TOL, rtol=0)
     np.testing.assert_allclose(scores, arrays["onnxif_multi_scores"], atol=LOGIT_TOL, rtol=0)
@@ -286,8 +300,10 @@ def test_quantized_decoders_are_smaller_and_keep_masks(decoders, predictor, refe
         n = int(rng.integers(1, 4))
         points = rng.uniform([0, 0], [w, h], (n, 2))
         labels = np.concatenate([[1], rng.integers(0, 2, n - 1)])
-        feeds = {"image_embeddings": arrays["embedding"],
-                 **onnx_prompt(predictor, {"points": points.tolist(), "labels": labels.tolist()})}
+        feeds = {
+            "image_embeddings": arrays["embedding"],
+            **onnx_prompt(predictor, {"points": points.tolist(), "labels": labels.tolist()}),
+        }
         expected = fp32.run(None, {**feeds, **orig_im_size(h, w)})[0][0] > 0
         masks = official_q.run(None, {**feeds, **orig_im_size(h, w)})[0][0] > 0
         ious["official-quantized"].append([mask_iou(masks[k], expected[k]) for k in range(4)])
@@ -297,8 +313,10 @@ def test_quantized_decoders_are_smaller_and_keep_masks(decoders, predictor, refe
     with capsys.disabled():
         for name, values in ious.items():
             values = np.array(values)
-            print(f"\n{name}: mask IoU vs fp32 per candidate (0 = single-mask token, 1-3 multimask): "
-                  f"mean {np.round(values.mean(0), 4).tolist()}, min {np.round(values.min(0), 4).tolist()}")
+            print(
+                f"\n{name}: mask IoU vs fp32 per candidate (0 = single-mask token, 1-3 multimask): "
+                f"mean {np.round(values.mean(0), 4).tolist()}, min {np.round(values.min(0), 4).tolist()}"
+            )
     for name, values in ious.items():
         values = np.array(values)
         assert values.mean(0).min() >= 0.97, name
@@ -323,12 +341,28 @@ def test_extra_metrics_and_stability_score_outputs(tmp_path, reference_dir, refe
     meta, arrays = reference
     _, w = meta["image_hw"]
     out = tmp_path / "extra.onnx"
-    assert export_main([
-        "--config-json", str(reference_dir / "reduced_vit_seed0_dog.json"), "--output", str(out),
-        "--return-extra-metrics", "--use-stability-score", "--gelu-approximate",
-    ]) == 0
+    assert (
+        export_main(
+            [
+                "--config-json",
+                str(reference_dir / "reduced_vit_seed0_dog.json"),
+                "--output",
+                str(out),
+                "--return-extra-metrics",
+                "--use-stability-score",
+                "--gelu-approximate",
+            ]
+        )
+        == 0
+    )
     s = session(out)
-    assert [o.name for o in s.get_outputs()] == ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
+    assert [o.name for o in s.get_outputs()] == [
+        "masks",
+        "iou_predictions",
+        "stability_scores",
+        "areas",
+        "low_res_masks",
+    ]
     masks, scores, stability, areas, low_res = s.run(None, onnx_interface_feeds(meta, arrays))
     np.testing.assert_array_equal(areas, (masks > 0).sum((-1, -2)))
     np.testing.assert_allclose(stability, (masks > 1).sum((-1, -2)) / (masks > -1).sum((-1, -2)), rtol=1e-6)
@@ -341,25 +375,62 @@ def test_extra_metrics_and_stability_score_outputs(tmp_path, reference_dir, refe
 
 def test_cli_rejects_bad_arguments_with_plain_messages(tmp_path, reference_dir, capsys):
     with pytest.raises(SystemExit) as exc:
-        export_main(["--checkpoint", str(tmp_path / "missing.pth"), "--model-type", "vit_b", "--output", str(tmp_path / "x.onnx")])
+        export_main(
+            [
+                "--checkpoint",
+                str(tmp_path / "missing.pth"),
+                "--model-type",
+                "vit_b",
+                "--output",
+                str(tmp_path / "x.onnx"),
+            ]
+        )
     assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        export_main(["--config-json", str(reference_dir / "reduced_vit_seed0_dog.json"), "--output",
-                     str(tmp_path / "x.onnx"), "--variant", "lowres", "--return-single-mask"])
+        export_main(
+            [
+                "--config-json",
+                str(reference_dir / "reduced_vit_seed0_dog.json"),
+                "--output",
+                str(tmp_path / "x.onnx"),
+                "--variant",
+                "lowres",
+                "--return-single-mask",
+            ]
+        )
     assert "--variant official" in capsys.readouterr().err
     # A checkpoint of another architecture: a plain error, exit code 2, no file.
-    code = export_main(["--checkpoint", str(reference_dir / "reduced_vit_seed0.pth"), "--model-type", "vit_b",
-                        "--output", str(tmp_path / "x.onnx")])
+    code = export_main(
+        [
+            "--checkpoint",
+            str(reference_dir / "reduced_vit_seed0.pth"),
+            "--model-type",
+            "vit_b",
+            "--output",
+            str(tmp_path / "x.onnx"),
+        ]
+    )
     assert code == 2 and "vit_b" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
 
 
 def test_cli_help_documents_meta_flags():
-    out = subprocess.run([sys.executable, "-m", "model_export", "--help"], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "model_export", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0
-    for flag in ["--checkpoint", "--model-type", "--output", "--return-single-mask", "--opset", "--quantize-out",
-                 "--gelu-approximate", "--use-stability-score", "--return-extra-metrics", "--config-json"]:
+    for flag in [
+        "--checkpoint",
+        "--model-type",
+        "--output",
+        "--return-single-mask",
+        "--opset",
+        "--quantize-out",
+        "--gelu-approximate",
+        "--use-stability-score",
+        "--return-extra-metrics",
+        "--config-json",
+    ]:
         assert flag in out.stdout
 
 
@@ -382,10 +453,14 @@ def test_prepare_decoders_lists_hashes_and_reuses_cache(decoders, model, tmp_pat
     assert not list(cache_dir.rglob("*.tmp"))
     # Each weights id (a checkpoint hash, or a description of random weights) and exporter version has its own
     # directory; ids that are not plain file names are made safe without two of them colliding.
-    keys = {cache_key(i) for i in ["reduced-seed0", "reduced-seed1", "random/seed 0", "random_seed_0", "../x", "x" * 300]}
+    keys = {
+        cache_key(i) for i in ["reduced-seed0", "reduced-seed1", "random/seed 0", "random_seed_0", "../x", "x" * 300]
+    }
     assert len(keys) == 6
-    assert all("/" not in k and not k.startswith(".") and len(k) < 100 and k.endswith(f"-export{EXPORTER_VERSION}")
-               for k in keys)
+    assert all(
+        "/" not in k and not k.startswith(".") and len(k) < 100 and k.endswith(f"-export{EXPORTER_VERSION}")
+        for k in keys
+    )
 
 
 def test_custom_decoder_interface_is_detected(decoders, model, single_mask_decoder, tmp_path):
@@ -418,12 +493,17 @@ print(json.dumps({d["name"]: d["sha256"] for d in decoders}))
 
 def test_two_processes_exporting_at_once_agree(reference_dir, tmp_path):
     procs = [
-        subprocess.Popen([sys.executable, "-c", CONCURRENT_EXPORT, str(reference_dir), str(tmp_path)],
-                         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_EXPORT, str(reference_dir), str(tmp_path)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     results = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
     first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in results)
     assert first == second and len(first) == 4

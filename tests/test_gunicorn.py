@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from backend_fixtures import distinct_image, free_port, image_bytes, session_data_dir
 
 from backend import codec
-from backend_fixtures import distinct_image, free_port, image_bytes, session_data_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,8 +148,19 @@ def test_page_is_cross_origin_isolated(server):
 def test_cli_serve_prints_the_url_and_serves(reference_dir):
     port = free_port()
     env = dict(os.environ, PORT=str(port), SAM_DATA_DIR=str(session_data_dir()), SAM_ALLOW_DOWNLOAD="0")
-    command = [sys.executable, "-m", "backend", "serve", "--model-type", "vit_t", "--checkpoint", str(reference_dir / "vit_t_seed0.pth")]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "backend",
+        "serve",
+        "--model-type",
+        "vit_t",
+        "--checkpoint",
+        str(reference_dir / "vit_t_seed0.pth"),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         line = process.stdout.readline()
         assert line.strip() == f"Segment Anything is running at http://127.0.0.1:{port}/"

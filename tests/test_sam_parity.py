@@ -6,11 +6,11 @@ Reference arrays and tolerances: ../shared/reference/README.md.
 import numpy as np
 import pytest
 import torch
+from backend_fixtures import reference_case
 from PIL import Image
 
 from backend.sam import SamPredictor, build_sam, sam_model_registry
 from backend.sam.transforms import ResizeLongestSide
-from backend_fixtures import reference_case
 
 EMBEDDING_ATOL = 1e-3
 LOGITS_ATOL = 1e-3
@@ -225,7 +225,7 @@ def test_reduced_precision_encoder_agrees_with_fp32(reference_dir, name, precisi
             _, scores, low_res = outputs[prompt["mask_from"]]
             args["mask_input"] = low_res[np.argmax(scores)][None]
         outputs[index] = predictor.predict(**args)
-        for mask, reference in zip(outputs[index][0], case.reference_masks(index)):
+        for mask, reference in zip(outputs[index][0], case.reference_masks(index), strict=True):
             assert (mask == reference).mean() >= MASK_AGREEMENT, (index, precision)
             assert mask_iou(mask, reference) >= min_iou, (index, precision)
 

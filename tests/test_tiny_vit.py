@@ -126,8 +126,7 @@ def test_attention_bias_table_follows_mobile_sam_offset_order(window):
     points = [(row, col) for row in range(window) for col in range(window)]
     offsets = {}
     expected = [
-        [offsets.setdefault((abs(p[0] - q[0]), abs(p[1] - q[1])), len(offsets)) for q in points]
-        for p in points
+        [offsets.setdefault((abs(p[0] - q[0]), abs(p[1] - q[1])), len(offsets)) for q in points] for p in points
     ]
     attention = Attention(dim=32, key_dim=16, num_heads=2, attn_ratio=1, resolution=(window, window))
     assert attention.attention_bias_idxs.tolist() == expected

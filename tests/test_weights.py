@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from backend_fixtures import free_port
 
 from backend import weights
 from backend.__main__ import main
 from backend.config import Config
 from backend.weights import WeightsError, download, load_model
-from backend_fixtures import free_port
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 3 * 1024 * 1024 + 123, dtype=np.uint8).tobytes()
 
@@ -151,12 +151,14 @@ def test_no_checkpoint_offline_falls_back_to_seeded_random_vit_t(tmp_path, caplo
     torch.manual_seed(123)
     again = weights.random_model()
     assert torch.equal(torch.rand(3), expected_next)
-    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_configured_checkpoint_is_loaded_as_real_weights(reference_dir, tmp_path):
-    config = Config.from_env({}, {"data_dir": str(tmp_path), "model_type": "vit_t", "checkpoint": str(reference_dir / "vit_t_seed0.pth")})
+    config = Config.from_env(
+        {}, {"data_dir": str(tmp_path), "model_type": "vit_t", "checkpoint": str(reference_dir / "vit_t_seed0.pth")}
+    )
     model, info = load_model(config)
     assert (info.model_type, info.weights) == ("vit_t", "real")
     assert info.weights_id.startswith("vit_t-vit_t_seed0.pth-")
@@ -169,6 +171,8 @@ def test_missing_or_wrong_checkpoint_is_a_clear_error(reference_dir, tmp_path):
     missing = Config.from_env({}, {"data_dir": str(tmp_path), "checkpoint": str(tmp_path / "nope.pth")})
     with pytest.raises(WeightsError, match="does not exist"):
         load_model(missing)
-    wrong_type = Config.from_env({}, {"data_dir": str(tmp_path), "model_type": "vit_b", "checkpoint": str(reference_dir / "vit_t_seed0.pth")})
+    wrong_type = Config.from_env(
+        {}, {"data_dir": str(tmp_path), "model_type": "vit_b", "checkpoint": str(reference_dir / "vit_t_seed0.pth")}
+    )
     with pytest.raises(WeightsError, match="cannot load .* as a vit_b checkpoint"):
         load_model(wrong_type)

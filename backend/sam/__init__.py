@@ -1,5 +1,6 @@
 """Segment Anything in PyTorch, with the reference implementation's public names."""
 
+from .automatic import SamAutomaticMaskGenerator
 from .build import (
     CheckpointError,
     UnknownModelTypeError,
@@ -11,7 +12,6 @@ from .build import (
     default_device,
     sam_model_registry,
 )
-from .automatic import SamAutomaticMaskGenerator
 from .predictor import SamPredictor
 from .sam import Sam, default_precision
 from .transforms import ResizeLongestSide

@@ -7,9 +7,10 @@ torchvision / pycocotools / OpenCV it relies on, none of which are needed here.
 """
 
 import math
+from collections.abc import Generator, ItemsView, Sequence
 from copy import deepcopy
 from itertools import product
-from typing import Any, Dict, Generator, ItemsView, List, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def _check_column(value: Any) -> None:
         raise TypeError(f"MaskData columns must be lists, numpy arrays or tensors, not {type(value).__name__}")
 
 
-def batch_iterator(batch_size: int, *args) -> Generator[List[Any], None, None]:
+def batch_iterator(batch_size: int, *args) -> Generator[list[Any], None, None]:
     """Yields aligned slices of at most ``batch_size`` rows from each argument."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -109,19 +110,19 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
     return np.stack([points_x, points_y], axis=-1).reshape(-1, 2)
 
 
-def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> List[np.ndarray]:
+def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
     """One point grid per crop layer; layer i has n_per_side / scale_per_layer**i points per side."""
     return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
 
 
 def generate_crop_boxes(
-    im_size: Tuple[int, ...], n_layers: int, overlap_ratio: float
-) -> Tuple[List[List[int]], List[int]]:
+    im_size: tuple[int, ...], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
     """Crop boxes (XYXY) for the whole image (layer 0) and for 2^i x 2^i overlapping tiles in layer i."""
     im_h, im_w = im_size
     short_side = min(im_h, im_w)
-    crop_boxes: List[List[int]] = [[0, 0, im_w, im_h]]
-    layer_idxs: List[int] = [0]
+    crop_boxes: list[list[int]] = [[0, 0, im_w, im_h]]
+    layer_idxs: list[int] = [0]
 
     def crop_len(orig_len: int, n_crops: int, overlap: int) -> int:
         return int(math.ceil((overlap * (n_crops - 1) + orig_len) / n_crops))
@@ -140,7 +141,7 @@ def generate_crop_boxes(
     return crop_boxes, layer_idxs
 
 
-def uncrop_boxes_xyxy(boxes: torch.Tensor, crop_box: List[int]) -> torch.Tensor:
+def uncrop_boxes_xyxy(boxes: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
     """Boxes [..., 4] in crop coordinates -> image coordinates."""
     x0, y0, _, _ = crop_box
     offset = torch.tensor([[x0, y0, x0, y0]], device=boxes.device)
@@ -149,7 +150,7 @@ def uncrop_boxes_xyxy(boxes: torch.Tensor, crop_box: List[int]) -> torch.Tensor:
     return boxes + offset
 
 
-def uncrop_points(points: torch.Tensor, crop_box: List[int]) -> torch.Tensor:
+def uncrop_points(points: torch.Tensor, crop_box: list[int]) -> torch.Tensor:
     """Points [..., 2] in crop coordinates -> image coordinates."""
     x0, y0, _, _ = crop_box
     offset = torch.tensor([[x0, y0]], device=points.device)
@@ -158,7 +159,7 @@ def uncrop_points(points: torch.Tensor, crop_box: List[int]) -> torch.Tensor:
     return points + offset
 
 
-def uncrop_masks(masks: torch.Tensor, crop_box: List[int], orig_h: int, orig_w: int) -> torch.Tensor:
+def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_h: int, orig_w: int) -> torch.Tensor:
     """Masks [..., h, w] of a crop -> [..., orig_h, orig_w], zero outside the crop."""
     x0, y0, x1, y1 = crop_box
     if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
@@ -168,7 +169,7 @@ def uncrop_masks(masks: torch.Tensor, crop_box: List[int], orig_h: int, orig_w: 
 
 
 def is_box_near_crop_edge(
-    boxes: torch.Tensor, crop_box: List[int], orig_box: List[int], atol: float = 20.0
+    boxes: torch.Tensor, crop_box: list[int], orig_box: list[int], atol: float = 20.0
 ) -> torch.Tensor:
     """[N] bool: the box (crop coordinates) touches a crop edge that is not also an image edge."""
     crop_box_t = torch.as_tensor(crop_box, dtype=torch.float, device=boxes.device)
@@ -320,7 +321,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 # --- run-length encodings --------------------------------------------------------------------------------
 
 
-def mask_to_rle_pytorch(tensor: torch.Tensor) -> List[Dict[str, Any]]:
+def mask_to_rle_pytorch(tensor: torch.Tensor) -> list[dict[str, Any]]:
     """Bool masks [B, H, W] -> uncompressed COCO RLEs ({"size": [H, W], "counts": [...]}, column-major).
 
     Counts alternate background/foreground runs starting with background (a leading 0 if the first pixel
@@ -346,7 +347,7 @@ def mask_to_rle_pytorch(tensor: torch.Tensor) -> List[Dict[str, Any]]:
     return out
 
 
-def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """Uncompressed RLE -> bool mask [H, W]."""
     h, w = rle["size"]
     counts = np.asarray(rle["counts"], dtype=np.int64)
@@ -357,7 +358,7 @@ def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
     return mask.reshape(w, h).transpose()
 
 
-def area_from_rle(rle: Dict[str, Any]) -> int:
+def area_from_rle(rle: dict[str, Any]) -> int:
     return int(sum(rle["counts"][1::2]))
 
 
@@ -391,7 +392,7 @@ def encode_coco_counts(counts: Sequence[int]) -> str:
     return chars[used].astype(np.uint8).tobytes().decode("ascii")
 
 
-def decode_coco_counts(s: str) -> List[int]:
+def decode_coco_counts(s: str) -> list[int]:
     """COCO compressed counts string -> uncompressed RLE counts."""
     codes = np.frombuffer(s.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
     if codes.size == 0:
@@ -419,13 +420,13 @@ def decode_coco_counts(s: str) -> List[int]:
     return cnts.tolist()
 
 
-def coco_encode_rle(uncompressed_rle: Dict[str, Any]) -> Dict[str, Any]:
+def coco_encode_rle(uncompressed_rle: dict[str, Any]) -> dict[str, Any]:
     """Uncompressed RLE -> COCO RLE with a compressed counts string (as pycocotools.mask.frPyObjects)."""
     h, w = uncompressed_rle["size"]
     return {"size": [h, w], "counts": encode_coco_counts(uncompressed_rle["counts"])}
 
 
-def coco_decode_rle(coco_rle: Dict[str, Any]) -> Dict[str, Any]:
+def coco_decode_rle(coco_rle: dict[str, Any]) -> dict[str, Any]:
     """COCO RLE with a compressed counts string -> uncompressed RLE."""
     h, w = coco_rle["size"]
     counts = coco_rle["counts"]
@@ -439,7 +440,7 @@ def coco_decode_rle(coco_rle: Dict[str, Any]) -> Dict[str, Any]:
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> Tuple[np.ndarray, bool]:
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
     """Fills holes ("holes") or drops islands ("islands") smaller than area_thresh pixels.
 
     Regions are 8-connected. Returns (mask [H, W] bool, changed). If every island is small, the largest

@@ -2,7 +2,8 @@
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class SamAutomaticMaskGenerator:
     def __init__(
         self,
         model: Sam,
-        points_per_side: Optional[int] = 32,
+        points_per_side: int | None = 32,
         points_per_batch: int = 64,
         pred_iou_thresh: float = 0.88,
         stability_score_thresh: float = 0.95,
@@ -55,7 +56,7 @@ class SamAutomaticMaskGenerator:
         crop_nms_thresh: float = 0.7,
         crop_overlap_ratio: float = 512 / 1500,
         crop_n_points_downscale_factor: int = 1,
-        point_grids: Optional[List[np.ndarray]] = None,
+        point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
     ) -> None:
@@ -111,15 +112,15 @@ class SamAutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         # Seconds spent in each stage by the last generate(): "encoder", "decoder", "postprocess".
-        self.last_timings: Dict[str, float] = {}
+        self.last_timings: dict[str, float] = {}
 
     @torch.no_grad()
     def generate(
         self,
         image: np.ndarray,
-        image_embedding: Optional[torch.Tensor] = None,
-        progress: Optional[Callable[[float], None]] = None,
-    ) -> List[Dict[str, Any]]:
+        image_embedding: torch.Tensor | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Masks for the whole image.
 
         image: HxWx3 uint8 RGB. image_embedding: optional [1, 256, 64, 64] embedding of this image, already
@@ -164,18 +165,16 @@ class SamAutomaticMaskGenerator:
     def _generate_masks(
         self,
         image: np.ndarray,
-        image_embedding: Optional[torch.Tensor],
-        progress: Optional[Callable[[float], None]],
+        image_embedding: torch.Tensor | None,
+        progress: Callable[[float], None] | None,
     ) -> MaskData:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
-        total_batches = sum(
-            _n_batches(len(self.point_grids[layer]), self.points_per_batch) for layer in layer_idxs
-        )
+        total_batches = sum(_n_batches(len(self.point_grids[layer]), self.points_per_batch) for layer in layer_idxs)
         tracker = _ProgressTracker(total_batches, progress)
 
         data = MaskData()
-        for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+        for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
             embedding = image_embedding if layer_idx == 0 else None
             data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, embedding, tracker))
 
@@ -197,10 +196,10 @@ class SamAutomaticMaskGenerator:
     def _process_crop(
         self,
         image: np.ndarray,
-        crop_box: List[int],
+        crop_box: list[int],
         crop_layer_idx: int,
-        orig_size: Tuple[int, ...],
-        image_embedding: Optional[torch.Tensor],
+        orig_size: tuple[int, ...],
+        image_embedding: torch.Tensor | None,
         tracker: "_ProgressTracker",
     ) -> MaskData:
         x0, y0, x1, y1 = crop_box
@@ -241,7 +240,7 @@ class SamAutomaticMaskGenerator:
         data.filter(keep)
         # Run-length encoding is the costliest step per mask, so only NMS survivors are encoded: their
         # full-resolution masks are rebuilt from the kept low-res logits (the same deterministic upsampling).
-        rles: List[Dict[str, Any]] = []
+        rles: list[dict[str, Any]] = []
         for start in range(0, len(data), _UPSAMPLE_CHUNK):
             low_res = torch.stack(data["low_res"][start : start + _UPSAMPLE_CHUNK])
             rles.extend(self._encode_masks(low_res, crop_box, orig_size))
@@ -255,7 +254,7 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _process_batch(
-        self, points: np.ndarray, im_size: Tuple[int, ...], crop_box: List[int], orig_size: Tuple[int, ...]
+        self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int], orig_size: tuple[int, ...]
     ) -> MaskData:
         """Decodes one batch of point prompts and keeps the masks that pass the filters.
 
@@ -318,8 +317,8 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _filter_full_resolution(
-        self, low_res: torch.Tensor, crop_box: List[int], orig_size: Tuple[int, ...]
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, low_res: torch.Tensor, crop_box: list[int], orig_size: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Low-res logits [N, 256, 256] of one crop -> which pass the stability and crop-edge filters.
 
         Returns keep [N] bool, and for the kept masks: stability scores and XYXY boxes (crop frame).
@@ -340,8 +339,8 @@ class SamAutomaticMaskGenerator:
         return keep, score[keep], boxes[~near_edge]
 
     def _encode_masks(
-        self, low_res: torch.Tensor, crop_box: List[int], orig_size: Tuple[int, ...]
-    ) -> List[Dict[str, Any]]:
+        self, low_res: torch.Tensor, crop_box: list[int], orig_size: tuple[int, ...]
+    ) -> list[dict[str, Any]]:
         """Low-res logits [N, 256, 256] of one crop -> uncompressed RLEs of the masks in the full image."""
         model = self.predictor.model
         orig_h, orig_w = orig_size
@@ -382,7 +381,7 @@ class SamAutomaticMaskGenerator:
 
 
 def upscale_low_res_logits(
-    model: Sam, low_res: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]
+    model: Sam, low_res: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
 ) -> torch.Tensor:
     """Low-res logits [N, h, w] -> [N, H, W] of the original image, equal to model.postprocess_masks.
 
@@ -410,7 +409,7 @@ def upscale_low_res_logits(
 
 def decode_points_multimask(
     model: Sam, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The three multimask outputs for a batch of point prompts on one image.
 
     features [1, C, h, w]; point_coords [B, N, 2] in the resized frame; point_labels [B, N].
@@ -432,7 +431,7 @@ class DecodedPoints:
     iou_pred [B, 3] is known at once, so masks() can upscale only the (point, mask) pairs that pass a filter.
     """
 
-    def __init__(self, decoder: nn.Module, tokens: torch.Tensor, image_tokens: torch.Tensor, size: Tuple[int, int]):
+    def __init__(self, decoder: nn.Module, tokens: torch.Tensor, image_tokens: torch.Tensor, size: tuple[int, int]):
         # tokens [B, T, C]; image_tokens [B, h * w, C] (row-major pixels).
         self.decoder = decoder
         self.image_tokens = image_tokens
@@ -466,7 +465,7 @@ class DecodedPoints:
 
 def decode_point_tokens(
     model: Sam, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
-) -> Union[DecodedPoints, Tuple[torch.Tensor, torch.Tensor]]:
+) -> DecodedPoints | tuple[torch.Tensor, torch.Tensor]:
     """Runs the prompt encoder and the two-way transformer for a batch of point prompts sharing one image.
 
     Returns DecodedPoints, or for a decoder this fast path does not know, the (masks, iou_pred) of
@@ -507,20 +506,28 @@ def _is_known_decoder(decoder: nn.Module) -> bool:
     conv1, norm, _, conv2, _ = upscaling
     return all(
         isinstance(conv, nn.ConvTranspose2d)
-        and conv.kernel_size == (2, 2) and conv.stride == (2, 2) and conv.padding == (0, 0)
-        and conv.groups == 1 and conv.bias is not None
+        and conv.kernel_size == (2, 2)
+        and conv.stride == (2, 2)
+        and conv.padding == (0, 0)
+        and conv.groups == 1
+        and conv.bias is not None
         for conv in (conv1, conv2)
     ) and isinstance(norm, LayerNorm2d)
 
 
 _DECODER_PARTS = (
-    "iou_token", "mask_tokens", "num_mask_tokens", "transformer", "output_upscaling",
-    "output_hypernetworks_mlps", "iou_prediction_head",
+    "iou_token",
+    "mask_tokens",
+    "num_mask_tokens",
+    "transformer",
+    "output_upscaling",
+    "output_hypernetworks_mlps",
+    "iou_prediction_head",
 )
 
 
 class _ProgressTracker:
-    def __init__(self, total: int, callback: Optional[Callable[[float], None]]) -> None:
+    def __init__(self, total: int, callback: Callable[[float], None] | None) -> None:
         self.total = max(total, 1)
         self.done = 0
         self.callback = callback

@@ -2,8 +2,9 @@
 
 import os
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import torch
 import torch.nn as nn
@@ -29,15 +30,21 @@ class UnknownModelTypeError(CheckpointError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-VIT_CONFIGS: Dict[str, Dict[str, Any]] = {
-    "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
-    "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
-    "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
+VIT_CONFIGS: dict[str, dict[str, Any]] = {
+    "vit_h": dict(
+        encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]
+    ),
+    "vit_l": dict(
+        encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]
+    ),
+    "vit_b": dict(
+        encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]
+    ),
 }
 
 
 def build_sam(
-    checkpoint: Optional[PathLike] = None,
+    checkpoint: PathLike | None = None,
     *,
     encoder_embed_dim: int = 1280,
     encoder_depth: int = 32,
@@ -57,7 +64,9 @@ def build_sam(
         found = describe_state_dict(state_dict)
         expected = _describe_vit(encoder_embed_dim, encoder_depth)
         if found != expected:
-            raise CheckpointError(f"checkpoint {os.fspath(checkpoint)} holds {found}, but the model to build is {expected}")
+            raise CheckpointError(
+                f"checkpoint {os.fspath(checkpoint)} holds {found}, but the model to build is {expected}"
+            )
 
     image_embedding_size = image_size // patch_size
     sam = Sam(
@@ -81,19 +90,19 @@ def build_sam(
     return _finish(sam, state_dict, checkpoint)
 
 
-def build_sam_vit_h(checkpoint: Optional[PathLike] = None) -> Sam:
+def build_sam_vit_h(checkpoint: PathLike | None = None) -> Sam:
     return build_sam(checkpoint, **VIT_CONFIGS["vit_h"])
 
 
-def build_sam_vit_l(checkpoint: Optional[PathLike] = None) -> Sam:
+def build_sam_vit_l(checkpoint: PathLike | None = None) -> Sam:
     return build_sam(checkpoint, **VIT_CONFIGS["vit_l"])
 
 
-def build_sam_vit_b(checkpoint: Optional[PathLike] = None) -> Sam:
+def build_sam_vit_b(checkpoint: PathLike | None = None) -> Sam:
     return build_sam(checkpoint, **VIT_CONFIGS["vit_b"])
 
 
-def build_sam_vit_t(checkpoint: Optional[PathLike] = None) -> Sam:
+def build_sam_vit_t(checkpoint: PathLike | None = None) -> Sam:
     """MobileSAM: the TinyViT image encoder with SAM's prompt encoder and mask decoder."""
     state_dict = None
     if checkpoint is not None:
@@ -115,12 +124,10 @@ def build_sam_vit_t(checkpoint: Optional[PathLike] = None) -> Sam:
 
 class _Registry(dict):
     def __missing__(self, model_type: Any) -> Callable[..., Sam]:
-        raise UnknownModelTypeError(
-            f"unknown SAM model type {model_type!r}: expected one of {', '.join(sorted(self))}"
-        )
+        raise UnknownModelTypeError(f"unknown SAM model type {model_type!r}: expected one of {', '.join(sorted(self))}")
 
 
-sam_model_registry: Dict[str, Callable[..., Sam]] = _Registry(
+sam_model_registry: dict[str, Callable[..., Sam]] = _Registry(
     default=build_sam_vit_h,
     vit_h=build_sam_vit_h,
     vit_l=build_sam_vit_l,
@@ -156,7 +163,7 @@ def _mask_decoder(prompt_embed_dim: int) -> MaskDecoder:
 class MobileSamImageEncoder(TinyViT):
     """TinyViT honouring the same `autocast_dtype` knob as ImageEncoderViT (state_dict keys unchanged)."""
 
-    autocast_dtype: Optional[torch.dtype] = None
+    autocast_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
@@ -185,7 +192,7 @@ def build_mobile_sam_encoder(image_size: int = 1024) -> MobileSamImageEncoder:
     )
 
 
-def _finish(sam: Sam, state_dict: Optional[Mapping[str, torch.Tensor]], checkpoint: Optional[PathLike]) -> Sam:
+def _finish(sam: Sam, state_dict: Mapping[str, torch.Tensor] | None, checkpoint: PathLike | None) -> Sam:
     sam.eval()
     if state_dict is not None:
         try:
@@ -200,7 +207,11 @@ def _mismatch_message(sam: nn.Module, state_dict: Mapping[str, torch.Tensor], pa
     found = {k: tuple(v.shape) for k, v in state_dict.items()}
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} {list(found[k])} (expected {list(expected[k])})" for k in expected if k in found and found[k] != expected[k]]
+    wrong = [
+        f"{k} {list(found[k])} (expected {list(expected[k])})"
+        for k in expected
+        if k in found and found[k] != expected[k]
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
@@ -211,7 +222,7 @@ def _mismatch_message(sam: nn.Module, state_dict: Mapping[str, torch.Tensor], pa
     return f"checkpoint {path} does not fit the model: " + ", ".join(parts or ["incompatible tensors"])
 
 
-def load_state_dict_file(path: PathLike) -> Dict[str, torch.Tensor]:
+def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
     """Reads a state_dict saved with torch.save (tensors on CPU); CheckpointError when it cannot be used."""
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -1,7 +1,5 @@
 """Small building blocks shared by the encoder, prompt encoder and mask decoder."""
 
-from typing import Type
-
 import torch
 import torch.nn as nn
 
@@ -9,7 +7,7 @@ import torch.nn as nn
 class MLPBlock(nn.Module):
     """Two linear layers with an activation between them: [..., dim] -> [..., dim]."""
 
-    def __init__(self, embedding_dim: int, mlp_dim: int, act: Type[nn.Module] = nn.GELU) -> None:
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.lin1 = nn.Linear(embedding_dim, mlp_dim)
         self.lin2 = nn.Linear(mlp_dim, embedding_dim)

@@ -16,7 +16,6 @@ everything mode (batches of grid points) and by the `lowres` ONNX decoder (model
 """
 
 import math
-from typing import Tuple
 
 import torch
 from torch import nn
@@ -24,7 +23,7 @@ from torch import nn
 
 def folded_two_way_transformer(
     transformer: nn.Module, image: torch.Tensor, pe: torch.Tensor, tokens: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TwoWayTransformer.forward with image [h * w, C] shared by all prompts, pe [h * w, C], tokens [B, T, C].
 
     Returns tokens [B, T, C] and image tokens [B, h * w, C].
@@ -51,7 +50,7 @@ def folded_two_way_transformer(
     return queries, keys
 
 
-def _head_weights(linear: nn.Linear, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _head_weights(linear: nn.Linear, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """nn.Linear(C -> D) -> weight [heads, D / heads, C], bias [heads, D / heads]."""
     out_features, in_features = linear.weight.shape
     return (

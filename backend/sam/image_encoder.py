@@ -1,7 +1,5 @@
 """The ViT image encoder of SAM (ViT-B/L/H): [B, 3, 1024, 1024] -> [B, 256, 64, 64]."""
 
-from typing import Optional, Tuple, Type
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,16 +30,16 @@ class ImageEncoderViT(nn.Module):
         mlp_ratio: float = 4.0,
         out_chans: int = 256,
         qkv_bias: bool = True,
-        norm_layer: Type[nn.Module] = nn.LayerNorm,
-        act_layer: Type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        act_layer: type[nn.Module] = nn.GELU,
         use_abs_pos: bool = True,
         use_rel_pos: bool = False,
         window_size: int = 0,
-        global_attn_indexes: Tuple[int, ...] = (),
+        global_attn_indexes: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.img_size = img_size
-        self.autocast_dtype: Optional[torch.dtype] = None
+        self.autocast_dtype: torch.dtype | None = None
 
         self.patch_embed = PatchEmbed(
             kernel_size=(patch_size, patch_size),
@@ -51,7 +49,7 @@ class ImageEncoderViT(nn.Module):
         )
         grid = img_size // patch_size
 
-        self.pos_embed: Optional[nn.Parameter] = None
+        self.pos_embed: nn.Parameter | None = None
         if use_abs_pos:
             self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
 
@@ -115,11 +113,11 @@ class Block(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
-        norm_layer: Type[nn.Module] = nn.LayerNorm,
-        act_layer: Type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        act_layer: type[nn.Module] = nn.GELU,
         use_rel_pos: bool = False,
         window_size: int = 0,
-        input_size: Optional[Tuple[int, int]] = None,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -158,7 +156,7 @@ class Attention(nn.Module):
         num_heads: int = 8,
         qkv_bias: bool = True,
         use_rel_pos: bool = False,
-        input_size: Optional[Tuple[int, int]] = None,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -185,17 +183,19 @@ class Attention(nn.Module):
             out = self._sdpa(*qkv.unbind(0), (height, width))
         else:
             out = self._math(*qkv.reshape(3, batch * self.num_heads, tokens, -1).unbind(0), (height, width))
-        out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
+        out = (
+            out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
+        )
         return self.proj(out)
 
-    def _math(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    def _math(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """The reference formulation; q, k, v: [B * heads, H * W, head_dim]."""
         attn = (q * self.scale) @ k.transpose(-2, -1)
         if self.use_rel_pos:
             attn = attn + decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw, hw)
         return attn.softmax(dim=-1) @ v
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Fused attention; q, k, v: [B, heads, H * W, head_dim] -> [B, heads, H * W, head_dim].
 
         The relative-position bias is rel_h[i, row(j)] + rel_w[i, col(j)], i.e. a dot product of
@@ -213,7 +213,10 @@ class Attention(nn.Module):
         rows = torch.eye(height, dtype=k.dtype, device=k.device)[:, None, :].expand(height, width, height)
         cols = torch.eye(width, dtype=k.dtype, device=k.device)[None, :, :].expand(height, width, width)
         codes = torch.cat([rows, cols], dim=-1).reshape(1, 1, tokens, height + width).expand(batch, heads, -1, -1)
-        q = torch.cat([q * self.scale, rel_h.reshape(batch, heads, tokens, height), rel_w.reshape(batch, heads, tokens, width)], dim=-1)
+        q = torch.cat(
+            [q * self.scale, rel_h.reshape(batch, heads, tokens, height), rel_w.reshape(batch, heads, tokens, width)],
+            dim=-1,
+        )
         k = torch.cat([k, codes], dim=-1)
         v = F.pad(v, (0, height + width))
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :head_dim]
@@ -224,7 +227,7 @@ def _fresh(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
-def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """[B, H, W, C] -> ([B * num_windows, window, window, C], padded (Hp, Wp)); pads bottom/right with zeros."""
     batch, height, width, channels = x.shape
     pad_h = (window_size - height % window_size) % window_size
@@ -239,7 +242,7 @@ def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, T
 
 
 def window_unpartition(
-    windows: torch.Tensor, window_size: int, padded_hw: Tuple[int, int], hw: Tuple[int, int]
+    windows: torch.Tensor, window_size: int, padded_hw: tuple[int, int], hw: tuple[int, int]
 ) -> torch.Tensor:
     """Inverse of window_partition: [B * num_windows, window, window, C] -> [B, H, W, C] with padding removed."""
     padded_h, padded_w = padded_hw
@@ -277,9 +280,9 @@ def decomposed_rel_pos_terms(
     q: torch.Tensor,
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
-    q_size: Tuple[int, int],
-    k_size: Tuple[int, int],
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-query relative-position terms along each axis (MViTv2's decomposition).
 
     q: [B, q_h * q_w, C] unscaled queries -> rel_h [B, q_h, q_w, k_h], rel_w [B, q_h, q_w, k_w].
@@ -300,8 +303,8 @@ def decomposed_rel_pos_bias(
     q: torch.Tensor,
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
-    q_size: Tuple[int, int],
-    k_size: Tuple[int, int],
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
 ) -> torch.Tensor:
     """Additive attention bias of decomposed relative positions: q [B, q_h * q_w, C] -> [B, q_h * q_w, k_h * k_w]."""
     rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
@@ -314,9 +317,9 @@ class PatchEmbed(nn.Module):
 
     def __init__(
         self,
-        kernel_size: Tuple[int, int] = (16, 16),
-        stride: Tuple[int, int] = (16, 16),
-        padding: Tuple[int, int] = (0, 0),
+        kernel_size: tuple[int, int] = (16, 16),
+        stride: tuple[int, int] = (16, 16),
+        padding: tuple[int, int] = (0, 0),
         in_chans: int = 3,
         embed_dim: int = 768,
     ) -> None:

@@ -1,7 +1,5 @@
 """Mask decoder: image embedding + prompt embeddings -> mask logits [B, K, 256, 256] and IoU scores [B, K]."""
 
-from typing import List, Tuple, Type
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,7 +19,7 @@ class MaskDecoder(nn.Module):
         transformer_dim: int,
         transformer: nn.Module,
         num_multimask_outputs: int = 3,
-        activation: Type[nn.Module] = nn.GELU,
+        activation: type[nn.Module] = nn.GELU,
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
     ) -> None:
@@ -53,7 +51,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings [1 or B, C, H, W], image_pe [1, C, H, W], sparse [B, N, C], dense [B, C, H, W].
 
         Returns masks [B, K, 4H, 4W] and iou_pred [B, K]; K = 3 if multimask_output else 1.
@@ -73,7 +71,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens: masks [B, num_mask_tokens, 4H, 4W], iou_pred [B, num_mask_tokens]."""
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
@@ -94,7 +92,7 @@ class MaskDecoder(nn.Module):
 
         src = src.transpose(1, 2).reshape(batch, channels, height, width)
         upscaled = self.output_upscaling(src)
-        hyper_in_list: List[torch.Tensor] = [
+        hyper_in_list: list[torch.Tensor] = [
             mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)
         ]
         hyper_in = torch.stack(hyper_in_list, dim=1)
@@ -119,7 +117,9 @@ class MLP(nn.Module):
         super().__init__()
         self.num_layers = num_layers
         hidden = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + hidden, hidden + [output_dim]))
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip([input_dim] + hidden, hidden + [output_dim], strict=True)
+        )
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

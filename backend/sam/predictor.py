@@ -1,6 +1,6 @@
 """SamPredictor: encode an image once, then predict masks for any number of prompts."""
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ def check_image(image: Any) -> np.ndarray:
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam, precision: Optional[str] = None) -> None:
+    def __init__(self, sam_model: Sam, precision: str | None = None) -> None:
         """Wraps `sam_model`. precision: None keeps the model's setting (exact fp32 unless changed); "auto",
         "fp32", "bf16" or "fp16" calls `sam_model.set_precision` (see Sam.set_precision)."""
         super().__init__()
@@ -47,7 +47,7 @@ class SamPredictor:
         self.set_torch_image(input_image_torch, image.shape[:2])
 
     @torch.inference_mode()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: Tuple[int, ...]) -> None:
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
         """Encodes an already resized [1, 3, h, w] image (longest side = image size); original_image_size (H, W)."""
         size = self.model.image_size
         if (
@@ -56,7 +56,9 @@ class SamPredictor:
             or transformed_image.shape[1] != 3
             or max(*transformed_image.shape[2:]) != size
         ):
-            raise ValueError(f"set_torch_image expects [1, 3, h, w] with longest side {size}, got {tuple(transformed_image.shape)}")
+            raise ValueError(
+                f"set_torch_image expects [1, 3, h, w] with longest side {size}, got {tuple(transformed_image.shape)}"
+            )
         self.reset_image()
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
@@ -66,9 +68,9 @@ class SamPredictor:
 
     def set_embedding(
         self,
-        embedding: Union[np.ndarray, torch.Tensor],
-        original_size: Tuple[int, int],
-        input_size: Optional[Tuple[int, int]] = None,
+        embedding: np.ndarray | torch.Tensor,
+        original_size: tuple[int, int],
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         """Uses a cached image embedding ([1, 256, 64, 64] or [256, 64, 64]) instead of encoding again.
 
@@ -93,13 +95,13 @@ class SamPredictor:
 
     def predict(
         self,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        box: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for one prompt on the current image.
 
         point_coords [N, 2] (x, y in original pixels), point_labels [N] (1 fg, 0 bg), box [4] (x0, y0, x1, y1),
@@ -135,7 +137,9 @@ class SamPredictor:
             mask_input = np.asarray(mask_input, dtype=np.float32)
             mask_size = self.model.prompt_encoder.mask_input_size
             if mask_input.shape != (1, *mask_size):
-                raise ValueError(f"mask_input must have shape [1, {mask_size[0]}, {mask_size[1]}], got {list(mask_input.shape)}")
+                raise ValueError(
+                    f"mask_input must have shape [1, {mask_size[0]}, {mask_size[1]}], got {list(mask_input.shape)}"
+                )
             mask_input_torch = torch.as_tensor(mask_input, device=self.device)[None, :, :, :]
 
         masks, iou_predictions, low_res_masks = self.predict_torch(
@@ -151,13 +155,13 @@ class SamPredictor:
     @torch.inference_mode()
     def predict_torch(
         self,
-        point_coords: Optional[torch.Tensor],
-        point_labels: Optional[torch.Tensor],
-        boxes: Optional[torch.Tensor] = None,
-        mask_input: Optional[torch.Tensor] = None,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batched prompts already in the resized frame (apply ResizeLongestSide first).
 
         point_coords [B, N, 2], point_labels [B, N], boxes [B, 4], mask_input [B, 1, 256, 256].

@@ -1,7 +1,5 @@
 """Prompt encoder: points, boxes and masks -> sparse [B, N, C] and dense [B, C, 64, 64] embeddings."""
 
-from typing import Optional, Tuple, Type
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -19,10 +17,10 @@ class PromptEncoder(nn.Module):
     def __init__(
         self,
         embed_dim: int,
-        image_embedding_size: Tuple[int, int],
-        input_image_size: Tuple[int, int],
+        image_embedding_size: tuple[int, int],
+        input_image_size: tuple[int, int],
         mask_in_chans: int,
-        activation: Type[nn.Module] = nn.GELU,
+        activation: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -83,9 +81,9 @@ class PromptEncoder(nn.Module):
 
     def _get_batch_size(
         self,
-        points: Optional[Tuple[torch.Tensor, torch.Tensor]],
-        boxes: Optional[torch.Tensor],
-        masks: Optional[torch.Tensor],
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
     ) -> int:
         if points is not None:
             return points[0].shape[0]
@@ -100,10 +98,10 @@ class PromptEncoder(nn.Module):
 
     def forward(
         self,
-        points: Optional[Tuple[torch.Tensor, torch.Tensor]],
-        boxes: Optional[torch.Tensor],
-        masks: Optional[torch.Tensor],
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns sparse [B, N, C] (points then box corners) and dense [B, C, H_emb, W_emb] embeddings."""
         batch = self._get_batch_size(points, boxes, masks)
         sparse = torch.empty((batch, 0, self.embed_dim), device=self._get_device())
@@ -124,7 +122,7 @@ class PromptEncoder(nn.Module):
 class PositionEmbeddingRandom(nn.Module):
     """Positional encoding with random spatial frequencies (Fourier features)."""
 
-    def __init__(self, num_pos_feats: int = 64, scale: Optional[float] = None) -> None:
+    def __init__(self, num_pos_feats: int = 64, scale: float | None = None) -> None:
         super().__init__()
         if scale is None or scale <= 0.0:
             scale = 1.0
@@ -137,7 +135,7 @@ class PositionEmbeddingRandom(nn.Module):
         coords = 2 * np.pi * coords
         return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
 
-    def forward(self, size: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, size: tuple[int, int]) -> torch.Tensor:
         """Encoding of the centres of an H x W grid: [C, H, W]."""
         height, width = size
         matrix = self.positional_encoding_gaussian_matrix
@@ -147,7 +145,7 @@ class PositionEmbeddingRandom(nn.Module):
         encoding = self._pe_encoding(torch.stack([x_embed, y_embed], dim=-1))
         return encoding.permute(2, 0, 1)
 
-    def forward_with_coords(self, coords_input: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
+    def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """coords [B, N, 2] in pixels (x, y) of an image of size (H, W) -> [B, N, C]."""
         coords = coords_input.clone()
         coords[:, :, 0] = coords[:, :, 0] / image_size[1]

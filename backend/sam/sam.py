@@ -1,7 +1,7 @@
 """The Sam module: image encoder + prompt encoder + mask decoder, with pre- and post-processing."""
 
 import functools
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,8 +22,8 @@ class Sam(nn.Module):
         image_encoder: nn.Module,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
-        pixel_mean: Tuple[float, float, float] = (123.675, 116.28, 103.53),
-        pixel_std: Tuple[float, float, float] = (58.395, 57.12, 57.375),
+        pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
+        pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375),
     ) -> None:
         """image_encoder maps [B, 3, 1024, 1024] to [B, 256, 64, 64]; pixel_mean/std are on the 0-255 scale."""
         super().__init__()
@@ -44,7 +44,7 @@ class Sam(nn.Module):
 
     @property
     def precision(self) -> str:
-        """"fp32", "bf16" or "fp16": the dtype the image encoder computes in."""
+        """ "fp32", "bf16" or "fp16": the dtype the image encoder computes in."""
         dtype = getattr(self.image_encoder, "autocast_dtype", None)
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
@@ -63,7 +63,7 @@ class Sam(nn.Module):
         return precision
 
     @torch.inference_mode()
-    def forward(self, batched_input: List[Dict[str, Any]], multimask_output: bool) -> List[Dict[str, torch.Tensor]]:
+    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
         """End-to-end prediction for a list of already transformed images with prompts.
 
         Each input dict holds "image" [3, H, W] (longest side 1024), "original_size" (H, W) and optionally
@@ -74,7 +74,7 @@ class Sam(nn.Module):
         image_embeddings = self.image_encoder(input_images)
 
         outputs = []
-        for record, embedding in zip(batched_input, image_embeddings):
+        for record, embedding in zip(batched_input, image_embeddings, strict=True):
             points = None
             if "point_coords" in record:
                 points = (record["point_coords"], record["point_labels"])
@@ -101,7 +101,7 @@ class Sam(nn.Module):
         return outputs
 
     def postprocess_masks(
-        self, masks: torch.Tensor, input_size: Tuple[int, ...], original_size: Tuple[int, ...]
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
     ) -> torch.Tensor:
         """Low-res logits [B, K, 256, 256] -> logits [B, K, H, W] of the original image.
 
@@ -121,7 +121,7 @@ class Sam(nn.Module):
         return F.pad(x, (0, size - width, 0, size - height))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 matrix products natively (AVX512-BF16 or AMX-BF16).
 

@@ -6,7 +6,7 @@ Parameter and buffer names follow MobileSAM's ``tiny_vit_sam.py`` so that ``mobi
 never calls it.
 """
 
-from typing import List, Optional, Sequence, Tuple, Type
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -34,9 +34,7 @@ class Conv2d_BN(nn.Sequential):
         bn_weight_init: float = 1.0,
     ) -> None:
         super().__init__()
-        self.add_module(
-            "c", nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False)
-        )
+        self.add_module("c", nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False))
         bn = nn.BatchNorm2d(out_chans)
         nn.init.constant_(bn.weight, bn_weight_init)
         nn.init.constant_(bn.bias, 0.0)
@@ -77,7 +75,7 @@ def _drop_path_or_identity(drop_prob: float) -> nn.Module:
 class PatchEmbed(nn.Module):
     """Two stride-2 convolutions: [B, in_chans, H, W] -> [B, embed_dim, H/4, W/4]."""
 
-    def __init__(self, in_chans: int, embed_dim: int, resolution: int, activation: Type[nn.Module]) -> None:
+    def __init__(self, in_chans: int, embed_dim: int, resolution: int, activation: type[nn.Module]) -> None:
         super().__init__()
         self.patches_resolution = (resolution // 4, resolution // 4)
         self.in_chans = in_chans
@@ -100,7 +98,7 @@ class MBConv(nn.Module):
         in_chans: int,
         out_chans: int,
         expand_ratio: float,
-        activation: Type[nn.Module],
+        activation: type[nn.Module],
         drop_path: float,
     ) -> None:
         super().__init__()
@@ -131,10 +129,10 @@ class PatchMerging(nn.Module):
 
     def __init__(
         self,
-        input_resolution: Tuple[int, int],
+        input_resolution: tuple[int, int],
         dim: int,
         out_dim: int,
-        activation: Type[nn.Module],
+        activation: type[nn.Module],
     ) -> None:
         super().__init__()
         self.input_resolution = input_resolution
@@ -147,7 +145,7 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2d_BN(out_dim, out_dim, 1, 1, 0)
 
     @property
-    def output_resolution(self) -> Tuple[int, int]:
+    def output_resolution(self) -> tuple[int, int]:
         height, width = self.input_resolution
         # Output size of a 3x3 convolution with padding 1.
         return (height - 1) // self.stride + 1, (width - 1) // self.stride + 1
@@ -166,9 +164,9 @@ class _Stage(nn.Module):
     """Blocks at one resolution, then an optional PatchMerging; subclasses build both."""
 
     blocks: nn.ModuleList
-    downsample: Optional[PatchMerging]
+    downsample: PatchMerging | None
 
-    def __init__(self, dim: int, input_resolution: Tuple[int, int], depth: int, use_checkpoint: bool) -> None:
+    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, use_checkpoint: bool) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
@@ -184,12 +182,12 @@ class _Stage(nn.Module):
 
 
 def _merging(
-    downsample: Optional[Type[PatchMerging]],
-    input_resolution: Tuple[int, int],
+    downsample: type[PatchMerging] | None,
+    input_resolution: tuple[int, int],
     dim: int,
-    out_dim: Optional[int],
-    activation: Type[nn.Module],
-) -> Optional[PatchMerging]:
+    out_dim: int | None,
+    activation: type[nn.Module],
+) -> PatchMerging | None:
     if downsample is None:
         return None
     return downsample(input_resolution, dim=dim, out_dim=out_dim, activation=activation)
@@ -201,13 +199,13 @@ class ConvLayer(_Stage):
     def __init__(
         self,
         dim: int,
-        input_resolution: Tuple[int, int],
+        input_resolution: tuple[int, int],
         depth: int,
-        activation: Type[nn.Module],
+        activation: type[nn.Module],
         drop_path: Sequence[float] = (),
-        downsample: Optional[Type[PatchMerging]] = None,
+        downsample: type[PatchMerging] | None = None,
         use_checkpoint: bool = False,
-        out_dim: Optional[int] = None,
+        out_dim: int | None = None,
         conv_expand_ratio: float = 4.0,
     ) -> None:
         super().__init__(dim, input_resolution, depth, use_checkpoint)
@@ -224,9 +222,9 @@ class Mlp(nn.Module):
     def __init__(
         self,
         in_features: int,
-        hidden_features: Optional[int] = None,
-        out_features: Optional[int] = None,
-        act_layer: Type[nn.Module] = nn.GELU,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
         drop: float = 0.0,
     ) -> None:
         super().__init__()
@@ -255,7 +253,7 @@ class Attention(nn.Module):
         key_dim: int,
         num_heads: int = 8,
         attn_ratio: float = 4.0,
-        resolution: Tuple[int, int] = (14, 14),
+        resolution: tuple[int, int] = (14, 14),
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -300,14 +298,14 @@ class TinyViTBlock(nn.Module):
     def __init__(
         self,
         dim: int,
-        input_resolution: Tuple[int, int],
+        input_resolution: tuple[int, int],
         num_heads: int,
         window_size: int = 7,
         mlp_ratio: float = 4.0,
         drop: float = 0.0,
         drop_path: float = 0.0,
         local_conv_size: int = 3,
-        activation: Type[nn.Module] = nn.GELU,
+        activation: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         if window_size <= 0:
@@ -321,9 +319,7 @@ class TinyViTBlock(nn.Module):
         self.mlp_ratio = mlp_ratio
 
         self.drop_path = _drop_path_or_identity(drop_path)
-        self.attn = Attention(
-            dim, dim // num_heads, num_heads, attn_ratio=1, resolution=(window_size, window_size)
-        )
+        self.attn = Attention(dim, dim // num_heads, num_heads, attn_ratio=1, resolution=(window_size, window_size))
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=activation, drop=drop)
         self.local_conv = Conv2d_BN(
             dim, dim, kernel_size=local_conv_size, stride=1, padding=local_conv_size // 2, groups=dim
@@ -376,18 +372,18 @@ class BasicLayer(_Stage):
     def __init__(
         self,
         dim: int,
-        input_resolution: Tuple[int, int],
+        input_resolution: tuple[int, int],
         depth: int,
         num_heads: int,
         window_size: int,
         mlp_ratio: float = 4.0,
         drop: float = 0.0,
         drop_path: Sequence[float] = (),
-        downsample: Optional[Type[PatchMerging]] = None,
+        downsample: type[PatchMerging] | None = None,
         use_checkpoint: bool = False,
         local_conv_size: int = 3,
-        activation: Type[nn.Module] = nn.GELU,
-        out_dim: Optional[int] = None,
+        activation: type[nn.Module] = nn.GELU,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__(dim, input_resolution, depth, use_checkpoint)
         drop_paths = _per_block(drop_path, depth)
@@ -422,10 +418,10 @@ class TinyViT(nn.Module):
         img_size: int = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
-        embed_dims: List[int] = [96, 192, 384, 768],
-        depths: List[int] = [2, 2, 6, 2],
-        num_heads: List[int] = [3, 6, 12, 24],
-        window_sizes: List[int] = [7, 7, 14, 7],
+        embed_dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_sizes: Sequence[int] = (7, 7, 14, 7),
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
@@ -560,7 +556,7 @@ def _add(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return x + other
 
 
-def _per_block(drop_path: "float | Sequence[float]", depth: int) -> List[float]:
+def _per_block(drop_path: "float | Sequence[float]", depth: int) -> list[float]:
     if isinstance(drop_path, (int, float)):
         return [float(drop_path)] * depth
     drop_paths = list(drop_path)

@@ -115,12 +115,14 @@ def main() -> int:
     all_ok = True
     wire_rows = []
     print(f"target: mean IoU >= {TARGET_MEAN_IOU} of masks from f16/int8 embeddings vs fp32\n")
-    print(f"{'model':12} {'image':14} {'prompts':>7}  " + "  ".join(f"{f + ' mean':>10} {f + ' min':>9}" for f in FORMATS))
+    print(
+        f"{'model':12} {'image':14} {'prompts':>7}  " + "  ".join(f"{f + ' mean':>10} {f + ' min':>9}" for f in FORMATS)
+    )
     for model_name, model, spec in load_models():
         prepare_model(model, torch.device("cpu"), "fp32")
         reference_image = Path(spec["image"]).name
         for image_name, pixels in images.items():
-            (embedding, input_size), = encode_images(model, [pixels])
+            ((embedding, input_size),) = encode_images(model, [pixels])
             original_size = pixels.shape[:2]
             exact = predictor_for(model, embedding, original_size, input_size)
             points = grid_points(*original_size, args.grid)
@@ -133,26 +135,33 @@ def main() -> int:
                 restored = codec.decode_embedding(wire)
                 approx = predictor_for(model, restored, original_size, input_size)
                 ious = list(iou(grid_masks(approx, points), baseline_grid).ravel())
-                for got, want in zip(reference_prompt_masks(approx, prompts), baseline_prompts):
+                for got, want in zip(reference_prompt_masks(approx, prompts), baseline_prompts, strict=True):
                     ious.extend(iou(got, want).ravel())
                 mean, low = float(np.mean(ious)), float(np.min(ious))
                 all_ok &= mean >= TARGET_MEAN_IOU
                 cells.append(f"{mean:10.5f} {low:9.4f}")
                 wire_rows.append((model_name, image_name, fmt, wire))
             wire_rows.append((model_name, image_name, "f32", codec.encode_embedding(embedding, "f32")))
-            print(f"{model_name:12} {image_name:14} {len(points) * 3 + sum(m.shape[0] for m in baseline_prompts):7d}  " + "  ".join(cells))
+            print(
+                f"{model_name:12} {image_name:14} {len(points) * 3 + sum(m.shape[0] for m in baseline_prompts):7d}  "
+                + "  ".join(cells)
+            )
 
     print("\nwire formats (median over models and images; codec times are median of 5 runs)")
-    print(f"{'format':6} {'bytes':>10} {'encode ms':>10} {'decode ms':>10} {'gzip-1 ratio':>13} {'gzip-1 ms':>10} {'gzip-6 ratio':>13} {'gzip-6 ms':>10}")
+    print(
+        f"{'format':6} {'bytes':>10} {'encode ms':>10} {'decode ms':>10} {'gzip-1 ratio':>13} {'gzip-1 ms':>10} {'gzip-6 ratio':>13} {'gzip-6 ms':>10}"
+    )
     sample_embedding = codec.decode_embedding(wire_rows[-1][3])
     for fmt in ("f32", "f16", "int8"):
         bodies = [wire for _, _, f, wire in wire_rows if f == fmt]
-        _, encode_ms = timed(lambda: codec.encode_embedding(sample_embedding, fmt))
-        _, decode_ms = timed(lambda: codec.decode_embedding(bodies[-1]))
+        _, encode_ms = timed(lambda fmt=fmt: codec.encode_embedding(sample_embedding, fmt))
+        _, decode_ms = timed(lambda body=bodies[-1]: codec.decode_embedding(body))
         ratios, times = {}, {}
         for level in (1, 6):
             ratios[level] = statistics.median(len(zlib.compress(body, level)) / len(body) for body in bodies)
-            _, times[level] = timed(lambda: gzip.compress(bodies[-1], compresslevel=level, mtime=0), repeats=3)
+            _, times[level] = timed(
+                lambda body=bodies[-1], level=level: gzip.compress(body, compresslevel=level, mtime=0), repeats=3
+            )
         print(
             f"{fmt:6} {len(bodies[0]):10,d} {encode_ms:10.1f} {decode_ms:10.1f} {ratios[1]:13.3f} {times[1]:10.1f}"
             f" {ratios[6]:13.3f} {times[6]:10.1f}"

@@ -58,7 +58,7 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
         path = path.split("?", 1)[0]
         for prefix, directory in self.routes.items():
             if path.startswith(prefix):
-                relative = path[len(prefix):]
+                relative = path[len(prefix) :]
                 target = (directory / relative).resolve()
                 if directory.resolve() in target.parents or target == directory.resolve():
                     return str(target)
@@ -89,12 +89,16 @@ def bench_prompts(image_hw) -> list:
     prompts = []
     for fx, fy in [(0.5, 0.5), (0.25, 0.3), (0.7, 0.6), (0.4, 0.8), (0.85, 0.2)]:
         prompts.append({"coords": [[fx * w * sx, fy * h * sy], [0, 0]], "labels": [1, -1], "multimask": True})
-    prompts.append({"coords": [[0.1 * w * sx, 0.2 * h * sy], [0.8 * w * sx, 0.9 * h * sy]], "labels": [2, 3], "multimask": False})
-    prompts.append({
-        "coords": [[0.5 * w * sx, 0.5 * h * sy], [0.2 * w * sx, 0.2 * h * sy], [0.9 * w * sx, 0.9 * h * sy]],
-        "labels": [1, 2, 3],
-        "multimask": False,
-    })
+    prompts.append(
+        {"coords": [[0.1 * w * sx, 0.2 * h * sy], [0.8 * w * sx, 0.9 * h * sy]], "labels": [2, 3], "multimask": False}
+    )
+    prompts.append(
+        {
+            "coords": [[0.5 * w * sx, 0.5 * h * sy], [0.2 * w * sx, 0.2 * h * sy], [0.9 * w * sx, 0.9 * h * sy]],
+            "labels": [1, 2, 3],
+            "multimask": False,
+        }
+    )
     return prompts
 
 
@@ -104,11 +108,20 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models-dir", type=Path, help="use official.onnx, lowres.onnx (and *-quantized.onnx) here")
-    parser.add_argument("--image-hw", type=int, nargs=2, metavar=("H", "W"),
-                        help="image size the masks are made for (default: the reference dog, 534 x 800)")
+    parser.add_argument(
+        "--image-hw",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="image size the masks are made for (default: the reference dog, 534 x 800)",
+    )
     parser.add_argument("--with-quantized", action="store_true", help="also time the quantized decoders")
-    parser.add_argument("--ort-dist", type=Path, default=ORT_DIST,
-                        help="onnxruntime-web dist directory (default: the pinned one in web/node_modules)")
+    parser.add_argument(
+        "--ort-dist",
+        type=Path,
+        default=ORT_DIST,
+        help="onnxruntime-web dist directory (default: the pinned one in web/node_modules)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     args = parser.parse_args()
 
@@ -171,13 +184,17 @@ def main() -> int:
 
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    print(f"onnxruntime-web {result['ortVersion']}, crossOriginIsolated={result['crossOriginIsolated']}, "
-          f"threads={result['threads']}, {args.decodes} interleaved decodes each, image {image_hw}")
+    print(
+        f"onnxruntime-web {result['ortVersion']}, crossOriginIsolated={result['crossOriginIsolated']}, "
+        f"threads={result['threads']}, {args.decodes} interleaved decodes each, image {image_hw}"
+    )
     print("session load ms: " + ", ".join(f"{k} {v:.0f}" for k, v in result["loadMs"].items()))
     medians = {}
     for name, series in result["times"].items():
         medians[name] = {key: statistics.median(values) for key, values in series.items()}
-        print(f"{name:18s} median run {medians[name]['runMs']:7.1f} ms   prompt->mask {medians[name]['totalMs']:7.1f} ms")
+        print(
+            f"{name:18s} median run {medians[name]['runMs']:7.1f} ms   prompt->mask {medians[name]['totalMs']:7.1f} ms"
+        )
     for key, label in (("runMs", "session.run"), ("totalMs", "prompt->mask")):
         print(f"speed-up ({label}): {medians['official'][key] / medians['lowres'][key]:.2f}x")
     for name in names[1:]:

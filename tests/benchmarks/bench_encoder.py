@@ -21,8 +21,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
 
 
 def _omp_wait_policy_from_argv() -> None:
@@ -49,7 +49,7 @@ from backend.sam.sam import default_precision  # noqa: E402
 from tests.conftest import REFERENCE_DIR  # noqa: E402
 
 # (name, attention implementation, autocast dtype); the first one is the plain reference formulation.
-PATHS: List[Tuple[str, str, str]] = [
+PATHS: list[tuple[str, str, str]] = [
     ("fp32 plain (math attention)", "math", "fp32"),
     ("fp32 + SDPA", "sdpa", "fp32"),
     ("bf16 autocast (math attention)", "math", "bf16"),
@@ -70,17 +70,17 @@ def configure(model, attn_impl: str, precision: str) -> None:
     model.set_precision(precision)
 
 
-def timed(fn: Callable[[], torch.Tensor]) -> Tuple[float, float, torch.Tensor]:
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float, torch.Tensor]:
     """Wall seconds and this process's CPU seconds (all threads) of one call."""
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - start_wall, time.process_time() - start_cpu, out
 
 
-def masks_for(model, embedding: torch.Tensor, image_hw: Tuple[int, int], prompts: List[dict]) -> List[np.ndarray]:
+def masks_for(model, embedding: torch.Tensor, image_hw: tuple[int, int], prompts: list[dict]) -> list[np.ndarray]:
     predictor = SamPredictor(model)
     predictor.set_embedding(embedding, image_hw)
-    results: List[np.ndarray] = []
+    results: list[np.ndarray] = []
     outputs = []
     for prompt in prompts:
         mask_input = None
@@ -104,16 +104,18 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def bench_model(model_type: str, paths, runs: int, image: np.ndarray, prompts: List[dict]) -> None:
+def bench_model(model_type: str, paths, runs: int, image: np.ndarray, prompts: list[dict]) -> None:
     torch.manual_seed(0)
     model = sam_model_registry[model_type]().eval()
     x = encoder_input(model, image)
-    print(f"\n== {model_type}: {sum(p.numel() for p in model.image_encoder.parameters()) / 1e6:.1f}M encoder parameters, "
-          f"input {list(x.shape)}, {torch.get_num_threads()} threads, {runs} interleaved runs per path")
+    print(
+        f"\n== {model_type}: {sum(p.numel() for p in model.image_encoder.parameters()) / 1e6:.1f}M encoder parameters, "
+        f"input {list(x.shape)}, {torch.get_num_threads()} threads, {runs} interleaved runs per path"
+    )
 
-    times: Dict[str, List[float]] = {name: [] for name, _, _ in paths}
-    cpu_times: Dict[str, List[float]] = {name: [] for name, _, _ in paths}
-    embeddings: Dict[str, torch.Tensor] = {}
+    times: dict[str, list[float]] = {name: [] for name, _, _ in paths}
+    cpu_times: dict[str, list[float]] = {name: [] for name, _, _ in paths}
+    embeddings: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         configure(model, "sdpa", "bf16")
         model.image_encoder(x)  # warm-up: oneDNN kernel creation, allocator
@@ -134,11 +136,13 @@ def bench_model(model_type: str, paths, runs: int, image: np.ndarray, prompts: L
     image_hw = image.shape[:2]
     plain_masks = masks_for(model, plain, image_hw, prompts)
     coverage = np.mean([m.mean() for m in plain_masks])
-    print(f"\n  {'path':34s} {'wall s':>7s} {'speed-up':>8s} {'CPU s':>7s} {'speed-up':>8s} {'cosine':>10s} {'mask IoU mean/min':>18s}")
+    print(
+        f"\n  {'path':34s} {'wall s':>7s} {'speed-up':>8s} {'CPU s':>7s} {'speed-up':>8s} {'cosine':>10s} {'mask IoU mean/min':>18s}"
+    )
     for name, _, _ in paths:
         emb = embeddings[name]
         cosine = torch.nn.functional.cosine_similarity(emb.flatten().double(), plain.flatten().double(), dim=0).item()
-        ious = [iou(a, b) for a, b in zip(masks_for(model, emb, image_hw, prompts), plain_masks)]
+        ious = [iou(a, b) for a, b in zip(masks_for(model, emb, image_hw, prompts), plain_masks, strict=True)]
         median = statistics.median(times[name])
         cpu_median = statistics.median(cpu_times[name])
         print(
@@ -170,7 +174,11 @@ def main() -> None:
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; load average {os.getloadavg()[0]:.1f}"
     )
     for model_type in args.models.split(","):
-        paths = PATHS if model_type != "vit_t" else [("fp32 plain", "math", "fp32"), ("bf16 autocast (default)", "sdpa", "bf16")]
+        paths = (
+            PATHS
+            if model_type != "vit_t"
+            else [("fp32 plain", "math", "fp32"), ("bf16 autocast (default)", "sdpa", "bf16")]
+        )
         bench_model(model_type, paths, args.runs, image, meta["prompts"])
 
 

@@ -47,8 +47,10 @@ def percentile(values, q):
 def summary(name, values):
     if not values:
         return f"{name:<22} no samples"
-    return (f"{name:<22} n={len(values):<4} median {statistics.median(values):7.1f} ms   "
-            f"p90 {percentile(values, 0.9):7.1f} ms   min {min(values):7.1f} ms")
+    return (
+        f"{name:<22} n={len(values):<4} median {statistics.median(values):7.1f} ms   "
+        f"p90 {percentile(values, 0.9):7.1f} ms   min {min(values):7.1f} ms"
+    )
 
 
 def measures(page, name):
@@ -114,8 +116,15 @@ def run(url: str, args) -> dict:
             time.sleep(0.2)
         clicks = measures(page, "sam:click-to-paint")
         browser.close()
-    return {"provider": provider, "idle": idle, "sweep": sweep, "sweep_events": step, "click": clicks,
-            "decode": decode, "upsample": upsample}
+    return {
+        "provider": provider,
+        "idle": idle,
+        "sweep": sweep,
+        "sweep_events": step,
+        "click": clicks,
+        "decode": decode,
+        "upsample": upsample,
+    }
 
 
 def main() -> int:

@@ -76,8 +76,10 @@ def main() -> None:
 
     model, weights = load_encoder()
     images, image_name = load_images(args.batch)
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads; {weights}; {image_name}, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads; {weights}; {image_name}, batch {args.batch}"
+    )
 
     for _ in range(args.warmup):
         encode(model, images, "fp32")
@@ -99,20 +101,30 @@ def main() -> None:
 
     fp32_ms = statistics.median(times["fp32"]) * 1e3
     bf16_ms = statistics.median(times["bf16"]) * 1e3
-    ratios = [f / b for f, b in zip(times["fp32"], times["bf16"])]
-    print(f"fp32  median {fp32_ms:8.1f} ms per batch ({fp32_ms / args.batch:.1f} ms/image), "
-          f"min {min(times['fp32']) * 1e3:.1f}")
-    print(f"bf16  median {bf16_ms:8.1f} ms per batch ({bf16_ms / args.batch:.1f} ms/image), "
-          f"min {min(times['bf16']) * 1e3:.1f}")
-    print(f"speed-up fp32/bf16: median of paired ratios {statistics.median(ratios):.2f} "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+    ratios = [f / b for f, b in zip(times["fp32"], times["bf16"], strict=True)]
+    print(
+        f"fp32  median {fp32_ms:8.1f} ms per batch ({fp32_ms / args.batch:.1f} ms/image), "
+        f"min {min(times['fp32']) * 1e3:.1f}"
+    )
+    print(
+        f"bf16  median {bf16_ms:8.1f} ms per batch ({bf16_ms / args.batch:.1f} ms/image), "
+        f"min {min(times['bf16']) * 1e3:.1f}"
+    )
+    print(
+        f"speed-up fp32/bf16: median of paired ratios {statistics.median(ratios):.2f} "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
     # CPU time is less disturbed than wall time by other processes on the machine.
-    cpu_ratios = [f / b for f, b in zip(cpu_times["fp32"], cpu_times["bf16"])]
-    print(f"CPU time (all threads) median: fp32 {statistics.median(cpu_times['fp32']) * 1e3:.0f} ms, "
-          f"bf16 {statistics.median(cpu_times['bf16']) * 1e3:.0f} ms, "
-          f"paired ratio fp32/bf16 {statistics.median(cpu_ratios):.2f}")
-    print(f"bf16 vs fp32 embedding: cosine {cosine.item():.6f}, max abs diff {max_abs:.4f}, "
-          f"fp32 max |x| {reference.abs().max().item():.3f}")
+    cpu_ratios = [f / b for f, b in zip(cpu_times["fp32"], cpu_times["bf16"], strict=True)]
+    print(
+        f"CPU time (all threads) median: fp32 {statistics.median(cpu_times['fp32']) * 1e3:.0f} ms, "
+        f"bf16 {statistics.median(cpu_times['bf16']) * 1e3:.0f} ms, "
+        f"paired ratio fp32/bf16 {statistics.median(cpu_ratios):.2f}"
+    )
+    print(
+        f"bf16 vs fp32 embedding: cosine {cosine.item():.6f}, max abs diff {max_abs:.4f}, "
+        f"fp32 max |x| {reference.abs().max().item():.3f}"
+    )
     print("per-run ms fp32:", np.round(np.array(times["fp32"]) * 1e3).astype(int).tolist())
     print("per-run ms bf16:", np.round(np.array(times["bf16"]) * 1e3).astype(int).tolist())
 

@@ -18,11 +18,24 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
-WEBGPU_ARGS = ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"]
+WEBGPU_ARGS = [
+    "--no-sandbox",
+    "--enable-unsafe-webgpu",
+    "--enable-unsafe-swiftshader",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
 SERVER_START_TIMEOUT_S = 300
 
 
@@ -39,16 +52,26 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = dict(os.environ)
-        env.update({
-            "SAM_MODEL_TYPE": "vit_t", "SAM_CHECKPOINT": str(checkpoint), "SAM_DATA_DIR": str(data_dir),
-            "SAM_ALLOW_DOWNLOAD": "0", "SAM_PRECISION": "fp32", "SAM_DEVICE": "cpu", "SAM_LOG_LEVEL": "WARNING",
-        })
+        env.update(
+            {
+                "SAM_MODEL_TYPE": "vit_t",
+                "SAM_CHECKPOINT": str(checkpoint),
+                "SAM_DATA_DIR": str(data_dir),
+                "SAM_ALLOW_DOWNLOAD": "0",
+                "SAM_PRECISION": "fp32",
+                "SAM_DEVICE": "cpu",
+                "SAM_LOG_LEVEL": "WARNING",
+            }
+        )
         env.update(extra_env or {})
         self.log_path = data_dir / "server.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - stays open for the server's life; closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self._wait_until_up()
 
@@ -56,7 +79,9 @@ class LiveServer:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"the server exited ({self.process.returncode}):\n{self.log_path.read_text()[-3000:]}"
+                )
             try:
                 if requests.get(self.url + "healthz", timeout=2).ok:
                     return
@@ -97,6 +122,7 @@ class ConsoleWatch:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def open_app(page, server: LiveServer, query: str = "backend=wasm") -> None:
     """Loads the app and waits until the decoder is ready."""
@@ -140,7 +166,9 @@ def canvas_point(page, x: float, y: float) -> tuple[float, float]:
     canvas = page.locator("#mask-canvas")
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
-    width, height = page.evaluate("[document.getElementById('mask-canvas').width, document.getElementById('mask-canvas').height]")
+    width, height = page.evaluate(
+        "[document.getElementById('mask-canvas').width, document.getElementById('mask-canvas').height]"
+    )
     return box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
 
 

@@ -12,13 +12,14 @@ import os
 from pathlib import Path
 
 import pytest
-
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ConsoleWatch, ExternalServer, LiveServer
 
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "webgpu: runs the decoder on WebGPU via SwiftShader (slow CPU emulation); deselect with -m 'not webgpu'")
+        "markers",
+        "webgpu: runs the decoder on WebGPU via SwiftShader (slow CPU emulation); deselect with -m 'not webgpu'",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,10 @@ def main() -> int:
             page.wait_for_function("document.body.dataset.image === 'ready'")
             width, height = page.locator("#mask-canvas").evaluate("c => [c.width, c.height]")
             # One kept object from a box, then a click being edited, then the pointer hovering elsewhere.
-            start, end = canvas_point(page, width * 0.05, height * 0.55), canvas_point(page, width * 0.45, height * 0.98)
+            start, end = (
+                canvas_point(page, width * 0.05, height * 0.55),
+                canvas_point(page, width * 0.45, height * 0.98),
+            )
             page.mouse.move(*start)
             page.mouse.down()
             page.mouse.move(*end, steps=5)

@@ -14,11 +14,16 @@ import re
 import numpy as np
 import pytest
 import requests
-from PIL import Image
-
 from browser_helpers import (
-    canvas_point, leave_image, open_app, prompt_points, shown_mask, upload, wait_idle,
+    canvas_point,
+    leave_image,
+    open_app,
+    prompt_points,
+    shown_mask,
+    upload,
+    wait_idle,
 )
+from PIL import Image
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -94,14 +99,16 @@ def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
     page.wait_for_function(
         """() => { const c = document.getElementById('mask-canvas');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }""")
+        for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }"""
+    )
     assert shown_mask(page).sum() > 0
     assert prompt_points(page) == []  # hovering adds no prompt
     leave_image(page)
     page.wait_for_function(
         """() => { const c = document.getElementById('mask-canvas');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        for (let i = 3; i < d.length; i += 4) if (d[i]) return false; return true; }""")
+        for (let i = 3; i < d.length; i += 4) if (d[i]) return false; return true; }"""
+    )
 
 
 def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_page, predictor, live_server, dog_path):
@@ -145,8 +152,11 @@ def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predict
     sam = server_predictor(predictor, live_server, dog_path)
     _, scores, low_res = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
     masks, _, _ = sam.predict(
-        np.array([[420, 250], [200, 120]]), np.array([1, 0]),
-        mask_input=low_res[int(np.argmax(scores))][None], multimask_output=False)
+        np.array([[420, 250], [200, 120]]),
+        np.array([1, 0]),
+        mask_input=low_res[int(np.argmax(scores))][None],
+        multimask_output=False,
+    )
     assert agreement(shown_mask(page), masks[0]) >= MIN_AGREEMENT
     assert page.locator("#candidates").is_hidden()  # refinements give one mask
 
@@ -270,7 +280,12 @@ def test_every_export_holds_the_mask_shown(ready_page, dog_path):
     flat = np.repeat(np.arange(len(counts)) % 2, counts).astype(bool)
     assert np.array_equal(flat.reshape(800, 534).T, mask)
     assert annotation["area"] == int(mask.sum())
-    assert annotation["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    assert annotation["bbox"] == [
+        int(xs.min()),
+        int(ys.min()),
+        int(xs.max() - xs.min() + 1),
+        int(ys.max() - ys.min() + 1),
+    ]
 
     data, name = _download(page, "#export-svg")
     assert b'data-name="good dog"' in data and b'fill-rule="evenodd"' in data
@@ -293,12 +308,13 @@ def test_copy_puts_the_cutout_on_the_clipboard(ready_page):
         const context = canvas.getContext('2d'); context.drawImage(bitmap, 0, 0);
         const d = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
         const out = []; for (let i = 3; i < d.length; i += 4) out.push(d[i] > 0 ? 1 : 0);
-        return [bitmap.width, bitmap.height, out.join('')]; }""")
+        return [bitmap.width, bitmap.height, out.join('')]; }"""
+    )
     width, height, bits = alpha_bits
     ys, xs = np.nonzero(mask)
     assert (width, height) == (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
     alpha = np.frombuffer(bits.encode(), dtype=np.uint8).reshape(height, width) == ord("1")
-    assert np.array_equal(alpha, mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+    assert np.array_equal(alpha, mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
 
 
 def test_objects_get_their_own_colours_and_can_be_deleted(ready_page):
@@ -374,6 +390,7 @@ def _contrast(css_a: str, css_b: str) -> float:
         channels = [int(v) / 255 for v in re.findall(r"\d+", css)[:3]]
         linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
         return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
     high, low = sorted([luminance(css_a), luminance(css_b)], reverse=True)
     return (high + 0.05) / (low + 0.05)
 
@@ -385,7 +402,8 @@ def test_keyboard_and_accessibility_basics(page, live_server):
         """() => [...document.querySelectorAll('button, input, select')].filter((el) => {
             if (el.closest('[hidden]')) return false;
             const label = el.getAttribute('aria-label') || el.labels?.[0]?.textContent || el.textContent;
-            return !label || !label.trim(); }).map((el) => el.outerHTML.slice(0, 80))""")
+            return !label || !label.trim(); }).map((el) => el.outerHTML.slice(0, 80))"""
+    )
     assert unnamed == []
     # The focus ring stands out (WCAG 3:1) from the white panels and from the dark top bar alike.
     page.wait_for_selector("#gallery-list button")
@@ -396,7 +414,8 @@ def test_keyboard_and_accessibility_basics(page, live_server):
         ring, behind = page.evaluate(
             """() => { const el = document.activeElement; let node = el.parentElement;
             while (getComputedStyle(node).backgroundColor === 'rgba(0, 0, 0, 0)') node = node.parentElement;
-            return [getComputedStyle(el).outlineColor, getComputedStyle(node).backgroundColor]; }""")
+            return [getComputedStyle(el).outlineColor, getComputedStyle(node).backgroundColor]; }"""
+        )
         assert _contrast(ring, behind) >= 3, (selector, ring, behind)
     page.keyboard.press("?")
     assert page.locator("#help-dialog").is_visible()
@@ -487,9 +506,11 @@ def test_everything_mode_shows_all_masks_and_a_click_keeps_one(ready_page, live_
     page.click("#error-close")
 
     # Hovering highlights the mask under the pointer; a click moves it into the object list.
-    alpha_sum = "() => { const c = document.getElementById('mask-canvas'); let s = 0;" \
-        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;" \
+    alpha_sum = (
+        "() => { const c = document.getElementById('mask-canvas'); let s = 0;"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
         " for (let i = 3; i < d.length; i += 4) s += d[i]; return s; }"
+    )
     before = page.evaluate(alpha_sum)
     ys, xs = np.nonzero(painted)
     target = canvas_point(page, int(xs[len(xs) // 2]), int(ys[len(ys) // 2]))
@@ -532,7 +553,9 @@ def test_gallery_drop_and_paste_all_open_images(page, live_server):
     transfer = _image_file_in_page(page, first["url"], "dropped-on-tools.png")
     prevented = page.evaluate(
         "(transfer) => !document.querySelector('.sidebar').dispatchEvent("
-        "new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}))", transfer)
+        "new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}))",
+        transfer,
+    )
     assert prevented
     page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('dropped-on-tools.png')")
     page.wait_for_function("document.body.dataset.image === 'ready'")
@@ -540,7 +563,8 @@ def test_gallery_drop_and_paste_all_open_images(page, live_server):
     transfer = _image_file_in_page(page, first["url"], "clipboard.png")
     page.evaluate(
         "(transfer) => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true}))",
-        transfer)
+        transfer,
+    )
     page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('clipboard.png')")
     page.wait_for_function("document.body.dataset.image === 'ready'")
 
@@ -563,7 +587,8 @@ def test_classroom_view_shows_the_three_stages_live(ready_page):
     colours = page.evaluate(
         """() => { const d = document.getElementById('cls-heatmap').getContext('2d').getImageData(0, 0, 256, 256).data;
         const seen = new Set(); for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] * 65536 + d[i + 1] * 256 + d[i + 2]);
-        return seen.size; }""")
+        return seen.size; }"""
+    )
     assert colours > 10
 
 
@@ -592,7 +617,8 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, dog_pa
     open_app(page, live_server)
     info = requests.post(live_server.url + "api/images", files={"image": dog_path.open("rb")}, timeout=120).json()
     reference = decode_embedding(
-        requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content)
+        requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content
+    )
     result = page.evaluate(
         """async (id) => {
         const { decodeEmbedding } = await import('/js/embedding.js');
@@ -681,8 +707,9 @@ def test_everything_job_of_the_previous_image_is_forgotten(ready_page, live_serv
         page.click("#everything-button")
     status_url = live_server.url + started.value.json()["status_url"].lstrip("/")
     page.keyboard.press("e")  # a second press while the job runs starts no second job
-    page.set_input_files("#file-input-more", files=[{"name": "mirrored.png", "mimeType": "image/png",
-                                                     "buffer": _mirrored_png(dog_path)}])
+    page.set_input_files(
+        "#file-input-more", files=[{"name": "mirrored.png", "mimeType": "image/png", "buffer": _mirrored_png(dog_path)}]
+    )
     page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('mirrored.png')")
     page.wait_for_function("document.body.dataset.image === 'ready'")
     for _ in range(300):
@@ -752,8 +779,12 @@ def test_a_busy_server_is_retried_after_the_wait_it_asks_for(page, live_server, 
     def busy_once(route):
         if not answers:
             answers.append(503)
-            route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
-                          body=json.dumps({"error": "encoder_busy", "message": "the encoder queue is full"}))
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "1"},
+                content_type="application/json",
+                body=json.dumps({"error": "encoder_busy", "message": "the encoder queue is full"}),
+            )
         else:
             answers.append("server")
             route.continue_()

@@ -33,8 +33,14 @@ def demo_server(tmp_path_factory):
     env["SAM_DATA_DIR"] = str(data_dir)
     log_path = data_dir / "demo.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(["make", "demo", f"PORT={port}"], cwd=REPO_ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["make", "demo", f"PORT={port}"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = None
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
