@@ -2,6 +2,7 @@
 
     python -m backend serve [--host 127.0.0.1] [--port $PORT or 5000] [--model-type vit_b] [--checkpoint FILE]
     python -m backend download-weights --model-type vit_b [--dest DIR]
+    python -m backend config-table
 
 Every other setting comes from the environment (see backend/config.py).
 """
@@ -13,7 +14,7 @@ import logging
 import os
 import sys
 
-from .config import MODEL_TYPES, Config, ConfigError
+from .config import MODEL_TYPES, Config, ConfigError, config_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--dest", default=None, help="directory (default: SAM_WEIGHTS_DIR or $SAM_DATA_DIR/weights)")
     fetch.add_argument("--url", default=None, help=argparse.SUPPRESS)  # A mirror; also used by the tests.
 
+    commands.add_parser("config-table", help="print the settings table (markdown) that the README shows")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "config-table":
+            print(config_table(), end="")
+            return 0
         return _download(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

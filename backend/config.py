@@ -3,32 +3,8 @@
 Every setting has an environment variable; ``create_app(config={...})`` overrides any of them by field name
 (``{"max_upload_bytes": 1000}``) or by variable name (``{"SAM_MAX_UPLOAD_BYTES": 1000}``).
 
-| variable | default | meaning |
-|---|---|---|
-| `SAM_MODEL_TYPE` | `vit_b` | model to serve: `vit_b`, `vit_l`, `vit_h` (= `default`), `vit_t` (MobileSAM) |
-| `SAM_CHECKPOINT` | unset | path of a checkpoint for `SAM_MODEL_TYPE`; when unset the weights dir is searched, then a download is tried |
-| `SAM_DATA_DIR` | `~/.cache/sam-web` | writable directory: downloaded weights (`weights/`), exported decoders (`decoders/`), the generated secret |
-| `SAM_WEIGHTS_DIR` | `$SAM_DATA_DIR/weights` | where checkpoints are looked for and downloaded to |
-| `SAM_ALLOW_DOWNLOAD` | `1` | `0` never contacts the network; without a checkpoint the server then runs on seeded random `vit_t` weights |
-| `SAM_DEVICE` | `auto` | `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N` |
-| `SAM_PRECISION` | `auto` | encoder precision: `auto` (the model's choice per device: bf16 on CUDA, else fp16; bf16 on CPUs with native bf16 (AVX512-BF16/AMX); else fp32), `fp32`, `bf16`, `fp16` |
-| `SAM_CACHE_BYTES` | `536870912` | in-memory embedding cache bound in bytes (one embedding is 4 MiB) |
-| `SAM_DISK_CACHE_DIR` | unset | also keep embeddings in this directory (survives restarts, shared by workers); uploads themselves are never written |
-| `SAM_DISK_CACHE_BYTES` | `4294967296` | bound of the disk cache directory; least recently used embeddings are deleted beyond it |
-| `SAM_MAX_UPLOAD_BYTES` | `26214400` | largest accepted request body (25 MiB); larger answers 413 |
-| `SAM_MAX_PIXELS` | `40000000` | largest accepted image (width x height) after decoding the header; larger answers 413 |
-| `SAM_QUEUE_SIZE` | `8` | images waiting for the encoder; when full, uploads answer 503 with `Retry-After` |
-| `SAM_BATCH_SIZE` | `4` | most images encoded in one forward pass |
-| `SAM_REQUEST_TIMEOUT` | `120` | seconds an upload waits for its embedding before answering 503 |
-| `SAM_SECRET` | generated | key for image ids (HMAC of the pixels); when unset a random one is created once in `$SAM_DATA_DIR/secret.key` so all workers agree |
-| `SAM_DECODER` | `lowres` | decoder the client uses: `official`, `official-quantized`, `lowres`, `lowres-quantized`, or a path to a custom ONNX file (official interface) |
-| `SAM_GALLERY_DIR` | unset | a folder of the deployment's own sample images, listed at `/api/gallery` next to the bundled ones |
-| `SAM_EVERYTHING_JOBS` | `1` | everything-mode jobs that run at once (each decodes a point grid on the server); others queue |
-| `SAM_EVERYTHING_MAX_JOBS` | `32` | everything-mode jobs (running, queued and finished results) kept; past it the oldest finished ones go |
-| `SAM_LOG_LEVEL` | `INFO` | Python logging level |
-| `PORT` | `5000` | port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`) |
-| `SAM_WORKERS` | `1` | gunicorn worker processes (each holds one model; with more than one, embeddings are shared through `SAM_DISK_CACHE_DIR`, default `$SAM_DATA_DIR/embeddings`) |
-| `SAM_THREADS` | `8` | gunicorn threads per worker |
+The settings table of the README is generated from the ``help`` of each field below (``config_table()``,
+``python -m backend config-table``) and a test keeps the two equal: describe a setting here, once.
 """
 
 from __future__ import annotations
@@ -51,30 +27,79 @@ class ConfigError(ValueError):
     """A setting has a value the server cannot use."""
 
 
+def setting(default: Any, help: str, *, shown: str | None = None) -> Any:
+    """A ``Config`` field with its documentation: ``help`` and, when the default is not literal, how it reads."""
+    return dataclasses.field(default=default, metadata={"help": help, "shown": shown})
+
+
 @dataclasses.dataclass
 class Config:
-    model_type: str = "vit_b"
-    checkpoint: str | None = None
-    data_dir: str = str(Path.home() / ".cache" / "sam-web")
-    weights_dir: str | None = None
-    allow_download: bool = True
-    device: str = "auto"
-    precision: str = "auto"
-    cache_bytes: int = 512 * 1024 * 1024
-    disk_cache_dir: str | None = None
-    disk_cache_bytes: int = 4 << 30
-    max_upload_bytes: int = 25 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    queue_size: int = 8
-    batch_size: int = 4
-    request_timeout: float = 120.0
-    secret: str | None = None
-    decoder: str = "lowres"
-    gallery_dir: str | None = None
-    everything_jobs: int = 1
-    everything_max_jobs: int = 32
-    log_level: str = "INFO"
-    port: int = 5000
+    model_type: str = setting("vit_b", "model to serve: `vit_b`, `vit_l`, `vit_h` (= `default`), `vit_t` (MobileSAM)")
+    checkpoint: str | None = setting(
+        None,
+        "path of a checkpoint for `SAM_MODEL_TYPE`; when unset the weights dir is searched, then a download is tried",
+    )
+    data_dir: str = setting(
+        str(Path.home() / ".cache" / "sam-web"),
+        "writable directory: downloaded weights (`weights/`), exported decoders (`decoders/`), the generated secret",
+        shown="~/.cache/sam-web",
+    )
+    weights_dir: str | None = setting(
+        None, "where checkpoints are looked for and downloaded to", shown="$SAM_DATA_DIR/weights"
+    )
+    allow_download: bool = setting(
+        True,
+        "`0` never contacts the network; without a checkpoint the server then runs on seeded random `vit_t` weights",
+    )
+    device: str = setting("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`")
+    precision: str = setting(
+        "auto",
+        "encoder precision: `auto` (the model's choice per device: bf16 on CUDA, else fp16; bf16 on CPUs with native "
+        "bf16 (AVX512-BF16/AMX); else fp32), `fp32`, `bf16`, `fp16`",
+    )
+    cache_bytes: int = setting(512 * 1024 * 1024, "in-memory embedding cache bound in bytes (one embedding is 4 MiB)")
+    disk_cache_dir: str | None = setting(
+        None,
+        "also keep embeddings in this directory (survives restarts, shared by workers); uploads themselves are never written",
+    )
+    disk_cache_bytes: int = setting(
+        4 << 30, "bound of the disk cache directory; least recently used embeddings are deleted beyond it"
+    )
+    max_upload_bytes: int = setting(25 * 1024 * 1024, "largest accepted request body (25 MiB); larger answers 413")
+    max_pixels: int = setting(
+        40_000_000, "largest accepted image (width x height) after decoding the header; larger answers 413"
+    )
+    queue_size: int = setting(8, "images waiting for the encoder; when full, uploads answer 503 with `Retry-After`")
+    batch_size: int = setting(4, "most images encoded in one forward pass")
+    request_timeout: float = setting(120.0, "seconds an upload waits for its embedding before answering 503")
+    secret: str | None = setting(
+        None,
+        "key for image ids (HMAC of the pixels); when unset a random one is created once in "
+        "`$SAM_DATA_DIR/secret.key` so all workers agree",
+        shown="generated",
+    )
+    decoder: str = setting(
+        "lowres",
+        "decoder the client uses: `official`, `official-quantized`, `lowres`, `lowres-quantized`, or a path to a "
+        "custom ONNX file (official interface)",
+    )
+    gallery_dir: str | None = setting(
+        None, "a folder of the deployment's own sample images, listed at `/api/gallery` next to the bundled ones"
+    )
+    everything_jobs: int = setting(
+        1, "everything-mode jobs that run at once (each decodes a point grid on the server); others queue"
+    )
+    everything_max_jobs: int = setting(
+        32, "everything-mode jobs (running, queued and finished results) kept; past it the oldest finished ones go"
+    )
+    log_level: str = setting("INFO", "Python logging level")
+    port: int = setting(5000, "port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`)")
+    workers: int = setting(
+        1,
+        "gunicorn worker processes (each holds one model; with more than one, embeddings are shared through "
+        "`SAM_DISK_CACHE_DIR`, default `$SAM_DATA_DIR/embeddings`)",
+    )
+    threads: int = setting(8, "gunicorn threads per worker")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -110,6 +135,8 @@ class Config:
             "batch_size",
             "everything_jobs",
             "everything_max_jobs",
+            "workers",
+            "threads",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be a positive number, not {getattr(self, name)}")
@@ -186,3 +213,25 @@ def _coerce(name: str, value: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{env_name(name)} must be a {field_type}, not {value!r}") from None
     return str(value) if not isinstance(value, os.PathLike) else os.fspath(value)
+
+
+def config_table() -> str:
+    """The README's settings table (markdown), one row per ``Config`` field, in declaration order."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for field in dataclasses.fields(Config):
+        shown = field.metadata["shown"]
+        if shown is None:
+            default = field.default
+            if default is None:
+                shown = "unset"
+            elif isinstance(default, bool):
+                shown = "1" if default else "0"
+            elif isinstance(default, float) and default.is_integer():
+                shown = str(int(default))
+            else:
+                shown = str(default)
+            shown = shown if shown == "unset" else f"`{shown}`"
+        else:
+            shown = f"`{shown}`" if shown != "generated" else shown
+        rows.append(f"| `{env_name(field.name)}` | {shown} | {field.metadata['help']} |")
+    return "\n".join(rows) + "\n"

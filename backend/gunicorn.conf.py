@@ -5,24 +5,32 @@ each worker loads its own model and runs its own encoder queue. Sized for CPU en
 ``SAM_REQUEST_TIMEOUT`` seconds for its embedding, and the worker timeout (a heartbeat from the worker's main
 loop, which keeps beating while request threads encode) stays well above that.
 
-Environment: ``PORT`` (default 5000), ``SAM_WORKERS`` (default 1), ``SAM_THREADS`` (default 8), plus every
-``SAM_*`` setting of backend/config.py. Command-line flags (or ``GUNICORN_CMD_ARGS``) override these.
+Environment: every setting of backend/config.py (``PORT``, ``SAM_WORKERS``, ``SAM_THREADS``, ...). Command-line flags (or ``GUNICORN_CMD_ARGS``) override these.
 """
 
 import os
+import sys
 
-bind = f"0.0.0.0:{os.environ.get('PORT') or '5000'}"
+from backend.config import Config, ConfigError
+
+try:
+    _settings = Config.from_env()
+except ConfigError as _error:
+    print(f"error: {_error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+bind = f"0.0.0.0:{_settings.port}"
 wsgi_app = "backend.app:create_app()"
 worker_class = "gthread"
-workers = int(os.environ.get("SAM_WORKERS") or 1)
-threads = int(os.environ.get("SAM_THREADS") or 8)
+workers = _settings.workers
+threads = _settings.threads
 preload_app = False
-timeout = max(120, int(float(os.environ.get("SAM_REQUEST_TIMEOUT") or 120)) + 60)
+timeout = max(120, int(_settings.request_timeout) + 60)
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
-loglevel = (os.environ.get("SAM_LOG_LEVEL") or "info").lower()
+loglevel = _settings.log_level.lower()
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"  # The heartbeat file: on tmpfs, never blocked by a slow disk.
 
