@@ -25,7 +25,7 @@ from PIL import Image
 @functools.cache
 def vit_t_model(checkpoint: str):
     """The reference vit_t (seeded random MobileSAM) in exact fp32 on the CPU."""
-    from backend.encoder import prepare_model
+    from backend.model_runner import prepare_model
     from backend.sam import sam_model_registry
 
     model = sam_model_registry["vit_t"](checkpoint=checkpoint)

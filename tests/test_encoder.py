@@ -11,14 +11,10 @@ from backend_fixtures import FakeEncoder, distinct_image, reference_case, vit_t_
 from PIL import Image
 
 from backend.cache import EmbeddingCache
-from backend.encoder import (
-    DeviceError,
-    EncoderBusy,
-    EncoderService,
-    EncodeTimeout,
-    encode_images,
-    resolve_device,
-)
+from backend.encoder import EncoderService
+from backend.interfaces import EncoderBusy, EncodeTimeout
+from backend.model_runner import DeviceError, encode_images, resolve_device
+from backend.sam import SamPredictor
 
 GIB = 1024**3
 
@@ -161,12 +157,10 @@ def test_one_bad_image_does_not_fail_the_rest_of_its_batch():
     service.close()
 
 
-def test_unknown_image_has_no_embedding_or_predictor():
+def test_unknown_image_has_no_embedding():
     service = make_service(FakeEncoder())
     assert service.embedding("0" * 32) is None
     assert service.embedding("../../etc/passwd") is None
-    with pytest.raises(KeyError):
-        service.predictor_for("0" * 32)
     service.close()
 
 
@@ -240,7 +234,10 @@ def test_real_vit_t_service_matches_the_reference_embedding_and_masks(reference_
     prompts = meta["prompts"]
     prompt = next(i for i, p in enumerate(prompts) if "mask_from" not in p and p.get("points"))
     spec = prompts[prompt]
-    predictor = service.predictor_for(result.image_id)
+    # The stored embedding alone (no second encode) gives the reference masks.
+    entry = service.embedding(result.image_id)
+    predictor = SamPredictor(model)
+    predictor.set_embedding(entry.embedding, entry.original_size, entry.input_size)
     masks, scores, low_res = predictor.predict(
         point_coords=np.array(spec["points"], dtype=np.float32),
         point_labels=np.array(spec["labels"], dtype=np.float32),

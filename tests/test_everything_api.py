@@ -9,7 +9,8 @@ import pytest
 import torch
 from flask import Flask
 
-from backend.everything import EverythingSource, create_everything_blueprint
+from backend.everything import EverythingSource
+from backend.everything_routes import create_everything_blueprint
 from backend.sam.amg import coco_decode_rle, rle_to_mask
 from backend.sam.automatic import SamAutomaticMaskGenerator
 from backend.sam.build import build_sam

@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from backend import codec  # noqa: E402
-from backend.encoder import encode_images, prepare_model  # noqa: E402
+from backend.model_runner import encode_images, prepare_model  # noqa: E402
 from backend.sam import SamPredictor, build_sam, sam_model_registry  # noqa: E402
 from tests.conftest import REFERENCE_DIR  # noqa: E402
 
