@@ -87,10 +87,9 @@ def reduced_checkpoint() -> Path:
 
 @functools.cache
 def reduced_config_file() -> Path:
-    """``{"config": REDUCED_VIT_CONFIG}`` as JSON, the form model_export's ``--config`` reads."""
-    path = session_data_dir() / "checkpoints" / "reduced_vit_config.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"config": REDUCED_VIT_CONFIG}))
+    """The JSON model_export's ``--config-json`` reads: ``REDUCED_VIT_CONFIG`` and, beside it, the checkpoint."""
+    path = reduced_checkpoint().with_name("reduced_vit_seed0.json")
+    path.write_text(json.dumps({"config": REDUCED_VIT_CONFIG, "checkpoint": reduced_checkpoint().name}))
     return path
 
 
