@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from .export import VARIANTS, example_inputs, export_decoder
+from backend.sam.build import MODEL_TYPES
 
-MODEL_TYPES = ("default", "vit_h", "vit_l", "vit_b", "vit_t")
+from .export import VARIANTS, example_inputs, export_decoder
 
 
 def build_parser() -> argparse.ArgumentParser:
