@@ -171,6 +171,14 @@ def test_every_prompt_matches_reference(case):
         assert 0.0 < reference.mean() < 1.0, index
 
 
+def test_the_servers_random_vit_t_is_the_reference_checkpoint(reference_dir):
+    """backend.weights.random_model(), which the other tests and the random-weights server use, has exactly the
+    weights the reference vit_t outputs were made with."""
+    state = torch.load(reference_dir / "vit_t_seed0.pth", map_location="cpu", weights_only=True)
+    ours = random_model().state_dict()
+    assert set(state) == set(ours) and all(torch.equal(ours[key], value) for key, value in state.items())
+
+
 def test_prompts_cover_every_kind(case):
     kinds = set()
     for prompt in case.meta["prompts"]:
