@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from backend.sam.build import MODEL_TYPES
+from backend.sam.build import MODEL_TYPES, sam_model_registry
 
 from .export import VARIANTS, example_inputs, export_decoder
 
