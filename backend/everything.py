@@ -170,11 +170,15 @@ class EverythingService:
         self.generator_factory = generator_factory
         self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="sam-everything")
 
-    def submit(self, image_id: str, params: dict[str, Any]) -> tuple[EverythingJob, bool]:
+    def submit(
+        self, image_id: str, params: dict[str, Any], image: np.ndarray | None = None
+    ) -> tuple[EverythingJob, bool]:
         """The job for (image_id, validated params): the cached one if any, else a new queued one.
 
-        Returns (job, created). Raises UnknownImage, ImageUnavailable (crops need pixels the server did not
-        keep) or TooManyJobs (every remembered job is still queued or running).
+        ``image`` (HxWx3 uint8, the pixels of image_id, e.g. sent with the request) serves crop layers when
+        the resolver keeps no pixels; it is held for the job's run only. Returns (job, created). Raises
+        UnknownImage, ImageUnavailable (crops need pixels the server did not keep and none were given) or
+        TooManyJobs (every remembered job is still queued or running).
         """
         key = (image_id, tuple(sorted(params.items())))
         existing = self.store.find(key)
@@ -183,6 +187,8 @@ class EverythingService:
         source = self.resolve(image_id)
         if source is None:
             raise UnknownImage(image_id)
+        if source.image is None and image is not None:
+            source = dataclasses.replace(source, image=image)
         if params.get("crop_n_layers", 0) > 0 and source.image is None:
             raise ImageUnavailable(
                 "crop_n_layers > 0 needs the image's pixels, which this server does not keep; use crop_n_layers 0"

@@ -1,6 +1,8 @@
 """The everything-mode routes (full /api paths), over the ``EverythingService`` registered with the app.
 
-POST /api/images/<image_id>/everything   optional JSON parameters -> 202 {job_id, status_url, events_url}
+POST /api/images/<image_id>/everything   optional JSON parameters -> 202 {job_id, status_url, events_url};
+                                         or multipart {parameters: JSON, image: the uploaded file} when
+                                         crop layers need the pixels (the server keeps none after encoding)
 GET  /api/everything/<job_id>            {status, progress, message?, result?}
 GET  /api/everything/<job_id>/events     the same as server-sent events, until the job ends
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from flask import Blueprint, Flask, Response, jsonify, request, url_for
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 
 from .errors import ApiError, register_error_handlers, shorten
 from .everything import (
@@ -24,7 +26,8 @@ from .everything import (
     default_generator_factory,
     validate_parameters,
 )
-from .state import EVERYTHING, everything_service
+from .images import ImageError, decode_image
+from .state import EVERYTHING, SAM, everything_service
 
 everything = Blueprint("everything", __name__)
 SSE_KEEPALIVE_S = 15.0
@@ -64,16 +67,41 @@ def _unknown_job(job_id: str) -> ApiError:
     return ApiError(404, "unknown_job", f"no everything job {shorten(job_id)!r} (it may have expired)")
 
 
+def _pixels_sent_with_the_job(image_id: str):
+    """The image's pixels from a multipart job request (decoded like an upload), checked to be the image
+    ``image_id`` names; they live as long as the job, never stored."""
+    upload = request.files.get("image")
+    if upload is None:
+        raise ApiError(400, "missing_image", "a multipart everything request needs the image in a field named 'image'")
+    state = current_app.extensions.get(SAM)
+    if state is None:  # an app serving everything mode alone has no decoder of uploads
+        raise ApiError(409, "image_unavailable", "this server cannot take the image with the job")
+    try:
+        pixels = decode_image(upload.read(), state.config.max_pixels).pixels
+    except ImageError as error:
+        raise ApiError(error.status, error.code, error.message) from None
+    if state.encoder.image_id(pixels) != image_id:
+        raise ApiError(400, "image_mismatch", f"the image sent is not the one with id {shorten(image_id)!r}")
+    return pixels
+
+
 @everything.post("/api/images/<image_id>/everything")
 def start(image_id: str):
-    raw = None
-    if request.get_data(cache=True):
+    raw, pixels = None, None
+    if request.mimetype == "multipart/form-data":
+        try:
+            raw = json.loads(request.form.get("parameters") or "{}")
+        except ValueError:
+            raise ApiError(400, "bad_json", "the 'parameters' field must be JSON (an object of parameters)") from None
+    elif request.get_data(cache=True):
         raw = request.get_json(force=True, silent=True)
         if raw is None:
             raise ApiError(400, "bad_json", "the request body must be JSON (an object of parameters) or empty")
     try:
         params = validate_parameters(raw)
-        job, created = everything_service().submit(image_id, params)
+        if request.mimetype == "multipart/form-data" and params.get("crop_n_layers", 0) > 0:
+            pixels = _pixels_sent_with_the_job(image_id)
+        job, created = everything_service().submit(image_id, params, image=pixels)
     except BadParameters as exc:
         raise ApiError(400, "bad_parameters", str(exc)) from None
     except UnknownImage:

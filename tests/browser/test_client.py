@@ -830,14 +830,14 @@ def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, ph
     assert prompt_points(page) == [[200, 500, 1]] and shown_mask(page).any()
 
 
-def test_a_touch_phone_gets_tap_wording(browser, live_server, dog_path):
+def test_a_touch_phone_gets_tap_wording(browser, live_server, photo_path):
     context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
     page = context.new_page()
     try:
         open_app(page, live_server)
         first_steps = page.inner_text("#empty-state")
         assert "tap the object" in first_steps and "right-click" not in first_steps
-        upload(page, dog_path)
+        upload(page, photo_path)
         assert "tap the image" in page.inner_text("#status-text")
         page.touchscreen.tap(*canvas_point(page, 420, 250))
         wait_idle(page)
@@ -846,7 +846,7 @@ def test_a_touch_phone_gets_tap_wording(browser, live_server, dog_path):
         context.close()
 
 
-def test_wording_follows_the_pointer_in_use_not_touch_support(browser, live_server, dog_path):
+def test_wording_follows_the_pointer_in_use_not_touch_support(browser, live_server, photo_path):
     """A desktop with a touch screen (Chromium then reports a coarse pointer and no hover): the mouse it is
     actually used with decides the wording, and a tap switches it to touch wording."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, has_touch=True)
@@ -858,7 +858,7 @@ def test_wording_follows_the_pointer_in_use_not_touch_support(browser, live_serv
         page.mouse.move(320, 320)
         assert "right-click" in page.inner_text("#empty-state")
         assert "tap the object" not in page.inner_text("#empty-state")
-        upload(page, dog_path)
+        upload(page, photo_path)
         assert "hover over the image" in page.inner_text("#status-text")
         box = page.locator("h1").bounding_box()
         page.touchscreen.tap(box["x"] + 5, box["y"] + 5)  # a tap, away from the image
@@ -869,9 +869,9 @@ def test_wording_follows_the_pointer_in_use_not_touch_support(browser, live_serv
         context.close()
 
 
-def test_a_desktop_mouse_gets_mouse_wording(page, live_server, dog_path):
+def test_a_desktop_mouse_gets_mouse_wording(page, live_server, photo_path):
     open_app(page, live_server)
     first_steps = page.inner_text("#empty-state")
     assert "right-click" in first_steps and "tap the object" not in first_steps
-    upload(page, dog_path)
+    upload(page, photo_path)
     assert "hover over the image" in page.inner_text("#status-text")
