@@ -23,7 +23,7 @@ import torch
 
 from .errors import shorten
 from .interfaces import JobStore
-from .jobs import DONE, ERROR, QUEUED, RUNNING, EverythingJob, MemoryJobStore, TooManyJobs
+from .jobs import CANCELLED, DONE, ERROR, FINISHED, QUEUED, RUNNING, EverythingJob, MemoryJobStore, TooManyJobs
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class ImageUnavailable(RuntimeError):
     pass
 
 
+class JobCancelled(Exception):
+    """Raised inside a running job, at its next batch boundary, once the job was cancelled."""
+
+
 GeneratorFactory = Callable[[torch.nn.Module, dict[str, Any]], Any]
 
 
@@ -178,7 +182,7 @@ class EverythingService:
         """
         key = (image_id, tuple(sorted(params.items())))
         existing = self.store.find(key)
-        if existing is not None and existing.status != ERROR:
+        if existing is not None and existing.status not in (ERROR, CANCELLED):
             return existing, False
         source = self.resolve(image_id)
         if source is None:
@@ -188,7 +192,7 @@ class EverythingService:
                 "crop_n_layers > 0 needs the image's pixels, which this server does not keep; use crop_n_layers 0"
             )
         existing = self.store.find(key)
-        if existing is not None and existing.status != ERROR:
+        if existing is not None and existing.status not in (ERROR, CANCELLED):
             return existing, False
         job = EverythingJob(job_id=uuid.uuid4().hex, image_id=image_id, params=dict(params))
         self.store.add(job, key)
@@ -203,17 +207,34 @@ class EverythingService:
         self.store.wait_for_change(job_id, seen, timeout)
 
     def stats(self) -> dict[str, Any]:
-        counts = dict.fromkeys((QUEUED, RUNNING, DONE, ERROR), 0)
+        counts = dict.fromkeys((QUEUED, RUNNING, DONE, ERROR, CANCELLED), 0)
         for job in self.store.jobs():
             counts[job.status] = counts.get(job.status, 0) + 1
         return {"max_concurrent": self.max_concurrent, **counts}
 
+    def cancel(self, job_id: str) -> EverythingJob | None:
+        """Cancels a queued or running job (a running one stops at its next batch boundary); a finished job
+        stays as it is. Returns the job, or None when unknown."""
+        self.store.update(job_id, unless=FINISHED, status=CANCELLED, message="cancelled before it finished")
+        return self.store.get(job_id)
+
     def close(self) -> None:
+        """Shutdown: every unfinished job is cancelled (running ones stop at their next batch), none waits."""
+        for job in self.store.jobs():
+            if not job.finished:
+                self.cancel(job.job_id)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _progress(self, job_id: str, fraction: float) -> None:
+        job = self.store.get(job_id)
+        if job is None or job.status == CANCELLED:
+            raise JobCancelled(job_id)
+        self.store.update(job_id, unless=FINISHED, progress=float(fraction))
 
     def _run(self, job_id: str, source: EverythingSource) -> None:
         started = time.perf_counter()
-        self.store.update(job_id, status=RUNNING)
+        if not self.store.update(job_id, unless=FINISHED, status=RUNNING):  # Cancelled while it waited.
+            return
         job = self.store.get(job_id)
         try:
             generator = self.generator_factory(source.model, job.params)
@@ -226,7 +247,7 @@ class EverythingService:
             if embedding.ndim == 3:
                 embedding = embedding[None]
             annotations = generator.generate(
-                image, image_embedding=embedding, progress=lambda p: self.store.update(job_id, progress=float(p))
+                image, image_embedding=embedding, progress=lambda p: self._progress(job_id, p)
             )
             result = {
                 "image_id": job.image_id,
@@ -234,13 +255,15 @@ class EverythingService:
                 "height": int(h),
                 "annotations": [_annotation_json(a) for a in annotations],
             }
-            self.store.update(
-                job_id, status=DONE, progress=1.0, result=result, elapsed_ms=(time.perf_counter() - started) * 1000
-            )
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self.store.update(job_id, unless=FINISHED, status=DONE, progress=1.0, result=result, elapsed_ms=elapsed_ms)
+        except JobCancelled:
+            logger.info("everything job %s cancelled", job_id)
         except Exception as exc:  # a failed job reports why instead of taking the worker down
             logger.exception("everything job %s failed", job_id)
             self.store.update(
                 job_id,
+                unless=FINISHED,
                 status=ERROR,
                 message=f"mask generation failed: {exc}",
                 elapsed_ms=(time.perf_counter() - started) * 1000,

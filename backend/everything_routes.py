@@ -102,6 +102,14 @@ def status(job_id: str):
     return jsonify(job.to_json())
 
 
+@everything.delete("/api/everything/<job_id>")
+def cancel(job_id: str):
+    job = everything_service().cancel(job_id)
+    if job is None:
+        raise _unknown_job(job_id)
+    return jsonify(job.to_json(with_result=False))
+
+
 @everything.get("/api/everything/<job_id>/events")
 def events(job_id: str):
     service = everything_service()
