@@ -28,7 +28,7 @@ from .everything_routes import register_everything
 from .gallery import Gallery
 from .model_runner import prepare_model, resolve_device
 from .state import SAM, AppState
-from .static import isolation_headers, ort_version, static_files
+from .static import isolation_headers, ort_version, static_files, web_files
 from .weights import WeightsInfo, load_model
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         gallery=Gallery(settings.gallery_dir),
         ort_version=ort_version(),
         compressed=BodyCache(max_bytes=64 * 1024 * 1024),
+        web_files=web_files(),
     )
 
     app.register_blueprint(api)

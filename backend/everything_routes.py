@@ -28,6 +28,8 @@ from .state import EVERYTHING, everything_service
 
 everything = Blueprint("everything", __name__)
 SSE_KEEPALIVE_S = 15.0
+# The parameters are seven numbers: a body longer than this is not a parameter object.
+MAX_PARAMETERS_BYTES = 4096
 
 
 def register_everything(app: Flask, service: EverythingService) -> None:
@@ -60,17 +62,37 @@ def create_everything_blueprint(
     return wrapper
 
 
+def _parameters_json():
+    """The request's JSON parameters (None for an empty body); anything else, too long (more than
+    ``MAX_PARAMETERS_BYTES``) or too deeply nested for the parser, is a 400."""
+    if (request.content_length or 0) > MAX_PARAMETERS_BYTES:
+        raise _bad_json()
+    body = request.stream.read(MAX_PARAMETERS_BYTES + 1)
+    if len(body) > MAX_PARAMETERS_BYTES:
+        raise _bad_json()
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes.
+        raise _bad_json() from None
+
+
+def _bad_json() -> ApiError:
+    return ApiError(
+        400,
+        "bad_json",
+        f"the request body must be JSON (an object of parameters, at most {MAX_PARAMETERS_BYTES:,} bytes) or empty",
+    )
+
+
 def _unknown_job(job_id: str) -> ApiError:
     return ApiError(404, "unknown_job", f"no everything job {shorten(job_id)!r} (it may have expired)")
 
 
 @everything.post("/api/images/<image_id>/everything")
 def start(image_id: str):
-    raw = None
-    if request.get_data(cache=True):
-        raw = request.get_json(force=True, silent=True)
-        if raw is None:
-            raise ApiError(400, "bad_json", "the request body must be JSON (an object of parameters) or empty")
+    raw = _parameters_json()
     try:
         params = validate_parameters(raw)
         job, created = everything_service().submit(image_id, params)

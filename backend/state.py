@@ -32,6 +32,7 @@ class AppState:
     gallery: Gallery
     ort_version: str | None
     compressed: BodyCache
+    web_files: frozenset[str]
 
 
 def app_state() -> AppState:
