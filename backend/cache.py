@@ -26,11 +26,14 @@ logger = logging.getLogger(__name__)
 KEY_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
-def image_key(secret: bytes, model_key: str, pixels: np.ndarray) -> str:
-    """A 32-hex-digit id for ``pixels`` (uint8 [H, W, 3]) as encoded by the model ``model_key``."""
+def image_key(secret: bytes, model_key: str, pixels: np.ndarray, original_size: tuple[int, int] | None = None) -> str:
+    """A 32-hex-digit id for ``pixels`` (uint8 [H, W, 3]) as encoded by the model ``model_key``;
+    ``original_size`` (H, W) when the pixels are a downscaled copy of a larger upload."""
     digest = hmac.new(secret, digestmod=hashlib.sha256)
     digest.update(model_key.encode("utf-8") + b"\0")
     digest.update(repr(tuple(pixels.shape)).encode("ascii") + str(pixels.dtype).encode("ascii") + b"\0")
+    if original_size is not None and tuple(original_size) != tuple(pixels.shape[:2]):
+        digest.update(b"from" + repr(tuple(int(v) for v in original_size)).encode("ascii") + b"\0")
     digest.update(np.ascontiguousarray(pixels).data)
     return digest.hexdigest()[:32]
 

@@ -138,6 +138,10 @@ class ImageUnavailable(RuntimeError):
     pass
 
 
+class ClientBusy(RuntimeError):
+    """This client already has as many unfinished jobs as one client may."""
+
+
 class JobCancelled(Exception):
     """Raised inside a running job, at its next batch boundary, once the job was cancelled."""
 
@@ -156,7 +160,7 @@ class EverythingService:
 
     ``resolve`` maps image ids to sources; ``max_concurrent`` jobs run at once; ``store`` keeps the job
     records (default: a ``MemoryJobStore`` of ``max_jobs``); ``generator_factory(model, params)`` builds the
-    mask generator (replaceable in tests).
+    mask generator (replaceable in tests); ``max_per_client`` bounds one client's unfinished jobs.
     """
 
     def __init__(
@@ -167,18 +171,21 @@ class EverythingService:
         max_jobs: int = 32,
         generator_factory: GeneratorFactory = default_generator_factory,
         store: JobStore | None = None,
+        max_per_client: int | None = None,
     ) -> None:
         self.resolve = resolve
+        self.max_per_client = max_per_client
         self.max_concurrent = max(1, int(max_concurrent))
         self.store = store if store is not None else MemoryJobStore(max_jobs)
         self.generator_factory = generator_factory
         self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="sam-everything")
 
-    def submit(self, image_id: str, params: dict[str, Any]) -> tuple[EverythingJob, bool]:
+    def submit(self, image_id: str, params: dict[str, Any], client: str | None = None) -> tuple[EverythingJob, bool]:
         """The job for (image_id, validated params): the cached one if any, else a new queued one.
 
         Returns (job, created). Raises UnknownImage, ImageUnavailable (crops need pixels the server did not
-        keep) or TooManyJobs (every remembered job is still queued or running).
+        keep), ClientBusy (``client`` has ``max_per_client`` unfinished jobs) or TooManyJobs (every
+        remembered job is still queued or running).
         """
         key = (image_id, tuple(sorted(params.items())))
         existing = self.store.find(key)
@@ -194,7 +201,14 @@ class EverythingService:
         existing = self.store.find(key)
         if existing is not None and existing.status not in (ERROR, CANCELLED):
             return existing, False
-        job = EverythingJob(job_id=uuid.uuid4().hex, image_id=image_id, params=dict(params))
+        if self.max_per_client is not None and client is not None:
+            mine = sum(1 for job in self.store.jobs() if job.client == client and not job.finished)
+            if mine >= self.max_per_client:
+                raise ClientBusy(
+                    f"you have {mine} everything jobs queued or running (at most {self.max_per_client} at once); "
+                    "wait for one to finish or cancel one"
+                )
+        job = EverythingJob(job_id=uuid.uuid4().hex, image_id=image_id, params=dict(params), client=client)
         self.store.add(job, key)
         self._executor.submit(self._run, job.job_id, source)
         return job, True

@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, Response, jsonify, request, url_for
 from .errors import ApiError, register_error_handlers, shorten
 from .everything import (
     BadParameters,
+    ClientBusy,
     EverythingService,
     GeneratorFactory,
     ImageUnavailable,
@@ -24,6 +25,7 @@ from .everything import (
     default_generator_factory,
     validate_parameters,
 )
+from .limits import client_address
 from .state import EVERYTHING, everything_service
 
 everything = Blueprint("everything", __name__)
@@ -95,7 +97,7 @@ def start(image_id: str):
     raw = _parameters_json()
     try:
         params = validate_parameters(raw)
-        job, created = everything_service().submit(image_id, params)
+        job, created = everything_service().submit(image_id, params, client=client_address())
     except BadParameters as exc:
         raise ApiError(400, "bad_parameters", str(exc)) from None
     except UnknownImage:
@@ -104,6 +106,8 @@ def start(image_id: str):
         ) from None
     except ImageUnavailable as exc:
         raise ApiError(409, "image_unavailable", str(exc)) from None
+    except ClientBusy as exc:
+        raise ApiError(429, "too_many_jobs", str(exc), {"Retry-After": "10"}) from None
     except TooManyJobs as exc:
         raise ApiError(503, "busy", str(exc), {"Retry-After": "5"}) from None
     body = {

@@ -90,6 +90,7 @@ def healthz():
         "pid": os.getpid(),
         "encoder": state.encoder.stats(),
         "cache": state.encoder.cache.stats(),
+        "decoding": state.pixel_budget.stats(),
     }
 
 
