@@ -12,10 +12,11 @@ import dataclasses
 import json
 import logging
 import math
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -156,7 +157,7 @@ def default_generator_factory(model: torch.nn.Module, params: dict[str, Any]):
 
 
 class EverythingService:
-    """Runs everything-mode jobs on a small thread pool; their records live in ``store``.
+    """Runs everything-mode jobs on ``max_concurrent`` worker threads; their records live in ``store``.
 
     ``resolve`` maps image ids to sources; ``max_concurrent`` jobs run at once; ``store`` keeps the job
     records (default: a ``MemoryJobStore`` of ``max_jobs``); ``generator_factory(model, params)`` builds the
@@ -178,7 +179,11 @@ class EverythingService:
         self.max_concurrent = max(1, int(max_concurrent))
         self.store = store if store is not None else MemoryJobStore(max_jobs)
         self.generator_factory = generator_factory
-        self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="sam-everything")
+        # Daemon threads, not a ThreadPoolExecutor: a stopping process must not wait for a running job's
+        # batch to end (the interpreter joins executor threads at exit).
+        self._queue: queue.Queue[tuple[str, EverythingSource] | None] = queue.Queue()
+        for index in range(self.max_concurrent):
+            threading.Thread(target=self._work, name=f"sam-everything-{index}", daemon=True).start()
 
     def submit(self, image_id: str, params: dict[str, Any], client: str | None = None) -> tuple[EverythingJob, bool]:
         """The job for (image_id, validated params): the cached one if any, else a new queued one.
@@ -210,7 +215,7 @@ class EverythingService:
                 )
         job = EverythingJob(job_id=uuid.uuid4().hex, image_id=image_id, params=dict(params), client=client)
         self.store.add(job, key)
-        self._executor.submit(self._run, job.job_id, source)
+        self._queue.put((job.job_id, source))
         return job, True
 
     def get(self, job_id: str) -> EverythingJob | None:
@@ -237,7 +242,12 @@ class EverythingService:
         for job in self.store.jobs():
             if not job.finished:
                 self.cancel(job.job_id)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for _ in range(self.max_concurrent):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._run(*item)
 
     def _progress(self, job_id: str, fraction: float) -> None:
         job = self.store.get(job_id)

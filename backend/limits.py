@@ -31,6 +31,7 @@ def install_rate_limits(app: Flask, settings: Config) -> Limiter:
         app=app,
         storage_uri=settings.redis_url or "memory://",
         headers_enabled=True,
+        strategy="moving-window",  # Any 60 s, not calendar minutes: no double burst at a window edge.
         in_memory_fallback_enabled=True,  # Redis unreachable: limit per process rather than not at all.
     )
     for endpoint, field in RATE_LIMITED.items():
