@@ -3,6 +3,7 @@
     python -m backend serve [--host 127.0.0.1] [--port $PORT or 5000] [--model-type vit_b] [--checkpoint FILE]
     python -m backend download-weights --model-type vit_b [--dest DIR]
     python -m backend config-table
+    python -m backend nginx-config [--listen 0.0.0.0:8080] [--upstream 127.0.0.1:$PORT] [--prefix DIR]
 
 Every other setting comes from the environment (see backend/config.py).
 """
@@ -34,12 +35,24 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("config-table", help="print the settings table (markdown) that the README shows")
 
+    front = commands.add_parser("nginx-config", help="print the nginx.conf of the buffering front (docs/deploy.md)")
+    front.add_argument("--listen", default="0.0.0.0:8080", help="address:port nginx listens on")
+    front.add_argument("--upstream", default=None, help="gunicorn's address (default 127.0.0.1:$PORT)")
+    front.add_argument("--prefix", default="/var/lib/sam-web/nginx", help="directory for nginx's pid, logs, temp files")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "config-table":
             print(config_table(), end="")
+            return 0
+        if args.command == "nginx-config":
+            from .front import nginx_config
+
+            print(
+                nginx_config(Config.from_env(), listen=args.listen, upstream=args.upstream, prefix=args.prefix), end=""
+            )
             return 0
         return _download(args)
     except ConfigError as error:

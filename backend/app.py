@@ -26,9 +26,11 @@ from .errors import register_error_handlers
 from .everything import EverythingService, resolver_from_encoder
 from .everything_routes import register_everything
 from .gallery import Gallery
+from .limits import install_rate_limits
+from .memory import PixelBudget
 from .model_runner import prepare_model, resolve_device
-from .state import SAM, AppState
-from .static import isolation_headers, ort_version, static_files
+from .state import EVERYTHING, SAM, AppState
+from .static import isolation_headers, ort_version, static_files, web_files
 from .weights import WeightsInfo, load_model
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         encode_batch=encode_batch,
     )
     everything = EverythingService(
-        resolver_from_encoder(encoder), max_concurrent=settings.everything_jobs, max_jobs=settings.everything_max_jobs
+        resolver_from_encoder(encoder),
+        max_concurrent=settings.everything_jobs,
+        max_jobs=settings.everything_max_jobs,
+        max_per_client=settings.everything_jobs_per_client,
     )
     app.extensions[SAM] = AppState(
         config=settings,
@@ -86,14 +91,24 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         gallery=Gallery(settings.gallery_dir),
         ort_version=ort_version(),
         compressed=BodyCache(max_bytes=64 * 1024 * 1024),
+        web_files=web_files(),
+        pixel_budget=PixelBudget(settings.decode_pixels),
     )
 
     app.register_blueprint(api)
     register_everything(app, everything)
     app.register_blueprint(static_files)
+    install_rate_limits(app, settings)
     register_error_handlers(app)
     app.after_request(isolation_headers)
     return app
+
+
+def shutdown(app: Flask) -> None:
+    """Cancels the app's queued and running work (everything jobs stop at their next batch, waiting encodes
+    answer 503) so a stopping server exits promptly."""
+    app.extensions[EVERYTHING].close()
+    app.extensions[SAM].encoder.close()
 
 
 def _configure_logging(level: str) -> None:

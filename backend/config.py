@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import limits
+
 from .decoders import BUILT_IN as _BUILT_IN_DECODERS
 from .sam.build import MODEL_TYPES  # One home: the registry of model builders.
 
@@ -71,7 +73,16 @@ class Config:
     max_pixels: int = setting(
         40_000_000, "largest accepted image (width x height) after decoding the header; larger answers 413"
     )
-    queue_size: int = setting(8, "images waiting for the encoder; when full, uploads answer 503 with `Retry-After`")
+    decode_pixels: int = setting(
+        64_000_000,
+        "pixels being decoded at once, all uploads together (each pixel costs about 10 bytes while decoding); "
+        "beyond it uploads answer 503 with `Retry-After`; at least `SAM_MAX_PIXELS`",
+    )
+    queue_size: int = setting(
+        4,
+        "images waiting for the encoder; when full, uploads answer 503 with `Retry-After` at once (keep "
+        "`SAM_QUEUE_SIZE + SAM_BATCH_SIZE` below `SAM_THREADS`, so threads stay free for other requests)",
+    )
     batch_size: int = setting(4, "most images encoded in one forward pass")
     request_timeout: float = setting(120.0, "seconds an upload waits for its embedding before answering 503")
     secret: str | None = setting(
@@ -94,6 +105,21 @@ class Config:
     everything_max_jobs: int = setting(
         32, "everything-mode jobs (running, queued and finished results) kept; past it the oldest finished ones go"
     )
+    everything_jobs_per_client: int = setting(
+        2, "everything-mode jobs one client may have queued or running; more answer 429 with `Retry-After`"
+    )
+    upload_rate: str = setting(
+        "60/minute", "uploads one client may make (Flask-Limiter syntax, e.g. `10/second;300/hour`); more answer 429"
+    )
+    everything_rate: str = setting("20/minute", "everything-mode job requests one client may make; more answer 429")
+    trusted_proxies: int = setting(
+        0,
+        "how many proxies in front set `X-Forwarded-For` (1 behind the nginx front of docs/deploy.md); clients "
+        "are told apart by the address they give",
+    )
+    redis_url: str | None = setting(
+        None, "Redis for state shared by workers and hosts (e.g. `redis://127.0.0.1:6379/0`): rate-limit counters"
+    )
     log_level: str = setting("INFO", "Python logging level")
     port: int = setting(5000, "port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`)")
     workers: int = setting(
@@ -101,7 +127,7 @@ class Config:
         "gunicorn worker processes (each holds one model; with more than one, embeddings are shared through "
         "`SAM_DISK_CACHE_DIR`, default `$SAM_DATA_DIR/embeddings`)",
     )
-    threads: int = setting(8, "gunicorn threads per worker")
+    threads: int = setting(16, "gunicorn threads per worker")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -133,15 +159,30 @@ class Config:
             "disk_cache_bytes",
             "max_upload_bytes",
             "max_pixels",
+            "decode_pixels",
             "queue_size",
             "batch_size",
             "everything_jobs",
             "everything_max_jobs",
+            "everything_jobs_per_client",
             "workers",
             "threads",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be a positive number, not {getattr(self, name)}")
+        if self.trusted_proxies < 0:
+            raise ConfigError(f"SAM_TRUSTED_PROXIES must be 0 or more, not {self.trusted_proxies}")
+        for name in ("upload_rate", "everything_rate"):
+            try:
+                limits.parse_many(getattr(self, name))
+            except ValueError:
+                raise ConfigError(
+                    f"{env_name(name)} must be a rate such as 30/minute or 5/second;100/hour, not {getattr(self, name)!r}"
+                ) from None
+        if self.decode_pixels < self.max_pixels:
+            raise ConfigError(
+                f"SAM_DECODE_PIXELS ({self.decode_pixels:,}) must be at least SAM_MAX_PIXELS ({self.max_pixels:,})"
+            )
         if self.request_timeout <= 0:
             raise ConfigError(f"SAM_REQUEST_TIMEOUT must be positive, not {self.request_timeout}")
         if self.decoder not in DECODER_CHOICES and not self.decoder.endswith(".onnx"):
