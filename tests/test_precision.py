@@ -248,3 +248,29 @@ def test_banded_relative_position_mask_matches_the_reference(monkeypatch):
         for mask_bytes in (1 << 30, 2 * 4 * 144 * 4 * 50, 1):  # whole, bands of 50 queries, one query at a time
             monkeypatch.setattr(image_encoder, "_MASK_BYTES", mask_bytes)
             torch.testing.assert_close(attention(x), reference, atol=2e-5, rtol=1e-4)
+
+
+def test_api_reports_the_encoder_path(small_sam, tmp_path):
+    from backend.app import create_app
+    from backend.weights import WeightsInfo
+
+    app = create_app(
+        {
+            "model": small_sam,
+            "weights_info": WeightsInfo("vit_b", "real", "small-vit-test", None, "seeded random small ViT"),
+            "decoders": [],
+            "data_dir": str(tmp_path),
+            "device": "cpu",
+            "precision": "int8",
+            "secret": "test-secret",
+            "TESTING": True,
+        }
+    )
+    try:
+        client = app.test_client()
+        info = client.get("/api/model").get_json()
+        assert (info["precision"], info["encoder_path"]) == ("int8", "int8 linear + fused attention")
+        assert client.get("/healthz").get_json()["encoder"]["encoder_path"] == "int8 linear + fused attention"
+    finally:
+        app.extensions["sam"].encoder.close()
+        small_sam.set_precision("fp32")
