@@ -56,7 +56,7 @@ class Capabilities:
     cpu_model: str = ""
     cpu_flags: frozenset[str] = frozenset()
     mkldnn: bool = True  # torch has oneDNN (bf16 matrix products on CPU)
-    int8_engine: bool = True  # torch has FBGEMM (int8 dynamic Linear)
+    int8_engine: bool = True  # torch has a quantized engine for int8 dynamic Linear (oneDNN or FBGEMM)
     cuda_bf16: bool = False
     torch_version: str = ""
     threads: int = 1
@@ -109,7 +109,7 @@ def detect(device_type: str = "cpu") -> Capabilities:
         cpu_model=model,
         cpu_flags=frozenset(flags),
         mkldnn=torch.backends.mkldnn.is_available(),
-        int8_engine=any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm")),
+        int8_engine=any(e in torch.backends.quantized.supported_engines for e in ("onednn", "x86", "fbgemm")),
         cuda_bf16=device_type == "cuda" and torch.cuda.is_bf16_supported(),
         torch_version=torch.__version__,
         threads=torch.get_num_threads(),
@@ -144,7 +144,7 @@ def candidates(caps: Capabilities, encoder: str) -> tuple[str, ...]:
         return ("bf16",)
     if caps.vnni and caps.int8_engine and encoder in INT8_ENCODERS:
         return ("int8", "fp32")
-    # Without VNNI (AVX2 only) FBGEMM's int8 kernels need 7-bit activations and were not measured within bounds.
+    # Without VNNI (AVX2 only) the int8 kernels need 7-bit activations and were not measured within the bounds.
     return ("fp32",)
 
 

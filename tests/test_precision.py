@@ -158,7 +158,7 @@ def test_detect_honours_onednn_isa_cap(monkeypatch):
 def small_sam():
     torch.manual_seed(0)
     model = build_sam(
-        encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4, encoder_global_attn_indexes=[1, 3]
+        encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1]
     ).eval()
     yield model
     model.set_precision("fp32")
@@ -187,7 +187,9 @@ def test_int8_path_within_the_accuracy_bounds(small_sam):
     assert small_sam.set_precision("int8") == "int8"
     assert small_sam.precision == "int8" and small_sam.encoder_path == "int8 linear + fused attention"
     assert list(small_sam.state_dict()) == state_keys  # same parameters, same checkpoint format
-    assert sum(isinstance(m, Int8Linear) for m in small_sam.image_encoder.modules()) == 4 * 4
+    assert (
+        sum(isinstance(m, Int8Linear) for m in small_sam.image_encoder.modules()) == 2 * 4
+    )  # qkv, proj, lin1, lin2 per block
     fast, fast_masks = masks(small_sam, image, PROMPTS)
     assert not torch.equal(fast, exact)  # the path really changed the computation
     cosine = torch.nn.functional.cosine_similarity(fast.flatten(), exact.flatten(), dim=0).item()

@@ -85,7 +85,7 @@ class Sam(nn.Module):
         encoder.autocast_dtype = None
         if precision == "int8":
             if self.device.type != "cpu" or not int8_supported():
-                raise ValueError(f"precision int8 needs a CPU with torch's FBGEMM engine, not {self.device}")
+                raise ValueError(f"precision int8 needs a CPU and a torch with a quantized engine, not {self.device}")
             quantize_linears(encoder, full_range=encoder_paths.detect("cpu").vnni)
         elif precision != "fp32":
             encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

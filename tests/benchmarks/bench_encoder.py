@@ -9,7 +9,7 @@ To stand in for a CPU without native bf16 on one that has it, cap oneDNN (torch'
 `ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI MKL_ENABLE_INSTRUCTIONS=AVX512_E1` (check with `ONEDNN_VERBOSE=1`: a bf16
 matmul then runs `gemm:jit:bf16` on "AVX-512 with DL Boost" instead of `brg_matmul:avx10_1_512_amx`);
 `encoder_paths.detect` honours the cap.
-FBGEMM (the int8 path) has no AMX kernels, so it runs its AVX512-VNNI kernels either way.
+The int8 path (oneDNN) is capped the same way: its matmul reports `brg_matmul:avx512_core_vnni`.
 
 For each model (random weights, torch.manual_seed(0)) the paths run interleaved, `--runs` times each, on one
 real photo (dog.jpg from SAM_REFERENCE_DIR/images). Reported per path: median seconds per image, speed-up
