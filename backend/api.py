@@ -126,6 +126,7 @@ def model_info():
         mask_threshold=0.0,
         device=state.device,
         precision=state.precision,
+        encoder_path=state.encoder.encoder_path,
         decoders=[public_decoder(d) for d in state.decoders.decoders],
         default_decoder=state.decoders.default,
         decoder_error=state.decoders.error,

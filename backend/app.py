@@ -62,7 +62,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         offered = choose_decoders(model, weights_info.weights_id, settings.decoder, settings.decoders_dir)
     else:
         offered = given_decoders(decoders, settings.decoder)
-    precision = prepare_model(model, device, settings.precision)
+    precision = prepare_model(model, device, settings.precision, cache_dir=settings.data_dir)
     logger.info("serving %s (%s weights) on %s in %s", weights_info.model_type, weights_info.weights, device, precision)
 
     encoder = EncoderService(

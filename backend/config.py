@@ -20,11 +20,11 @@ from typing import Any
 import limits
 
 from .decoders import BUILT_IN as _BUILT_IN_DECODERS
+from .encoder_paths import PRECISIONS
 from .sam.build import MODEL_TYPES  # One home: the registry of model builders.
 
 DECODER_CHOICES = tuple(_BUILT_IN_DECODERS)  # One home: the decoders the server exports.
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -58,8 +58,10 @@ class Config:
     device: str = setting("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`")
     precision: str = setting(
         "auto",
-        "encoder precision: `auto` (the model's choice per device: bf16 on CUDA, else fp16; bf16 on CPUs with native "
-        "bf16 (AVX512-BF16/AMX); else fp32), `fp32`, `bf16`, `fp16`",
+        "encoder path: `auto` (the fastest within the accuracy bound on this device: bf16 on CUDA, else fp16; bf16 on "
+        "CPUs with native bf16 (AVX512-BF16/AMX); on other CPUs with VNNI, for vit_b/l/h, int8 or fp32 as measured at "
+        "first start and cached in `$SAM_DATA_DIR/encoder_paths.json`; else fp32), `fp32` (exact), `int8` (int8 linear "
+        "layers, CPU), `bf16`, `fp16`; all with fused attention",
     )
     cache_bytes: int = setting(512 * 1024 * 1024, "in-memory embedding cache bound in bytes (one embedding is 4 MiB)")
     disk_cache_dir: str | None = setting(

@@ -132,8 +132,13 @@ class EncoderService:
     def retry_after(self) -> int:
         return self.encoder.retry_after()
 
+    @property
+    def encoder_path(self) -> str | None:
+        """How the model's image encoder computes, e.g. "int8 linear + fused attention" (None without a model)."""
+        return getattr(self.model, "encoder_path", None)
+
     def stats(self) -> dict:
-        return self.encoder.stats()
+        return {**self.encoder.stats(), "encoder_path": self.encoder_path}
 
     def close(self) -> None:
         """Stops the encoder; waiting requests fail with ``EncoderClosed``."""

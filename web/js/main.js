@@ -129,7 +129,7 @@ async function startDecoder() {
   });
   $("weights-banner").hidden = model.weights !== "random";
   $("weights-banner").textContent = model.weights_message || "This server runs a model with random weights: masks will not follow real objects.";
-  classroom.setModel({ modelType: model.model_type, weights: model.weights });
+  classroom.setModel({ modelType: model.model_type, weights: model.weights, encoderPath: model.encoder_path });
   $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)})`;
   $("fact-provider").textContent = runsOn;
   classroom.setProvider(runsOn);
