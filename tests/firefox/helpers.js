@@ -1,0 +1,289 @@
+// Helpers of the Firefox suite: the real server, Firefox over BiDi, the torch oracle, reading what the page shows.
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+
+import puppeteer from "puppeteer-core";
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const FIREFOX = process.env.FIREFOX || "/usr/bin/firefox-esr";
+const SERVER_START_TIMEOUT_MS = 300_000;
+export const WAIT_MS = 90_000;
+
+/** The project's Python: SAM_PYTHON (the Makefile passes its venv's), else the repo's .venv, else python3. */
+export function python() {
+  if (process.env.SAM_PYTHON) return process.env.SAM_PYTHON;
+  const venv = path.join(REPO_ROOT, ".venv", "bin", "python");
+  return fs.existsSync(venv) ? venv : "python3";
+}
+
+/** Python children import this checkout's `backend`, whatever the venv's editable install points at. */
+function pythonEnv(extra = {}) {
+  const pythonPath = [REPO_ROOT, process.env.PYTHONPATH].filter(Boolean).join(path.delimiter);
+  return { ...process.env, PYTHONPATH: pythonPath, ...extra };
+}
+
+export function tempDir(prefix) {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `check` (async, truthy when done) every `everyMs` until `timeoutMs`; throws `what` on timeout. */
+export async function waitUntil(check, what, timeoutMs = WAIT_MS, everyMs = 100) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+/**
+ * `python -m backend serve` on a free loopback port with a fresh data dir: no checkpoint and no downloads, so
+ * it runs on the seeded random vit_t weights (the ones predictor_oracle.py builds), fp32, on the CPU.
+ */
+export async function startServer() {
+  const dataDir = tempDir("sam-firefox-data-");
+  const port = await freePort();
+  const logPath = path.join(dataDir, "server.log");
+  const log = fs.openSync(logPath, "w");
+  const child = spawn(python(), ["-m", "backend", "serve", "--host", "127.0.0.1", "--port", String(port)], {
+    cwd: REPO_ROOT,
+    env: pythonEnv({
+      SAM_MODEL_TYPE: "vit_t",
+      SAM_DATA_DIR: dataDir,
+      SAM_ALLOW_DOWNLOAD: "0",
+      SAM_PRECISION: "fp32",
+      SAM_DEVICE: "cpu",
+      SAM_LOG_LEVEL: "WARNING",
+    }),
+    stdio: ["ignore", log, log],
+  });
+  const url = `http://127.0.0.1:${port}/`;
+  const logTail = () => fs.readFileSync(logPath, "utf8").slice(-3000);
+  const stop = () => {
+    if (child.exitCode === null) child.kill("SIGTERM");
+    fs.closeSync(log);
+  };
+  try {
+    await waitUntil(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`the server exited (${child.exitCode}):\n${logTail()}`);
+        try {
+          return (await fetch(url + "healthz", { signal: AbortSignal.timeout(2000) })).ok;
+        } catch {
+          return false;
+        }
+      },
+      `the server at ${url}`,
+      SERVER_START_TIMEOUT_MS,
+      500,
+    );
+  } catch (error) {
+    stop();
+    throw error;
+  }
+  return { url, dataDir, stop, logTail };
+}
+
+/** predictor_oracle.py as a child: `ask(request)` resolves with its answer (see that file for the fields). */
+export async function startOracle() {
+  const child = spawn(python(), [path.join(REPO_ROOT, "tests", "firefox", "predictor_oracle.py")], {
+    cwd: REPO_ROOT,
+    env: pythonEnv(),
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (chunk) => (stderr = (stderr + chunk).slice(-3000)));
+  const lines = readline.createInterface({ input: child.stdout });
+  const waiting = [];
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  lines.on("line", (line) => waiting.shift()?.resolve(line));
+  exited.then((code) => {
+    for (const w of waiting.splice(0)) w.reject(new Error(`the torch oracle exited (${code}):\n${stderr}`));
+  });
+  const nextLine = () => new Promise((resolve, reject) => waiting.push({ resolve, reject }));
+  const ready = await nextLine().catch((error) => error.message);
+  if (ready !== "ready") {
+    child.kill("SIGTERM");
+    throw new Error(`the torch oracle did not start: ${ready}\n${stderr}`);
+  }
+  return {
+    async ask(request) {
+      const answer = nextLine();
+      child.stdin.write(JSON.stringify(request) + "\n");
+      const parsed = JSON.parse(await answer);
+      if (parsed.error) throw new Error(`torch oracle: ${parsed.error}`);
+      return parsed;
+    },
+    stop() {
+      child.stdin.end();
+      if (child.exitCode === null) child.kill("SIGTERM");
+    },
+  };
+}
+
+/** Headless Debian Firefox ESR over WebDriver BiDi (puppeteer-core; no geckodriver, no browser download). */
+export async function launchFirefox() {
+  if (!fs.existsSync(FIREFOX)) {
+    throw new Error(`Firefox not found at ${FIREFOX}: install Debian's firefox-esr (make firefox)`);
+  }
+  return puppeteer.launch({
+    browser: "firefox",
+    protocol: "webDriverBiDi",
+    executablePath: FIREFOX,
+    headless: true,
+    timeout: WAIT_MS,
+  });
+}
+
+/**
+ * A fresh browser context (its own storage and download folder) with one desktop-sized page. Console errors
+ * and uncaught exceptions are collected in `errors`; `close()` ends the context.
+ */
+export async function openPage(browser) {
+  const downloads = tempDir("sam-firefox-downloads-");
+  const downloadBehavior = { policy: "allow", downloadPath: downloads }; // BiDi browser.setDownloadBehavior
+  const context = await browser.createBrowserContext({ downloadBehavior });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  await page.setViewport({ width: 1280, height: 900 });
+  const errors = [];
+  page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
+  page.on("pageerror", (error) => errors.push(`uncaught: ${error.message ?? error}`));
+  return { page, downloads, errors, close: () => context.close() };
+}
+
+// ---------------------------------------------------------------------------------------------- the page
+
+/** Loads the app and waits until the decoder is ready. */
+export async function openApp(page, server, query = "backend=wasm") {
+  await page.goto(server.url + (query ? `?${query}` : ""));
+  await page.waitForFunction("['ready', 'error'].includes(document.body.dataset.decoder)");
+  const state = await page.evaluate(() => document.body.dataset.decoder);
+  if (state !== "ready") throw new Error(`the decoder failed: ${await text(page, "#error-text")}`);
+}
+
+/** Chooses a file with the page's file picker and waits until its embedding is in the worker. */
+export async function upload(page, filePath) {
+  const input = await page.$("#file-input");
+  await input.uploadFile(filePath);
+  await page.waitForFunction("['ready', 'error'].includes(document.body.dataset.image)");
+  const state = await page.evaluate(() => document.body.dataset.image);
+  if (state !== "ready") throw new Error(`the image did not open: ${await text(page, "#error-text")}`);
+}
+
+export async function text(page, selector) {
+  return page.$eval(selector, (element) => element.textContent);
+}
+
+/** Waits until every committed prompt has been decoded and painted. */
+export async function waitIdle(page) {
+  await page.evaluate(() => new Promise((resolve) => setTimeout(resolve, 50)));
+  await page.waitForFunction("!document.body.dataset.pending || document.body.dataset.pending === '0'");
+}
+
+/** The mask overlay as the user sees it: {size: [H, W], bits: base64 of H*W bytes, 1 where painted, painted}. */
+export async function shownMask(page) {
+  return page.evaluate(() => {
+    const canvas = document.getElementById("mask-canvas");
+    const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    const bits = new Uint8Array(canvas.width * canvas.height);
+    let painted = 0;
+    for (let i = 0; i < bits.length; i++) painted += bits[i] = data[i * 4 + 3] > 0 ? 1 : 0;
+    let binary = "";
+    for (let i = 0; i < bits.length; i += 8192) binary += String.fromCharCode(...bits.subarray(i, i + 8192));
+    return { size: [canvas.height, canvas.width], bits: btoa(binary), painted };
+  });
+}
+
+/** Waits until the overlay has some painted pixel (or, with `painted` false, none). */
+export async function waitForOverlay(page, painted = true) {
+  await page.waitForFunction(
+    (wanted) => {
+      const canvas = document.getElementById("mask-canvas");
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      for (let i = 3; i < data.length; i += 4) if (data[i]) return wanted;
+      return !wanted;
+    },
+    {},
+    painted,
+  );
+}
+
+/**
+ * Whole viewport coordinates inside image pixel (x, y), nearest its centre (scrolling the image into view).
+ * Puppeteer's BiDi input rounds pointer positions to whole CSS pixels (Playwright's Chromium input does
+ * not), so a fractional centre could land in the next pixel.
+ */
+export async function canvasPoint(page, x, y) {
+  const [box, width, height] = await page.$eval("#mask-canvas", (canvas) => {
+    canvas.scrollIntoView({ block: "center" });
+    const r = canvas.getBoundingClientRect();
+    return [{ x: r.x, y: r.y, width: r.width, height: r.height }, canvas.width, canvas.height];
+  });
+  const inside = (start, step, index) => {
+    const low = start + index * step;
+    const high = low + step;
+    const whole = Math.min(Math.max(Math.round(low + step / 2), Math.ceil(low)), Math.ceil(high) - 1);
+    if (whole < low || whole >= high) throw new Error(`image pixel ${index} is narrower than a CSS pixel`);
+    return whole;
+  };
+  return [inside(box.x, box.width / width, x), inside(box.y, box.height / height, y)];
+}
+
+/** [x, y, label] of the point markers drawn on the image. */
+export async function promptPoints(page) {
+  return page.$$eval("#prompt-layer circle", (circles) =>
+    circles.map((c) => [
+      Number(c.getAttribute("cx")) - 0.5,
+      Number(c.getAttribute("cy")) - 0.5,
+      c.classList.contains("positive") ? 1 : 0,
+    ]),
+  );
+}
+
+export async function clickPixel(page, x, y, options = {}) {
+  const [px, py] = await canvasPoint(page, x, y);
+  await page.mouse.click(px, py, options);
+  await waitIdle(page);
+}
+
+/** Moves the pointer off the image so no hover preview is drawn. */
+export async function leaveImage(page) {
+  await page.mouse.move(2, 2);
+}
+
+/**
+ * Clicks `selector` and waits for the file it downloads to be complete in `folder` (Firefox writes a
+ * `.part` file first); resolves with {name, bytes}.
+ */
+export async function download(page, folder, selector) {
+  const before = new Set(fs.readdirSync(folder));
+  await page.click(selector);
+  const name = await waitUntil(() => {
+    const names = fs.readdirSync(folder);
+    if (names.some((n) => n.endsWith(".part"))) return null;
+    return names.find((n) => !before.has(n)) ?? null;
+  }, `the download of ${selector}`);
+  return { name, bytes: fs.readFileSync(path.join(folder, name)) };
+}
