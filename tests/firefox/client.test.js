@@ -11,11 +11,13 @@ import { after, before, test } from "node:test";
 import {
   canvasPoint,
   clickPixel,
+  cropBits,
   download,
   launchFirefox,
   leaveImage,
   openApp,
   openPage,
+  pngBits,
   promptPoints,
   shownMask,
   startOracle,
@@ -115,7 +117,7 @@ test("upload, then hovering paints a mask and leaving clears it", OPTIONS, () =>
     await waitForOverlay(page, false);
   }));
 
-test("a kept click exported as COCO RLE matches the torch predictor", OPTIONS, () =>
+test("a kept click, exported as COCO RLE, matches the torch predictor; the PNGs hold the mask shown", OPTIONS, () =>
   withPage(async (session) => {
     const page = await readyPage(session);
     // Rest on the pixel until its preview is painted: the click then keeps that decode.
@@ -126,6 +128,16 @@ test("a kept click exported as COCO RLE matches the torch predictor", OPTIONS, (
     await waitIdle(page);
     assert.deepEqual(await promptPoints(page), [[300, 200, 1]]);
     const shown = await shownMask(page);
+
+    // The PNG exports hold exactly the mask shown: the mask at the image's size, the cut-out cropped to it.
+    const maskFile = await download(page, session.downloads, "#export-mask");
+    assert.match(maskFile.name, /_mask\.png$/);
+    const maskPng = await pngBits(page, maskFile.bytes);
+    assert.deepEqual(maskPng.size, shown.size);
+    assert.equal(maskPng.white, shown.bits);
+    const cutoutFile = await download(page, session.downloads, "#export-cutout");
+    assert.match(cutoutFile.name, /_cutout\.png$/);
+
     await page.click("#commit-button");
     await waitIdle(page);
     assert.equal(await page.$$eval("#object-list li", (rows) => rows.length), 1);
@@ -138,6 +150,9 @@ test("a kept click exported as COCO RLE matches the torch predictor", OPTIONS, (
     const [annotation] = coco.annotations;
     assert.deepEqual(annotation.segmentation.size, [400, 600]);
     assert.equal(annotation.area, shown.painted);
+    const cutout = await pngBits(page, cutoutFile.bytes);
+    assert.deepEqual(cutout.size, [annotation.bbox[3], annotation.bbox[2]]);
+    assert.equal(cutout.opaque, cropBits(shown, annotation.bbox));
 
     const request = { image: imagePath, points: [[300, 200]], labels: [1], multimask: true };
     const exported = await (await oracle).ask({ ...request, shown: { coco: annotation.segmentation } });

@@ -287,3 +287,39 @@ export async function download(page, folder, selector) {
   }, `the download of ${selector}`);
   return { name, bytes: fs.readFileSync(path.join(folder, name)) };
 }
+
+/**
+ * A downloaded PNG decoded by the page: {size: [H, W], white, opaque}, base64 bits (as shownMask) of the
+ * pixels whose red channel is above 127 and of those with any alpha.
+ */
+export async function pngBits(page, bytes) {
+  return page.evaluate(async (base64) => {
+    const binary = atob(base64);
+    const buffer = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) buffer[i] = binary.charCodeAt(i);
+    const bitmap = await createImageBitmap(new Blob([buffer], { type: "image/png" }));
+    const context = new OffscreenCanvas(bitmap.width, bitmap.height).getContext("2d");
+    context.drawImage(bitmap, 0, 0);
+    const data = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
+    const white = new Uint8Array(bitmap.width * bitmap.height);
+    const opaque = new Uint8Array(white.length);
+    for (let i = 0; i < white.length; i++) {
+      white[i] = data[i * 4] > 127 ? 1 : 0;
+      opaque[i] = data[i * 4 + 3] > 0 ? 1 : 0;
+    }
+    const encode = (bits) => {
+      let text = "";
+      for (let i = 0; i < bits.length; i += 8192) text += String.fromCharCode(...bits.subarray(i, i + 8192));
+      return btoa(text);
+    };
+    return { size: [bitmap.height, bitmap.width], white: encode(white), opaque: encode(opaque) };
+  }, Buffer.from(bytes).toString("base64"));
+}
+
+/** Base64 bits of a [H, W] mask cropped to rows y0..y0+h and columns x0..x0+w. */
+export function cropBits({ size, bits }, [x0, y0, w, h]) {
+  const full = Buffer.from(bits, "base64");
+  const out = Buffer.alloc(w * h);
+  for (let y = 0; y < h; y++) full.copy(out, y * w, (y0 + y) * size[1] + x0, (y0 + y) * size[1] + x0 + w);
+  return out.toString("base64");
+}
