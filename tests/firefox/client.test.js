@@ -19,6 +19,7 @@ import {
   openPage,
   pngBits,
   promptPoints,
+  runPython,
   shownMask,
   startOracle,
   startServer,
@@ -53,6 +54,7 @@ before(async () => {
   const answer = await fetch(new URL(`gallery/${SAMPLE}`, server.url));
   assert.equal(answer.status, 200, `the server's gallery has no ${SAMPLE}`);
   fs.writeFileSync(imagePath, Buffer.from(await answer.arrayBuffer()));
+  await runPython("make_images.py", [imagePath, path.dirname(imagePath)]);
 });
 
 after(async () => {
@@ -245,4 +247,41 @@ test("everything mode completes, paints its masks and exports them all", OPTIONS
     const coco = JSON.parse(bytes.toString("utf8"));
     assert.equal(coco.annotations.length, count);
     for (const annotation of coco.annotations) assert.deepEqual(annotation.segmentation.size, [400, 600]);
+  }));
+
+test("a large photo is sent downscaled and exported at full size; an EXIF portrait opens upright", OPTIONS, () =>
+  withPage(async (session) => {
+    const { page } = session;
+    await openApp(page, server);
+    await upload(page, path.join(path.dirname(imagePath), "large.jpg")); // 1800x1200
+    assert.match(await text(page, "#fact-image"), /^large\.jpg, 1800×1200 \(sent at 1024×683\)/);
+    assert.deepEqual(await page.$eval("#mask-canvas", (c) => [c.width, c.height]), [1024, 683]);
+    // Shown at 880 CSS px for 1024 pixels, not every pixel is under a whole viewport point: click the middle.
+    const middle = await page.$eval("#mask-canvas", (canvas) => {
+      const r = canvas.getBoundingClientRect();
+      return [Math.round(r.x + r.width / 2), Math.round(r.y + r.height / 2)];
+    });
+    await page.mouse.click(...middle);
+    await waitIdle(page);
+    assert.equal((await promptPoints(page)).length, 1);
+    await leaveImage(page);
+    await waitIdle(page);
+    const shown = await shownMask(page);
+    assert.ok(shown.painted > 0);
+    const maskPng = await pngBits(page, (await download(page, session.downloads, "#export-mask")).bytes);
+    assert.deepEqual(maskPng.size, [1200, 1800]);
+    // The full-size mask covers the same fraction of the photo as the overlay (upsampled from the same logits).
+    const fraction = (base64) => {
+      const bits = Buffer.from(base64, "base64");
+      return bits.reduce((sum, bit) => sum + bit, 0) / bits.length;
+    };
+    assert.ok(Math.abs(fraction(maskPng.white) - fraction(shown.bits)) < 0.01);
+
+    // Stored landscape with "rotate 90° clockwise" in EXIF: the browser and the server both apply it.
+    await upload(page, path.join(path.dirname(imagePath), "portrait.jpg"));
+    assert.deepEqual(await page.$eval("#mask-canvas", (c) => [c.width, c.height]), [400, 600]);
+    assert.deepEqual(await page.$eval("#stage-image", (i) => [i.naturalWidth, i.naturalHeight]), [400, 600]);
+    await clickPixel(page, 200, 500);
+    assert.deepEqual(await promptPoints(page), [[200, 500, 1]]);
+    assert.ok((await shownMask(page)).painted > 0);
   }));

@@ -105,6 +105,19 @@ export async function startServer() {
   return { url, dataDir, stop, logTail };
 }
 
+/** Runs a Python script of this folder with the project's Python; rejects with its stderr if it fails. */
+export async function runPython(script, args = []) {
+  const child = spawn(python(), [path.join(REPO_ROOT, "tests", "firefox", script), ...args], {
+    cwd: REPO_ROOT,
+    env: pythonEnv(),
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (chunk) => (stderr = (stderr + chunk).slice(-3000)));
+  const code = await new Promise((resolve, reject) => child.once("error", reject).once("exit", resolve));
+  if (code !== 0) throw new Error(`${script} exited (${code}):\n${stderr}`);
+}
+
 /** predictor_oracle.py as a child: `ask(request)` resolves with its answer (see that file for the fields). */
 export async function startOracle() {
   const child = spawn(python(), [path.join(REPO_ROOT, "tests", "firefox", "predictor_oracle.py")], {
@@ -231,24 +244,46 @@ export async function waitForOverlay(page, painted = true) {
 }
 
 /**
- * Whole viewport coordinates inside image pixel (x, y), nearest its centre (scrolling the image into view).
- * Puppeteer's BiDi input rounds pointer positions to whole CSS pixels (Playwright's Chromium input does
- * not), so a fractional centre could land in the next pixel.
+ * Whole viewport coordinates that Firefox maps to image pixel (x, y) (scrolling the image into view).
+ * Puppeteer's BiDi input sends whole CSS pixels, and Firefox may report them to the page shifted by the
+ * fraction at which the scrolled layout sits (651 arrives as clientY 651.2): so the point is aimed, then
+ * checked with a pointer move, read back the way the app reads it (stage-view.js) and corrected.
  */
 export async function canvasPoint(page, x, y) {
+  await watchPointer(page);
   const [box, width, height] = await page.$eval("#mask-canvas", (canvas) => {
     canvas.scrollIntoView({ block: "center" });
     const r = canvas.getBoundingClientRect();
     return [{ x: r.x, y: r.y, width: r.width, height: r.height }, canvas.width, canvas.height];
   });
-  const inside = (start, step, index) => {
-    const low = start + index * step;
-    const high = low + step;
-    const whole = Math.min(Math.max(Math.round(low + step / 2), Math.ceil(low)), Math.ceil(high) - 1);
-    if (whole < low || whole >= high) throw new Error(`image pixel ${index} is narrower than a CSS pixel`);
-    return whole;
-  };
-  return [inside(box.x, box.width / width, x), inside(box.y, box.height / height, y)];
+  const [stepX, stepY] = [box.width / width, box.height / height];
+  let point = [Math.round(box.x + (x + 0.5) * stepX), Math.round(box.y + (y + 0.5) * stepY)];
+  for (let attempt = 0; attempt < 3; attempt++) {
+    await page.mouse.move(...point);
+    const landed = await page.evaluate(() => window.lastPointerPixel);
+    if (landed && landed[0] === x && landed[1] === y) return point;
+    if (!landed) throw new Error(`the pointer at ${point} is not over the image`);
+    const nudge = (miss, step) => Math.sign(miss) * Math.max(Math.abs(miss) && 1, Math.round(Math.abs(miss) * step));
+    point = [point[0] + nudge(x - landed[0], stepX), point[1] + nudge(y - landed[1], stepY)];
+  }
+  throw new Error(`no whole viewport point lands on image pixel (${x}, ${y}) (shown at ${stepX} CSS px per pixel)`);
+}
+
+/** Records the image pixel of the last pointer move over the mask canvas (read by canvasPoint). */
+async function watchPointer(page) {
+  await page.evaluate(() => {
+    if (window.lastPointerPixel !== undefined) return;
+    window.lastPointerPixel = null;
+    const canvas = document.getElementById("mask-canvas");
+    canvas.addEventListener("pointermove", (event) => {
+      const b = canvas.getBoundingClientRect();
+      window.lastPointerPixel = [
+        Math.floor(((event.clientX - b.left) / b.width) * canvas.width),
+        Math.floor(((event.clientY - b.top) / b.height) * canvas.height),
+      ];
+    });
+    canvas.addEventListener("pointerleave", () => (window.lastPointerPixel = null));
+  });
 }
 
 /** [x, y, label] of the point markers drawn on the image. */
