@@ -19,10 +19,11 @@ test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory firefox-test
 
-# ruff (lint + format check, configured in pyproject.toml) for Python.
+# ruff (lint + format check, configured in pyproject.toml) for Python; eslint (web/eslint.config.js) for web/.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	cd web && npm run --silent lint
 
 setup: python-deps web-deps
 
