@@ -91,8 +91,7 @@ test("the page is cross-origin isolated and the decoder runs on WebAssembly thre
     assert.ok(threads > 1, `the decoder runs on ${runsOn}`);
   }));
 
-const WORDING = { ...OPTIONS, todo: "issue 18 item 2 (helper web)" };
-test("desktop Firefox gets the mouse's wording, not the touch screen's", WORDING, () =>
+test("desktop Firefox gets the mouse's wording, not the touch screen's", OPTIONS, () =>
   withPage(async ({ page }) => {
     await openApp(page, server);
     // Headless Firefox reports no fine pointer and no hover to media queries; the mouse it moves is real.
