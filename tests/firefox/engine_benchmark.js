@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 
 import puppeteer from "puppeteer-core";
 
-import { canvasPoint, launchFirefox, leaveImage, openApp, startServer, tempDir, text, upload } from "./helpers.js";
+import { launchFirefox, leaveImage, openApp, startServer, tempDir, text, upload } from "./helpers.js";
 
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const POINTS = [[300, 200], [100, 100], [500, 300], [200, 300], [400, 100], [350, 250], [120, 320], [450, 150]];
@@ -27,10 +27,23 @@ async function openEngine(browser, name, server, imagePath) {
   return { name, page, version, runsOn, paint: [], decode: [] };
 }
 
+/** Whole viewport coordinates near image pixel (x, y): a hover needs no exact pixel (and no aiming moves). */
+async function viewportPoint(page, x, y) {
+  return page.$eval(
+    "#mask-canvas",
+    (canvas, [x, y]) => {
+      const r = canvas.getBoundingClientRect();
+      const [sx, sy] = [r.width / canvas.width, r.height / canvas.height];
+      return [Math.round(r.x + (x + 0.5) * sx), Math.round(r.y + (y + 0.5) * sy)];
+    },
+    [x, y],
+  );
+}
+
 async function hoverRound(engine, offset) {
   for (const [x, y] of POINTS) {
     await engine.page.evaluate(() => performance.clearMeasures());
-    await engine.page.mouse.move(...(await canvasPoint(engine.page, x + offset, y)));
+    await engine.page.mouse.move(...(await viewportPoint(engine.page, x + offset, y)));
     await engine.page.waitForFunction("performance.getEntriesByName('sam:hover-to-paint').length > 0");
     const [paint, decode] = await engine.page.evaluate(() =>
       ["sam:hover-to-paint", "sam:decode"].map((name) => performance.getEntriesByName(name)[0]?.duration),

@@ -27,9 +27,18 @@ function pythonEnv(extra = {}) {
   return { ...process.env, PYTHONPATH: pythonPath, ...extra };
 }
 
+const madeDirs = [];
+
+/** A fresh temporary folder, removed when the suite's process exits. */
 export function tempDir(prefix) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  madeDirs.push(dir);
+  return dir;
 }
+
+process.on("exit", () => {
+  for (const dir of madeDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
 
 async function freePort() {
   return new Promise((resolve, reject) => {
@@ -259,30 +268,44 @@ export async function canvasPoint(page, x, y) {
   const [stepX, stepY] = [box.width / width, box.height / height];
   let point = [Math.round(box.x + (x + 0.5) * stepX), Math.round(box.y + (y + 0.5) * stepY)];
   for (let attempt = 0; attempt < 3; attempt++) {
+    // From 3 px aside, so this move is one (a pointer already there gets no event) that can be told from the
+    // aside one (which Chromium may still deliver late: it dispatches pointer moves with the next frame).
+    await page.mouse.move(point[0] - 3, point[1]);
     await page.mouse.move(...point);
-    const landed = await page.evaluate(() => window.lastPointerPixel);
-    if (landed && landed[0] === x && landed[1] === y) return point;
-    if (!landed) throw new Error(`the pointer at ${point} is not over the image`);
+    const arrived = await page
+      .waitForFunction(
+        ([px, py]) => {
+          const last = window.lastPointer;
+          return last && Math.abs(last.clientX - px) < 1 && Math.abs(last.clientY - py) < 1 && last.pixel;
+        },
+        { timeout: 10_000 },
+        point,
+      )
+      .catch(() => null);
+    if (!arrived) throw new Error(`the pointer at ${point} is not over the image`);
+    const landed = await arrived.jsonValue();
+    if (landed[0] === x && landed[1] === y) return point;
     const nudge = (miss, step) => Math.sign(miss) * Math.max(Math.abs(miss) && 1, Math.round(Math.abs(miss) * step));
     point = [point[0] + nudge(x - landed[0], stepX), point[1] + nudge(y - landed[1], stepY)];
   }
   throw new Error(`no whole viewport point lands on image pixel (${x}, ${y}) (shown at ${stepX} CSS px per pixel)`);
 }
 
-/** Records the image pixel of the last pointer move over the mask canvas (read by canvasPoint). */
+/** Records the last pointer move over the mask canvas and its image pixel (read by canvasPoint). */
 async function watchPointer(page) {
   await page.evaluate(() => {
-    if (window.lastPointerPixel !== undefined) return;
-    window.lastPointerPixel = null;
+    if (window.lastPointer !== undefined) return;
+    window.lastPointer = null;
     const canvas = document.getElementById("mask-canvas");
     canvas.addEventListener("pointermove", (event) => {
       const b = canvas.getBoundingClientRect();
-      window.lastPointerPixel = [
+      const pixel = [
         Math.floor(((event.clientX - b.left) / b.width) * canvas.width),
         Math.floor(((event.clientY - b.top) / b.height) * canvas.height),
       ];
+      window.lastPointer = { clientX: event.clientX, clientY: event.clientY, pixel };
     });
-    canvas.addEventListener("pointerleave", () => (window.lastPointerPixel = null));
+    canvas.addEventListener("pointerleave", () => (window.lastPointer = null));
   });
 }
 
