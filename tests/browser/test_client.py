@@ -102,7 +102,7 @@ def test_upload_shows_progress_then_the_embedding_arrives(page, live_server, pho
     # The same photo again is a cache hit, and the page says so rather than quoting the first encode time.
     upload(page, photo_path)
     assert "Already encoded (from the server's cache)" in page.inner_text("#status-text")
-    assert page.locator("#cls-encode").text_content().startswith("none now: from the cache")
+    assert page.locator("#cls-encode").text_content().startswith("Not needed: encoded before")
 
 
 def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
