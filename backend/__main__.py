@@ -3,6 +3,7 @@
     python -m backend serve [--host 127.0.0.1] [--port $PORT or 5000] [--model-type vit_b] [--checkpoint FILE]
     python -m backend download-weights --model-type vit_b [--dest DIR]
     python -m backend config-table
+    python -m backend amg --checkpoint C --model-type T --input IMAGE_OR_DIR --output DIR [...]  (batch_amg.py)
 
 Every other setting comes from the environment (see backend/config.py).
 """
@@ -34,10 +35,18 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("config-table", help="print the settings table (markdown) that the README shows")
 
+    from .batch_amg import add_arguments as add_amg_arguments
+
+    add_amg_arguments(commands.add_parser("amg", help="label images in everything mode (scripts/amg.py outputs)"))
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "amg":
+            from .batch_amg import main as amg_main
+
+            return amg_main(args)
         if args.command == "config-table":
             print(config_table(), end="")
             return 0
