@@ -10,13 +10,18 @@ PORT ?= 5000
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup python-deps web-deps browser clean
+.PHONY: demo test lint setup python-deps web-deps browser clean
 
 demo: setup
 	$(BIN)/python -m backend serve --host $(HOST) --port $(PORT)
 
-test: setup browser
+test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (lint + format check, configured in pyproject.toml) for Python.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 setup: python-deps web-deps
 
