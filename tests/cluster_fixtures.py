@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,6 +165,7 @@ def ray_address():
         yield head.address
     finally:
         head.stop()
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
         for name, value in previous.items():
             if value is None:
                 os.environ.pop(name, None)
