@@ -32,7 +32,7 @@ from werkzeug.security import safe_join
 
 from . import codec
 from .cache import EmbeddingCache, is_valid_key
-from .config import DECODER_CHOICES, Config
+from .config import DECODER_CHOICES, Config, ConfigError
 from .encoder import EncoderBusy, EncoderClosed, EncoderService, RetryLater, prepare_model, resolve_device
 from .everything import create_everything_blueprint, resolver_from_encoder
 from .gallery import Gallery
@@ -121,11 +121,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     precision = prepare_model(model, device, settings.precision)
     logger.info("serving %s (%s weights) on %s in %s", weights_info.model_type, weights_info.weights, device, precision)
 
+    model_key = weights_info.weights_id
+    if settings.ray_address and encode_batch is None:
+        encode_batch, model_key = _remote_encoder(settings, weights_info)
     encoder = EncoderService(
         model,
         EmbeddingCache(settings.cache_bytes, settings.disk_cache_dir, settings.disk_cache_bytes),
         settings.resolve_secret(),
-        weights_info.weights_id,
+        model_key,
         max_batch_size=settings.batch_size,
         max_queue_size=settings.queue_size,
         timeout_s=settings.request_timeout,
@@ -159,6 +162,31 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_isolation_headers)
     return app
+
+
+def _remote_encoder(settings: Config, weights_info: WeightsInfo):
+    """SAM_RAY_ADDRESS: the cluster's encoder deployment encodes; image ids use its weights id on every host."""
+    try:
+        from .serve_encoder import RemoteEncoder
+    except ImportError:
+        raise ConfigError("SAM_RAY_ADDRESS needs Ray Serve: pip install '.[cluster]'") from None
+    try:
+        remote = RemoteEncoder(settings.ray_address, timeout_s=settings.request_timeout)
+    except Exception as error:
+        raise ConfigError(
+            f"SAM_RAY_ADDRESS={settings.ray_address}: no encoder deployment answered ({type(error).__name__}: "
+            f"{error}); deploy it with `python -m backend deploy-encoder --ray-address ...`"
+        ) from None
+    identity = remote.identity
+    if identity["model_type"] != weights_info.model_type:
+        raise ConfigError(
+            f"the cluster's encoder runs {identity['model_type']} but this host's decoders are for "
+            f"{weights_info.model_type}; set the same SAM_MODEL_TYPE / SAM_CHECKPOINT on both"
+        )
+    logger.info(
+        "encoding on the Ray cluster at %s: %s on %s", settings.ray_address, identity["weights_id"], identity["device"]
+    )
+    return remote.encode_batch, identity["weights_id"]
 
 
 # The /api blueprint -------------------------------------------------------------------------------------------

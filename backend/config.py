@@ -92,6 +92,11 @@ class Config:
     everything_max_jobs: int = setting(
         32, "everything-mode jobs (running, queued and finished results) kept; past it the oldest finished ones go"
     )
+    ray_address: str | None = setting(
+        None,
+        "a Ray cluster (e.g. `ray://head:10001`) whose encoder deployment (`python -m backend deploy-encoder`) "
+        "encodes the uploads instead of this process; needs the `.[cluster]` extra",
+    )
     log_level: str = setting("INFO", "Python logging level")
     port: int = setting(5000, "port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`)")
     workers: int = setting(
