@@ -121,6 +121,22 @@ def build_app(
     return SamEncoder.options(**options).bind(settings, threads)
 
 
+def app_from_env(args: dict[str, Any] | None = None):
+    """The application from the ``SAM_*`` environment (a Serve config's ``import_path``, e.g. KubeRay's RayService).
+
+    ``args`` (the config's ``args``): ``threads`` and ``gpus_per_replica``; replica counts and autoscaling
+    come from the config's deployment options.
+    """
+    args = dict(args or {})
+    config = Config.from_env()
+    return build_app(
+        replica_settings(config),
+        gpus_per_replica=float(args.get("gpus_per_replica", 0)),
+        threads=int(args.get("threads", 1)),
+        max_queued=config.queue_size,
+    )
+
+
 def replica_settings(config: Config) -> dict[str, Any]:
     return {name: getattr(config, name) for name in REPLICA_SETTINGS}
 

@@ -159,7 +159,8 @@ def ray_address():
     pytest.importorskip("ray", reason="the cluster extra is not installed (pip install '.[cluster]')")
     previous = {name: os.environ.get(name) for name in RAY_ENV}
     os.environ.update(RAY_ENV)
-    head = RayHead()
+    # Logical CPUs: the encoder's 2 replicas and the batch tests' 2 actors fit side by side.
+    head = RayHead(num_cpus=4)
     try:
         head.wait_ready()
         yield head.address
@@ -178,3 +179,101 @@ def read_mask_folder(folder: Path) -> tuple[list[np.ndarray], list[str]]:
     lines = (folder / "metadata.csv").read_text().split("\n")
     masks = [np.asarray(Image.open(folder / f"{i}.png")) > 0 for i in range(len(lines) - 1)]
     return masks, lines
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port with a temp dir, no persistence, LRU-bounded memory."""
+
+    def __init__(self, maxmemory: str = "256mb") -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="sam-redis-")
+        self.maxmemory = maxmemory
+        self.process: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                "--save", "", "--appendonly", "no",
+                "--maxmemory", self.maxmemory, "--maxmemory-policy", "allkeys-lru",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make cluster-deps installs Debian's)")
+    pytest.importorskip("redis", reason="the cluster extra is not installed (pip install '.[cluster]')")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+class WebHost:
+    """`python -m backend serve` on a free loopback port, as its own process, with the given SAM_* settings."""
+
+    def __init__(self, settings: dict[str, str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"web-{self.port}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        repo = Path(__file__).resolve().parents[1]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=repo,
+            env={**os.environ, **RAY_ENV, **settings},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the web host exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=2).status_code in (200, 503):
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the web host did not start in {timeout_s:.0f} s: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        self.log.close()
