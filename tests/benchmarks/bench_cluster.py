@@ -11,9 +11,9 @@ configuration:
 
 Ray's figures include the actors' start (model load) but not the cluster's.
 
-Encoder (--encoder, needs `python -m backend deploy-encoder`): images/s of the Serve encoder deployment with
-1 and 2 replicas of one thread each, interleaved, a burst of --burst concurrent uploads each time; the ratio
-2/1 is the figure.
+Encoder (--encoder): images/s of the Serve encoder deployment (backend/serve_encoder.py, the vit_t above)
+with 1 and 2 replicas of one thread each, alternating (the deployment is rescaled in place), a burst of
+--burst concurrent requests each time, after one warm-up round; the ratio 2/1 is the figure.
 
     .venv/bin/python tests/benchmarks/bench_cluster.py [--images 4] [--points-per-side 8] [--repeats 2]
         [--ray-workers 2] [--local-threads N] [--encoder] [--burst 8]
@@ -69,6 +69,55 @@ def amg_run(folder: Path, build, settings: dict, *, threads: int, ray_address=No
     return elapsed
 
 
+def encoder_replica_ratio(address: str, checkpoint: Path, burst: int, repeats: int) -> dict:
+    """Images/s of the Serve encoder with 1 and 2 replicas (1 thread each), alternating, a burst each time."""
+    import numpy as np
+    from ray import serve
+
+    from backend import serve_encoder
+    from backend.config import Config
+
+    config = Config.from_env(
+        overrides={"model_type": "vit_t", "checkpoint": str(checkpoint), "allow_download": False, "device": "cpu"}
+    )
+    settings = serve_encoder.replica_settings(config)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8) for _ in range(burst)]
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    handle = None
+    for round_index in range(repeats + 1):  # the first round warms both configurations up
+        for replicas in (1, 2):
+            serve_encoder.deploy(address, serve_encoder.build_app(settings, replicas=replicas, threads=1))
+            handle = serve.get_deployment_handle(serve_encoder.DEPLOYMENT_NAME, app_name=serve_encoder.APP_NAME)
+            _wait_for_replicas(replicas)
+            started = time.perf_counter()
+            responses = [handle.remote(image) for image in images]
+            for response in responses:
+                response.result(timeout_s=600)
+            if round_index > 0:
+                rates[replicas].append(burst / (time.perf_counter() - started))
+    serve.delete(serve_encoder.APP_NAME)
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    print(f"encoder (vit_t, 1 thread per replica, bursts of {burst} images 1024x768)")
+    print(f"  1 replica   {one:6.2f} images/s  (runs: {', '.join(f'{v:.2f}' for v in rates[1])})")
+    print(f"  2 replicas  {two:6.2f} images/s  (runs: {', '.join(f'{v:.2f}' for v in rates[2])})")
+    print(f"  ratio 2/1   {two / one:6.2f}")
+    return {"images_per_s_1": round(one, 3), "images_per_s_2": round(two, 3), "ratio": round(two / one, 3)}
+
+
+def _wait_for_replicas(count: int, timeout_s: float = 300) -> None:
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        running = [n for n in names if n.startswith("SERVE_REPLICA") and "SamEncoder" in n]
+        if len(running) == count:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the deployment did not reach {count} replicas")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=4)
@@ -77,6 +126,7 @@ def main() -> int:
     parser.add_argument("--ray-workers", type=int, default=2)
     parser.add_argument("--local-threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--encoder", action="store_true", help="also measure 1 vs 2 Serve encoder replicas")
+    parser.add_argument("--no-amg", action="store_true", help="skip the batch AMG part")
     parser.add_argument("--burst", type=int, default=8)
     args = parser.parse_args()
 
@@ -99,19 +149,19 @@ def main() -> int:
             ),
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
-        for _ in range(args.repeats):
+        for _ in range(0 if args.no_amg else args.repeats):
             for name, kwargs in configs.items():
                 times[name].append(amg_run(folder, build, settings, **kwargs))
         result = {"images": args.images, "points_per_side": args.points_per_side, "amg_images_per_min": {}}
         print(f"batch AMG, {args.images} images, {args.points_per_side}x{args.points_per_side} grid, vit_t")
         for name, values in times.items():
+            if not values:
+                continue
             per_min = 60 * args.images / statistics.median(values)
             result["amg_images_per_min"][name] = round(per_min, 2)
             print(f"  {name:32s} {per_min:6.2f} images/min  (runs: {', '.join(f'{v:.1f} s' for v in values)})")
         if args.encoder:
-            from bench_cluster_encoder import encoder_replica_ratio
-
-            result["encoder"] = encoder_replica_ratio(head.address, args.burst, args.repeats)
+            result["encoder"] = encoder_replica_ratio(head.address, checkpoint, args.burst, args.repeats)
         print(json.dumps(result))
     finally:
         head.stop()
