@@ -17,8 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t", "default")
-DECODER_CHOICES = ("official", "official-quantized", "lowres", "lowres-quantized")
+from .decoders import BUILT_IN as _BUILT_IN_DECODERS
+from .sam import sam_model_registry
+
+MODEL_TYPES = tuple(sam_model_registry)  # One home: the registry of model builders.
+DECODER_CHOICES = tuple(_BUILT_IN_DECODERS)  # One home: the decoders the server exports.
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -92,6 +95,12 @@ class Config:
     everything_max_jobs: int = setting(
         32, "everything-mode jobs (running, queued and finished results) kept; past it the oldest finished ones go"
     )
+    redis_url: str | None = setting(
+        None,
+        "shared state for several web hosts (e.g. `redis://127.0.0.1:6379/0`): embeddings and everything jobs live "
+        "there; needs `SAM_SECRET`; run Redis with `--maxmemory-policy allkeys-lru` (docs/deploy.md)",
+    )
+    redis_ttl: int = setting(86400, "seconds an embedding or job stays in Redis after its last use")
     ray_address: str | None = setting(
         None,
         "a Ray cluster (e.g. `ray://head:10001`) whose encoder deployment (`python -m backend deploy-encoder`) "
@@ -145,6 +154,13 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be a positive number, not {getattr(self, name)}")
+        if self.redis_url and not self.secret:
+            raise ConfigError(
+                "SAM_REDIS_URL is set but SAM_SECRET is not: every web host sharing Redis must key image ids with "
+                "the same secret; set SAM_SECRET to one random string on all of them"
+            )
+        if self.redis_ttl < 1:
+            raise ConfigError(f"SAM_REDIS_TTL must be a positive number of seconds, not {self.redis_ttl}")
         if self.request_timeout <= 0:
             raise ConfigError(f"SAM_REQUEST_TIMEOUT must be positive, not {self.request_timeout}")
         if self.decoder not in DECODER_CHOICES and not self.decoder.endswith(".onnx"):

@@ -6,13 +6,14 @@
 Each replica loads one model exactly as a web host does (``SAM_MODEL_TYPE``, ``SAM_CHECKPOINT``, ... from the
 deploying shell, passed to the replicas) and encodes with ``@serve.batch``: the local encoder's batch size
 (``SAM_BATCH_SIZE``) and batch window. Ray restarts a replica that dies. A web host with ``SAM_RAY_ADDRESS``
-sends each image to the deployment (``RemoteEncoder.encode_batch``, plugged into ``EncoderService`` in place
-of the local forward pass), so its queue, cache and timeouts stay as they are, and image ids use the
+sends each image to the deployment (``RemoteEncoder``, the ``ImageEncoder`` seam of backend/interfaces.py in
+place of the local ``BatchQueue``), so its store and timeouts stay as they are, and image ids use the
 deployment's weights id, the same on every host.
 
-Back pressure: each replica takes ``max_ongoing_requests`` (2 batches' worth) at a time and each web host
-queues at most ``SAM_QUEUE_SIZE`` more; beyond that, and when a replica died under a request and the one
-retry failed too, the upload answers 503 with ``Retry-After`` (``EncoderBusy``).
+Back pressure: each replica takes ``max_ongoing_requests`` (2 batches' worth) at a time, each deployment
+handle queues ``max_queued_requests`` more, and each web host has at most ``SAM_QUEUE_SIZE`` images in
+flight; beyond that, and when a replica died under a request and the one retry failed too, the upload
+answers 503 with ``Retry-After`` (``EncoderBusy``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from .config import Config
-from .encoder import EncodedBatch, EncoderBusy, encode_images, prepare_model, resolve_device
+from .interfaces import EncodedImage, EncoderBusy, EncoderClosed
+from .model_runner import encode_images, prepare_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -160,44 +161,96 @@ def deploy(address: str, app, *, wait_s: float = 600.0) -> dict[str, Any]:
 
 
 class RemoteEncoder:
-    """The web host's side: ``encode_batch(images)`` sends each image to the deployment and gathers the results.
+    """The web host's ``ImageEncoder``: each submitted image is one request to the deployment.
 
     Every image is its own request, so the replicas batch across all web hosts. ``identity`` is the
-    deployment's (weights id, model type, device). Errors: ``EncoderBusy`` (503 + Retry-After) when the
-    deployment refuses more work, or a replica died and the one retry failed too.
+    deployment's (weights id, model type, device). At most ``max_in_flight`` images at once (else
+    ``EncoderBusy``); a refusal by the deployment, or a replica lost twice under the same image, fails the
+    image's future with ``EncoderBusy`` (503 + Retry-After).
     """
 
-    def __init__(self, address: str, timeout_s: float = 120.0, connect_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, address: str, *, max_in_flight: int = 8, timeout_s: float = 120.0, connect_timeout_s: float = 120.0
+    ) -> None:
+        import concurrent.futures
+        import threading
+
         import ray
 
         if not ray.is_initialized():
             ray.init(address=address, namespace="sam", log_to_driver=False, configure_logging=False)
         self.timeout_s = float(timeout_s)
+        self.max_in_flight = max(1, int(max_in_flight))
         self.handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
         self.identity: dict[str, Any] = self.handle.identity.remote().result(timeout_s=connect_timeout_s)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="sam-remote")
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._closed = False
+        self.images_encoded = 0
+        self.refused = 0
+        self._seconds_per_image = 1.0
 
-    def encode_batch(self, images: Sequence[np.ndarray]) -> EncodedBatch:
-        responses = [self.handle.remote(np.ascontiguousarray(image)) for image in images]
-        encoded: EncodedBatch = []
-        for image, response in zip(images, responses, strict=True):
-            embedding, input_size = self._result(image, response)
-            encoded.append((embedding, (int(input_size[0]), int(input_size[1]))))
-        return encoded
+    def submit(self, pixels: np.ndarray):
+        with self._lock:
+            if self._closed:
+                raise EncoderClosed("the encoder is shut down")
+            if self._in_flight >= self.max_in_flight:
+                self.refused += 1
+                raise EncoderBusy(
+                    f"{self._in_flight} images are already with the encoder cluster; try again shortly",
+                    self.retry_after(),
+                )
+            self._in_flight += 1
+        future = self._pool.submit(self._encode, np.ascontiguousarray(pixels))
+        future.add_done_callback(self._done)
+        return future
 
-    def _result(self, image: np.ndarray, response) -> tuple[np.ndarray, tuple[int, int]]:
+    def retry_after(self) -> int:
+        return max(1, round((self._in_flight + 1) * self._seconds_per_image / self.max_in_flight))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "remote": APP_NAME,
+            "queue_depth": self._in_flight,
+            "queue_size": self.max_in_flight,
+            "images_encoded": self.images_encoded,
+            "refused": self.refused,
+            **{f"cluster_{k}": v for k, v in self.identity.items()},
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _done(self, _future) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _encode(self, pixels: np.ndarray) -> EncodedImage:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         lost = (RayActorError, ActorDiedError, ActorUnavailableError, DeploymentUnavailableError)
+        started = time.perf_counter()
         for attempt in range(2):
             try:
-                embedding, input_size, _, _ = response.result(timeout_s=self.timeout_s)
-                return embedding, input_size
+                embedding, input_size, batch, encode_ms = self.handle.remote(pixels).result(timeout_s=self.timeout_s)
+                break
             except BackPressureError:
-                raise EncoderBusy("the encoder cluster is at capacity; try again shortly", 2) from None
+                raise EncoderBusy("the encoder cluster is at capacity; try again shortly", self.retry_after()) from None
             except lost as error:
                 if attempt == 1:
-                    raise EncoderBusy(f"the encoder replica was lost ({type(error).__name__}); try again", 2) from None
-                logger.warning("encoder replica lost (%s); retrying the image once", type(error).__name__)
-                response = self.handle.remote(np.ascontiguousarray(image))
-        raise AssertionError("unreachable")
+                    raise EncoderBusy(
+                        f"the encoder replica was lost ({type(error).__name__}); try again", self.retry_after()
+                    ) from None
+                logger.warning("encoder replica lost (%s); sending the image once more", type(error).__name__)
+        self.images_encoded += 1
+        self._seconds_per_image = 0.7 * self._seconds_per_image + 0.3 * (time.perf_counter() - started)
+        return EncodedImage(
+            embedding=embedding,
+            input_size=(int(input_size[0]), int(input_size[1])),
+            encode_ms=float(encode_ms),
+            batch_size=int(batch),
+        )
