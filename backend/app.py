@@ -78,11 +78,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         encode_batch=encode_batch,
         image_encoder=image_encoder,
     )
+    on_cluster = {}
+    if image_encoder is not None:  # Everything jobs run on the cluster too (backend/cluster_everything.py).
+        from .cluster_everything import cluster_generator_factory
+        from .serve_encoder import replica_settings
+
+        on_cluster["generator_factory"] = cluster_generator_factory(
+            replica_settings(settings), num_gpus=1 if image_encoder.identity["device"].startswith("cuda") else 0
+        )
     everything = EverythingService(
         resolver_from_encoder(encoder),
         max_concurrent=settings.everything_jobs,
         max_jobs=settings.everything_max_jobs,
         store=job_store,
+        **on_cluster,
     )
     app.extensions[SAM] = AppState(
         config=settings,

@@ -1,7 +1,8 @@
-"""Past one machine with the real parts: a local Ray cluster running the encoder deployment, web hosts as processes.
+"""Past one machine with the real parts: a local Ray cluster running the encoder deployment, Debian's
+redis-server, and two web hosts as processes on two ports sharing both.
 
-The Ray head (one per session, loopback) comes from cluster_fixtures; the encoder is deployed with the
-command line (`python -m backend deploy-encoder`, 2 replicas of 1 thread) on the seeded random vit_t.
+The Ray head (one per session, loopback) and redis-server come from cluster_fixtures; the encoder is deployed
+with the command line (`python -m backend deploy-encoder`, 2 replicas of 1 thread) on the seeded random vit_t.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from cluster_fixtures import (
     RAY_ENV,
     WebHost,
     ray_address,  # noqa: F401 - the session fixture
+    redis_server,  # noqa: F401 - the session fixture
     vit_t_checkpoint,
 )
+
+from backend import codec
 
 pytestmark = pytest.mark.cluster
 
@@ -68,13 +72,27 @@ def encoder(ray_address, model_settings):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def web_a(encoder, model_settings, workdir):
-    host = WebHost({**model_settings, "SAM_RAY_ADDRESS": encoder}, workdir)
+def hosts(encoder, model_settings, workdir, redis_server):  # noqa: F811
+    """Web hosts A and B: separate processes and ports, one Redis, one encoder deployment."""
+    settings = {**model_settings, "SAM_RAY_ADDRESS": encoder, "SAM_REDIS_URL": redis_server.url}
+    started = [WebHost(settings, workdir), WebHost(settings, workdir)]
     try:
-        host.wait_ready()
-        yield host
+        for host in started:
+            host.wait_ready()
+        yield started
     finally:
-        host.stop()
+        for host in started:
+            host.stop()
+
+
+@pytest.fixture(scope="module")
+def web_a(hosts):
+    return hosts[0]
+
+
+@pytest.fixture(scope="module")
+def web_b(hosts):
+    return hosts[1]
 
 
 def _photo(index: int) -> bytes:
@@ -100,14 +118,73 @@ def _single_process_embedding(model_settings, data: bytes) -> tuple[str, bytes]:
         torch.set_num_threads(previous)
 
 
-def test_an_upload_encoded_on_the_cluster_is_byte_identical_to_single_process(web_a, model_settings):
+def test_an_upload_on_a_is_served_by_b_byte_identical_to_single_process(web_a, web_b, model_settings):
     data = _photo(0)
     upload = requests.post(web_a.url + "/api/images", data=data, headers={"Content-Type": "image/png"}, timeout=300)
     assert upload.status_code == 200, upload.text
-    body = requests.get(web_a.url + upload.json()["embedding_url"], timeout=60).content
+    from_b = requests.get(web_b.url + upload.json()["embedding_url"], timeout=60)
+    assert from_b.status_code == 200
     expected_id, expected = _single_process_embedding(model_settings, data)
     assert upload.json()["id"] == expected_id
-    assert body == expected
+    assert from_b.content == expected
+    # The same image uploaded to B is a hit: B computes the same id and finds A's embedding.
+    again = requests.post(web_b.url + "/api/images", data=data, headers={"Content-Type": "image/png"}, timeout=300)
+    assert again.json()["id"] == expected_id and again.json()["cache_hit"] is True
+
+
+def _local_everything(model_settings, embedding: np.ndarray, size: tuple[int, int], params: dict) -> list[dict]:
+    from backend.config import Config
+    from backend.model_runner import prepare_model, resolve_device
+    from backend.sam import SamAutomaticMaskGenerator
+    from backend.weights import load_model
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = Config.from_env(environ={}, overrides=model_settings)
+        model, _ = load_model(config)
+        prepare_model(model, resolve_device("cpu"), config.precision)
+        generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+        image = np.zeros((*size, 3), dtype=np.uint8)
+        return generator.generate(image, image_embedding=torch.from_numpy(np.array(embedding, dtype=np.float32))[None])
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_an_everything_job_started_on_a_is_polled_to_completion_on_b(web_a, web_b, model_settings):
+    data = _photo(1)
+    upload = requests.post(web_a.url + "/api/images", data=data, headers={"Content-Type": "image/png"}, timeout=300)
+    image_id = upload.json()["id"]
+    params = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.6}
+    params["stability_score_offset"] = 0.01
+    started = requests.post(f"{web_a.url}/api/images/{image_id}/everything", json=params, timeout=60)
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job_id"]
+    deadline = time.monotonic() + 300
+    seen = set()
+    while True:
+        poll = requests.get(f"{web_b.url}/api/everything/{job_id}", timeout=60)
+        assert poll.status_code == 200, poll.text
+        seen.add(poll.json()["status"])
+        if poll.json()["status"] in ("done", "error"):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    body = poll.json()
+    assert body["status"] == "done", body
+    annotations = body["result"]["annotations"]
+    assert len(annotations) >= 1 and body["result"]["image_id"] == image_id
+    assert all(a["segmentation"]["size"] == [49, 64] for a in annotations)
+    # The cluster task computed what the generator computes here on the same embedding (one thread, as the task).
+    embedding = codec.decode_embedding(
+        requests.get(f"{web_b.url}/api/embeddings/{image_id}?format=f32", timeout=60).content
+    )
+    expected = _local_everything(model_settings, embedding, (49, 64), params)
+    assert [a["segmentation"] for a in annotations] == [e["segmentation"] for e in expected]
+    assert [a["predicted_iou"] for a in annotations] == [e["predicted_iou"] for e in expected]
+    # Asking B for the same job finds A's, result included.
+    same = requests.post(f"{web_b.url}/api/images/{image_id}/everything", json=params, timeout=60)
+    assert same.json()["job_id"] == job_id and same.json()["cached"] is True
 
 
 def _upload_until_done(url: str, data: bytes, deadline: float) -> tuple[list[int], dict]:
