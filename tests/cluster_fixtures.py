@@ -153,6 +153,21 @@ class RayHead:
         self.log.close()
 
 
+def started_ray_head(num_cpus: int, attempts: int = 2) -> RayHead:
+    """A ready Ray head; on an overloaded machine Ray's own startup deadline can pass, so try once more."""
+    for attempt in range(attempts):
+        head = RayHead(num_cpus=num_cpus)
+        try:
+            head.wait_ready()
+            return head
+        except RuntimeError:
+            head.stop()
+            shutil.rmtree(head.temp_dir, ignore_errors=True)
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def ray_address():
     """The address of a Ray cluster started for this test session (os.environ gets RAY_ENV for the drivers)."""
@@ -160,9 +175,8 @@ def ray_address():
     previous = {name: os.environ.get(name) for name in RAY_ENV}
     os.environ.update(RAY_ENV)
     # Logical CPUs: the encoder's 2 replicas and the batch tests' 2 actors fit side by side.
-    head = RayHead(num_cpus=4)
+    head = started_ray_head(num_cpus=4)
     try:
-        head.wait_ready()
         yield head.address
     finally:
         head.stop()

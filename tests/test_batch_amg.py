@@ -18,7 +18,6 @@ import pytest
 import torch
 from cluster_fixtures import (
     RANDOM_WEIGHTS_AMG,
-    ray_address,  # noqa: F401 - the session fixture
     read_mask_folder,
     tiny_checkpoint,
     vit_t_checkpoint,
@@ -142,7 +141,7 @@ def test_a_second_run_skips_everything_and_other_settings_are_refused(workdir, t
 
 
 @pytest.mark.cluster
-def test_ray_data_outputs_are_byte_identical_to_local(workdir, tiny, local_outputs, ray_address):  # noqa: F811
+def test_ray_data_outputs_are_byte_identical_to_local(workdir, tiny, local_outputs, ray_address):
     for mode in ("binary_mask", "coco_rle"):
         output = workdir / f"ray-{mode}"
         counts = _run(workdir, tiny, output, mode, ray_address=ray_address, ray_workers=2)

@@ -22,8 +22,6 @@ from backend_fixtures import image_bytes
 from cluster_fixtures import (
     RAY_ENV,
     WebHost,
-    ray_address,  # noqa: F401 - the session fixture
-    redis_server,  # noqa: F401 - the session fixture
     vit_t_checkpoint,
 )
 
@@ -55,7 +53,7 @@ def model_settings(workdir):
 
 
 @pytest.fixture(scope="module")
-def encoder(ray_address, model_settings):  # noqa: F811
+def encoder(ray_address, model_settings):
     command = [sys.executable, "-m", "backend", "deploy-encoder", "--ray-address", ray_address]
     command += ["--replicas", "2", "--threads", "1"]
     result = subprocess.run(
@@ -72,7 +70,7 @@ def encoder(ray_address, model_settings):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def hosts(encoder, model_settings, workdir, redis_server):  # noqa: F811
+def hosts(encoder, model_settings, workdir, redis_server):
     """Web hosts A and B: separate processes and ports, one Redis, one encoder deployment."""
     settings = {**model_settings, "SAM_RAY_ADDRESS": encoder, "SAM_REDIS_URL": redis_server.url}
     started = [WebHost(settings, workdir), WebHost(settings, workdir)]

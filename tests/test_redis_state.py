@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from backend_fixtures import FakeEncoder, distinct_image, image_bytes
-from cluster_fixtures import RedisServer, redis_server  # noqa: F401 - the session fixture
+from cluster_fixtures import RedisServer
 
 from backend.cache import CachedEmbedding
 from backend.config import ConfigError
@@ -20,7 +20,7 @@ from backend import redis_store  # noqa: E402
 
 
 @pytest.fixture
-def client(redis_server):  # noqa: F811
+def client(redis_server):
     connection = redis_store.connect(redis_server.url)
     connection.flushdb()
     return connection
@@ -74,7 +74,7 @@ def test_job_store_finds_updates_conditionally_and_bounds_unfinished_jobs(client
     assert {j.job_id for j in store.jobs()} == {"a" * 32, "b" * 32, "c" * 32}
 
 
-def test_redis_mode_refuses_to_start_without_a_shared_secret(redis_server):  # noqa: F811
+def test_redis_mode_refuses_to_start_without_a_shared_secret(redis_server):
     from backend.config import Config
 
     with pytest.raises(ConfigError, match="SAM_SECRET"):

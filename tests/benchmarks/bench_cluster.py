@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from cluster_fixtures import RAY_ENV, RayHead, vit_t_checkpoint, write_images  # noqa: E402
+from cluster_fixtures import RAY_ENV, started_ray_head, vit_t_checkpoint, write_images  # noqa: E402
 
 from backend import batch_amg  # noqa: E402
 from backend.sam import sam_model_registry  # noqa: E402
@@ -132,13 +132,12 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     os.environ.update(RAY_ENV)
-    head = RayHead(num_cpus=os.cpu_count() or 2)
+    head = started_ray_head(num_cpus=os.cpu_count() or 2)
     try:
         write_images(folder / "images", args.images)
         checkpoint = vit_t_checkpoint(folder)
         build = functools.partial(sam_model_registry["vit_t"], checkpoint=str(checkpoint))
         settings = dict(points_per_side=args.points_per_side, **PERMISSIVE)
-        head.wait_ready()
         configs = {
             f"local ({args.local_threads} threads)": dict(threads=args.local_threads),
             f"ray ({args.ray_workers} actors x 1 thread)": dict(
