@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .decoders import BUILT_IN as _BUILT_IN_DECODERS
-from .sam import sam_model_registry
+from .sam.build import MODEL_TYPES  # One home: the registry of model builders.
 
-MODEL_TYPES = tuple(sam_model_registry)  # One home: the registry of model builders.
 DECODER_CHOICES = tuple(_BUILT_IN_DECODERS)  # One home: the decoders the server exports.
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
