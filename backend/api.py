@@ -50,7 +50,7 @@ def upload_image():
     try:
         result = state.encoder.encode(decoded.pixels, original_size=decoded.original_size)
     except RetryLater as error:
-        code = "encoder_busy" if isinstance(error, EncoderBusy) else "encoder_timeout"
+        code = getattr(error, "code", None) or ("encoder_busy" if isinstance(error, EncoderBusy) else "encoder_timeout")
         raise ApiError(503, code, str(error), {"Retry-After": str(error.retry_after)}) from None
     except EncoderClosed as error:
         raise ApiError(503, "shutting_down", str(error), {"Retry-After": "5"}) from None

@@ -120,7 +120,15 @@ class Config:
         "are told apart by the address they give",
     )
     redis_url: str | None = setting(
-        None, "Redis for state shared by workers and hosts (e.g. `redis://127.0.0.1:6379/0`): rate-limit counters"
+        None,
+        "shared state for several web hosts and workers (e.g. `redis://127.0.0.1:6379/0`): embeddings, everything "
+        "jobs and rate-limit counters live there; needs `SAM_SECRET`; run Redis with `--maxmemory-policy allkeys-lru` (docs/deploy.md)",
+    )
+    redis_ttl: int = setting(86400, "seconds an embedding or job stays in Redis after its last use")
+    ray_address: str | None = setting(
+        None,
+        "a Ray cluster (e.g. `ray://head:10001`) whose encoder deployment (`python -m backend deploy-encoder`) "
+        "encodes the uploads instead of this process; needs the `.[cluster]` extra",
     )
     log_level: str = setting("INFO", "Python logging level")
     port: int = setting(5000, "port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`)")
@@ -185,6 +193,13 @@ class Config:
             raise ConfigError(
                 f"SAM_DECODE_PIXELS ({self.decode_pixels:,}) must be at least SAM_MAX_PIXELS ({self.max_pixels:,})"
             )
+        if self.redis_url and not self.secret:
+            raise ConfigError(
+                "SAM_REDIS_URL is set but SAM_SECRET is not: every web host sharing Redis must key image ids with "
+                "the same secret; set SAM_SECRET to one random string on all of them"
+            )
+        if self.redis_ttl < 1:
+            raise ConfigError(f"SAM_REDIS_TTL must be a positive number of seconds, not {self.redis_ttl}")
         if self.request_timeout <= 0:
             raise ConfigError(f"SAM_REQUEST_TIMEOUT must be positive, not {self.request_timeout}")
         if self.decoder not in DECODER_CHOICES and not self.decoder.endswith(".onnx"):

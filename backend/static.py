@@ -83,15 +83,19 @@ def isolation_headers(response: Response) -> Response:
 @static_files.get("/healthz")
 def healthz():
     state = app_state()
-    return {
-        "status": "ok",
+    cache = state.encoder.cache.stats()
+    # A shared store that is unreachable makes this host unable to serve: 503 takes it out of a load balancer.
+    healthy = cache.get("status", "ok") == "ok"
+    body = {
+        "status": "ok" if healthy else "unavailable",
         "model_type": state.weights.model_type,
         "weights": state.weights.weights,
         "pid": os.getpid(),
         "encoder": state.encoder.stats(),
-        "cache": state.encoder.cache.stats(),
+        "cache": cache,
         "decoding": state.pixel_budget.stats(),
     }
+    return body, 200 if healthy else 503
 
 
 @static_files.get("/")
