@@ -30,7 +30,7 @@ from flask import Blueprint, Flask, Request, Response, current_app, jsonify, req
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.security import safe_join
 
-from . import codec
+from . import codec, cors
 from .cache import EmbeddingCache, is_valid_key
 from .config import DECODER_CHOICES, Config
 from .encoder import EncoderBusy, EncoderClosed, EncoderService, RetryLater, prepare_model, resolve_device
@@ -158,6 +158,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_isolation_headers)
+    cors.init_app(app, settings)
     return app
 
 
