@@ -185,10 +185,8 @@ def build_mobile_sam_encoder(image_size: int = 1024) -> MobileSamImageEncoder:
         mlp_ratio=4.0,
         drop_rate=0.0,
         drop_path_rate=0.0,
-        use_checkpoint=False,
         mbconv_expand_ratio=4.0,
         local_conv_size=3,
-        layer_lr_decay=0.8,
     )
 
 

@@ -410,7 +410,8 @@ class TinyViT(nn.Module):
     """MobileSAM's image encoder: [B, in_chans, img_size, img_size] -> [B, 256, img_size/16, img_size/16].
 
     Arguments keep MobileSAM's names, including the training-only ones (``drop_rate``, ``drop_path_rate``,
-    ``use_checkpoint``, ``layer_lr_decay``) and the unused classification head (``num_classes``).
+    ``use_checkpoint``) and the unused classification head (``num_classes``); MobileSAM's per-layer
+    learning-rate tags (``layer_lr_decay``) are left to training code.
     """
 
     def __init__(
@@ -428,7 +429,6 @@ class TinyViT(nn.Module):
         use_checkpoint: bool = False,
         mbconv_expand_ratio: float = 4.0,
         local_conv_size: int = 3,
-        layer_lr_decay: float = 1.0,
     ) -> None:
         super().__init__()
         if not (len(embed_dims) == len(depths) == len(num_heads) == len(window_sizes)):
@@ -438,7 +438,6 @@ class TinyViT(nn.Module):
         self.depths = depths
         self.num_layers = len(depths)
         self.mlp_ratio = mlp_ratio
-        self.layer_lr_decay = layer_lr_decay
 
         activation = nn.GELU
         self.patch_embed = PatchEmbed(
@@ -480,7 +479,6 @@ class TinyViT(nn.Module):
         self.norm_head = nn.LayerNorm(embed_dims[-1])
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
-        self.set_layer_lr_decay(layer_lr_decay)
 
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], 256, kernel_size=1, bias=False),
@@ -498,24 +496,6 @@ class TinyViT(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.constant_(module.weight, 1.0)
             nn.init.constant_(module.bias, 0.0)
-
-    def set_layer_lr_decay(self, layer_lr_decay: float) -> None:
-        """Tags every parameter with ``lr_scale`` (deeper blocks learn faster); used only by training code."""
-        depth = sum(self.depths)
-        scales = [layer_lr_decay ** (depth - i - 1) for i in range(depth)]
-        for param in self.patch_embed.parameters():
-            param.lr_scale = scales[0]
-        block_index = 0
-        for layer in self.layers:
-            for block in layer.blocks:
-                for param in block.parameters():
-                    param.lr_scale = scales[block_index]
-                block_index += 1
-            if layer.downsample is not None:
-                for param in layer.downsample.parameters():
-                    param.lr_scale = scales[block_index - 1]
-        for param in list(self.norm_head.parameters()) + list(self.head.parameters()):
-            param.lr_scale = scales[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.patch_embed.in_chans:
