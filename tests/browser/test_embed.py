@@ -338,7 +338,9 @@ def test_open_rejects_bad_input_in_words(open_page, host, host_pages):
 
     too_large = settle(page, "(src) => document.getElementById('sam').open(src)", host.url + "images/large.png")
     assert not too_large["ok"] and too_large["code"] == "too_large", too_large
-    assert "640,000" in too_large["message"] or "pixels" in too_large["message"], too_large
+    assert too_large["message"] == (
+        "The server refused the image: the image is 800x800 = 640,000 pixels; the limit is 300,000"
+    ), too_large
 
     errors = page.evaluate("samEvents.filter((e) => e.type === 'sam-error').map((e) => e.detail)")
     assert [e["code"] for e in errors] == ["not_an_image", "unreachable", "too_large"]
@@ -380,9 +382,9 @@ def test_segment_before_open_and_points_outside_the_image_are_rejected(open_page
 # ---------------------------------------------------------------------------------------------- the iframe
 
 
-def iframe_host(app_url: str, query: str = "") -> str:
+def iframe_host(app_url: str, query: str = "", allow: str = "") -> str:
     return f"""<!doctype html><meta charset="utf-8"><title>iframe host</title>
-<iframe id="sam" src="{app_url}embed{query}" width="800" height="600"></iframe>
+<iframe id="sam" src="{app_url}embed{query}" width="800" height="600" allow="{allow}"></iframe>
 <script>
   window.samMessages = [];
   window.addEventListener("message", (event) => {{
@@ -427,6 +429,18 @@ def test_iframe_protocol_round_trips(open_page, host, app):
     assert blob_ready["type"] == "sam:ready" and blob_ready["width"] == 600
     # Replies only: nothing arrived unasked.
     assert all(m.get("id") for m in page.evaluate("samMessages")), page.evaluate("samMessages")
+
+
+def test_iframe_in_an_isolated_host_runs_threads(open_page, host, app):
+    html = iframe_host(app.url, allow="cross-origin-isolated")
+    page = open_page(host.add("/iframe-isolated.html", html, **ISOLATION))
+    assert page.evaluate("crossOriginIsolated")
+    page.frame_locator("#sam").locator("sam-segmenter").wait_for(state="attached")
+    ready = page.evaluate("(url) => ask({type: 'sam:open', image: url})", host.url + "images/coffee.png")
+    assert ready["type"] == "sam:ready", ready
+    frame = next(f for f in page.frames if f.url.startswith(app.url))
+    assert frame.evaluate("crossOriginIsolated")
+    assert frame.evaluate("document.querySelector('sam-segmenter').decoderInfo.threads") > 1
 
 
 def test_iframe_image_parameter_opens_directly(open_page, host, app):
@@ -546,6 +560,11 @@ def test_http_recipe_works_in_a_blank_page(recipe_page):
     page = recipe_page("http")
     [line] = console_lines(page, "encoded ")
     assert line.split()[1:] == ["600", "400", str(16 + 256 * 64 * 64 * 2), "lowres"]
+
+
+def test_example_page_is_served_by_the_app_and_not_linked(app):
+    assert requests.get(app.url + "examples/host.html", timeout=10).status_code == 200
+    assert "examples" not in requests.get(app.url, timeout=10).text
 
 
 def test_example_host_page_from_another_origin(open_page, host, app, tmp_path):

@@ -124,7 +124,8 @@ export class SamSegmenter extends HTMLElement {
       try {
         info = await uploadImage(prepared.upload, name, () => {}, () => this.#status("The server is encoding the image…"), { server: this.server });
       } catch (error) {
-        throw new SegmenterError(error.code === "too_large" || error.status === 413 ? "too_large" : error.code || "upload_failed", error.message);
+        if (error.status === 413) throw new SegmenterError("too_large", `The server refused the image: ${error.message}`);
+        throw new SegmenterError(error.status ? error.code || "upload_failed" : "server_unreachable", error.message);
       }
       this.#check(token);
       this.#status("Downloading the embedding…");
