@@ -63,6 +63,9 @@ class CrossOriginPolicy:
         response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
         response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
         response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE_S)
+        if request.headers.get("Access-Control-Request-Private-Network") == "true":
+            # Chromium asks before a public page may reach a server on a private address (a local app).
+            response.headers["Access-Control-Allow-Private-Network"] = "true"
         return response
 
     def add_headers(self, response: Response) -> Response:

@@ -118,6 +118,15 @@ def test_preflight_for_a_listed_origin(client):
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
     assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
     assert "Access-Control-Allow-Credentials" not in response.headers
+    local = client.options(
+        "/api/model",
+        headers={
+            "Origin": HOST,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
+    assert local.status_code == 204 and local.headers["Access-Control-Allow-Private-Network"] == "true"
     refused = client.options("/api/images", headers={"Origin": OTHER, "Access-Control-Request-Method": "POST"})
     assert refused.status_code == 403
     assert "Access-Control-Allow-Origin" not in refused.headers
