@@ -1,4 +1,4 @@
-"""Embedding cache: an in-memory LRU bounded in bytes, optionally backed by a disk directory.
+"""The local ``EmbeddingStore``: an in-memory LRU bounded in bytes, optionally backed by a disk directory.
 
 Keys are image ids: ``image_key`` is an HMAC of the model identity and the decoded pixels under a server
 secret, so the same image always gets the same id while nobody can compute an id from an image they hold.
@@ -14,11 +14,12 @@ import hmac
 import logging
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    def stats(self) -> dict:
+        return {"entries": len(self), "bytes": self.bytes_used, "max_bytes": self.max_bytes}
 
     @property
     def bytes_used(self) -> int:
@@ -133,7 +137,7 @@ class EmbeddingCache:
         if path is None:
             return
         try:
-            with tempfile.NamedTemporaryFile(dir=self.disk_dir, prefix=".tmp-", suffix=".npz", delete=False) as file:
+            with atomic_write(path, mode=None) as tmp_path, open(tmp_path, "wb") as file:
                 np.savez(
                     file,
                     embedding=entry.embedding.astype(np.float32, copy=False),
@@ -142,12 +146,9 @@ class EmbeddingCache:
                     model_key=np.asarray(entry.model_key),
                     encode_ms=np.asarray(entry.encode_ms, dtype=np.float64),
                 )
-            os.replace(file.name, path)
             self._prune_disk()
         except OSError as error:
             logger.warning("could not write embedding %s to the disk cache: %s", key, error)
-            with contextlib.suppress(OSError, NameError):
-                os.unlink(file.name)
 
     def _prune_disk(self) -> None:
         files = []

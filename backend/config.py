@@ -18,8 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t", "default")
-DECODER_CHOICES = ("official", "official-quantized", "lowres", "lowres-quantized")
+from .decoders import BUILT_IN as _BUILT_IN_DECODERS
+from .sam import sam_model_registry
+
+MODEL_TYPES = tuple(sam_model_registry)  # One home: the registry of model builders.
+DECODER_CHOICES = tuple(_BUILT_IN_DECODERS)  # One home: the decoders the server exports.
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")

@@ -8,9 +8,11 @@ import json
 import sys
 from pathlib import Path
 
+from backend.sam import sam_model_registry
+
 from .export import VARIANTS, example_inputs, export_decoder
 
-MODEL_TYPES = ("default", "vit_h", "vit_l", "vit_b", "vit_t")
+MODEL_TYPES = tuple(sam_model_registry)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    from backend.sam import build_sam, sam_model_registry
+    from backend.sam import build_sam
 
     checkpoint = args.checkpoint
     if args.config_json is not None:

@@ -1,9 +1,9 @@
 """Dynamic uint8 weight quantization of an exported decoder."""
 
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from backend.files import atomic_write
 
 
 class _DropPreprocessingHint(logging.Filter):
@@ -21,23 +21,17 @@ def quantize_decoder(model_path: str | Path, output: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the files are served to browsers.
     hint_filter = _DropPreprocessingHint()
     logging.getLogger().addFilter(hint_filter)
     try:
-        quantize_dynamic(
-            model_input=str(model_path),
-            model_output=tmp_name,
-            per_channel=False,
-            reduce_range=False,
-            weight_type=QuantType.QUInt8,
-        )
-        os.replace(tmp_name, output)
+        with atomic_write(output) as tmp_path:
+            quantize_dynamic(
+                model_input=str(model_path),
+                model_output=str(tmp_path),
+                per_channel=False,
+                reduce_range=False,
+                weight_type=QuantType.QUInt8,
+            )
     finally:
         logging.getLogger().removeFilter(hint_filter)
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return output

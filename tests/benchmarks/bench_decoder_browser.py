@@ -5,7 +5,7 @@ headless Chromium, cross-origin isolated, interleaved in one page.
     .venv/bin/python tests/benchmarks/bench_decoder_browser.py [--decodes 60] [--threads 2]
         [--image-hw 768 1024] [--with-quantized]
 
-Exports the decoders from the reduced reference model (../shared/reference) with backend.decoders, feeds
+Exports the decoders from the reduced reference model (SAM_REFERENCE_DIR) with backend.decoders, feeds
 the reference dog embedding, and prints each decoder's median time per decode and the official/lowres ratio.
 A decode is prompt -> binary mask at image size, as the web client needs it: session.run, then for
 official a threshold of the chosen full-size mask, for lowres the client's upsampling (web/js/mask-math.js).
@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.conftest import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
+
 BENCH_DIR = Path(__file__).resolve().parent
 ORT_DIST = REPO_ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"
 # Debian's chromium from PATH (Playwright's own browser download is not used).

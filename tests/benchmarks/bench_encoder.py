@@ -6,7 +6,7 @@ Not a test (pytest does not collect it). Run from the repository root:
         [--omp-wait-policy PASSIVE]
 
 For each model (random weights, torch.manual_seed(0)) the paths run interleaved, `--runs` times each, on one
-real photo (dog.jpg from ../shared/reference/images). Reported per path: median seconds per image, speed-up
+real photo (dog.jpg from SAM_REFERENCE_DIR/images). Reported per path: median seconds per image, speed-up
 over the plain path (ratio of medians), cosine similarity of the embedding to the plain path's, and the IoU
 of the masks predicted from that embedding with the masks from the plain embedding, over the prompts of
 reduced_vit_seed0_dog.json (single and multi-mask; mean and minimum).
