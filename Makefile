@@ -18,10 +18,11 @@ demo: setup
 test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# ruff (lint + format check, configured in pyproject.toml) for Python.
+# ruff (lint + format check, configured in pyproject.toml) for Python; eslint (web/eslint.config.js) for web/.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	cd web && npm run --silent lint
 
 setup: python-deps web-deps
 

@@ -813,3 +813,50 @@ def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, do
     assert shown == [400, 600]
     click_pixel(page, 200, 500)
     assert prompt_points(page) == [[200, 500, 1]] and shown_mask(page).any()
+
+
+def test_a_touch_phone_gets_tap_wording(browser, live_server, dog_path):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    try:
+        open_app(page, live_server)
+        first_steps = page.inner_text("#empty-state")
+        assert "tap the object" in first_steps and "right-click" not in first_steps
+        upload(page, dog_path)
+        assert "tap the image" in page.inner_text("#status-text")
+        page.touchscreen.tap(*canvas_point(page, 420, 250))
+        wait_idle(page)
+        assert page.evaluate("document.body.dataset.pointer") == "touch"
+    finally:
+        context.close()
+
+
+def test_wording_follows_the_pointer_in_use_not_touch_support(browser, live_server, dog_path):
+    """A desktop with a touch screen (Chromium then reports a coarse pointer and no hover): the mouse it is
+    actually used with decides the wording, and a tap switches it to touch wording."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, has_touch=True)
+    page = context.new_page()
+    try:
+        open_app(page, live_server)
+        assert page.evaluate("matchMedia('(hover: none)').matches")  # what touch support alone would say
+        page.mouse.move(300, 300)
+        page.mouse.move(320, 320)
+        assert "right-click" in page.inner_text("#empty-state")
+        assert "tap the object" not in page.inner_text("#empty-state")
+        upload(page, dog_path)
+        assert "hover over the image" in page.inner_text("#status-text")
+        box = page.locator("h1").bounding_box()
+        page.touchscreen.tap(box["x"] + 5, box["y"] + 5)  # a tap, away from the image
+        page.wait_for_function("document.getElementById('status-text').textContent.includes('tap the image')")
+        page.mouse.move(box["x"] + 8, box["y"] + 8)
+        page.wait_for_function("document.getElementById('status-text').textContent.includes('hover over the image')")
+    finally:
+        context.close()
+
+
+def test_a_desktop_mouse_gets_mouse_wording(page, live_server, dog_path):
+    open_app(page, live_server)
+    first_steps = page.inner_text("#empty-state")
+    assert "right-click" in first_steps and "tap the object" not in first_steps
+    upload(page, dog_path)
+    assert "hover over the image" in page.inner_text("#status-text")

@@ -1,0 +1,43 @@
+// Uploads an image with progress; a busy server's 503 is retried after its Retry-After, 3 times at most.
+
+import { uploadImage } from "./api.js";
+import { formatBytes } from "./format.js";
+
+const BUSY_RETRIES = 3;
+const BUSY_WAIT_MAX_S = 15;
+
+/**
+ * @param {Blob} blob
+ * @param {string} name
+ * @param {object} options {isCurrent(): false once another image replaced this one (stop reporting and
+ *   retrying), onStatus(text, progress)}; progress is a fraction, null for "busy, no figure"
+ * @returns {Promise<object>} the server's answer to POST /api/images
+ */
+export async function uploadWhenServerFree(blob, name, { isCurrent, onStatus }) {
+  for (let attempt = 0; ; attempt++) {
+    let encodingTimer = null;
+    try {
+      return await uploadImage(
+        blob,
+        name,
+        (loaded, all) => isCurrent() && onStatus(`Uploading… ${formatBytes(loaded)} of ${formatBytes(all)}`, all ? loaded / all : null),
+        () => {
+          const sent = performance.now();
+          encodingTimer = setInterval(() => {
+            if (isCurrent()) onStatus(`The server is encoding the image… ${((performance.now() - sent) / 1000).toFixed(1)} s`, null);
+          }, 100);
+        },
+      );
+    } catch (error) {
+      if (error.retryAfterS == null || attempt >= BUSY_RETRIES || !isCurrent()) throw error;
+      const waitS = Math.min(Math.max(error.retryAfterS, 1), BUSY_WAIT_MAX_S);
+      for (let left = waitS; left > 0 && isCurrent(); left--) {
+        onStatus(`The server is busy with other images; trying again in ${left} s…`, null);
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+      if (!isCurrent()) throw error;
+    } finally {
+      clearInterval(encodingTimer);
+    }
+  }
+}
