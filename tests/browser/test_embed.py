@@ -297,6 +297,81 @@ def test_keep_then_get_objects_gives_back_the_same_mask(open_page, host, host_pa
     page.console_watch.allow.append("Nothing to keep")
 
 
+def pixel_position(page, x: float, y: float) -> tuple[float, float]:
+    """Viewport coordinates of the centre of image pixel (x, y) inside the element."""
+    canvas = page.locator("#sam .stage canvas")
+    box = canvas.bounding_box()
+    width, height = canvas.evaluate("(c) => [c.width, c.height]")
+    return box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
+
+
+def user_masks(page, count: int) -> list[dict]:
+    """The details of the first ``count`` sam-mask events (waits for them)."""
+    page.wait_for_function(f"samEvents.filter((e) => e.type === 'sam-mask').length >= {count}")
+    return page.evaluate("samEvents.filter((e) => e.type === 'sam-mask').map((e) => e.detail)")[:count]
+
+
+def test_the_user_edits_inside_the_element_as_in_the_app(open_page, host, host_pages, expected):
+    page = open_page(host_pages["plain"])
+    page.evaluate(OPEN, host.url + "images/coffee.png")
+    # Hover previews a mask (no event: it is not made yet), a real click makes it: three candidates, best first.
+    page.mouse.move(*pixel_position(page, 300, 200))
+    page.wait_for_function("performance.getEntriesByName('sam:hover-to-paint').length > 0")
+    assert page.evaluate("samEvents.filter((e) => e.type === 'sam-mask').length") == 0
+    page.mouse.click(*pixel_position(page, 300, 200))
+    [clicked] = user_masks(page, 1)
+    want, scores = expected([[300, 200]], [1], multimask=True)
+    best = int(np.argmax(scores))
+    assert len(clicked["masks"]) == 3
+    assert agreement(decode_rle(clicked["masks"][0]["rle"]), want[best]) >= MIN_AGREEMENT
+
+    # The candidates are offered; picking another one (a click on it) makes that the mask.
+    candidates = page.locator("#sam .candidate-list button")
+    assert candidates.count() == 3
+    other = (best + 1) % 3
+    candidates.nth(other).click()
+    [_, picked] = user_masks(page, 2)
+    assert agreement(decode_rle(picked["masks"][0]["rle"]), want[other]) >= MIN_AGREEMENT
+    assert candidates.nth(other).get_attribute("aria-checked") == "true"
+
+    # Undo empties the prompts again; a dragged box gives the predictor's box mask.
+    page.locator("#sam [data-action=undo]").click()
+    page.wait_for_function("!document.getElementById('sam').shadowRoot.querySelector('svg circle')")
+    start, end = pixel_position(page, 100, 80), pixel_position(page, 450, 330)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(start[0] + 20, start[1] + 20, steps=2)
+    page.mouse.move(*end, steps=4)
+    page.mouse.up()
+    boxed = user_masks(page, 3)[-1]
+    want_box, _ = expected(box=[100, 80, 450, 330])
+    assert len(boxed["masks"]) == 1
+    assert agreement(decode_rle(boxed["masks"][0]["rle"]), want_box[0]) >= MIN_AGREEMENT
+
+    # Keep (the button) makes it an object; getObjects() gives back the same mask.
+    page.mouse.move(2, 2)
+    page.locator("#sam [data-action=keep]").click()
+    page.wait_for_function("samEvents.some((e) => e.type === 'sam-objects-changed')")
+    objects = page.evaluate("document.getElementById('sam').getObjects()")
+    assert len(objects) == 1
+    assert np.array_equal(decode_rle(objects[0]["segmentation"]), decode_rle(boxed["masks"][0]["rle"]))
+
+
+def test_compact_shows_the_image_and_minimal_controls(open_page, host, app):
+    html = element_host(app.url).replace('<sam-segmenter id="sam"', '<sam-segmenter id="sam" compact')
+    page = open_page(host.add("/compact.html", html))
+    page.evaluate(OPEN, host.url + "images/coffee.png")
+    assert page.locator("#sam .stage canvas").is_visible()
+    assert page.locator("#sam [data-action=undo]").is_visible()
+    assert page.locator("#sam [data-action=keep]").is_visible()
+    for hidden in ("[data-action=redo]", "[data-action=reset]", "[data-action=negative]", ".status"):
+        assert not page.locator(f"#sam {hidden}").is_visible(), hidden
+    full = open_page(host.url + "plain.html")
+    full.evaluate(OPEN, host.url + "images/coffee.png")
+    assert full.locator("#sam [data-action=redo]").is_visible()
+    assert full.locator("#sam .status").is_visible()
+
+
 def test_cross_origin_load_is_refused_without_cors_origins(open_page, host, app, data_dir):
     closed = start_app(data_dir, {})
     try:

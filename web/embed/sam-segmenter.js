@@ -1,16 +1,17 @@
 // <sam-segmenter>: the app as a web component for other tools' pages: a headless API, DOM events, the editor.
 //
 // Loaded by absolute URL from the app (`<script type="module" src="https://sam.example.org/embed/sam-segmenter.js">`);
-// it talks to the app at its `server` attribute (default: the origin this module came from) and reuses the app's
-// own modules: the HTTP API, the decoder worker (started through a same-origin blob: when cross-origin), the
-// mask maths, COCO RLE. docs/embedding.md describes the API; web/embed/index.html is the iframe version.
+// it talks to the app at its `server` attribute (default: where this module came from) through the app's own
+// client (js/client.js: decoder start-up, upload, embedding, the editing state machine; the decoder worker is
+// started through a same-origin blob: when cross-origin). docs/embedding.md describes the API;
+// web/embed/index.html is the iframe version.
 
-import { apiUrl, fetchEmbedding, fetchModelInfo, uploadImage } from "../js/api.js";
+import { renderCandidates } from "../js/candidates.js";
+import { SamClient } from "../js/client.js";
 import { colorFor } from "../js/colors.js";
-import { DecoderClient } from "../js/decoder-client.js";
 import { cocoAnnotation } from "../js/exports.js";
-import { prepareImage } from "../js/image-input.js";
-import { maskStats } from "../js/mask-math.js";
+import { KeyboardCursor } from "../js/keyboard.js";
+import { lowResPlane, maskStats, resizeMaskNearest } from "../js/mask-math.js";
 import { encodeMask } from "../js/rle.js";
 import { StageView } from "../js/stage-view.js";
 
@@ -30,15 +31,15 @@ const TEMPLATE = `
   <link rel="stylesheet" href="${STYLESHEET}">
   <div class="frame" part="frame">
     <div class="toolbar" part="toolbar">
-      <button type="button" data-action="undo" title="Undo (Ctrl+Z)">Undo</button>
-      <button type="button" data-action="redo" title="Redo (Ctrl+Y)" class="full">Redo</button>
-      <button type="button" data-action="reset" title="Start this object again (Esc)" class="full">Reset</button>
+      <button type="button" data-action="undo" title="Undo (Ctrl+Z)" disabled>Undo</button>
+      <button type="button" data-action="redo" title="Redo (Ctrl+Y)" class="full" disabled>Redo</button>
+      <button type="button" data-action="reset" title="Start this object again (Esc)" class="full" disabled>Reset</button>
       <label class="full"><input type="checkbox" data-action="negative"> Remove area</label>
-      <span class="candidates" role="radiogroup" aria-label="Candidate masks"></span>
-      <button type="button" data-action="keep" title="Keep this mask as an object (Enter)">Keep</button>
+      <button type="button" data-action="keep" title="Keep this mask as an object (Enter)" disabled>Keep</button>
     </div>
-    <div class="stage" part="stage" tabindex="0" hidden>
-      <img alt="The image being segmented">
+    <div class="candidates" hidden><span class="full">Candidates:</span> <span class="candidate-list" role="radiogroup" aria-label="Candidate masks"></span></div>
+    <div class="stage" part="stage" tabindex="0" hidden aria-label="The image: hover to preview, click to add a point, right-click to remove an area, drag for a box">
+      <img alt="">
       <canvas aria-hidden="true"></canvas>
       <svg aria-hidden="true"></svg>
     </div>
@@ -46,16 +47,18 @@ const TEMPLATE = `
   </div>`;
 
 export class SamSegmenter extends HTMLElement {
-  static observedAttributes = ["src", "compact"];
+  static observedAttributes = ["src"];
 
-  #engine = null; // Promise of {decoder: DecoderClient, info: worker's ready answer, model: /api/model}
-  #image = null; // {name, originalSize, uploadSize, id, url}
-  #ready = false;
-  #token = 0;
-  #current = null; // {result, chosen, scale}: the mask keep() keeps
-  #objects = []; // {id, mask (original size), score}
+  #client = null; // SamClient, made on first use (its server is read then)
+  #started = null; // Promise of the decoder start-up
+  #image = null; // the client's image once its embedding is in the worker
+  #objects = []; // {id, name, mask (original size), overlay (upload size), score}
   #nextObjectId = 1;
-  #view = null;
+  #view;
+  #cursor;
+  #dragBox = null;
+  #lastKept = null; // Promise of the object the last keep made
+  #announced = null; // the editor state last reported (by sam-mask or as segment()'s answer)
 
   constructor() {
     super();
@@ -63,18 +66,33 @@ export class SamSegmenter extends HTMLElement {
     const $ = (selector) => this.shadowRoot.querySelector(selector);
     this.#view = new StageView(
       { stage: $(".stage"), image: $(".stage img"), canvas: $(".stage canvas"), svg: $(".stage svg") },
-      { onHover: () => {}, onLeave: () => {}, onPoint: () => {}, onBox: () => {}, onDragBox: () => {} },
+      {
+        onHover: (x, y, time) => this.#editor?.hoverAt(x, y, this.#view.negativeMode, time),
+        onLeave: () => this.#editor?.leave(),
+        onPoint: (x, y, negative, time) => this.#editor?.point(x, y, negative, time),
+        onBox: (box) => this.#editor?.box(box),
+        onDragBox: (box) => {
+          this.#dragBox = box;
+          this.#renderPrompts();
+        },
+      },
     );
+    this.#cursor = new KeyboardCursor({
+      size: () => (this.#editor?.ready ? this.#image.uploadSize : null),
+      onMove: (x, y, time) => this.#editor.hoverAt(x, y, this.#view.negativeMode, time),
+      onPoint: (x, y, negative, time) => this.#editor.point(x, y, negative, time),
+      negativeMode: () => this.#view.negativeMode,
+      show: (point) => this.#view.setKeyboardCursor(point),
+    });
+    this.#bindControls();
   }
 
   connectedCallback() {
-    this.#startEngine().catch(() => {}); // reported by the open() that awaits it
+    this.#start().catch(() => {}); // reported by the open() that awaits it
   }
 
   attributeChangedCallback(name, before, after) {
-    if (name === "src" && after && after !== before) {
-      this.open(after).catch(() => {}); // reported as sam-error
-    }
+    if (name === "src" && after && after !== before) this.open(after).catch(() => {}); // reported as sam-error
   }
 
   /** The app's URL (ends with a slash): the `server` attribute, else where this module was loaded from. */
@@ -94,7 +112,11 @@ export class SamSegmenter extends HTMLElement {
 
   /** The opened image's {width, height}, or null. */
   get imageSize() {
-    return this.#ready ? { width: this.#image.originalSize[1], height: this.#image.originalSize[0] } : null;
+    return this.#editor?.ready ? { width: this.#image.originalSize[1], height: this.#image.originalSize[0] } : null;
+  }
+
+  get #editor() {
+    return this.#client?.editor ?? null;
   }
 
   // ------------------------------------------------------------------ the headless API
@@ -104,46 +126,36 @@ export class SamSegmenter extends HTMLElement {
    * prompts can be decoded; rejects with a SegmenterError (and fires `sam-error`) that says what went wrong.
    */
   async open(source) {
-    const token = ++this.#token;
-    this.#ready = false;
-    this.#current = null;
     try {
       this.#status("Opening the image…");
       const [blob, name] = await this.#blobOf(source);
-      let prepared;
+      await this.#start();
+      const client = this.#client;
+      let image;
       try {
-        prepared = await prepareImage(blob, name);
+        image = await client.prepare(blob, name);
       } catch (error) {
         throw new SegmenterError("not_an_image", error.message);
       }
-      this.#check(token);
-      const engine = await this.#startEngine();
-      this.#check(token);
-      this.#status("Uploading the image…");
-      let info;
+      if (!image) throw superseded();
+      this.#image = null;
+      this.#objects = [];
+      this.#cursor.clear();
+      let loaded;
       try {
-        info = await uploadImage(prepared.upload, name, () => {}, () => this.#status("The server is encoding the image…"), { server: this.server });
+        loaded = await client.load(image);
       } catch (error) {
         if (error.status === 413) throw new SegmenterError("too_large", `The server refused the image: ${error.message}`);
         throw new SegmenterError(error.status ? error.code || "upload_failed" : "server_unreachable", error.message);
       }
-      this.#check(token);
-      this.#status("Downloading the embedding…");
-      const embedding = await fetchEmbedding(new URL(info.embedding_url, this.server).href);
-      this.#check(token);
-      await engine.decoder.setEmbedding(embedding.buffer, prepared.uploadSize);
-      this.#check(token);
-      if (this.#image?.url) URL.revokeObjectURL(this.#image.url);
-      this.#image = { name, originalSize: prepared.originalSize, uploadSize: prepared.uploadSize, id: info.id, url: URL.createObjectURL(blob) };
-      this.#objects = [];
+      if (!loaded) throw superseded();
+      this.#image = image;
       this.#showImage();
-      this.#ready = true;
-      const size = { width: prepared.originalSize[1], height: prepared.originalSize[0] };
-      this.#status("Ready.");
+      const size = { width: image.originalSize[1], height: image.originalSize[0] };
+      this.#status("Ready: hover over the image, click to add a point.");
       this.#emit("sam-ready", size);
       return size;
     } catch (error) {
-      if (token !== this.#token) throw new SegmenterError("superseded", "Another image was opened before this one was ready.");
       throw this.#fail(error);
     }
   }
@@ -151,37 +163,46 @@ export class SamSegmenter extends HTMLElement {
   /**
    * Decodes a prompt in the opened image's pixels: points [{x, y, label}] (label 1 foreground, 0 background),
    * box [x0, y0, x1, y1] or null, multimask (three candidates). Resolves {masks: [{rle, score, area, bbox}]},
-   * best predicted IoU first; the best becomes the current mask (what keep() keeps).
+   * best predicted IoU first. The prompt becomes the object being edited (the user can refine it; keep()
+   * keeps it).
    */
   async segment({ points = [], box = null, multimask = false } = {}) {
     try {
-      if (!this.#ready) throw new SegmenterError("not_open", "Nothing to segment yet: call open() and wait until it resolves.");
+      const editor = this.#editor;
+      if (!editor?.ready || !this.#image) throw new SegmenterError("not_open", "Nothing to segment yet: call open() and wait until it resolves.");
+      const image = this.#image;
       const prompt = this.#toUploadFrame(points, box);
-      const token = this.#token;
-      const { decoder } = await this.#engine;
-      const result = await decoder.decode({ ...prompt, maskInput: null, multimask: Boolean(multimask), outSize: this.#image.uploadSize });
-      this.#check(token);
-      this.#current = { result, chosen: result.best };
-      this.#render(prompt);
-      return { masks: await this.#publicMasks(result) };
+      let failure = null;
+      const result = await editor.enqueue(async () => {
+        try {
+          const decoded = await this.#client.decoder.decode({ ...prompt, maskInput: null, multimask: Boolean(multimask), outSize: image.uploadSize });
+          if (this.#image !== image) return null;
+          editor.history.push({ points: prompt.points, box: prompt.box, result: decoded, chosen: decoded.best });
+          this.#announced = editor.state; // the caller gets it as the answer, not as a sam-mask event
+          return decoded;
+        } catch (error) {
+          failure = error;
+          return null;
+        }
+      });
+      if (failure) throw failure;
+      if (!result || this.#image !== image) throw superseded();
+      this.#refresh();
+      return { masks: await this.#publicMasks(result, result.best) };
     } catch (error) {
       throw this.#fail(error);
     }
   }
 
-  /** Keeps the current mask as an object; resolves its COCO annotation. */
+  /** Keeps the current mask (the object being edited) as an object; resolves its COCO annotation. */
   async keep() {
     try {
-      if (!this.#ready) throw new SegmenterError("not_open", "Nothing to keep: no image is open.");
-      if (!this.#current) throw new SegmenterError("no_mask", "Nothing to keep yet: segment() or click the image first.");
-      const { result, chosen } = this.#current;
-      const mask = await this.#fullSize(result, chosen);
-      const object = { id: this.#nextObjectId++, mask, score: result.scores[chosen], name: null };
-      object.name = `Object ${object.id}`;
-      this.#objects.push(object);
-      this.#current = null;
-      this.#render();
-      this.#emitObjects();
+      const editor = this.#editor;
+      if (!editor?.ready || !this.#image) throw new SegmenterError("not_open", "Nothing to keep: no image is open.");
+      this.#lastKept = null;
+      await editor.keep();
+      if (!this.#lastKept) throw new SegmenterError("no_mask", "Nothing to keep yet: segment() or click the image first.");
+      const object = await this.#lastKept;
       return cocoAnnotation(object, this.#image.originalSize, object.id);
     } catch (error) {
       throw this.#fail(error);
@@ -194,39 +215,106 @@ export class SamSegmenter extends HTMLElement {
     return this.#objects.map((object) => cocoAnnotation(object, this.#image.originalSize, object.id));
   }
 
-  /** Forgets the current mask and every kept object (the image stays open). */
+  /** Forgets the object being edited and every kept object (the image stays open). */
   clear() {
     const had = this.#objects.length > 0;
     this.#objects = [];
-    this.#current = null;
-    this.#render();
+    const editor = this.#editor;
+    if (editor) {
+      editor.leave();
+      editor.history.clear();
+    }
+    this.#refresh();
     if (had) this.#emitObjects();
   }
 
-  // ------------------------------------------------------------------ internals
+  // ------------------------------------------------------------------ the client and the editor
 
-  #startEngine() {
-    if (!this.#engine) {
-      this.#engine = (async () => {
-        const server = this.server;
-        const model = await fetchModelInfo({ server }).catch((error) => {
+  #start() {
+    if (!this.#started) {
+      const server = this.server;
+      this.#client = new SamClient({
+        server,
+        onStatus: (text) => this.#status(text),
+        editor: {
+          onChange: () => {
+            this.#refresh();
+            this.#announce();
+          },
+          onPreview: () => this.#renderOverlay(),
+          onKeep: (editing) => { this.#lastKept = this.#addObject(editing); },
+          onPrompts: (points, boxPrompt) => this.#view.drawPrompts(points, boxPrompt, this.#dragBox),
+          onPending: (count) => this.shadowRoot.querySelector(".stage").classList.toggle("busy", count > 0),
+          onError: (error) => this.#fail(error),
+        },
+      });
+      this.#started = this.#client.start({ decoder: this.getAttribute("decoder") }).then(
+        (started) => {
+          this.#decoderInfo = started.info;
+          return started;
+        },
+        (error) => {
+          this.#client.decoder.terminate();
+          this.#client = null;
+          this.#started = null; // a later open() tries again
+          if (error.code === "unknown_decoder") throw error;
           throw new SegmenterError("server_unreachable", `The segmentation server at ${server} cannot be used: ${error.message}`);
-        });
-        const wanted = this.getAttribute("decoder") || model.default_decoder;
-        const entry = model.decoders.find((d) => d.name === wanted);
-        if (!entry) {
-          const names = model.decoders.map((d) => d.name).join(", ") || "none";
-          throw new SegmenterError("unknown_decoder", `The server has no decoder named "${wanted}" (it offers: ${names}).`);
-        }
-        const decoder = new DecoderClient();
-        const info = await decoder.init(apiUrl(entry.url, server), "auto");
-        this.#decoderInfo = info;
-        return { decoder, info, model };
-      })();
-      this.#engine.catch(() => { this.#engine = null; }); // a later open() tries again
+        },
+      );
     }
-    return this.#engine;
+    return this.#started;
   }
+
+  async #addObject({ mask, lowRes, score }) {
+    const image = this.#image;
+    const id = this.#nextObjectId++;
+    const full = await this.#fullSize(mask, lowRes);
+    const object = { id, name: `Object ${id}`, mask: full, overlay: mask, score };
+    if (this.#image !== image) return object;
+    this.#objects.push(object);
+    this.#refresh();
+    this.#emitObjects();
+    return object;
+  }
+
+  /** A mask of the uploaded image at the opened image's own size (from its logits when it has them). */
+  async #fullSize(mask, lowRes) {
+    const { originalSize, uploadSize } = this.#image;
+    if (originalSize[0] === uploadSize[0] && originalSize[1] === uploadSize[1]) return mask;
+    if (lowRes) return this.#client.decoder.upsample(lowRes, originalSize);
+    return resizeMaskNearest(mask, uploadSize, originalSize);
+  }
+
+  /** A result's masks as the API gives them: COCO RLE in the opened image's pixels, `first` then by score. */
+  async #publicMasks(result, first) {
+    const size = this.#image.originalSize;
+    const order = [...result.candidates].sort((a, b) => (a === first ? -1 : b === first ? 1 : result.scores[b] - result.scores[a]));
+    const masks = [];
+    for (const candidate of order) {
+      const overlay = result.masks[candidate] ?? (await this.#client.decoder.upsample(lowResPlane(result.lowRes, candidate), this.#image.uploadSize));
+      const mask = await this.#fullSize(overlay, lowResPlane(result.lowRes, candidate));
+      const { area, bbox } = maskStats(mask, size);
+      masks.push({ rle: encodeMask(mask, size), score: result.scores[candidate], area, bbox: bbox || [0, 0, 0, 0] });
+    }
+    return masks;
+  }
+
+  /** Fires sam-mask when the user's own action (click, box, candidate, undo/redo) changed the current mask. */
+  #announce() {
+    const state = this.#editor?.state;
+    if (!state || state === this.#announced) return;
+    this.#announced = state;
+    if (state.result) this.#emitUserMask(state.result, state.chosen);
+  }
+
+  async #emitUserMask(result, chosen) {
+    const image = this.#image;
+    if (!image) return;
+    const masks = await this.#publicMasks(result, chosen);
+    if (this.#image === image) this.#emit("sam-mask", { masks });
+  }
+
+  // ------------------------------------------------------------------ input checks
 
   /** [Blob, name] of any accepted image source. */
   async #blobOf(source) {
@@ -297,60 +385,80 @@ export class SamSegmenter extends HTMLElement {
     return { points: mapped, box: mappedBox };
   }
 
-  /** The candidate's mask at the opened image's own size. */
-  async #fullSize(result, candidate) {
-    const [H, W] = this.#image.originalSize;
-    const [h, w] = this.#image.uploadSize;
-    if (H === h && W === w) return result.masks[candidate];
-    const plane = 256 * 256;
-    const { decoder } = await this.#engine;
-    return decoder.upsample(result.lowRes.subarray(candidate * plane, (candidate + 1) * plane), this.#image.originalSize);
-  }
-
-  /** The result's masks as the API gives them: COCO RLE in the opened image's pixels, best score first. */
-  async #publicMasks(result) {
-    const size = this.#image.originalSize;
-    const order = Object.keys(result.masks).map(Number).sort((a, b) => result.scores[b] - result.scores[a]);
-    const masks = [];
-    for (const candidate of order) {
-      const mask = await this.#fullSize(result, candidate);
-      const { area, bbox } = maskStats(mask, size);
-      masks.push({ rle: encodeMask(mask, size), score: result.scores[candidate], area, bbox: bbox || [0, 0, 0, 0] });
-    }
-    return masks;
-  }
+  // ------------------------------------------------------------------ drawing and controls
 
   #showImage() {
-    const stage = this.shadowRoot.querySelector(".stage");
-    stage.hidden = false;
+    this.shadowRoot.querySelector(".stage").hidden = false;
     this.#view.setImage(this.#image.url, this.#image.uploadSize);
-    this.#render();
+    this.#refresh();
   }
 
-  #render(prompt = null) {
+  /** Redraws everything: kept objects, the object being edited, the controls. */
+  #refresh() {
     if (!this.#image) return;
-    const view = this.#view;
-    // Kept objects are painted at the upload size, which is the overlay's (masks were made there or from it).
-    view.setLayers(this.#objects.map((object, i) => ({ mask: this.#overlayMask(object.mask), color: colorFor(i) })));
-    const current = this.#current;
-    view.render({ current: current ? { mask: current.result.masks[current.chosen], color: colorFor(this.#objects.length) } : null });
-    view.drawPrompts(prompt?.points || [], prompt?.box || null);
+    this.#view.setLayers(this.#objects.map((object, i) => ({ mask: object.overlay, color: colorFor(i) })));
+    this.#renderOverlay();
+    this.#renderControls();
   }
 
-  #overlayMask(mask) {
-    const [H, W] = this.#image.originalSize;
-    const [h, w] = this.#image.uploadSize;
-    if (H === h && W === w) return mask;
-    const out = new Uint8Array(h * w);
-    for (let y = 0; y < h; y++) {
-      const sy = Math.min(H - 1, Math.floor(((y + 0.5) * H) / h)) * W;
-      for (let x = 0; x < w; x++) out[y * w + x] = mask[sy + Math.min(W - 1, Math.floor(((x + 0.5) * W) / w))];
-    }
-    return out;
+  #renderOverlay() {
+    const editor = this.#editor;
+    if (!this.#image || !editor) return;
+    const color = colorFor(this.#objects.length);
+    const mask = editor.mask;
+    const hover = editor.hoverMask;
+    this.#view.render({ current: mask ? { mask, color } : null, hover: hover ? { mask: hover, color } : null });
+    this.#renderPrompts();
   }
 
-  #check(token) {
-    if (token !== this.#token) throw new SegmenterError("superseded", "Another image was opened before this one was ready.");
+  #renderPrompts() {
+    const state = this.#editor?.state;
+    if (state) this.#view.drawPrompts(state.points, state.box, this.#dragBox);
+  }
+
+  #renderControls() {
+    const editor = this.#editor;
+    const $ = (selector) => this.shadowRoot.querySelector(selector);
+    const history = editor?.history;
+    $("[data-action=undo]").disabled = !history?.canUndo;
+    $("[data-action=redo]").disabled = !history?.canRedo;
+    $("[data-action=reset]").disabled = !history || history.isEmpty;
+    $("[data-action=keep]").disabled = !editor?.mask;
+    if (editor) renderCandidates($(".candidates"), $(".candidate-list"), editor.state, (c) => editor.pickCandidate(c));
+  }
+
+  #bindControls() {
+    const $ = (selector) => this.shadowRoot.querySelector(selector);
+    $("[data-action=undo]").addEventListener("click", () => this.#editor?.undo());
+    $("[data-action=redo]").addEventListener("click", () => this.#editor?.redo());
+    $("[data-action=reset]").addEventListener("click", () => this.#editor?.reset());
+    $("[data-action=keep]").addEventListener("click", () => this.keep().catch(() => {}));
+    $("[data-action=negative]").addEventListener("change", (event) => { this.#view.negativeMode = event.target.checked; });
+    const stage = $(".stage");
+    stage.addEventListener("blur", () => this.#cursor.clear());
+    // Shortcuts while the element has the focus (the host page's own keys are left alone).
+    this.shadowRoot.addEventListener("keydown", (event) => {
+      const editor = this.#editor;
+      if (!editor?.ready) return;
+      if (event.target === stage && this.#cursor.handle(event)) {
+        event.preventDefault();
+        return;
+      }
+      const ctrl = event.ctrlKey || event.metaKey;
+      const key = event.key.toLowerCase();
+      let handled = true;
+      if (ctrl && key === "z") (event.shiftKey ? editor.redo() : editor.undo());
+      else if (ctrl && key === "y") editor.redo();
+      else if (ctrl || event.altKey) handled = false;
+      else if (key === "escape") editor.reset();
+      else if (key === "enter" && event.target === stage) this.keep().catch(() => {});
+      else if (["1", "2", "3"].includes(key)) editor.pickCandidate(Number(key));
+      else if (key === "n") {
+        this.#view.negativeMode = !this.#view.negativeMode;
+        $("[data-action=negative]").checked = this.#view.negativeMode;
+      } else handled = false;
+      if (handled) event.preventDefault();
+    });
   }
 
   #status(text) {
@@ -375,5 +483,7 @@ export class SamSegmenter extends HTMLElement {
     this.dispatchEvent(new CustomEvent(type, { detail, bubbles: true, composed: true }));
   }
 }
+
+const superseded = () => new SegmenterError("superseded", "Another image was opened before this one was ready.");
 
 if (!customElements.get("sam-segmenter")) customElements.define("sam-segmenter", SamSegmenter);

@@ -3,7 +3,7 @@
 // The app page and the embeddable element both drive one of these; neither talks to the worker or the API
 // on its own.
 
-import { fetchEmbedding } from "./api.js";
+import { apiUrl, fetchEmbedding } from "./api.js";
 import { DecoderClient } from "./decoder-client.js";
 import { startDecoder } from "./decoder-startup.js";
 import { SegmentEditor } from "./editor.js";
@@ -14,10 +14,12 @@ import { uploadWhenServerFree } from "./upload-retry.js";
 export class SamClient {
   /**
    * @param {object} options {onStatus(text, progress): progress is a fraction, null (busy, no figure) or
-   *   undefined (no bar); editor: the SegmentEditor's handlers}
+   *   undefined (no bar); editor: the SegmentEditor's handlers; server: the app's URL when it is not this
+   *   page's (the <sam-segmenter> element on another tool's page)}
    */
-  constructor({ onStatus = () => {}, editor = {} } = {}) {
+  constructor({ onStatus = () => {}, editor = {}, server = null } = {}) {
     this.onStatus = onStatus;
+    this.server = server;
     this.decoder = new DecoderClient();
     this.editor = new SegmentEditor(this.decoder, editor);
     this.decoderReady = null; // Promise of startDecoder's answer
@@ -27,7 +29,7 @@ export class SamClient {
 
   /** Opens the decoder (see decoder-startup.js); image loads wait for it. */
   start(options) {
-    this.decoderReady = startDecoder(this.decoder, options, this.onStatus);
+    this.decoderReady = startDecoder(this.decoder, { ...options, server: this.server }, this.onStatus);
     this.decoderReady.catch(() => {}); // the caller reports it; image loads awaiting it report again
     return this.decoderReady;
   }
@@ -71,7 +73,7 @@ export class SamClient {
     const isCurrent = () => this.isCurrent(image);
     const started = performance.now();
     this.onStatus(`Uploading ${formatBytes(image.upload.size)}…`, 0);
-    const info = await uploadWhenServerFree(image.upload, image.name, { isCurrent, onStatus: this.onStatus });
+    const info = await uploadWhenServerFree(image.upload, image.name, { isCurrent, onStatus: this.onStatus, server: this.server });
     if (!isCurrent()) return null;
     const uploadMs = performance.now() - started;
     const [h, w] = image.uploadSize;
@@ -82,8 +84,8 @@ export class SamClient {
     }
     image.id = info.id;
     const wanted = format || info.format || "f16";
-    const url = info.embedding_url.includes("format=") ? info.embedding_url
-      : `${info.embedding_url}${info.embedding_url.includes("?") ? "&" : "?"}format=${wanted}`;
+    const url = apiUrl(info.embedding_url.includes("format=") ? info.embedding_url
+      : `${info.embedding_url}${info.embedding_url.includes("?") ? "&" : "?"}format=${wanted}`, this.server);
     this.onStatus("Downloading the embedding…", 0);
     const embedding = await fetchEmbedding(url, (loaded, all) => {
       if (isCurrent()) this.onStatus(`Downloading the embedding… ${formatBytes(loaded)}${all ? ` of ${formatBytes(all)}` : ""}`, all ? loaded / all : null);

@@ -10,10 +10,11 @@ const BUSY_WAIT_MAX_S = 15;
  * @param {Blob} blob
  * @param {string} name
  * @param {object} options {isCurrent(): false once another image replaced this one (stop reporting and
- *   retrying), onStatus(text, progress)}; progress is a fraction, null for "busy, no figure"
+ *   retrying), onStatus(text, progress), server: the app's URL when not this page's}; progress is a fraction,
+ *   null for "busy, no figure"
  * @returns {Promise<object>} the server's answer to POST /api/images
  */
-export async function uploadWhenServerFree(blob, name, { isCurrent, onStatus }) {
+export async function uploadWhenServerFree(blob, name, { isCurrent, onStatus, server = null }) {
   for (let attempt = 0; ; attempt++) {
     let encodingTimer = null;
     try {
@@ -27,6 +28,7 @@ export async function uploadWhenServerFree(blob, name, { isCurrent, onStatus }) 
             if (isCurrent()) onStatus(`The server is encoding the image… ${((performance.now() - sent) / 1000).toFixed(1)} s`, null);
           }, 100);
         },
+        { server },
       );
     } catch (error) {
       if (error.retryAfterS == null || attempt >= BUSY_RETRIES || !isCurrent()) throw error;
