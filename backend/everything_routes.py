@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, url
 from .errors import ApiError, register_error_handlers, shorten
 from .everything import (
     BadParameters,
+    ClientBusy,
     EverythingService,
     GeneratorFactory,
     ImageUnavailable,
@@ -27,10 +28,13 @@ from .everything import (
     validate_parameters,
 )
 from .images import ImageError, decode_image
+from .limits import client_address
 from .state import EVERYTHING, SAM, everything_service
 
 everything = Blueprint("everything", __name__)
 SSE_KEEPALIVE_S = 15.0
+# The parameters are seven numbers: a body longer than this is not a parameter object.
+MAX_PARAMETERS_BYTES = 4096
 
 
 def register_everything(app: Flask, service: EverythingService) -> None:
@@ -63,6 +67,43 @@ def create_everything_blueprint(
     return wrapper
 
 
+def _parameters_json():
+    """The request's JSON parameters (None for an empty body); anything else, too long (more than
+    ``MAX_PARAMETERS_BYTES``) or too deeply nested for the parser, is a 400."""
+    if (request.content_length or 0) > MAX_PARAMETERS_BYTES:
+        raise _bad_json()
+    body = request.stream.read(MAX_PARAMETERS_BYTES + 1)
+    if len(body) > MAX_PARAMETERS_BYTES:
+        raise _bad_json()
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes.
+        raise _bad_json() from None
+
+
+def _multipart_parameters():
+    """The JSON of a multipart request's 'parameters' field (None when absent), bounded like a JSON body."""
+    text = request.form.get("parameters") or ""
+    if len(text.encode()) > MAX_PARAMETERS_BYTES:
+        raise _bad_json()
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise _bad_json() from None
+
+
+def _bad_json() -> ApiError:
+    return ApiError(
+        400,
+        "bad_json",
+        f"the request body must be JSON (an object of parameters, at most {MAX_PARAMETERS_BYTES:,} bytes) or empty",
+    )
+
+
 def _unknown_job(job_id: str) -> ApiError:
     return ApiError(404, "unknown_job", f"no everything job {shorten(job_id)!r} (it may have expired)")
 
@@ -87,21 +128,12 @@ def _pixels_sent_with_the_job(image_id: str):
 
 @everything.post("/api/images/<image_id>/everything")
 def start(image_id: str):
-    raw, pixels = None, None
-    if request.mimetype == "multipart/form-data":
-        try:
-            raw = json.loads(request.form.get("parameters") or "{}")
-        except ValueError:
-            raise ApiError(400, "bad_json", "the 'parameters' field must be JSON (an object of parameters)") from None
-    elif request.get_data(cache=True):
-        raw = request.get_json(force=True, silent=True)
-        if raw is None:
-            raise ApiError(400, "bad_json", "the request body must be JSON (an object of parameters) or empty")
+    multipart = request.mimetype == "multipart/form-data"
+    raw = _multipart_parameters() if multipart else _parameters_json()
     try:
         params = validate_parameters(raw)
-        if request.mimetype == "multipart/form-data" and params.get("crop_n_layers", 0) > 0:
-            pixels = _pixels_sent_with_the_job(image_id)
-        job, created = everything_service().submit(image_id, params, image=pixels)
+        pixels = _pixels_sent_with_the_job(image_id) if multipart and params.get("crop_n_layers", 0) > 0 else None
+        job, created = everything_service().submit(image_id, params, client=client_address(), image=pixels)
     except BadParameters as exc:
         raise ApiError(400, "bad_parameters", str(exc)) from None
     except UnknownImage:
@@ -110,6 +142,8 @@ def start(image_id: str):
         ) from None
     except ImageUnavailable as exc:
         raise ApiError(409, "image_unavailable", str(exc)) from None
+    except ClientBusy as exc:
+        raise ApiError(429, "too_many_jobs", str(exc), {"Retry-After": "10"}) from None
     except TooManyJobs as exc:
         raise ApiError(503, "busy", str(exc), {"Retry-After": "5"}) from None
     body = {
@@ -128,6 +162,14 @@ def status(job_id: str):
     if job is None:
         raise _unknown_job(job_id)
     return jsonify(job.to_json())
+
+
+@everything.delete("/api/everything/<job_id>")
+def cancel(job_id: str):
+    job = everything_service().cancel(job_id)
+    if job is None:
+        raise _unknown_job(job_id)
+    return jsonify(job.to_json(with_result=False))
 
 
 @everything.get("/api/everything/<job_id>/events")

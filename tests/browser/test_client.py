@@ -591,6 +591,8 @@ def test_classroom_view_shows_the_three_stages_live(ready_page):
     assert page.locator("#classroom").is_visible()
     assert page.evaluate("document.getElementById('classroom').getBoundingClientRect().top < innerHeight / 2")
     assert re.search(r"[\d.]+ ms", page.inner_text("#cls-encode"))  # "… ms", or a cache hit quoting it
+    # The encoder path the server reports in /api/model (which one depends on the server's CPU).
+    assert re.fullmatch(r"(fp32|int8 linear|bf16|fp16) \+ fused attention", page.inner_text("#cls-encoder-path"))
     assert page.inner_text("#cls-bytes").startswith("2.00 MB float16")
     click_pixel(page, 420, 250)
     assert re.match(r"[\d.]+ ms", page.inner_text("#cls-decode"))

@@ -41,8 +41,9 @@ export class Classroom {
     });
   }
 
-  setModel({ modelType, weights }) {
+  setModel({ modelType, weights, encoderPath }) {
     $("cls-model").textContent = `${modelType} (${weights} weights)`;
+    $("cls-encoder-path").textContent = encoderPath || "–";
   }
 
   setProvider(text) {

@@ -135,7 +135,7 @@ async function startDecoder() {
     decoder: params.get("decoder"), backend, threads: Number(params.get("threads")) || 0,
   });
   showModelFacts({ model, entry, info, runsOn });
-  classroom.setModel({ modelType: model.model_type, weights: model.weights });
+  classroom.setModel({ modelType: model.model_type, weights: model.weights, encoderPath: model.encoder_path });
   classroom.setProvider(runsOn);
   status.decoderDone();
   if (info.fallbackReason) showError(new Error(info.fallbackReason));
