@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from backend_fixtures import SMALL_PHOTO, photo_jpeg
 from browser_helpers import (
     REPO_ROOT,
@@ -116,6 +117,35 @@ def test_everything_progress_is_a_bar_over_the_image_and_the_outcome_shows_there
     assert in_viewport(page, "#overlay-text")
     assert page.locator("#everything-progress").is_hidden() and page.locator("#everything-cancel").is_hidden()
     assert re.match(r"\d+ masks?\.", page.inner_text("#status-text"))
+
+
+def test_cancel_stops_the_job_on_the_server(desktop_page, live_server):
+    page = desktop_page
+    settings(page, "32")
+    with page.expect_response(lambda r: "/everything" in r.url and r.request.method == "POST") as started:
+        page.click("#everything-button")
+    job = started.value.json()
+    page.locator("#everything-cancel").wait_for(state="visible")
+    with page.expect_response(lambda r: r.request.method == "DELETE") as cancelled:
+        page.click("#everything-cancel")
+    assert cancelled.value.url.endswith(f"/api/everything/{job['job_id']}")
+    assert cancelled.value.ok, cancelled.value.status
+    status_url = live_server.url + job["status_url"].lstrip("/")
+    for _ in range(100):
+        state = requests.get(status_url, timeout=30).json()["status"]
+        if state not in ("queued", "running"):
+            break
+        page.wait_for_timeout(100)
+    assert state == "cancelled"
+    assert page.inner_text("#everything-button") == "Segment everything"
+    assert page.inner_text("#overlay-text").startswith("Cancelled")
+    assert page.locator("#everything-progress").is_hidden()
+    # Esc cancels a running job too.
+    page.click("#everything-button")
+    page.locator("#everything-cancel").wait_for(state="visible")
+    with page.expect_response(lambda r: r.request.method == "DELETE") as cancelled:
+        page.keyboard.press("Escape")
+    assert cancelled.value.ok
 
 
 def test_export_after_keep_downloads_the_kept_object(desktop_page):

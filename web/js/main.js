@@ -220,7 +220,7 @@ function bindControls() {
     stage: $("stage"), cursor, dialog: $("help-dialog"),
     actions: {
       undo: () => editor.undo(), redo: () => editor.redo(), keep: () => editor.keep(), pick: (n) => editor.pickCandidate(n),
-      escape: () => (everything.active ? everything.toggle() : editor.reset()),
+      escape: () => (everything.mode.running ? everything.cancel() : everything.active ? everything.toggle() : editor.reset()),
       toggleNegative: () => prompts.setNegative(!view.negativeMode),
       toggleClassroom: () => $("classroom-toggle").click(),
       toggleEverything: () => everything.toggle(),
