@@ -148,6 +148,22 @@ def test_cancel_stops_the_job_on_the_server(desktop_page, live_server):
     assert cancelled.value.ok
 
 
+def test_everything_with_crop_layers_runs_from_the_page(desktop_page):
+    page = desktop_page
+    settings(page, "8")
+    page.select_option("#everything-crops", "1")
+    with page.expect_response(lambda r: "/everything" in r.url and r.request.method == "POST") as started:
+        page.click("#everything-button")
+    # The uploaded image goes with the job (the server keeps no pixels after encoding): no 409.
+    assert started.value.status == 202, started.value.text()
+    assert started.value.request.headers["content-type"].startswith("multipart/form-data")
+    page.wait_for_function(
+        "/^(\\d+ masks?\\.|No masks passed)/.test(document.getElementById('overlay-text').textContent)",
+        timeout=280_000,
+    )
+    assert page.locator("#error-banner").is_hidden()
+
+
 def test_export_after_keep_downloads_the_kept_object(desktop_page):
     page = desktop_page
     page.mouse.click(*canvas_point(page, 420, 250))
