@@ -89,8 +89,15 @@ export async function startServer() {
   });
   const url = `http://127.0.0.1:${port}/`;
   const logTail = () => fs.readFileSync(logPath, "utf8").slice(-3000);
-  const stop = () => {
-    if (child.exitCode === null) child.kill("SIGTERM");
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  /** Ends the server and waits for it (SIGKILL after 10 s), so its data dir can be removed. */
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
     fs.closeSync(log);
   };
   try {
@@ -108,7 +115,7 @@ export async function startServer() {
       500,
     );
   } catch (error) {
-    stop();
+    await stop();
     throw error;
   }
   return { url, dataDir, stop, logTail };
