@@ -10,12 +10,12 @@ PORT ?= 5000
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup python-deps web-deps browser firefox firefox-test clean
+.PHONY: demo test lint setup python-deps web-deps browser firefox firefox-test cluster-deps clean
 
 demo: setup
 	$(BIN)/python -m backend serve --host $(HOST) --port $(PORT)
 
-test: setup browser lint
+test: setup browser lint cluster-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory firefox-test
 
@@ -61,6 +61,14 @@ tests/firefox/node_modules/.package-lock.json: tests/firefox/package.json tests/
 
 firefox-test: python-deps firefox tests/firefox/node_modules/.package-lock.json
 	cd tests/firefox && SAM_PYTHON=$(abspath $(BIN))/python node --test --test-reporter=spec
+
+# The cluster tests' real parts (docs/deploy.md): Debian's redis-server and the .[cluster] extra (Ray, redis-py).
+# `make demo` needs neither.
+cluster-deps: python-deps
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server; }
+	$(BIN)/python -c "import ray.serve, ray.data, redis" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,cluster]'
 
 clean:
 	rm -rf $(VENV) web/node_modules tests/firefox/node_modules
