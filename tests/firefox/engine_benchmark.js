@@ -82,5 +82,5 @@ try {
 } finally {
   await firefox.close();
   await chromium.close();
-  server.stop();
+  await server.stop();
 }

@@ -1,6 +1,7 @@
 // Helpers of the Firefox suite: the real server, Firefox over BiDi, the torch oracle, reading what the page shows.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -67,10 +68,29 @@ export async function waitUntil(check, what, timeoutMs = WAIT_MS, everyMs = 100)
 }
 
 /**
+ * A second origin for pages that embed the app: serves `routes` ({path: {body, type, headers}}) on its own
+ * loopback port; resolves with {url, origin, stop}.
+ */
+export async function startHost(routes) {
+  const server = http.createServer((request, response) => {
+    const route = routes[new URL(request.url, "http://host").pathname];
+    if (!route) {
+      response.writeHead(404).end();
+      return;
+    }
+    response.writeHead(200, { "Content-Type": route.type, "Cache-Control": "no-store", ...route.headers });
+    response.end(route.body);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  return { url, origin: url.slice(0, -1), stop: () => new Promise((resolve) => server.close(resolve)) };
+}
+
+/**
  * `python -m backend serve` on a free loopback port with a fresh data dir: no checkpoint and no downloads, so
  * it runs on the seeded random vit_t weights (the ones predictor_oracle.py builds), fp32, on the CPU.
  */
-export async function startServer() {
+export async function startServer(extraEnv = {}) {
   const dataDir = tempDir("sam-firefox-data-");
   const port = await freePort();
   const logPath = path.join(dataDir, "server.log");
@@ -84,13 +104,21 @@ export async function startServer() {
       SAM_PRECISION: "fp32",
       SAM_DEVICE: "cpu",
       SAM_LOG_LEVEL: "WARNING",
+      ...extraEnv,
     }),
     stdio: ["ignore", log, log],
   });
   const url = `http://127.0.0.1:${port}/`;
   const logTail = () => fs.readFileSync(logPath, "utf8").slice(-3000);
-  const stop = () => {
-    if (child.exitCode === null) child.kill("SIGTERM");
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  /** Ends the server and waits for it (SIGKILL after 10 s), so its data dir can be removed. */
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
     fs.closeSync(log);
   };
   try {
@@ -108,7 +136,7 @@ export async function startServer() {
       500,
     );
   } catch (error) {
-    stop();
+    await stop();
     throw error;
   }
   return { url, dataDir, stop, logTail };
