@@ -423,6 +423,17 @@ def test_open_rejects_bad_input_in_words(open_page, host, host_pages):
     assert page.evaluate("samEvents.filter((e) => e.type === 'sam-ready').length") == 0
 
 
+def test_an_unknown_decoder_name_is_refused(open_page, host, app):
+    html = element_host(app.url).replace('<sam-segmenter id="sam"', '<sam-segmenter id="sam" decoder="nope"')
+    page = open_page(host.add("/unknown-decoder.html", html))
+    answer = settle(page, OPEN, host.url + "images/coffee.png")
+    assert not answer["ok"] and answer["code"] == "unknown_decoder", answer
+    assert (
+        answer["message"].startswith('The server has no decoder named "nope" (it offers: ')
+        and "lowres" in answer["message"]
+    )
+
+
 def test_segment_before_open_and_points_outside_the_image_are_rejected(open_page, host, host_pages):
     page = open_page(host_pages["plain"])
     page.evaluate("customElements.whenDefined('sam-segmenter').then(() => true)")
@@ -524,6 +535,13 @@ def test_iframe_image_parameter_opens_directly(open_page, host, app):
     page.wait_for_function("samMessages.some((m) => m.type === 'sam:ready')")
     ready = next(m for m in page.evaluate("samMessages") if m["type"] == "sam:ready")
     assert (ready["width"], ready["height"], ready["id"]) == (600, 400, None)
+    # The user's own click inside the frame reaches the host unasked.
+    canvas = page.frame_locator("#sam").locator("sam-segmenter .stage canvas")
+    box = canvas.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("samMessages.some((m) => m.type === 'sam:mask')")
+    mask = next(m for m in page.evaluate("samMessages") if m["type"] == "sam:mask")
+    assert mask["id"] is None and len(mask["masks"]) == 3 and mask["masks"][0]["rle"]["size"] == [400, 600]
 
 
 def test_iframe_ignores_messages_from_disallowed_origins(open_page, host, stranger, app):
