@@ -103,20 +103,39 @@ export async function fetchEmbedding(url, onProgress = () => {}) {
   return { buffer: bytes.buffer, bytes: loaded, wireBytes: wireBytes || loaded, ms: performance.now() - started };
 }
 
-/** POST /api/images/<id>/everything: 202 {job_id, status_url}. */
-export async function startEverything(imageId, parameters = {}) {
+/**
+ * POST /api/images/<id>/everything: 202 {job_id, status_url}. Crop layers segment tiles of the image's
+ * pixels, which the server does not keep: the image (the uploaded bytes) then goes with the job, as
+ * multipart {parameters: JSON, image}.
+ */
+export async function startEverything(imageId, parameters = {}, image = null) {
+  let body = JSON.stringify(parameters);
+  const headers = { "Content-Type": "application/json" };
+  if (image && parameters.crop_n_layers > 0) {
+    body = new FormData();
+    body.append("parameters", JSON.stringify(parameters));
+    body.append("image", image, "image");
+    delete headers["Content-Type"]; // the browser sets multipart's boundary
+  }
   let response;
   try {
-    response = await fetch(`api/images/${encodeURIComponent(imageId)}/everything`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(parameters),
-    });
+    response = await fetch(`api/images/${encodeURIComponent(imageId)}/everything`, { method: "POST", headers, body });
   } catch {
     throw new ApiError("The server cannot be reached.");
   }
   if (!response.ok) throw await errorFrom(response);
   return response.json();
+}
+
+/** DELETE /api/everything/<job_id>: stops the job on the server (a job already finished is left as it is). */
+export async function cancelEverything(jobId) {
+  let response;
+  try {
+    response = await fetch(`api/everything/${encodeURIComponent(jobId)}`, { method: "DELETE" });
+  } catch {
+    throw new ApiError("The server cannot be reached.");
+  }
+  if (!response.ok && response.status !== 404 && response.status !== 409) throw await errorFrom(response);
 }
 
 /** GET status_url: {status, progress, result?}. */
