@@ -12,6 +12,7 @@ import http.server
 import io
 import json
 import re
+import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import quote
@@ -590,11 +591,11 @@ def test_embed_page_refuses_framing_by_unlisted_origins(app, stranger):
 # ---------------------------------------------------------------------------------------------- the docs
 
 
-def recipe(name: str) -> str:
-    """The code block after ``<!-- recipe:<name> -->`` in docs/embedding.md."""
-    text = (REPO_ROOT / "docs" / "embedding.md").read_text()
+def recipe(name: str, document: str = "docs/embedding.md") -> str:
+    """The code block after ``<!-- recipe:<name> -->`` in docs/embedding.md (or the README)."""
+    text = (REPO_ROOT / document).read_text()
     match = re.search(rf"<!-- recipe:{name} -->\n```html\n(.*?)```", text, re.S)
-    assert match, f"docs/embedding.md lost its {name} recipe"
+    assert match, f"{document} lost its {name} recipe"
     return match.group(1)
 
 
@@ -620,8 +621,8 @@ def console_lines(page, prefix: str, count: int = 1) -> list[str]:
 def recipe_page(open_page, host, app):
     host.add_image("/photo.png", coffee_pixels())
 
-    def make(name: str):
-        url = host.add(f"/recipe-{name}.html", pasted(recipe(name), app, host))
+    def make(name: str, document: str = "docs/embedding.md"):
+        url = host.add(f"/recipe-{name}-{len(document)}.html", pasted(recipe(name, document), app, host))
         context_page = open_page("about:blank")
         context_page.console_lines = []
         context_page.on("console", lambda message: context_page.console_lines.append(message.text))
@@ -640,6 +641,22 @@ def test_element_recipe_works_in_a_blank_page(recipe_page):
     objects = json.loads(objects_line.removeprefix("objects "))
     assert len(objects) == 1 and objects[0]["area"] == int(area)
     assert objects[0]["segmentation"]["size"] == [400, 600]
+
+
+def test_readme_element_recipe_works_in_a_blank_page(recipe_page):
+    page = recipe_page("element", "README.md")
+    [mask_line] = console_lines(page, "mask ")
+    score, area = mask_line.split()[1:]
+    assert 0 < int(area) < 600 * 400 and -1 < float(score) < 2
+
+
+def test_readme_curl_recipe(app, tmp_path):
+    text = (REPO_ROOT / "README.md").read_text()
+    [command] = re.findall(r"`(curl -F image=@photo\.png https://sam\.example\.org/api/images)`", text)
+    Image.fromarray(coffee_pixels()).save(tmp_path / "photo.png")
+    argv = command.replace("https://sam.example.org/", app.url).split()
+    answer = json.loads(subprocess.run(argv, cwd=tmp_path, capture_output=True, check=True, timeout=120).stdout)
+    assert (answer["width"], answer["height"]) == (600, 400) and answer["embedding_url"].startswith("/api/embeddings/")
 
 
 def test_iframe_recipe_works_in_a_blank_page(recipe_page):
