@@ -12,6 +12,7 @@ import http.server
 import io
 import json
 import re
+import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import quote
@@ -423,6 +424,17 @@ def test_open_rejects_bad_input_in_words(open_page, host, host_pages):
     assert page.evaluate("samEvents.filter((e) => e.type === 'sam-ready').length") == 0
 
 
+def test_an_unknown_decoder_name_is_refused(open_page, host, app):
+    html = element_host(app.url).replace('<sam-segmenter id="sam"', '<sam-segmenter id="sam" decoder="nope"')
+    page = open_page(host.add("/unknown-decoder.html", html))
+    answer = settle(page, OPEN, host.url + "images/coffee.png")
+    assert not answer["ok"] and answer["code"] == "unknown_decoder", answer
+    assert (
+        answer["message"].startswith('The server has no decoder named "nope" (it offers: ')
+        and "lowres" in answer["message"]
+    )
+
+
 def test_segment_before_open_and_points_outside_the_image_are_rejected(open_page, host, host_pages):
     page = open_page(host_pages["plain"])
     page.evaluate("customElements.whenDefined('sam-segmenter').then(() => true)")
@@ -524,6 +536,13 @@ def test_iframe_image_parameter_opens_directly(open_page, host, app):
     page.wait_for_function("samMessages.some((m) => m.type === 'sam:ready')")
     ready = next(m for m in page.evaluate("samMessages") if m["type"] == "sam:ready")
     assert (ready["width"], ready["height"], ready["id"]) == (600, 400, None)
+    # The user's own click inside the frame reaches the host unasked.
+    canvas = page.frame_locator("#sam").locator("sam-segmenter .stage canvas")
+    box = canvas.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("samMessages.some((m) => m.type === 'sam:mask')")
+    mask = next(m for m in page.evaluate("samMessages") if m["type"] == "sam:mask")
+    assert mask["id"] is None and len(mask["masks"]) == 3 and mask["masks"][0]["rle"]["size"] == [400, 600]
 
 
 def test_iframe_ignores_messages_from_disallowed_origins(open_page, host, stranger, app):
@@ -572,11 +591,11 @@ def test_embed_page_refuses_framing_by_unlisted_origins(app, stranger):
 # ---------------------------------------------------------------------------------------------- the docs
 
 
-def recipe(name: str) -> str:
-    """The code block after ``<!-- recipe:<name> -->`` in docs/embedding.md."""
-    text = (REPO_ROOT / "docs" / "embedding.md").read_text()
+def recipe(name: str, document: str = "docs/embedding.md") -> str:
+    """The code block after ``<!-- recipe:<name> -->`` in docs/embedding.md (or the README)."""
+    text = (REPO_ROOT / document).read_text()
     match = re.search(rf"<!-- recipe:{name} -->\n```html\n(.*?)```", text, re.S)
-    assert match, f"docs/embedding.md lost its {name} recipe"
+    assert match, f"{document} lost its {name} recipe"
     return match.group(1)
 
 
@@ -602,8 +621,8 @@ def console_lines(page, prefix: str, count: int = 1) -> list[str]:
 def recipe_page(open_page, host, app):
     host.add_image("/photo.png", coffee_pixels())
 
-    def make(name: str):
-        url = host.add(f"/recipe-{name}.html", pasted(recipe(name), app, host))
+    def make(name: str, document: str = "docs/embedding.md"):
+        url = host.add(f"/recipe-{name}-{len(document)}.html", pasted(recipe(name, document), app, host))
         context_page = open_page("about:blank")
         context_page.console_lines = []
         context_page.on("console", lambda message: context_page.console_lines.append(message.text))
@@ -622,6 +641,22 @@ def test_element_recipe_works_in_a_blank_page(recipe_page):
     objects = json.loads(objects_line.removeprefix("objects "))
     assert len(objects) == 1 and objects[0]["area"] == int(area)
     assert objects[0]["segmentation"]["size"] == [400, 600]
+
+
+def test_readme_element_recipe_works_in_a_blank_page(recipe_page):
+    page = recipe_page("element", "README.md")
+    [mask_line] = console_lines(page, "mask ")
+    score, area = mask_line.split()[1:]
+    assert 0 < int(area) < 600 * 400 and -1 < float(score) < 2
+
+
+def test_readme_curl_recipe(app, tmp_path):
+    text = (REPO_ROOT / "README.md").read_text()
+    [command] = re.findall(r"`(curl -F image=@photo\.png https://sam\.example\.org/api/images)`", text)
+    Image.fromarray(coffee_pixels()).save(tmp_path / "photo.png")
+    argv = command.replace("https://sam.example.org/", app.url).split()
+    answer = json.loads(subprocess.run(argv, cwd=tmp_path, capture_output=True, check=True, timeout=120).stdout)
+    assert (answer["width"], answer["height"]) == (600, 400) and answer["embedding_url"].startswith("/api/embeddings/")
 
 
 def test_iframe_recipe_works_in_a_blank_page(recipe_page):

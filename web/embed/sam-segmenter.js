@@ -248,19 +248,25 @@ export class SamSegmenter extends HTMLElement {
           onError: (error) => this.#fail(error),
         },
       });
-      this.#started = this.#client.start({ decoder: this.getAttribute("decoder") }).then(
+      const wanted = this.getAttribute("decoder");
+      this.#started = this.#client.start({ decoder: wanted }).then(
         (started) => {
+          if (wanted && started.entry.name !== wanted) {
+            const names = started.model.decoders.map((d) => d.name).join(", ");
+            throw new SegmenterError("unknown_decoder", `The server has no decoder named "${wanted}" (it offers: ${names}).`);
+          }
           this.#decoderInfo = started.info;
           return started;
         },
         (error) => {
-          this.#client.decoder.terminate();
-          this.#client = null;
-          this.#started = null; // a later open() tries again
-          if (error.code === "unknown_decoder") throw error;
           throw new SegmenterError("server_unreachable", `The segmentation server at ${server} cannot be used: ${error.message}`);
         },
       );
+      this.#started.catch(() => {
+        this.#client.decoder.terminate();
+        this.#client = null;
+        this.#started = null; // a later open() tries again
+      });
     }
     return this.#started;
   }
