@@ -184,3 +184,41 @@ def prompt_points(page) -> list[tuple[int, int, int]]:
 def leave_image(page) -> None:
     """Moves the pointer off the image so no hover preview is drawn."""
     page.mouse.move(2, 2)
+
+
+_RESOURCE_ENTRIES_JS = """() => performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))
+    .map((e) => ({name: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize}))"""
+
+
+def resource_transfers(page) -> list[dict]:
+    """Resource Timing entries {name, transferSize, encodedBodySize} of the page and of its workers.
+
+    A worker (the decoder's, onnxruntime's threads) keeps its own entries; transferSize is 0 for a response
+    served from the cache without a request, headers only for a revalidated one.
+    """
+    entries = page.evaluate(_RESOURCE_ENTRIES_JS)
+    for worker in page.workers:
+        entries += worker.evaluate(_RESOURCE_ENTRIES_JS.replace("performance.getEntriesByType('navigation')", "[]"))
+    return entries
+
+
+def wait_for_a_mask(page, x: float = 40, y: float = 30) -> None:
+    """Hovers image pixel (x, y) and waits until the mask overlay shows something."""
+    page.mouse.move(*canvas_point(page, x, y))
+    page.wait_for_function(
+        """() => { const c = document.getElementById('mask-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }"""
+    )
+
+
+def first_mask_on_a_gallery_image(page, server, query: str = "backend=wasm") -> list[dict]:
+    """Opens the app, picks the first gallery image, hovers until a mask shows; returns resource_transfers."""
+    gallery = requests.get(server.url + "api/gallery", timeout=30).json()
+    assert gallery, "the server lists no sample images"
+    open_app(page, server, query)
+    page.click(f'#gallery-list button[aria-label="Open the sample {gallery[0]["name"]}"]')
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.image)")
+    assert page.evaluate("document.body.dataset.image") == "ready", page.inner_text("#error-text")
+    wait_for_a_mask(page)
+    return resource_transfers(page)

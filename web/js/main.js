@@ -84,7 +84,7 @@ async function startDecoder() {
   $("backend-select").value = backend;
   const url = new URL(app.decoderEntry.url, location.href).href;
   setStatus("Loading the decoder…", null);
-  const info = await decoder.init(url, backend, Number(params.get("threads")) || 0);
+  const info = await decoder.init(url, backend, Number(params.get("threads")) || 0, model.ort_version);
   const runsOn = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${info.threads} thread${info.threads === 1 ? "" : "s"}`;
   $("fact-decoder").textContent = `${app.decoderEntry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)})`;
   $("fact-provider").textContent = runsOn;
