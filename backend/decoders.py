@@ -1,25 +1,29 @@
 """
 The ONNX decoder files the browser downloads: exported from the loaded model at first start, cached on disk
-by weights id, variant and exporter version, and listed for GET /api/model.
+by weights id, variant and exporter version, chosen by ``SAM_DECODER`` and listed for GET /api/model.
 """
 
-import contextlib
+from __future__ import annotations
+
+import dataclasses
 import hashlib
 import logging
+import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch.nn as nn
 
 from model_export import EXPORTER_VERSION, QUANTIZATION_RECIPES, export_decoder, quantize_decoder
 
+from .files import file_lock
+
 log = logging.getLogger(__name__)
 
 # name -> (interface, quantization recipe or None, fp32 source name); a source is listed before its quantized copy.
-# lowres-quantized (the client default, SAM_DECODER) is ours: weight-only int8 per channel, the hypernetworks'
-# and IoU head's last layers in float, smaller than Meta's quantized export and within the accuracy bound of
-# tests/test_quantized_decoder.py. official-quantized is built as Meta's script builds it (per-tensor uint8):
+# lowres-quantized (the client default, SAM_DECODER) is ours: weight-only int8 per channel, the parts int8 hurts
+# most in float16 (model_export/quantize.py), smaller than Meta's quantized export and within the accuracy bound
+# of tests/test_quantized_decoder.py. official-quantized is built as Meta's script builds it (per-tensor uint8):
 # the size and speed anchor.
 BUILT_IN: dict[str, tuple] = {
     "lowres": ("lowres", None, None),
@@ -57,23 +61,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def export_lock(directory: Path) -> Iterator[None]:
-    """Holds an exclusive lock on directory/.lock, so concurrent processes export each file once."""
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # No flock (Windows): atomic renames still keep every file whole.
-        yield
-        return
-    with open(directory / ".lock", "a+b") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def describe(name: str, path: Path, interface: str, quantized: bool) -> dict:
@@ -136,7 +123,7 @@ def prepare_decoders(
     directory = Path(cache_dir) / cache_key(weights_id)
     paths = {name: directory / f"{name}.onnx" for name in BUILT_IN}
     if not all(path.is_file() for path in paths.values()):
-        with export_lock(directory):
+        with file_lock(directory / ".lock"):
             for name, (interface, recipe, source) in BUILT_IN.items():
                 if paths[name].is_file():
                     continue
@@ -152,3 +139,67 @@ def prepare_decoders(
     if custom is not None:
         decoders.append(describe("custom", Path(custom_decoder), custom["interface"], custom["quantized"]))
     return decoders
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderChoice:
+    """What the server offers: ``decoders`` (``prepare_decoders`` entries), the client's ``default`` name and,
+    when something could not be prepared, ``error`` in plain words for the page."""
+
+    decoders: list[dict]
+    default: str | None
+    error: str | None = None
+
+
+def choose_decoders(model: nn.Module, weights_id: str, choice: str, cache_dir: Path) -> DecoderChoice:
+    """The decoders for ``SAM_DECODER=choice`` (a built-in name or a custom file); a broken custom file falls
+    back to the built-in ones, and a failed export leaves the API working (uploads, embeddings) with the
+    reason in ``error``."""
+    custom = None if choice in BUILT_IN else Path(choice)
+    error = None
+    try:
+        try:
+            decoders = prepare_decoders(model, weights_id, cache_dir, custom_decoder=custom)
+        except Exception as custom_error:
+            if custom is None:
+                raise
+            log.error("SAM_DECODER=%s cannot be used: %s", custom, custom_error)
+            decoders = prepare_decoders(model, weights_id, cache_dir)
+            error = f"SAM_DECODER={custom} cannot be used ({custom_error}); the built-in decoders are offered"
+    except Exception as export_error:
+        log.exception("could not prepare the ONNX decoders")
+        return DecoderChoice([], None, f"the ONNX decoders could not be prepared: {export_error}")
+    return DecoderChoice(decoders, default_decoder(decoders, choice), error)
+
+
+def given_decoders(decoders: list[dict], choice: str) -> DecoderChoice:
+    """A ready list (tests, embedding) with the default picked as for exported ones."""
+    return DecoderChoice(decoders, default_decoder(decoders, choice))
+
+
+def default_decoder(decoders: list[dict], choice: str) -> str | None:
+    """The name the client starts with: ``choice`` when offered (a custom file: its entry), else the first."""
+    names = [d["name"] for d in decoders]
+    if choice in names:
+        return choice
+    if choice not in BUILT_IN:
+        wanted = os.path.realpath(choice)
+        for decoder in decoders:
+            if decoder["name"] == "custom" or os.path.realpath(str(decoder["path"])) == wanted:
+                return decoder["name"]
+    if names:
+        log.warning("SAM_DECODER=%s is not available; the client will use %s", choice, names[0])
+        return names[0]
+    return None
+
+
+def public_decoder(decoder: dict) -> dict:
+    """A decoder as ``GET /api/model`` lists it: a versioned URL instead of the server's path."""
+    return {
+        "name": decoder["name"],
+        "url": f"/models/{decoder['name']}.onnx?v={decoder['sha256'][:16]}",
+        "bytes": decoder["bytes"],
+        "sha256": decoder["sha256"],
+        "interface": decoder["interface"],
+        "quantized": decoder["quantized"],
+    }

@@ -1,15 +1,9 @@
-"""Everything mode over HTTP: background jobs that run the automatic mask generator on an uploaded image.
-
-    POST /api/images/<image_id>/everything   optional JSON parameters -> 202 {job_id, status_url, events_url}
-    GET  /api/everything/<job_id>            {status, progress, message?, result?}
-    GET  /api/everything/<job_id>/events     the same as server-sent events, until the job ends
+"""Everything mode: background jobs that run the automatic mask generator on an uploaded image's embedding.
 
 Jobs are cached per (image id, parameters): asking again returns the same job (and its result). At most
-``max_concurrent`` jobs run at once, the others wait in order; at most ``max_jobs`` are remembered, the
-oldest finished ones are forgotten first. Results hold COCO RLE strings (see backend/sam/amg.py).
-
-Wiring (one line in create_app):
-    app.register_blueprint(create_everything_blueprint(resolver_from_encoder(encoder_service)))
+``max_concurrent`` jobs run at once, the others wait in order; the job records live in a ``JobStore``
+(``backend.jobs.MemoryJobStore`` by default). Results hold COCO RLE strings (see backend/sam/amg.py). The
+routes are in backend/everything_routes.py.
 """
 
 from __future__ import annotations
@@ -18,21 +12,23 @@ import dataclasses
 import json
 import logging
 import math
+import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from flask import Blueprint, Response, jsonify, request, url_for
+
+from .errors import shorten
+from .interfaces import JobStore
+from .jobs import CANCELLED, DONE, ERROR, FINISHED, QUEUED, RUNNING, EverythingJob, MemoryJobStore, TooManyJobs
 
 logger = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
+__all__ = ["EverythingService", "EverythingSource", "TooManyJobs", "resolver_from_encoder", "validate_parameters"]
 
 
 @dataclasses.dataclass
@@ -111,13 +107,13 @@ def validate_parameters(raw: Any) -> dict[str, Any]:
         raise BadParameters("the request body must be a JSON object of parameters")
     unknown = sorted(set(raw) - set(PARAMETERS))
     if unknown:
-        raise BadParameters(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(PARAMETERS)}")
+        raise BadParameters(f"unknown parameter(s) {shorten(', '.join(unknown))}; allowed: {', '.join(PARAMETERS)}")
     params = {}
     for name, spec in PARAMETERS.items():
         value = raw.get(name, spec.default)
         # JSON true/false are ints to Python; reject them, and non-numbers, explicitly.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadParameters(f"{name} must be a number, got {json.dumps(value)}")
+            raise BadParameters(f"{name} must be a number, got {shorten(json.dumps(value))}")
         if spec.kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise BadParameters(f"{name} must be a whole number, got {value}")
@@ -135,40 +131,6 @@ def validate_parameters(raw: Any) -> dict[str, Any]:
 # --- jobs ------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class EverythingJob:
-    job_id: str
-    image_id: str
-    params: dict[str, Any]
-    source: EverythingSource | None
-    status: str = QUEUED
-    progress: float = 0.0
-    message: str | None = None
-    result: dict[str, Any] | None = None
-    created: float = dataclasses.field(default_factory=time.time)
-    elapsed_ms: float | None = None
-
-    def to_json(self, with_result: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "job_id": self.job_id,
-            "image_id": self.image_id,
-            "status": self.status,
-            "progress": round(self.progress, 4),
-            "params": self.params,
-        }
-        if self.message is not None:
-            out["message"] = self.message
-        if self.elapsed_ms is not None:
-            out["elapsed_ms"] = round(self.elapsed_ms, 1)
-        if with_result and self.result is not None:
-            out["result"] = self.result
-        return out
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (DONE, ERROR)
-
-
 class UnknownImage(LookupError):
     pass
 
@@ -177,8 +139,12 @@ class ImageUnavailable(RuntimeError):
     pass
 
 
-class TooManyJobs(RuntimeError):
-    pass
+class ClientBusy(RuntimeError):
+    """This client already has as many unfinished jobs as one client may."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job, at its next batch boundary, once the job was cancelled."""
 
 
 GeneratorFactory = Callable[[torch.nn.Module, dict[str, Any]], Any]
@@ -191,11 +157,11 @@ def default_generator_factory(model: torch.nn.Module, params: dict[str, Any]):
 
 
 class EverythingService:
-    """Runs everything-mode jobs on a small thread pool and remembers them.
+    """Runs everything-mode jobs on ``max_concurrent`` worker threads; their records live in ``store``.
 
-    ``resolve`` maps image ids to sources; ``max_concurrent`` jobs run at once; ``max_jobs`` bounds the
-    remembered jobs (queued + running + finished); ``generator_factory(model, params)`` builds the mask
-    generator (replaceable in tests).
+    ``resolve`` maps image ids to sources; ``max_concurrent`` jobs run at once; ``store`` keeps the job
+    records (default: a ``MemoryJobStore`` of ``max_jobs``); ``generator_factory(model, params)`` builds the
+    mask generator (replaceable in tests); ``max_per_client`` bounds one client's unfinished jobs.
     """
 
     def __init__(
@@ -205,27 +171,31 @@ class EverythingService:
         max_concurrent: int = 1,
         max_jobs: int = 32,
         generator_factory: GeneratorFactory = default_generator_factory,
+        store: JobStore | None = None,
+        max_per_client: int | None = None,
     ) -> None:
         self.resolve = resolve
+        self.max_per_client = max_per_client
         self.max_concurrent = max(1, int(max_concurrent))
-        self.max_jobs = max(1, int(max_jobs))
+        self.store = store if store is not None else MemoryJobStore(max_jobs)
         self.generator_factory = generator_factory
-        self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="sam-everything")
-        self._jobs: OrderedDict[str, EverythingJob] = OrderedDict()
-        self._by_key: dict[tuple[str, tuple], str] = {}
-        self._changed = threading.Condition()
+        # Daemon threads, not a ThreadPoolExecutor: a stopping process must not wait for a running job's
+        # batch to end (the interpreter joins executor threads at exit).
+        self._queue: queue.Queue[tuple[str, EverythingSource] | None] = queue.Queue()
+        for index in range(self.max_concurrent):
+            threading.Thread(target=self._work, name=f"sam-everything-{index}", daemon=True).start()
 
-    def submit(self, image_id: str, params: dict[str, Any]) -> tuple[EverythingJob, bool]:
+    def submit(self, image_id: str, params: dict[str, Any], client: str | None = None) -> tuple[EverythingJob, bool]:
         """The job for (image_id, validated params): the cached one if any, else a new queued one.
 
         Returns (job, created). Raises UnknownImage, ImageUnavailable (crops need pixels the server did not
-        keep) or TooManyJobs (every remembered job is still queued or running).
+        keep), ClientBusy (``client`` has ``max_per_client`` unfinished jobs) or TooManyJobs (every
+        remembered job is still queued or running).
         """
         key = (image_id, tuple(sorted(params.items())))
-        with self._changed:
-            existing = self._jobs.get(self._by_key.get(key, ""))
-            if existing is not None and existing.status != ERROR:
-                return existing, False
+        existing = self.store.find(key)
+        if existing is not None and existing.status not in (ERROR, CANCELLED):
+            return existing, False
         source = self.resolve(image_id)
         if source is None:
             raise UnknownImage(image_id)
@@ -233,55 +203,63 @@ class EverythingService:
             raise ImageUnavailable(
                 "crop_n_layers > 0 needs the image's pixels, which this server does not keep; use crop_n_layers 0"
             )
-        with self._changed:
-            existing = self._jobs.get(self._by_key.get(key, ""))
-            if existing is not None and existing.status != ERROR:
-                return existing, False
-            self._make_room()
-            job = EverythingJob(job_id=uuid.uuid4().hex, image_id=image_id, params=dict(params), source=source)
-            self._jobs[job.job_id] = job
-            self._by_key[key] = job.job_id
-        self._executor.submit(self._run, job)
+        existing = self.store.find(key)
+        if existing is not None and existing.status not in (ERROR, CANCELLED):
+            return existing, False
+        if self.max_per_client is not None and client is not None:
+            mine = sum(1 for job in self.store.jobs() if job.client == client and not job.finished)
+            if mine >= self.max_per_client:
+                raise ClientBusy(
+                    f"you have {mine} everything jobs queued or running (at most {self.max_per_client} at once); "
+                    "wait for one to finish or cancel one"
+                )
+        job = EverythingJob(job_id=uuid.uuid4().hex, image_id=image_id, params=dict(params), client=client)
+        self.store.add(job, key)
+        self._queue.put((job.job_id, source))
         return job, True
 
     def get(self, job_id: str) -> EverythingJob | None:
-        with self._changed:
-            return self._jobs.get(job_id)
+        return self.store.get(job_id)
 
-    def wait_for_change(self, job: EverythingJob, seen: tuple[str, float], timeout: float) -> None:
+    def wait_for_change(self, job_id: str, seen: tuple[str, float], timeout: float) -> None:
         """Blocks until the job's (status, progress) differs from ``seen`` or ``timeout`` seconds pass."""
-        with self._changed:
-            self._changed.wait_for(lambda: (job.status, job.progress) != seen, timeout=timeout)
+        self.store.wait_for_change(job_id, seen, timeout)
 
     def stats(self) -> dict[str, Any]:
-        with self._changed:
-            counts = dict.fromkeys((QUEUED, RUNNING, DONE, ERROR), 0)
-            for job in self._jobs.values():
-                counts[job.status] += 1
-        return {"max_concurrent": self.max_concurrent, "max_jobs": self.max_jobs, **counts}
+        counts = dict.fromkeys((QUEUED, RUNNING, DONE, ERROR, CANCELLED), 0)
+        for job in self.store.jobs():
+            counts[job.status] = counts.get(job.status, 0) + 1
+        return {"max_concurrent": self.max_concurrent, **counts}
+
+    def cancel(self, job_id: str) -> EverythingJob | None:
+        """Cancels a queued or running job (a running one stops at its next batch boundary); a finished job
+        stays as it is. Returns the job, or None when unknown."""
+        self.store.update(job_id, unless=FINISHED, status=CANCELLED, message="cancelled before it finished")
+        return self.store.get(job_id)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Shutdown: every unfinished job is cancelled (running ones stop at their next batch), none waits."""
+        for job in self.store.jobs():
+            if not job.finished:
+                self.cancel(job.job_id)
+        for _ in range(self.max_concurrent):
+            self._queue.put(None)
 
-    def _make_room(self) -> None:
-        # Called with the lock held: forget the oldest finished jobs until one more fits.
-        while len(self._jobs) >= self.max_jobs:
-            oldest = next((j for j in self._jobs.values() if j.finished), None)
-            if oldest is None:
-                raise TooManyJobs(f"{len(self._jobs)} everything jobs are already queued or running; try again later")
-            del self._jobs[oldest.job_id]
-            self._by_key = {k: v for k, v in self._by_key.items() if v != oldest.job_id}
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._run(*item)
 
-    def _update(self, job: EverythingJob, **changes: Any) -> None:
-        with self._changed:
-            for name, value in changes.items():
-                setattr(job, name, value)
-            self._changed.notify_all()
+    def _progress(self, job_id: str, fraction: float) -> None:
+        job = self.store.get(job_id)
+        if job is None or job.status == CANCELLED:
+            raise JobCancelled(job_id)
+        self.store.update(job_id, unless=FINISHED, progress=float(fraction))
 
-    def _run(self, job: EverythingJob) -> None:
+    def _run(self, job_id: str, source: EverythingSource) -> None:
         started = time.perf_counter()
-        self._update(job, status=RUNNING)
-        source = job.source
+        if not self.store.update(job_id, unless=FINISHED, status=RUNNING):  # Cancelled while it waited.
+            return
+        job = self.store.get(job_id)
         try:
             generator = self.generator_factory(source.model, job.params)
             h, w = source.original_size
@@ -293,7 +271,7 @@ class EverythingService:
             if embedding.ndim == 3:
                 embedding = embedding[None]
             annotations = generator.generate(
-                image, image_embedding=embedding, progress=lambda p: self._update(job, progress=float(p))
+                image, image_embedding=embedding, progress=lambda p: self._progress(job_id, p)
             )
             result = {
                 "image_id": job.image_id,
@@ -301,21 +279,17 @@ class EverythingService:
                 "height": int(h),
                 "annotations": [_annotation_json(a) for a in annotations],
             }
-            self._update(
-                job,
-                status=DONE,
-                progress=1.0,
-                result=result,
-                source=None,
-                elapsed_ms=(time.perf_counter() - started) * 1000,
-            )
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self.store.update(job_id, unless=FINISHED, status=DONE, progress=1.0, result=result, elapsed_ms=elapsed_ms)
+        except JobCancelled:
+            logger.info("everything job %s cancelled", job_id)
         except Exception as exc:  # a failed job reports why instead of taking the worker down
-            logger.exception("everything job %s failed", job.job_id)
-            self._update(
-                job,
+            logger.exception("everything job %s failed", job_id)
+            self.store.update(
+                job_id,
+                unless=FINISHED,
                 status=ERROR,
                 message=f"mask generation failed: {exc}",
-                source=None,
                 elapsed_ms=(time.perf_counter() - started) * 1000,
             )
 
@@ -335,93 +309,3 @@ def _annotation_json(ann: dict[str, Any]) -> dict[str, Any]:
         "point_coords": [[float(x), float(y)] for x, y in ann["point_coords"]],
         "crop_box": [int(v) for v in ann["crop_box"]],
     }
-
-
-# --- HTTP ---------------------------------------------------------------------------------------------------
-
-
-def _error(status: int, code: str, message: str, **headers: str):
-    response = jsonify({"error": code, "message": message})
-    response.status_code = status
-    response.headers.update(headers)
-    return response
-
-
-def create_everything_blueprint(
-    resolve: Resolver,
-    *,
-    max_concurrent: int = 1,
-    max_jobs: int = 32,
-    generator_factory: GeneratorFactory = default_generator_factory,
-    sse_keepalive_s: float = 15.0,
-) -> Blueprint:
-    """The everything-mode routes (full /api paths); the service is ``blueprint.service`` and, once
-    registered, ``app.extensions["everything"]``."""
-    service = EverythingService(
-        resolve, max_concurrent=max_concurrent, max_jobs=max_jobs, generator_factory=generator_factory
-    )
-    bp = Blueprint("everything", __name__)
-    bp.service = service
-
-    @bp.record_once
-    def _remember(state) -> None:
-        state.app.extensions["everything"] = service
-
-    @bp.post("/api/images/<image_id>/everything")
-    def start(image_id: str):
-        raw = None
-        if request.get_data(cache=True):
-            raw = request.get_json(force=True, silent=True)
-            if raw is None:
-                return _error(400, "bad_json", "the request body must be JSON (an object of parameters) or empty")
-        try:
-            params = validate_parameters(raw)
-            job, created = service.submit(image_id, params)
-        except BadParameters as exc:
-            return _error(400, "bad_parameters", str(exc))
-        except UnknownImage:
-            return _error(404, "unknown_image", f"no encoded image with id {image_id!r}; upload it again")
-        except ImageUnavailable as exc:
-            return _error(409, "image_unavailable", str(exc))
-        except TooManyJobs as exc:
-            return _error(503, "busy", str(exc), **{"Retry-After": "5"})
-        body = {
-            "job_id": job.job_id,
-            "status": job.status,
-            "cached": not created,
-            "status_url": url_for("everything.status", job_id=job.job_id),
-            "events_url": url_for("everything.events", job_id=job.job_id),
-        }
-        return jsonify(body), 202
-
-    @bp.get("/api/everything/<job_id>")
-    def status(job_id: str):
-        job = service.get(job_id)
-        if job is None:
-            return _error(404, "unknown_job", f"no everything job {job_id!r} (it may have expired)")
-        return jsonify(job.to_json())
-
-    @bp.get("/api/everything/<job_id>/events")
-    def events(job_id: str):
-        job = service.get(job_id)
-        if job is None:
-            return _error(404, "unknown_job", f"no everything job {job_id!r} (it may have expired)")
-
-        def stream() -> Iterator[str]:
-            seen: tuple[str, float] = ("", -1.0)
-            while True:
-                current = (job.status, job.progress)
-                if current != seen:
-                    seen = current
-                    if job.finished:
-                        yield f"event: {job.status}\ndata: {json.dumps(job.to_json())}\n\n"
-                        return
-                    yield f"event: progress\ndata: {json.dumps(job.to_json(with_result=False))}\n\n"
-                else:
-                    yield ": keep-alive\n\n"
-                service.wait_for_change(job, seen, timeout=sse_keepalive_s)
-
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return Response(stream(), mimetype="text/event-stream", headers=headers)
-
-    return bp

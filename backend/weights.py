@@ -8,9 +8,7 @@ and in ``/api/model`` together with the command that fetches real weights.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import http.client
 import logging
 import os
@@ -18,11 +16,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from .config import Config
+from .files import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +111,7 @@ def download(
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(destination.with_name(destination.name + ".lock")):
+    with file_lock(destination.with_name(destination.name + ".lock")):
         if destination.is_file() and (expected_size is None or destination.stat().st_size == expected_size):
             return destination
         part = destination.with_name(destination.name + ".part")
@@ -242,16 +240,6 @@ def load_model(config: Config):
         checkpoint=None,
         message=message,
     )
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _ProgressBar:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from backend.sam.build import MODEL_TYPES
+from backend.sam.build import MODEL_TYPES, sam_model_registry
 
 from .export import VARIANTS, example_inputs, export_decoder
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    from backend.sam import build_sam, sam_model_registry
+    from backend.sam import build_sam
 
     checkpoint = args.checkpoint
     if args.config_json is not None:

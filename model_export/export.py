@@ -1,12 +1,12 @@
 """Export the prompt encoder + mask decoder of a Sam model to ONNX."""
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from backend.files import atomic_write
 
 from .lowres_model import SamLowResOnnxModel
 from .onnx_model import SamDecoderParts, SamOnnxModel
@@ -96,33 +96,24 @@ def export_decoder(
     wrapper = onnx_wrapper(parts, variant, return_single_mask, use_stability_score, return_extra_metrics).eval()
     inputs = example_inputs(parts, variant)
     dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the files are served to browsers.
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=UserWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            with open(tmp_name, "wb") as f:
-                # The TorchScript exporter gives a compact graph with a symbolic N axis that
-                # onnxruntime-web loads; the dynamo exporter is slower and its output gains nothing here.
-                torch.onnx.export(
-                    wrapper,
-                    tuple(inputs.values()),
-                    f,
-                    export_params=True,
-                    verbose=False,
-                    opset_version=opset,
-                    do_constant_folding=True,
-                    input_names=list(inputs.keys()),
-                    output_names=output_names(variant, return_extra_metrics),
-                    dynamic_axes=dynamic_axes,
-                    dynamo=False,
-                )
-        os.replace(tmp_name, output)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    with atomic_write(output) as tmp_path, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        with open(tmp_path, "wb") as f:
+            # The TorchScript exporter gives a compact graph with a symbolic N axis that
+            # onnxruntime-web loads; the dynamo exporter is slower and its output gains nothing here.
+            torch.onnx.export(
+                wrapper,
+                tuple(inputs.values()),
+                f,
+                export_params=True,
+                verbose=False,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=list(inputs.keys()),
+                output_names=output_names(variant, return_extra_metrics),
+                dynamic_axes=dynamic_axes,
+                dynamo=False,
+            )
     return output

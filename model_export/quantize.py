@@ -1,12 +1,12 @@
 """8-bit weights for an exported decoder: Meta's recipe (dynamic, per tensor) and ours (weight-only, per channel)."""
 
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from backend.files import atomic_write
 
 # Kept in float16 by the weight-only recipe (the rest of the weights is int8), the parts where int8 rounding
 # costs the most mask IoU per byte saved (measured on vit_b random weights, docs/benchmarks.md "## Decoder"):
@@ -55,21 +55,13 @@ def quantize_decoder(
     import onnx
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    os.chmod(tmp_name, 0o644)  # mkstemp makes it private; the files are served to browsers.
-    try:
+    with atomic_write(output) as tmp_path:
         if weight_only:
             model = onnx.load(str(model_path))
             quantize_weights_per_channel(model, tuple(half))
-            onnx.save(model, tmp_name)
+            onnx.save(model, str(tmp_path))
         else:
-            _quantize_dynamic_per_tensor(model_path, tmp_name)
-        os.replace(tmp_name, output)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+            _quantize_dynamic_per_tensor(model_path, str(tmp_path))
     return output
 
 

@@ -1,6 +1,9 @@
-"""Shared helpers for the backend tests: one vit_t model per test process, image bytes, a fake encoder.
+"""Shared helpers for the backend tests: seeded random models built once per test process, photos, image bytes,
+a fake encoder.
 
-The model is cached at module level (not a per-module fixture) so every test file that needs it shares it.
+Models come from the project's own registry with ``torch.manual_seed(0)`` (the server's own random fallback for
+vit_t), so no test outside the reference-parity ones needs data from outside the repository. They are cached at
+module level (not per-module fixtures) so every test file shares them.
 """
 
 from __future__ import annotations
@@ -21,16 +24,122 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+# A SAM with a reduced ViT encoder (the prompt encoder and mask decoder at full size): fast enough to export and
+# run everything mode in tests. The same shape as the reference data's reduced model.
+REDUCED_VIT_CONFIG: dict[str, Any] = dict(
+    encoder_embed_dim=64,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=[1, 3],
+    window_size=14,
+    use_rel_pos=True,
+)
+
 
 @functools.cache
-def vit_t_model(checkpoint: str):
-    """The reference vit_t (seeded random MobileSAM) in exact fp32 on the CPU."""
-    from backend.encoder import prepare_model
-    from backend.sam import sam_model_registry
+def vit_t_model():
+    """The seeded random vit_t the server falls back to (``backend.weights.random_model``), exact fp32, CPU."""
+    import torch
 
-    model = sam_model_registry["vit_t"](checkpoint=checkpoint)
-    prepare_model(model, __import__("torch").device("cpu"), "fp32")
+    from backend.model_runner import prepare_model
+    from backend.weights import random_model
+
+    model = random_model()
+    prepare_model(model, torch.device("cpu"), "fp32")
     return model
+
+
+@functools.cache
+def vit_t_checkpoint() -> Path:
+    """``vit_t_model()``'s weights as a checkpoint file (for the CLI, gunicorn and the browser tests' server)."""
+    import torch
+
+    from backend.weights import random_model
+
+    path = session_data_dir() / "checkpoints" / "vit_t_seed0.pth"
+    path.parent.mkdir(exist_ok=True)
+    torch.save(random_model().state_dict(), path)
+    return path
+
+
+@functools.cache
+def reduced_sam():
+    """A reduced-ViT SAM (``REDUCED_VIT_CONFIG``) with weights drawn after ``torch.manual_seed(0)``, eval mode."""
+    import torch
+
+    from backend.sam import build_sam
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_sam(**REDUCED_VIT_CONFIG).eval()
+
+
+@functools.cache
+def reduced_checkpoint() -> Path:
+    """``reduced_sam()``'s weights as a checkpoint file."""
+    import torch
+
+    path = session_data_dir() / "checkpoints" / "reduced_vit_seed0.pth"
+    path.parent.mkdir(exist_ok=True)
+    torch.save(reduced_sam().state_dict(), path)
+    return path
+
+
+@functools.cache
+def reduced_config_file() -> Path:
+    """The JSON model_export's ``--config-json`` reads: ``REDUCED_VIT_CONFIG`` and, beside it, the checkpoint."""
+    path = reduced_checkpoint().with_name("reduced_vit_seed0.json")
+    path.write_text(json.dumps({"config": REDUCED_VIT_CONFIG, "checkpoint": reduced_checkpoint().name}))
+    return path
+
+
+# Stand-ins for the photos of the parity data: a wide 3:2 one (the size of the old truck.jpg) and a smaller one.
+WIDE_PHOTO = ("coffee", (1800, 1200))
+SMALL_PHOTO = ("chelsea", (800, 534))
+
+
+@functools.cache
+def _photo(name: str, size: tuple[int, int] | None) -> np.ndarray:
+    import skimage.data
+
+    pixels = getattr(skimage.data, name)()
+    if size is not None:
+        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
+    pixels.setflags(write=False)
+    return pixels
+
+
+def photo(name: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A photo bundled with scikit-image as HxWx3 uint8 RGB, resized to ``size`` (width, height) if given."""
+    return _photo(name, size)
+
+
+@functools.cache
+def photo_jpeg(name: str, size: tuple[int, int] | None = None) -> Path:
+    """``photo(name, size)`` saved once as a JPEG file (quality 95); its decoded pixels: ``read_rgb(path)``."""
+    path = session_data_dir() / "photos" / (f"{name}-{size[0]}x{size[1]}.jpg" if size else f"{name}.jpg")
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(photo(name, size)).save(path, format="JPEG", quality=95)
+    return path
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as the server reads it: HxWx3 uint8 RGB."""
+    return np.array(Image.open(path).convert("RGB"))
+
+
+def predictor_for(model, image: np.ndarray):
+    """``SamPredictor(model)`` with ``image`` set: the direct path the app's outputs are checked against."""
+    from backend.sam import SamPredictor
+
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    return predictor
+
+
+def model_embedding(model, image: np.ndarray) -> np.ndarray:
+    """The model's own [256, 64, 64] embedding of ``image`` (float32), computed with ``SamPredictor``."""
+    return predictor_for(model, image).get_image_embedding()[0].cpu().numpy()
 
 
 def reference_meta(reference_dir: Path, name: str) -> dict[str, Any]:

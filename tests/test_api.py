@@ -10,22 +10,32 @@ import time
 import numpy as np
 import pytest
 import torch
-from backend_fixtures import FakeEncoder, distinct_image, image_bytes, session_data_dir, vit_t_model
+from backend_fixtures import (
+    WIDE_PHOTO,
+    FakeEncoder,
+    distinct_image,
+    image_bytes,
+    model_embedding,
+    photo_jpeg,
+    read_rgb,
+    session_data_dir,
+    vit_t_model,
+)
 from PIL import Image
 
 from backend import codec
 from backend.app import create_app
 from backend.weights import WeightsInfo
 
-WEIGHTS = WeightsInfo("vit_t", "real", "vit_t-reference-test", None, "reference vit_t (seeded random) for tests")
+WEIGHTS = WeightsInfo("vit_t", "real", "vit_t-seed0-test", None, "seeded random vit_t for tests")
 
 
 @pytest.fixture(scope="module")
-def real_app(reference_dir):
-    """The real vit_t reference model, decoders really exported (cached in the session data dir)."""
+def real_app():
+    """The real vit_t (seeded random weights), decoders really exported (cached in the session data dir)."""
     app = create_app(
         {
-            "model": vit_t_model(str(reference_dir / "vit_t_seed0.pth")),
+            "model": vit_t_model(),
             "weights_info": WEIGHTS,
             "data_dir": str(session_data_dir()),
             "precision": "fp32",
@@ -38,8 +48,9 @@ def real_app(reference_dir):
 
 
 @pytest.fixture(scope="module")
-def truck_jpeg(reference_dir):
-    return (reference_dir / "images" / "truck.jpg").read_bytes()
+def truck_jpeg():
+    """A 1800x1200 JPEG photo (scikit-image's coffee, enlarged)."""
+    return photo_jpeg(*WIDE_PHOTO).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +123,8 @@ def test_reupload_as_multipart_is_a_cache_hit_without_encoding(real_app, truck_u
     assert encoder.images_encoded == 1
 
 
-def test_embedding_bytes_decode_to_the_reference_embedding(real_app, truck_upload, reference_dir):
-    reference = np.load(reference_dir / "vit_t_seed0_truck.npz")["embedding"][0]
+def test_embedding_bytes_decode_to_the_models_own_embedding(real_app, truck_upload):
+    expected = model_embedding(vit_t_model(), read_rgb(photo_jpeg(*WIDE_PHOTO)))
     client = real_app.test_client()
     tolerances = {"f32": 1e-3, "f16": 2e-3, "int8": None}
     for fmt, tolerance in tolerances.items():
@@ -124,12 +135,12 @@ def test_embedding_bytes_decode_to_the_reference_embedding(real_app, truck_uploa
         etag = response.headers["ETag"]
         assert etag.startswith('"') and not etag.startswith("W/")
         decoded = codec.decode_embedding(response.data)
-        if tolerance is None:  # int8: within half a quantisation step of the reference, per channel.
-            steps = np.abs(reference).reshape(256, -1).max(axis=1)[:, None, None] / 127
-            assert (np.abs(decoded - reference) <= steps / 2 + 1e-3).all()
+        if tolerance is None:  # int8: within half a quantisation step of the model's, per channel.
+            steps = np.abs(expected).reshape(256, -1).max(axis=1)[:, None, None] / 127
+            assert (np.abs(decoded - expected) <= steps / 2 + 1e-3).all()
             assert len(response.data) <= 1_100_000
         else:
-            assert np.abs(decoded - reference).max() <= tolerance
+            assert np.abs(decoded - expected).max() <= tolerance
         assert client.get(response.request.full_path, headers={"If-None-Match": etag}).status_code == 304
 
 
@@ -415,7 +426,7 @@ def test_healthz_reports_ok_and_encoder_state(tmp_path):
 def test_static_files_are_gzipped_only_when_it_pays(tmp_path):
     import gzip
 
-    from backend.app import ORT_DIST_DIR
+    from backend.static import ORT_DIST_DIR
 
     client = fake_app(tmp_path).test_client()
     raw = (ORT_DIST_DIR / "ort-wasm-simd-threaded.wasm").read_bytes()
@@ -437,7 +448,7 @@ def test_static_files_are_gzipped_only_when_it_pays(tmp_path):
     )
     plain.close()
     # Content gzip would not shrink by 10% (random bytes) is sent as it is.
-    from backend.app import _StaticGzip
+    from backend.compression import StaticGzip as _StaticGzip
 
     noise = tmp_path / "noise.js"
     noise.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())

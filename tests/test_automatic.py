@@ -1,4 +1,5 @@
-"""Everything mode: parity with the reference generator, and constructed cases for NMS, crops and regions."""
+"""Everything mode: parity with the reference generator, the generator's own invariants on a seeded model, and
+constructed cases for NMS, crops and regions."""
 
 import gzip
 import json
@@ -6,35 +7,54 @@ import json
 import numpy as np
 import pytest
 import torch
+from backend_fixtures import SMALL_PHOTO, model_embedding, photo
+from backend_fixtures import reduced_sam as build_reduced_sam
 from PIL import Image
 from torch import nn
 
 from backend.sam.amg import build_point_grid, coco_decode_rle, rle_to_mask
 from backend.sam.automatic import SamAutomaticMaskGenerator, upscale_low_res_logits
-from backend.sam.build import build_sam
 from backend.sam.folded_decoder import decode_points_multimask
 from backend.sam.sam import Sam
 
 AMG_FIXTURE = "amg_reduced_vit_seed0_dog.json.gz"
+# The reference fixture's parameters: a small grid, thresholds and offset set for random weights (tiny logits),
+# and an NMS threshold of 1.0 that keeps every candidate.
+AMG_PARAMS = {
+    "points_per_side": 8,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.6,
+    "stability_score_offset": 0.01,
+    "box_nms_thresh": 1.0,
+    "crop_n_layers": 0,
+}
 
 
-# --- the reduced reference model on dog.jpg ---------------------------------------------------------------
+# --- the seeded reduced ViT on an 800x534 photo ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def reduced_sam(reference_dir):
-    config = json.loads((reference_dir / "reduced_vit_seed0_dog.json").read_text())["config"]
-    return build_sam(reference_dir / "reduced_vit_seed0.pth", **config).eval()
+def reduced_sam():
+    return build_reduced_sam()
 
 
 @pytest.fixture(scope="module")
-def dog(reference_dir):
-    return np.array(Image.open(reference_dir / "images" / "dog.jpg").convert("RGB"))
+def dog():
+    """scikit-image's cat, enlarged to the reference dog's 800x534 (the name keeps the tests' wording)."""
+    return photo(*SMALL_PHOTO)
 
 
 @pytest.fixture(scope="module")
-def dog_embedding(reference_dir):
-    return torch.from_numpy(np.load(reference_dir / "reduced_vit_seed0_dog.npz")["embedding"])
+def dog_embedding(reduced_sam, dog):
+    return torch.from_numpy(model_embedding(reduced_sam, dog))[None]
+
+
+@pytest.fixture(scope="module")
+def full_amg(reduced_sam, dog, dog_embedding):
+    """Our own generator's full run with ``AMG_PARAMS`` (the parity test holds it equal to the reference's)."""
+    generator = SamAutomaticMaskGenerator(reduced_sam, output_mode="uncompressed_rle", **AMG_PARAMS)
+    return {"params": AMG_PARAMS, "annotations": generator.generate(dog, image_embedding=dog_embedding)}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +63,7 @@ def reference_amg(reference_dir):
         return json.load(f)
 
 
-def _assert_matches_reference(annotations, expected):
+def _assert_same_annotations(annotations, expected):
     assert len(annotations) == len(expected)
     for i, (got, ref) in enumerate(zip(annotations, expected, strict=True)):
         assert np.allclose(got["point_coords"], ref["point_coords"]), i
@@ -55,14 +75,24 @@ def _assert_matches_reference(annotations, expected):
         assert abs(got["area"] - ref["area"]) <= 0.005 * np.prod(ref["segmentation"]["size"]), i
 
 
-def test_everything_matches_the_reference_mask_for_mask(reduced_sam, dog, dog_embedding, reference_amg):
+def test_everything_matches_the_reference_mask_for_mask(reduced_sam, reference_dir, reference_amg):
+    assert reference_amg["params"] == AMG_PARAMS
+    dog = np.array(Image.open(reference_dir / "images" / "dog.jpg").convert("RGB"))
+    dog_embedding = torch.from_numpy(np.load(reference_dir / "reduced_vit_seed0_dog.npz")["embedding"])
     generator = SamAutomaticMaskGenerator(reduced_sam, output_mode="uncompressed_rle", **reference_amg["params"])
     annotations = generator.generate(dog, image_embedding=dog_embedding)
-    _assert_matches_reference(annotations, reference_amg["annotations"])
+    _assert_same_annotations(annotations, reference_amg["annotations"])
     # The fixture keeps every candidate: 3 per point unless filtered; the reference order is by predicted IoU.
     ious = [a["predicted_iou"] for a in annotations]
     assert ious == sorted(ious, reverse=True)
     assert generator.last_timings["encoder"] < 0.5  # the given embedding was used, no encoder run
+
+
+def test_the_reduced_model_is_the_reference_checkpoint(reduced_sam, reference_dir):
+    """The seeded model the other tests use is the very model the reference outputs were made with."""
+    state = torch.load(reference_dir / "reduced_vit_seed0.pth", map_location="cpu", weights_only=True)
+    ours = reduced_sam.state_dict()
+    assert set(state) == set(ours) and all(torch.equal(ours[key], value) for key, value in state.items())
 
 
 def test_shared_image_decoding_equals_the_mask_decoder(reduced_sam, dog_embedding):
@@ -94,41 +124,42 @@ def test_upscaling_only_the_read_low_res_rows_gives_the_same_logits(reduced_sam,
 
 
 def test_an_iou_threshold_upscales_only_the_passing_masks_and_keeps_them_equal(
-    reduced_sam, dog, dog_embedding, reference_amg
+    reduced_sam, dog, dog_embedding, full_amg
 ):
-    # The fixture's NMS keeps everything (threshold 1.0), so a stricter IoU filter just drops reference rows.
+    # The full run's NMS keeps everything (threshold 1.0), so a stricter IoU filter just drops its rows.
     # Random weights predict IoUs near 0, and a threshold only filters when it is above 0: take half the
     # smallest positive IoU.
-    threshold = min(a["predicted_iou"] for a in reference_amg["annotations"] if a["predicted_iou"] > 0) / 2
-    expected = [a for a in reference_amg["annotations"] if a["predicted_iou"] > threshold]
-    assert 0 < len(expected) < len(reference_amg["annotations"])
-    params = {**reference_amg["params"], "pred_iou_thresh": threshold}
+    threshold = min(a["predicted_iou"] for a in full_amg["annotations"] if a["predicted_iou"] > 0) / 2
+    expected = [a for a in full_amg["annotations"] if a["predicted_iou"] > threshold]
+    assert 0 < len(expected) < len(full_amg["annotations"])
+    params = {**full_amg["params"], "pred_iou_thresh": threshold}
     generator = SamAutomaticMaskGenerator(reduced_sam, output_mode="uncompressed_rle", **params)
-    _assert_matches_reference(generator.generate(dog, image_embedding=dog_embedding), expected)
+    _assert_same_annotations(generator.generate(dog, image_embedding=dog_embedding), expected)
 
 
-def _subset_params(reference_amg, indices):
-    params = dict(reference_amg["params"])
+def _subset_params(run, indices):
+    params = dict(run["params"])
     points_per_side = params.pop("points_per_side")
     grid = build_point_grid(points_per_side)[indices]
     return params, grid
 
 
-def _reference_subset(reference_amg, dog, grid):
+def _run_subset(run, dog, grid):
     h, w = dog.shape[:2]
     wanted = {tuple(p) for p in (grid * [w, h]).tolist()}
-    return [a for a in reference_amg["annotations"] if tuple(a["point_coords"][0]) in wanted]
+    return [a for a in run["annotations"] if tuple(a["point_coords"][0]) in wanted]
 
 
-def test_without_an_embedding_the_image_is_encoded_and_matches_the_reference(reduced_sam, dog, reference_amg):
-    params, grid = _subset_params(reference_amg, [0, 18, 37, 63])
+def test_without_an_embedding_the_image_is_encoded_and_matches_the_full_run(reduced_sam, dog, full_amg):
+    params, grid = _subset_params(full_amg, [0, 18, 37, 63])
     generator = SamAutomaticMaskGenerator(
         reduced_sam, points_per_side=None, point_grids=[grid], output_mode="uncompressed_rle", **params
     )
     annotations = generator.generate(dog)
-    expected = _reference_subset(reference_amg, dog, grid)
+    assert generator.last_timings["encoder"] > 0
+    expected = _run_subset(full_amg, dog, grid)
     assert len(expected) >= 4
-    _assert_matches_reference(annotations, expected)
+    _assert_same_annotations(annotations, expected)
 
 
 def _greedy_box_nms(annotations, thresh):
@@ -149,19 +180,19 @@ def _greedy_box_nms(annotations, thresh):
     return kept
 
 
-def test_box_nms_keeps_exactly_the_non_duplicates_of_the_reference_candidates(
-    reduced_sam, dog, dog_embedding, reference_amg
+def test_box_nms_keeps_exactly_the_non_duplicates_of_the_full_runs_candidates(
+    reduced_sam, dog, dog_embedding, full_amg
 ):
-    params, grid = _subset_params(reference_amg, list(range(18, 30)))
+    params, grid = _subset_params(full_amg, list(range(18, 30)))
     params["box_nms_thresh"] = 0.7
     generator = SamAutomaticMaskGenerator(
         reduced_sam, points_per_side=None, point_grids=[grid], output_mode="uncompressed_rle", **params
     )
     annotations = generator.generate(dog, image_embedding=dog_embedding)
-    candidates = _reference_subset(reference_amg, dog, grid)
+    candidates = _run_subset(full_amg, dog, grid)
     expected = _greedy_box_nms(candidates, 0.7)
     assert len(expected) < len(candidates)  # the case really suppresses something
-    _assert_matches_reference(annotations, expected)
+    _assert_same_annotations(annotations, expected)
 
 
 # --- a stand-in model with predictable masks ------------------------------------------------------------------

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from backend_fixtures import reference_meta
+from backend_fixtures import REDUCED_VIT_CONFIG, reduced_checkpoint
 
 from backend.sam import CheckpointError, build_sam, sam_model_registry
 
@@ -13,7 +13,20 @@ MODEL_TYPES = ["vit_b", "vit_l", "vit_h", "vit_t"]
 
 @pytest.fixture(scope="module")
 def checkpoint_keys(reference_dir):
+    """The official checkpoints' {key: shape} (Meta's SAM and MobileSAM), from the reference data."""
     return json.loads((reference_dir / "checkpoint_keys.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model_layouts():
+    """Our registry's {key: shape} for each model type (built on the meta device: no memory, no weights); the
+    parity test above holds them equal to the official checkpoints'."""
+    layouts = {}
+    for model_type in MODEL_TYPES:
+        with torch.device("meta"):
+            model = sam_model_registry[model_type]()
+        layouts[model_type] = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    return layouts
 
 
 def fake_checkpoint(path, shapes, value=0.25):
@@ -34,8 +47,8 @@ def test_state_dict_matches_official_checkpoint(model_type, checkpoint_keys):
     assert {k: v for k, v in found.items() if v != expected[k]} == {}
 
 
-def test_official_layout_loads_strictly(tmp_path, checkpoint_keys):
-    path = fake_checkpoint(tmp_path / "mobile_sam.pt", checkpoint_keys["vit_t"], value=0.25)
+def test_official_layout_loads_strictly(tmp_path, model_layouts):
+    path = fake_checkpoint(tmp_path / "mobile_sam.pt", model_layouts["vit_t"], value=0.25)
     model = sam_model_registry["vit_t"](checkpoint=path)
     assert model.mask_decoder.iou_token.weight[0, 0].item() == 0.25
     assert model.image_encoder.patch_embed.seq[0].c.weight.flatten()[0].item() == 0.25
@@ -54,8 +67,8 @@ def test_unknown_model_type():
     "found_type, requested_type",
     [("vit_l", "vit_b"), ("vit_b", "vit_h"), ("vit_t", "vit_b"), ("vit_b", "vit_t")],
 )
-def test_checkpoint_of_another_type(tmp_path, checkpoint_keys, found_type, requested_type):
-    path = fake_checkpoint(tmp_path / f"{found_type}.pth", checkpoint_keys[found_type])
+def test_checkpoint_of_another_type(tmp_path, model_layouts, found_type, requested_type):
+    path = fake_checkpoint(tmp_path / f"{found_type}.pth", model_layouts[found_type])
     with pytest.raises(CheckpointError) as error:
         sam_model_registry[requested_type](checkpoint=path)
     message = str(error.value)
@@ -63,13 +76,13 @@ def test_checkpoint_of_another_type(tmp_path, checkpoint_keys, found_type, reque
     assert f"model to build is {requested_type}" in message
 
 
-def test_reduced_checkpoint_given_as_vit_h(reference_dir):
+def test_reduced_checkpoint_given_as_vit_h():
     with pytest.raises(CheckpointError, match=r"embed dim 64, 4 blocks.*model to build is vit_h"):
-        build_sam(reference_dir / "reduced_vit_seed0.pth")
+        build_sam(reduced_checkpoint())
 
 
-def test_truncated_checkpoint(tmp_path, reference_dir):
-    data = (reference_dir / "reduced_vit_seed0.pth").read_bytes()
+def test_truncated_checkpoint(tmp_path):
+    data = reduced_checkpoint().read_bytes()
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated") as error:
@@ -111,24 +124,22 @@ def test_pickle_that_is_not_a_state_dict(tmp_path):
         sam_model_registry["vit_b"](checkpoint=path)
 
 
-def test_missing_and_reshaped_keys_are_named(tmp_path, reference_dir):
-    meta = reference_meta(reference_dir, "reduced_vit_seed0_dog")
-    state = torch.load(reference_dir / "reduced_vit_seed0.pth", map_location="cpu", weights_only=True)
+def test_missing_and_reshaped_keys_are_named(tmp_path):
+    state = torch.load(reduced_checkpoint(), map_location="cpu", weights_only=True)
     del state["mask_decoder.iou_token.weight"]
     state["mask_decoder.mask_tokens.weight"] = torch.zeros(3, 256)
     path = tmp_path / "damaged.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError) as error:
-        build_sam(path, **meta["config"])
+        build_sam(path, **REDUCED_VIT_CONFIG)
     message = str(error.value)
     assert "1 missing keys (e.g. mask_decoder.iou_token.weight)" in message
     assert "mask_decoder.mask_tokens.weight [3, 256] (expected [4, 256])" in message
 
 
-def test_nested_state_dict_loads(tmp_path, reference_dir):
-    meta = reference_meta(reference_dir, "reduced_vit_seed0_dog")
-    state = torch.load(reference_dir / "reduced_vit_seed0.pth", map_location="cpu", weights_only=True)
+def test_nested_state_dict_loads(tmp_path):
+    state = torch.load(reduced_checkpoint(), map_location="cpu", weights_only=True)
     path = tmp_path / "nested.pth"
     torch.save({"model": state}, path)
-    model = build_sam(path, **meta["config"])
+    model = build_sam(path, **REDUCED_VIT_CONFIG)
     assert torch.equal(model.mask_decoder.iou_token.weight, state["mask_decoder.iou_token.weight"])

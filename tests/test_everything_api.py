@@ -7,12 +7,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from backend_fixtures import SMALL_PHOTO, model_embedding, photo, photo_jpeg, read_rgb
+from backend_fixtures import reduced_sam as build_reduced_sam
 from flask import Flask
 
-from backend.everything import EverythingSource, create_everything_blueprint
+from backend.everything import EverythingSource
+from backend.everything_routes import create_everything_blueprint
 from backend.sam.amg import coco_decode_rle, rle_to_mask
 from backend.sam.automatic import SamAutomaticMaskGenerator
-from backend.sam.build import build_sam
 from backend.sam.transforms import ResizeLongestSide
 
 DOG_HW = (534, 800)
@@ -26,14 +28,14 @@ SMALL_RUN = {
 
 
 @pytest.fixture(scope="module")
-def reduced_sam(reference_dir):
-    config = json.loads((reference_dir / "reduced_vit_seed0_dog.json").read_text())["config"]
-    return build_sam(reference_dir / "reduced_vit_seed0.pth", **config).eval()
+def reduced_sam():
+    return build_reduced_sam()
 
 
 @pytest.fixture(scope="module")
-def dog_source(reference_dir, reduced_sam):
-    embedding = np.load(reference_dir / "reduced_vit_seed0_dog.npz")["embedding"][0]
+def dog_source(reduced_sam):
+    """The reduced model's embedding of an 800x534 photo (scikit-image's cat, enlarged)."""
+    embedding = model_embedding(reduced_sam, photo(*SMALL_PHOTO))
     input_size = ResizeLongestSide.get_preprocess_shape(*DOG_HW, 1024)
     return EverythingSource(model=reduced_sam, embedding=embedding, original_size=DOG_HW, input_size=input_size)
 
@@ -264,7 +266,7 @@ def test_events_stream_progress_then_the_result():
 # --- the real app: upload, then everything mode from the cached embedding ------------------------------------
 
 
-def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(reference_dir, reduced_sam, tmp_path):
+def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(reduced_sam, tmp_path):
     from backend.app import create_app
     from backend.everything import resolver_from_encoder
     from backend.weights import WeightsInfo
@@ -272,7 +274,9 @@ def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(refe
     app = create_app(
         {
             "model": reduced_sam,
-            "weights_info": WeightsInfo("vit_b", "real", "reduced-vit-test", None, "reduced reference ViT for tests"),
+            "weights_info": WeightsInfo(
+                "vit_b", "real", "reduced-vit-test", None, "seeded random reduced ViT for tests"
+            ),
             "decoders": [],
             "data_dir": str(tmp_path / "data"),
             "device": "cpu",
@@ -285,9 +289,7 @@ def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(refe
         app.register_blueprint(create_everything_blueprint(resolver_from_encoder(encoder)))
     client = app.test_client()
     try:
-        upload = client.post(
-            "/api/images", data=(reference_dir / "images" / "dog.jpg").read_bytes(), content_type="image/jpeg"
-        )
+        upload = client.post("/api/images", data=photo_jpeg(*SMALL_PHOTO).read_bytes(), content_type="image/jpeg")
         assert upload.status_code == 200, upload.get_json()
         image_id = upload.get_json()["id"]
         response = client.post(f"/api/images/{image_id}/everything", json=SMALL_RUN)
@@ -296,9 +298,9 @@ def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(refe
         assert body["status"] == "done", body
         assert encoder.images_encoded == 1  # the job decoded from the cached embedding
 
-        reference = np.load(reference_dir / "reduced_vit_seed0_dog.npz")["embedding"]
+        own = model_embedding(reduced_sam, read_rgb(photo_jpeg(*SMALL_PHOTO)))
         expected = SamAutomaticMaskGenerator(reduced_sam, output_mode="uncompressed_rle", **SMALL_RUN).generate(
-            np.zeros((534, 800, 3), dtype=np.uint8), image_embedding=torch.from_numpy(reference)
+            np.zeros((534, 800, 3), dtype=np.uint8), image_embedding=torch.from_numpy(own)[None]
         )
         annotations = body["result"]["annotations"]
         assert len(annotations) == len(expected) >= 4
@@ -309,3 +311,69 @@ def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(refe
     finally:
         encoder.close()
         app.extensions["everything"].close()
+
+
+# --- cancelling -------------------------------------------------------------------------------------------
+
+
+def test_delete_cancels_a_queued_job_which_then_never_runs():
+    client, service, gate = _gated_client(max_concurrent=1)
+    first = client.post("/api/images/a/everything").get_json()["job_id"]
+    second = client.post("/api/images/b/everything").get_json()["job_id"]
+    _wait_status(client, first, "running")
+    response = client.delete(f"/api/everything/{second}")
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    gate.set()
+    _wait_status(client, first, "done")
+    time.sleep(0.2)
+    assert _status(client, second)["status"] == "cancelled" and "result" not in _status(client, second)
+    # Asking again for the same image and parameters starts afresh instead of returning the cancelled job.
+    again = client.post("/api/images/b/everything").get_json()
+    assert again["job_id"] != second and not again["cached"]
+    _wait_status(client, again["job_id"], "done")
+    service.close()
+
+
+class _SteppingGenerator:
+    """Stands in for a long grid: 1000 batches of 10 ms, each reported through ``progress``."""
+
+    def __init__(self) -> None:
+        self.batches_done = 0
+
+    def generate(self, image, image_embedding=None, progress=None):
+        for step in range(1000):
+            time.sleep(0.01)
+            self.batches_done += 1
+            progress((step + 1) / 1000)
+        return []
+
+
+def test_delete_stops_a_running_job_at_its_next_batch():
+    generator = _SteppingGenerator()
+    source = EverythingSource(
+        model=None, embedding=np.zeros((256, 64, 64), np.float32), original_size=(2, 3), input_size=(683, 1024)
+    )
+    client, service = _client({"a": source}, generator_factory=lambda model, params: generator)
+    job_id = client.post("/api/images/a/everything").get_json()["job_id"]
+    deadline = time.monotonic() + 10
+    while generator.batches_done < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert client.delete(f"/api/everything/{job_id}").get_json()["status"] == "cancelled"
+    stopped_at = generator.batches_done
+    time.sleep(0.5)
+    assert generator.batches_done <= stopped_at + 1  # It stopped at the next batch boundary.
+    body = _status(client, job_id)
+    assert body["status"] == "cancelled" and body["progress"] < 0.5 and "result" not in body
+    service.close()
+
+
+def test_delete_of_an_unknown_job_is_404_and_a_finished_job_stays_done():
+    client, service, gate = _gated_client()
+    gate.set()
+    assert client.delete("/api/everything/0123abcd").status_code == 404
+    job_id = client.post("/api/images/a/everything").get_json()["job_id"]
+    _wait_status(client, job_id, "done")
+    assert client.delete(f"/api/everything/{job_id}").get_json()["status"] == "done"
+    assert _status(client, job_id)["result"]["annotations"]
+    service.close()

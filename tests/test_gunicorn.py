@@ -1,4 +1,4 @@
-"""A real gunicorn (the Procfile's config) on loopback with the reference vit_t: uploads over HTTP, a burst of
+"""A real gunicorn (the Procfile's config) on loopback with the seeded random vit_t: uploads over HTTP, a burst of
 concurrent uploads (each 200 or 503, none hanging, the server still up), and bad input over the wire."""
 
 import concurrent.futures
@@ -12,7 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from backend_fixtures import distinct_image, free_port, image_bytes, session_data_dir
+from backend_fixtures import (
+    WIDE_PHOTO,
+    distinct_image,
+    free_port,
+    image_bytes,
+    model_embedding,
+    photo_jpeg,
+    read_rgb,
+    session_data_dir,
+    vit_t_checkpoint,
+    vit_t_model,
+)
 
 from backend import codec
 
@@ -20,11 +31,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def server(reference_dir, tmp_path_factory):
-    yield from run_gunicorn(reference_dir, tmp_path_factory)
+def server(tmp_path_factory):
+    yield from run_gunicorn(tmp_path_factory)
 
 
-def run_gunicorn(reference_dir, tmp_path_factory, **extra_env):
+def run_gunicorn(tmp_path_factory, **extra_env):
     port = free_port()
     log_path = tmp_path_factory.mktemp("gunicorn") / "server.log"
     env = dict(
@@ -32,7 +43,7 @@ def run_gunicorn(reference_dir, tmp_path_factory, **extra_env):
         PORT=str(port),
         GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
         SAM_MODEL_TYPE="vit_t",
-        SAM_CHECKPOINT=str(reference_dir / "vit_t_seed0.pth"),
+        SAM_CHECKPOINT=str(vit_t_checkpoint()),
         SAM_DATA_DIR=str(session_data_dir()),
         SAM_ALLOW_DOWNLOAD="0",
         SAM_PRECISION="fp32",
@@ -69,8 +80,8 @@ def run_gunicorn(reference_dir, tmp_path_factory, **extra_env):
             process.kill()
 
 
-def test_upload_and_stream_the_embedding(server, reference_dir):
-    truck = (reference_dir / "images" / "truck.jpg").read_bytes()
+def test_upload_and_stream_the_embedding(server):
+    truck = photo_jpeg(*WIDE_PHOTO).read_bytes()
     upload = requests.post(server + "/api/images", files={"image": ("truck.jpg", truck, "image/jpeg")}, timeout=180)
     assert upload.status_code == 200, upload.text
     body = upload.json()
@@ -78,8 +89,8 @@ def test_upload_and_stream_the_embedding(server, reference_dir):
     embedding = requests.get(server + body["embedding_url"], timeout=30, headers={"Accept-Encoding": "identity"})
     assert embedding.status_code == 200
     assert int(embedding.headers["Content-Length"]) == len(embedding.content) == body["bytes"]
-    reference = np.load(reference_dir / "vit_t_seed0_truck.npz")["embedding"][0]
-    assert np.abs(codec.decode_embedding(embedding.content) - reference).max() <= 2e-3
+    expected = model_embedding(vit_t_model(), read_rgb(photo_jpeg(*WIDE_PHOTO)))
+    assert np.abs(codec.decode_embedding(embedding.content) - expected).max() <= 2e-3
     again = requests.post(server + "/api/images", data=truck, headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert again.json()["cache_hit"] is True and again.json()["id"] == body["id"]
 
@@ -145,7 +156,7 @@ def test_page_is_cross_origin_isolated(server):
     assert info["decoders"] and info["default_decoder"] == "lowres"
 
 
-def test_cli_serve_prints_the_url_and_serves(reference_dir):
+def test_cli_serve_prints_the_url_and_serves():
     port = free_port()
     env = dict(os.environ, PORT=str(port), SAM_DATA_DIR=str(session_data_dir()), SAM_ALLOW_DOWNLOAD="0")
     command = [
@@ -156,7 +167,7 @@ def test_cli_serve_prints_the_url_and_serves(reference_dir):
         "--model-type",
         "vit_t",
         "--checkpoint",
-        str(reference_dir / "vit_t_seed0.pth"),
+        str(vit_t_checkpoint()),
     ]
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -179,11 +190,11 @@ def test_cli_serve_prints_the_url_and_serves(reference_dir):
         process.wait(20)
 
 
-def test_two_workers_share_embeddings_and_the_secret(reference_dir, tmp_path_factory):
+def test_two_workers_share_embeddings_and_the_secret(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("two-workers")
     for decoders in session_data_dir().glob("decoders"):  # Reuse exported decoders: only the sharing is new here.
         os.symlink(decoders, data_dir / "decoders")
-    server = run_gunicorn(reference_dir, tmp_path_factory, SAM_WORKERS="2", SAM_DATA_DIR=str(data_dir))
+    server = run_gunicorn(tmp_path_factory, SAM_WORKERS="2", SAM_DATA_DIR=str(data_dir))
     base = next(server)
     try:
         upload = requests.post(base + "/api/images", data=image_bytes(distinct_image(7, (40, 60)), "PNG"), timeout=180)

@@ -8,11 +8,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from backend_fixtures import free_port
+from backend_fixtures import free_port, vit_t_checkpoint
 
 from backend import weights
 from backend.__main__ import main
 from backend.config import Config
+from backend.sam import sam_model_registry
 from backend.weights import WeightsError, download, load_model
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 3 * 1024 * 1024 + 123, dtype=np.uint8).tobytes()
@@ -155,24 +156,26 @@ def test_no_checkpoint_offline_falls_back_to_seeded_random_vit_t(tmp_path, caplo
         assert torch.equal(a, b), name
 
 
-def test_configured_checkpoint_is_loaded_as_real_weights(reference_dir, tmp_path):
-    config = Config.from_env(
-        {}, {"data_dir": str(tmp_path), "model_type": "vit_t", "checkpoint": str(reference_dir / "vit_t_seed0.pth")}
-    )
+def test_configured_checkpoint_is_loaded_as_real_weights(tmp_path):
+    # Seed 1, so the loaded weights differ from the seed-0 random fallback.
+    torch.manual_seed(1)
+    saved = sam_model_registry["vit_t"]().state_dict()
+    checkpoint = tmp_path / "vit_t_seed1.pth"
+    torch.save(saved, checkpoint)
+    config = Config.from_env({}, {"data_dir": str(tmp_path), "model_type": "vit_t", "checkpoint": str(checkpoint)})
     model, info = load_model(config)
     assert (info.model_type, info.weights) == ("vit_t", "real")
-    assert info.weights_id.startswith("vit_t-vit_t_seed0.pth-")
-    reference = torch.load(reference_dir / "vit_t_seed0.pth", map_location="cpu")
-    key = next(iter(reference))
-    assert torch.equal(model.state_dict()[key], reference[key])
+    assert info.weights_id.startswith("vit_t-vit_t_seed1.pth-")
+    loaded = model.state_dict()
+    assert set(loaded) == set(saved) and all(torch.equal(loaded[key], value) for key, value in saved.items())
 
 
-def test_missing_or_wrong_checkpoint_is_a_clear_error(reference_dir, tmp_path):
+def test_missing_or_wrong_checkpoint_is_a_clear_error(tmp_path):
     missing = Config.from_env({}, {"data_dir": str(tmp_path), "checkpoint": str(tmp_path / "nope.pth")})
     with pytest.raises(WeightsError, match="does not exist"):
         load_model(missing)
     wrong_type = Config.from_env(
-        {}, {"data_dir": str(tmp_path), "model_type": "vit_b", "checkpoint": str(reference_dir / "vit_t_seed0.pth")}
+        {}, {"data_dir": str(tmp_path), "model_type": "vit_b", "checkpoint": str(vit_t_checkpoint())}
     )
     with pytest.raises(WeightsError, match="cannot load .* as a vit_b checkpoint"):
         load_model(wrong_type)

@@ -1,6 +1,6 @@
 """Benchmark of the embedding wire formats: does fp16 / int8 change the masks, what do they cost, does gzip pay?
 
-For the reduced-ViT and vit_t reference models (seeded random weights, ../shared/reference) and each sample
+For the reduced-ViT and vit_t reference models (seeded random weights, SAM_REFERENCE_DIR) and each sample
 image, the fp32 embedding is sent through the codec as f16 and int8 and decoded back; masks are predicted from
 all three for the reference prompts of that model and for a grid of single points, and the masks from f16 /
 int8 are compared with the fp32 ones by IoU (target: mean >= 0.99). Also reports bytes on the wire, codec
@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from backend import codec  # noqa: E402
-from backend.encoder import encode_images, prepare_model  # noqa: E402
+from backend.model_runner import encode_images, prepare_model  # noqa: E402
 from backend.sam import SamPredictor, build_sam, sam_model_registry  # noqa: E402
 from tests.conftest import REFERENCE_DIR  # noqa: E402
 

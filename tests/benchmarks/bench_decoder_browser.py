@@ -5,7 +5,7 @@ interleaved in one page.
     .venv/bin/python tests/benchmarks/bench_decoder_browser.py [--model reduced|vit_b-random] [--decodes 60]
         [--threads 2] [--image-hw 768 1024] [--decoders official lowres ...] [--baseline official]
 
---model reduced (default) exports the decoders from the reduced reference model (../shared/reference) and feeds
+--model reduced (default) exports the decoders from the reduced reference model (SAM_REFERENCE_DIR) and feeds
 the reference dog embedding; --model vit_b-random builds vit_b with seeded random weights (torch.manual_seed(0))
 and feeds a seeded random embedding. Prints each decoder's median time per decode and every decoder's speed-up
 over --baseline. A decode is prompt -> binary mask at image size, as the web client needs it: session.run,
@@ -27,7 +27,10 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.conftest import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
+
 BENCH_DIR = Path(__file__).resolve().parent
 ORT_DIST = REPO_ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"
 # Debian's chromium from PATH (Playwright's own browser download is not used).
@@ -149,7 +152,6 @@ def main() -> int:
     if CHROMIUM is None:
         parser.error("chromium is not on PATH (Debian: apt-get install chromium)")
 
-    sys.path.insert(0, str(REPO_ROOT))
     model, embedding, model_hw = bench_model(args.model)
     with tempfile.TemporaryDirectory(prefix="bench-decoder-") as tmp:
         tmp = Path(tmp)

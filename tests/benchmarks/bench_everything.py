@@ -1,6 +1,6 @@
 """Benchmark of everything mode: a 32x32 point grid on the CPU, and batched decoding against one point at a time.
 
-For each model (the reduced ViT and vit_t reference models, seeded random weights, ../shared/reference) on its
+For each model (the reduced ViT and vit_t reference models, seeded random weights, SAM_REFERENCE_DIR) on its
 reference image:
 
 1. A full run of SamAutomaticMaskGenerator (default 32x32 grid, 64 points per batch), time split into
@@ -41,8 +41,8 @@ from backend.sam.amg import build_point_grid, coco_encode_rle, mask_to_rle_pytor
 from backend.sam.automatic import SamAutomaticMaskGenerator  # noqa: E402
 from backend.sam.build import build_sam, sam_model_registry  # noqa: E402
 from backend.sam.predictor import SamPredictor  # noqa: E402
+from tests.conftest import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
-REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
 PERMISSIVE = {
     "pred_iou_thresh": 0.0,
     "stability_score_thresh": 0.6,

@@ -4,7 +4,7 @@ Hover-to-paint latency of the web client in headless Chromium, against the real 
     .venv/bin/python tests/benchmarks/bench_hover.py [--decoder lowres] [--threads 0] [--moves 30]
         [--sweep-seconds 4] [--url http://127.0.0.1:5000/]
 
-Starts `python -m backend serve` with the seeded random MobileSAM checkpoint (../shared/reference) unless
+Starts `python -m backend serve` with the seeded random MobileSAM checkpoint (SAM_REFERENCE_DIR) unless
 --url names a running server, opens the app (WASM backend), uploads images/dog.jpg and measures, with the
 app's own User Timing entries ("sam:hover-to-paint": pointer event timestamp -> the animation frame after the
 mask was painted):
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "browser"))
 
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
 
-REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
+from tests.conftest import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 
 def percentile(values, q):

@@ -4,7 +4,7 @@
 
 Runs are interleaved (fp32, bf16, bf16, fp32, ...) so load from other processes hits both alike; the
 figures are medians, and the speed-up is the median of the per-pair ratios. The embedding comparison uses
-the seeded reference weights and images/truck.jpg from ../shared/reference when present (random weights and
+the seeded reference weights and images/truck.jpg from SAM_REFERENCE_DIR when present (random weights and
 a random image otherwise): cosine similarity and max abs difference of the bf16 embedding against fp32.
 """
 
@@ -20,6 +20,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # test_tiny_vit imports backend_fixtures as pytest would
 
 from backend.sam.build import build_mobile_sam_encoder  # noqa: E402
 from backend.sam.tiny_vit import TinyViT  # noqa: E402

@@ -1,76 +1,49 @@
 // The classroom view: the three SAM stages with live figures, the three candidate masks with their
 // scores, and the chosen mask's low-res logits as a heatmap.
 
-import { LOW_RES_SIDE } from "./mask-math.js";
+import { formatBytes, formatMs, median } from "./format.js";
+import { paintHeatmap, paintLowResMask } from "./logit-paint.js";
+import { lowResPlane } from "./mask-math.js";
 
-const PLANE = LOW_RES_SIDE * LOW_RES_SIDE;
 const $ = (id) => document.getElementById(id);
 
-export function formatBytes(bytes) {
-  if (bytes == null) return "–";
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KB`;
-  return `${(bytes / 1024 ** 2).toFixed(2)} MB`;
-}
-
-export const formatMs = (ms) => (ms == null ? "–" : ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`);
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
-/** Paints a 256x256 thresholded logit map into a canvas (white = mask). */
-export function paintLowResMask(canvas, logits) {
-  canvas.width = LOW_RES_SIDE;
-  canvas.height = LOW_RES_SIDE;
-  const context = canvas.getContext("2d");
-  const image = context.createImageData(LOW_RES_SIDE, LOW_RES_SIDE);
-  const words = new Uint32Array(image.data.buffer);
-  for (let i = 0; i < PLANE; i++) words[i] = logits[i] > 0 ? 0xffffffff : 0xff2a2a2a;
-  context.putImageData(image, 0, 0);
-}
-
-/** Diverging colours: blue (negative) – white (0) – red (positive), scaled by the largest |logit|. */
-function paintHeatmap(canvas, logits) {
-  const context = canvas.getContext("2d");
-  const image = context.createImageData(LOW_RES_SIDE, LOW_RES_SIDE);
-  let low = Infinity, high = -Infinity;
-  for (let i = 0; i < PLANE; i++) {
-    if (logits[i] < low) low = logits[i];
-    if (logits[i] > high) high = logits[i];
-  }
-  const scale = Math.max(Math.abs(low), Math.abs(high)) || 1;
-  const data = image.data;
-  for (let i = 0; i < PLANE; i++) {
-    const t = Math.max(-1, Math.min(1, logits[i] / scale));
-    const fade = Math.round(255 * (1 - Math.abs(t)));
-    data[i * 4] = t > 0 ? 220 + Math.round(35 * (1 - t)) : fade;
-    data[i * 4 + 1] = fade;
-    data[i * 4 + 2] = t < 0 ? 220 + Math.round(35 * (1 + t)) : fade;
-    data[i * 4 + 3] = 255;
-  }
-  context.putImageData(image, 0, 0);
-  return [low, high];
-}
+const STEP_MS = 1800; // how long "play the three stages" dwells on each stage
+const STAGES = ["encoder", "transfer", "decoder"];
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class Classroom {
   constructor() {
     this.section = $("classroom");
     this.decodeTimes = [];
+    this.figures = {}; // the last image's {encodeMs, cacheHit, bytes, wireBytes, format, downloadMs}
+    this.armed = false; // "play the three stages" waits for the next click
+    this.playing = false;
+    $("cls-play").addEventListener("click", () => this.arm());
   }
 
   get visible() {
     return !this.section.hidden;
   }
 
+  /** On: the presenter layout (the stages beside the image, large type; the gallery and exports hidden). */
   show(on) {
     this.section.hidden = !on;
+    document.body.classList.toggle("presenting", on);
   }
 
-  setModel({ modelType, weights }) {
+  /** Shows the view while `checkbox` is checked. */
+  bindToggle(checkbox) {
+    checkbox.addEventListener("change", () => {
+      this.show(checkbox.checked);
+      if (!checkbox.checked) return;
+      this.refresh();
+      // Beside the image on a wide screen; on a narrow one it follows the image: the image stays in view.
+    });
+  }
+
+  setModel({ modelType, weights, encoderPath }) {
     $("cls-model").textContent = `${modelType} (${weights} weights)`;
+    $("cls-encoder-path").textContent = encoderPath || "–";
   }
 
   setProvider(text) {
@@ -78,7 +51,9 @@ export class Classroom {
   }
 
   setImage({ encodeMs, cacheHit, bytes, wireBytes, format, downloadMs }) {
-    $("cls-encode").textContent = cacheHit ? `none now: from the cache (first encode ${formatMs(encodeMs)})` : formatMs(encodeMs);
+    this.figures = { encodeMs, cacheHit, bytes, wireBytes, format, downloadMs };
+    $("cls-encode").textContent = cacheHit
+      ? `Not needed: encoded before (that took ${formatMs(encodeMs)})` : formatMs(encodeMs);
     const sent = wireBytes && wireBytes !== bytes ? `, ${formatBytes(wireBytes)} sent compressed` : "";
     $("cls-bytes").textContent = bytes == null ? "–" : `${formatBytes(bytes)} ${format}${sent}`;
     $("cls-download").textContent = formatMs(downloadMs);
@@ -86,6 +61,48 @@ export class Classroom {
     this.lastResult = null;
     this.lastChosen = null;
     this.refresh();
+  }
+
+  /** Highlights the stage running now ("encoder", "transfer", "decoder"; null: none). */
+  setStage(stage) {
+    for (const card of this.section.querySelectorAll(".stage-card")) {
+      const on = card.dataset.stage === stage;
+      card.classList.toggle("active", on);
+      if (on) card.setAttribute("aria-current", "step");
+      else card.removeAttribute("aria-current");
+    }
+  }
+
+  /** Arms "play the three stages": the next click is shown stage by stage. */
+  arm() {
+    this.armed = true;
+    $("cls-narration").textContent = "Now click the image: the three stages will light up in turn.";
+  }
+
+  /** Plays the stages of the click just decoded (when armed): encoder → transfer → decoder, with figures. */
+  async playClick(result) {
+    if (!this.armed || this.playing) return;
+    this.armed = false;
+    this.playing = true;
+    const f = this.figures;
+    const lines = {
+      encoder: f.cacheHit
+        ? `1 of 3 · Image encoder: this image was encoded before (${formatMs(f.encodeMs)}); the server reused it.`
+        : `1 of 3 · Image encoder: the server turned the image into an embedding in ${formatMs(f.encodeMs)}, once.`,
+      transfer: `2 of 3 · Embedding transfer: ${formatBytes(f.bytes)} came to your browser in ${formatMs(f.downloadMs)}, once.`,
+      decoder: `3 of 3 · Mask decoder: your click became a mask in your browser in ${formatMs(result.decodeMs)}.`,
+    };
+    try {
+      for (const stage of STAGES) {
+        this.setStage(stage);
+        $("cls-narration").textContent = lines[stage];
+        await sleep(STEP_MS);
+      }
+      $("cls-narration").textContent = "Only stage 3 runs for every click: that is why masks follow the pointer live.";
+    } finally {
+      this.setStage(null);
+      this.playing = false;
+    }
   }
 
   /** Records one decode and, when visible, shows its candidates and logits. */
@@ -103,28 +120,34 @@ export class Classroom {
     const result = this.lastResult;
     const holder = $("cls-candidates");
     holder.replaceChildren();
+    $("cls-heatmap").hidden = !result;
+    $("cls-heatmap-placeholder").hidden = Boolean(result);
     if (!result) {
-      const heatmap = $("cls-heatmap");
-      heatmap.getContext("2d").clearRect(0, 0, heatmap.width, heatmap.height);
+      $("cls-candidates-caption").textContent = "The decoder's masks (256×256) appear here after the first click.";
       $("cls-heatmap-range").textContent = "–";
       return;
     }
-    const k = result.scores.length;
-    const shown = k === 4 ? [1, 2, 3] : [0];
-    for (const c of shown) {
+    // A lone click: three candidates, one shown; a refinement (more points, a box): the one mask it gives.
+    const several = result.candidates.length > 1;
+    $("cls-candidates-caption").textContent = several
+      ? "The three candidate masks (256×256) and the decoder's own quality guess (IoU)"
+      : "A refinement gives one mask (256×256): the one used, with the decoder's quality guess (IoU)";
+    for (const c of result.candidates) {
       const figure = document.createElement("figure");
       const canvas = document.createElement("canvas");
       canvas.setAttribute("role", "img");
-      canvas.setAttribute("aria-label", `Candidate ${c}: predicted IoU ${result.scores[c].toFixed(3)}`);
-      paintLowResMask(canvas, result.lowRes.subarray(c * PLANE, (c + 1) * PLANE));
+      canvas.setAttribute("aria-label", `${several ? `Candidate ${c}` : "The mask used"}: predicted IoU ${result.scores[c].toFixed(3)}`);
+      paintLowResMask(canvas, lowResPlane(result.lowRes, c));
       if (c === this.lastChosen) canvas.classList.add("best");
       const caption = document.createElement("figcaption");
-      caption.textContent = `#${c} · IoU ${result.scores[c].toFixed(3)}${c === this.lastChosen ? " · shown" : ""}`;
+      caption.textContent = several
+        ? `#${c} · IoU ${result.scores[c].toFixed(3)}${c === this.lastChosen ? " · shown" : ""}`
+        : `The mask used · IoU ${result.scores[c].toFixed(3)}`;
       figure.append(canvas, caption);
       holder.append(figure);
     }
     const chosen = this.lastChosen ?? result.best;
-    const [low, high] = paintHeatmap($("cls-heatmap"), result.lowRes.subarray(chosen * PLANE, (chosen + 1) * PLANE));
+    const [low, high] = paintHeatmap($("cls-heatmap"), lowResPlane(result.lowRes, chosen));
     $("cls-heatmap-range").textContent = `logits from ${low.toFixed(2)} to ${high.toFixed(2)}; mask where > 0`;
   }
 }

@@ -11,14 +11,13 @@
 //               mask {...}, error {id?, stage, message}
 
 import { decodeEmbedding } from "./embedding.js";
-import { LOW_RES_SIDE, maskFromLowRes, resizedSize, threshold, toModelFrame } from "./mask-math.js";
+import { LOW_RES_PLANE, LOW_RES_SIDE, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "./mask-math.js";
 import { readBody } from "./read-body.js";
 
 /** Where onnxruntime-web's files are: the versioned path is cached immutably, the plain one revalidated. */
 function ortDir(version) {
   return new URL(version ? `../vendor/ort@${version}/` : "../vendor/ort/", import.meta.url).href;
 }
-const PLANE = LOW_RES_SIDE * LOW_RES_SIDE;
 
 let ort = null;
 let session = null;
@@ -77,7 +76,7 @@ async function init({ modelUrl, backend = "auto", threads = 0, ortVersion = null
     });
   }
   usesOrigImSize = session.inputNames.includes("orig_im_size");
-  emptyMask = new ort.Tensor("float32", new Float32Array(PLANE), [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
+  emptyMask = new ort.Tensor("float32", new Float32Array(LOW_RES_PLANE), [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
   const warmupMs = await warmUp();
   return {
     type: "ready",
@@ -184,7 +183,7 @@ async function decode({ id, points, box, maskInput, multimask, outSize, allMasks
       const plane = h * w;
       masks[c] = threshold(outputs.masks.data.subarray(c * plane, (c + 1) * plane));
     } else {
-      masks[c] = maskFromLowRes(lowRes.subarray(c * PLANE, (c + 1) * PLANE), inputSize, outSize);
+      masks[c] = maskFromLowRes(lowResPlane(lowRes, c), inputSize, outSize);
     }
   }
   for (const name of Object.keys(outputs)) outputs[name].dispose?.();

@@ -4,6 +4,10 @@
 
 export const MODEL_SIDE = 1024;
 export const LOW_RES_SIDE = 256;
+export const LOW_RES_PLANE = LOW_RES_SIDE * LOW_RES_SIDE;
+
+/** The c-th 256x256 logit map of a stack of them (a view, not a copy). */
+export const lowResPlane = (stack, c) => stack.subarray(c * LOW_RES_PLANE, (c + 1) * LOW_RES_PLANE);
 
 /** [newH, newW] of an image of [h, w] resized so its longest side is `side` (Meta's rounding). */
 export function resizedSize(h, w, side = MODEL_SIDE) {

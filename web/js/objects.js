@@ -1,7 +1,7 @@
 // The list of kept objects: each has its own colour, a name the user can change, and can be deleted or
 // selected (the selection is what the single-object exports act on).
 
-import { cssColor } from "./colors.js";
+import { colorFor, cssColor } from "./colors.js";
 
 export class ObjectList {
   /** @param {object} handlers {onChange(), onSelect(id|null)} */
@@ -9,7 +9,7 @@ export class ObjectList {
     this.list = listElement;
     this.empty = emptyElement;
     this.handlers = handlers;
-    this.items = []; // {id, name, color, mask, lowRes, score, area}
+    this.items = []; // {id, name, color, colorIndex, mask, lowRes, score, area}
     this.selectedId = null;
     this.nextId = 1;
   }
@@ -18,8 +18,25 @@ export class ObjectList {
     return this.items.find((item) => item.id === this.selectedId) || null;
   }
 
+  /** The colour index the next kept object gets: one past the highest in use, so colours stay distinct. */
+  get nextColorIndex() {
+    return this.items.length ? Math.max(...this.items.map((o) => o.colorIndex)) + 1 : 0;
+  }
+
+  /** [r, g, b] of the next kept object (also the colour of the mask being edited). */
+  get nextColor() {
+    return colorFor(this.nextColorIndex);
+  }
+
+  /** The name the next kept object gets. */
+  get nextName() {
+    return `Object ${this.nextId}`;
+  }
+
+  /** Keeps {mask, lowRes, score, area}; it gets the next name and colour. */
   add(item) {
-    const object = { ...item, id: this.nextId++ };
+    const colorIndex = this.nextColorIndex;
+    const object = { name: this.nextName, color: colorFor(colorIndex), colorIndex, ...item, id: this.nextId++ };
     this.items.push(object);
     this.render();
     this.handlers.onChange();
@@ -41,6 +58,13 @@ export class ObjectList {
       this.empty.tabIndex = -1;
       this.empty.focus();
     }
+  }
+
+  /** Deletes the selected object; false when none is selected. */
+  removeSelected() {
+    if (!this.selected) return false;
+    this.remove(this.selectedId);
+    return true;
   }
 
   select(id) {

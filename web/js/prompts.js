@@ -1,9 +1,8 @@
 // The prompts of the object being edited, as an undo/redo history of immutable states.
 // A state is {points: [{x, y, label}], box: [x0, y0, x1, y1] | null, result: decoder result | null, chosen}.
 
-import { LOW_RES_SIDE } from "./mask-math.js";
+import { lowResPlane } from "./mask-math.js";
 
-const PLANE = LOW_RES_SIDE * LOW_RES_SIDE;
 export const EMPTY_STATE = Object.freeze({ points: [], box: null, result: null, chosen: null });
 
 export class PromptHistory {
@@ -65,8 +64,7 @@ export class PromptHistory {
 /** The chosen candidate's 256x256 logits of a state (the mask input for the next prompt), or null. */
 export function chosenLowRes(state) {
   if (!state?.result) return null;
-  const c = state.chosen;
-  return state.result.lowRes.subarray(c * PLANE, (c + 1) * PLANE);
+  return lowResPlane(state.result.lowRes, state.chosen);
 }
 
 /** The chosen candidate's full mask of a state, or null. */
