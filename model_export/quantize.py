@@ -11,12 +11,19 @@ from backend.files import atomic_write
 # Kept in float16 by the weight-only recipe (the rest of the weights is int8), the parts where int8 rounding
 # costs the most mask IoU per byte saved (measured on vit_b random weights, docs/benchmarks.md "## Decoder"):
 # the output upscaling (every pixel's features; FoldedMaskDecoder's conv1/conv2 buffers), the single-mask
-# token's hypernetwork (its masks were the least stable) and the other hypernetworks' last layers (each mask's
-# pixel weights).
+# token's hypernetwork (its masks were the least stable), the other hypernetworks' last layers (each mask's
+# pixel weights) and the transformer's final token-to-image attention, which makes the tokens the
+# hypernetworks read. That attention's nodes have no module scope of their own in the trace (folded_decoder's
+# functions), so they are named as the exporter numbers them; tests/test_quantized_decoder.py fails (size and
+# mask IoU) if the numbering moves.
 HALF_MARKERS = (
     "conv1_weight",
     "conv2_weight",
     "output_hypernetworks_mlps.0/",
+    "/decoder/q_proj_2/",
+    "/decoder/MatMul_18",
+    "/decoder/MatMul_21",
+    "/decoder/out_proj_2/",
     "output_hypernetworks_mlps.0/layers.2",
     "output_hypernetworks_mlps.1/layers.2",
     "output_hypernetworks_mlps.2/layers.2",

@@ -194,7 +194,7 @@ def test_model_info_lists_downloadable_decoders(real_app):
     assert info["weights_message"]
     assert info["decoder_error"] is None
     names = [d["name"] for d in info["decoders"]]
-    assert info["default_decoder"] == "lowres" and "official" in names
+    assert info["default_decoder"] == "lowres-quantized" and "official" in names
     for decoder in info["decoders"]:
         response = client.get(decoder["url"])
         assert response.status_code == 200 and len(response.data) == decoder["bytes"]

@@ -21,6 +21,9 @@ from backend.weights import random_model
 META_VIT_B_QUANTIZED_BYTES = 4_727_763
 GRID = 8  # 8 x 8 single points
 BOXES = 16
+# Mean mask IoU per candidate (0 = single-mask token, 1-3 multimask) against fp32 torch, and the minimum.
+MIN_MEAN_IOU = (0.99, 0.99, 0.99, 0.99)
+MIN_IOU = 0.97
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +140,8 @@ def test_default_decoder_masks_match_fp32_torch_per_candidate(decoders, predicto
             f"\nlowres-quantized vs fp32 torch, {len(ious)} prompts, per candidate (0 = single-mask token): "
             f"mean IoU {np.round(ious.mean(0), 4).tolist()}, min {np.round(ious.min(0), 4).tolist()}"
         )
-    assert ious.mean(0).min() >= 0.99
-    assert ious.min() >= 0.97
+    assert all(ious.mean(0) >= MIN_MEAN_IOU), ious.mean(0)
+    assert ious.min() >= MIN_IOU
 
 
 def test_default_embedding_format_is_small_and_keeps_masks(predictor, capsys):
