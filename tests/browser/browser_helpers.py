@@ -202,14 +202,27 @@ def resource_transfers(page) -> list[dict]:
     return entries
 
 
-def wait_for_a_mask(page, x: float = 40, y: float = 30) -> None:
-    """Hovers image pixel (x, y) and waits until the mask overlay shows something."""
-    page.mouse.move(*canvas_point(page, x, y))
-    page.wait_for_function(
-        """() => { const c = document.getElementById('mask-canvas');
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }"""
+def wait_for_a_mask(page, fractions=((0.5, 0.5), (0.3, 0.35), (0.7, 0.6), (0.25, 0.75), (0.8, 0.25))) -> None:
+    """Hovers points of the image (fractions of its size) until the mask overlay shows something.
+
+    With random weights the mask under one point may be empty, so a few places are tried, 30 s each.
+    """
+    width, height = page.evaluate(
+        "[document.getElementById('mask-canvas').width, document.getElementById('mask-canvas').height]"
     )
+    for fx, fy in fractions:
+        page.mouse.move(*canvas_point(page, fx * width, fy * height))
+        try:
+            page.wait_for_function(
+                """() => { const c = document.getElementById('mask-canvas');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }""",
+                timeout=30_000,
+            )
+            return
+        except Exception:  # Playwright's TimeoutError: try the next place
+            continue
+    raise AssertionError("no mask was drawn under any of the hovered points")
 
 
 def first_mask_on_a_gallery_image(page, server, query: str = "backend=wasm") -> list[dict]:
