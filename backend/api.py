@@ -67,7 +67,7 @@ def upload_image():
         weights=state.weights.weights,
         embedding_url=f"/api/embeddings/{result.image_id}?format={fmt}",
         format=fmt,
-        dtype="float16",
+        dtype=codec.DTYPES[fmt],
         shape=shape,
         bytes=codec.encoded_size(tuple(shape), fmt),
         formats={name: codec.encoded_size(tuple(shape), name) for name in codec.FORMATS},

@@ -96,7 +96,7 @@ class Config:
         shown="generated",
     )
     decoder: str = setting(
-        "lowres",
+        "lowres-quantized",
         "decoder the client uses: `official`, `official-quantized`, `lowres`, `lowres-quantized`, or a path to a "
         "custom ONNX file (official interface)",
     )

@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--opset", type=int, default=17, help="ONNX opset (default 17; at least 17 for LayerNormalization)"
     )
-    parser.add_argument("--quantize-out", type=Path, help="also write a uint8 dynamically quantized copy here")
+    parser.add_argument(
+        "--quantize-out",
+        type=Path,
+        help="also write a uint8 dynamically quantized copy here (official: Meta's per-tensor recipe; lowres: "
+        "weight-only int8 per channel, the hypernetworks' and IoU head's last layers in float)",
+    )
     parser.add_argument(
         "--gelu-approximate",
         action="store_true",
@@ -157,10 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     for line in check_with_onnxruntime(args.output, parts, args.variant):
         print(f"  {line}")
     if args.quantize_out is not None:
-        from .quantize import quantize_decoder
+        from .quantize import QUANTIZATION_RECIPES, quantize_decoder
 
-        quantize_decoder(args.output, args.quantize_out)
-        print(f"Wrote {args.quantize_out} ({args.quantize_out.stat().st_size:,} bytes, uint8 weights); check:")
+        # Meta's recipe for Meta's interface (as its script); ours (weight-only, per channel) for lowres.
+        recipe = "weight-only" if args.variant == "lowres" else "meta"
+        quantize_decoder(args.output, args.quantize_out, **QUANTIZATION_RECIPES[recipe])
+        print(
+            f"Wrote {args.quantize_out} ({args.quantize_out.stat().st_size:,} bytes, uint8 weights, {recipe}); check:"
+        )
         for line in check_with_onnxruntime(args.quantize_out, parts, args.variant):
             print(f"  {line}")
     return 0

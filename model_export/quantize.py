@@ -1,9 +1,42 @@
-"""Dynamic uint8 weight quantization of an exported decoder."""
+"""8-bit weights for an exported decoder: Meta's recipe (dynamic, per tensor) and ours (weight-only, per channel)."""
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from backend.files import atomic_write
+
+# Kept in float16 by the weight-only recipe (the rest of the weights is int8), the parts where int8 rounding
+# costs the most mask IoU per byte saved (measured on vit_b random weights, docs/benchmarks.md "## Decoder"):
+# the output upscaling (every pixel's features; FoldedMaskDecoder's conv1/conv2 buffers), the single-mask
+# token's hypernetwork (its masks were the least stable), the other hypernetworks' last layers (each mask's
+# pixel weights) and the transformer's final token-to-image attention, which makes the tokens the
+# hypernetworks read. That attention's nodes have no module scope of their own in the trace (folded_decoder's
+# functions), so they are named as the exporter numbers them; tests/test_quantized_decoder.py fails (size and
+# mask IoU) if the numbering moves.
+HALF_MARKERS = (
+    "conv1_weight",
+    "conv2_weight",
+    "output_hypernetworks_mlps.0/",
+    "/decoder/q_proj_2/",
+    "/decoder/MatMul_18",
+    "/decoder/MatMul_21",
+    "/decoder/out_proj_2/",
+    "output_hypernetworks_mlps.0/layers.2",
+    "output_hypernetworks_mlps.1/layers.2",
+    "output_hypernetworks_mlps.2/layers.2",
+    "output_hypernetworks_mlps.3/layers.2",
+)
+# Weights smaller than this stay float32: they are a few kB in all.
+MIN_QUANTIZED_ELEMENTS = 4096
+
+# The recipes backend/decoders.py builds its quantized files with (keyword arguments of quantize_decoder).
+QUANTIZATION_RECIPES = {
+    "meta": {"weight_only": False},
+    "weight-only": {"weight_only": True, "half": HALF_MARKERS},
+}
 
 
 class _DropPreprocessingHint(logging.Filter):
@@ -13,25 +46,99 @@ class _DropPreprocessingHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_decoder(model_path: str | Path, output: str | Path) -> Path:
+def quantize_decoder(
+    model_path: str | Path, output: str | Path, weight_only: bool = False, half: Iterable[str] = ()
+) -> Path:
     """
-    Quantize the weights of the ONNX decoder at model_path to uint8 (onnxruntime quantize_dynamic, per tensor)
-    and write it to output atomically. Activations stay float; MatMul and Gemm become their integer forms.
+    Write an 8-bit-weight copy of the ONNX decoder at model_path to output, atomically.
+
+    weight_only=False is Meta's recipe (scripts/export_onnx_model.py): onnxruntime quantize_dynamic, uint8
+    weights with one scale per tensor, activations quantized on the fly, MatMul/Gemm in integer arithmetic.
+    weight_only=True stores each MatMul/Gemm weight as int8 with one scale per output channel, turned back into
+    float weights when the session is created: the file is as small, while the arithmetic (and the activations)
+    stay float, so only the weights' rounding reaches the masks. Weights whose name, or whose consumer's name,
+    contains one of `half` are stored as float16 instead.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
 
     output = Path(output)
+    with atomic_write(output) as tmp_path:
+        if weight_only:
+            model = onnx.load(str(model_path))
+            quantize_weights_per_channel(model, tuple(half))
+            onnx.save(model, str(tmp_path))
+        else:
+            _quantize_dynamic_per_tensor(model_path, str(tmp_path))
+    return output
+
+
+def _quantize_dynamic_per_tensor(model_path: str | Path, output: str) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     hint_filter = _DropPreprocessingHint()
     logging.getLogger().addFilter(hint_filter)
     try:
-        with atomic_write(output) as tmp_path:
-            quantize_dynamic(
-                model_input=str(model_path),
-                model_output=str(tmp_path),
-                per_channel=False,
-                reduce_range=False,
-                weight_type=QuantType.QUInt8,
-            )
+        quantize_dynamic(
+            model_input=str(model_path),
+            model_output=output,
+            per_channel=False,
+            reduce_range=False,
+            weight_type=QuantType.QUInt8,
+        )
     finally:
         logging.getLogger().removeFilter(hint_filter)
-    return output
+
+
+def quantize_weights_per_channel(model, half: tuple[str, ...] = ()) -> int:
+    """Store the large float32 weights of an onnx ModelProto as int8 times a per-channel scale, in place.
+
+    Symmetric int8, one scale per output channel (the last axis of a MatMul weight, axis 0 of a Gemm weight
+    with transB and of any other weight). A weight whose name, or a consumer's name, contains one of `half` is
+    stored as float16. Cast and Mul nodes turn them back into float32: every input is a constant, so
+    onnxruntime folds them once, when the session is created (DequantizeLinear it would keep, for its own
+    integer-kernel fusions, and dequantize on every run). Returns how many weights were converted.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, index))
+    converted = []
+    for init in list(graph.initializer):
+        if (
+            init.data_type != TensorProto.FLOAT
+            or len(init.dims) < 2
+            or int(np.prod(init.dims)) < MIN_QUANTIZED_ELEMENTS
+        ):
+            continue
+        name = init.name
+        users = consumers.get(name, [])
+        weight = numpy_helper.to_array(init).astype(np.float32)
+        graph.initializer.remove(init)
+        if any(marker in name or any(marker in node.name for node, _ in users) for marker in half):
+            graph.initializer.append(numpy_helper.from_array(weight.astype(np.float16), f"{name}_half"))
+            converted.append(
+                helper.make_node("Cast", [f"{name}_half"], [name], name=f"{name}_cast", to=TensorProto.FLOAT)
+            )
+            continue
+        axis = 0
+        for node, index in users:
+            if node.op_type == "MatMul" and index == 1:
+                axis = weight.ndim - 1
+        reduce = tuple(i for i in range(weight.ndim) if i != axis)
+        scale = np.abs(weight).max(axis=reduce, keepdims=True) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        values = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+        graph.initializer.extend(
+            [numpy_helper.from_array(values, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")]
+        )
+        converted += [
+            helper.make_node("Cast", [f"{name}_int8"], [f"{name}_float"], name=f"{name}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{name}_float", f"{name}_scale"], [name], name=f"{name}_rescale"),
+        ]
+    # Prepended, so the graph stays in topological order.
+    for node in reversed(converted):
+        graph.node.insert(0, node)
+    return sum(node.op_type == "Cast" for node in converted)

@@ -104,9 +104,9 @@ def test_upload_answers_id_sizes_and_embedding_details(truck_upload):
     body = truck_upload
     assert len(body["id"]) == 32 and int(body["id"], 16) >= 0
     assert (body["width"], body["height"], body["input_size"]) == (1800, 1200, [683, 1024])
-    assert (body["model_type"], body["weights"], body["format"], body["dtype"]) == ("vit_t", "real", "f16", "float16")
-    assert body["shape"] == [256, 64, 64] and body["bytes"] == 2 * 256 * 64 * 64 + 16
-    assert body["embedding_url"] == f"/api/embeddings/{body['id']}?format=f16"
+    assert (body["model_type"], body["weights"], body["format"], body["dtype"]) == ("vit_t", "real", "int8", "int8")
+    assert body["shape"] == [256, 64, 64] and body["bytes"] == 256 * 64 * 64 + 4 * 256 + 16
+    assert body["embedding_url"] == f"/api/embeddings/{body['id']}?format=int8"
     assert body["cache_hit"] is False and body["encode_ms"] > 0
 
 
@@ -194,7 +194,7 @@ def test_model_info_lists_downloadable_decoders(real_app):
     assert info["weights_message"]
     assert info["decoder_error"] is None
     names = [d["name"] for d in info["decoders"]]
-    assert info["default_decoder"] == "lowres" and "official" in names
+    assert info["default_decoder"] == "lowres-quantized" and "official" in names
     for decoder in info["decoders"]:
         response = client.get(decoder["url"])
         assert response.status_code == 200 and len(response.data) == decoder["bytes"]
@@ -469,7 +469,7 @@ def test_configuration_from_environment_with_clear_errors():
         {"SAM_BATCH_SIZE": 2, "cache_bytes": "1000", "TESTING": True},
     )
     assert (config.queue_size, config.allow_download, config.request_timeout, config.port) == (3, False, 2.5, 8080)
-    assert (config.batch_size, config.cache_bytes, config.decoder) == (2, 1000, "lowres")
+    assert (config.batch_size, config.cache_bytes, config.decoder) == (2, 1000, "lowres-quantized")
     for environ, variable in [
         ({"SAM_QUEUE_SIZE": "lots"}, "SAM_QUEUE_SIZE"),
         ({"SAM_QUEUE_SIZE": "0"}, "SAM_QUEUE_SIZE"),

@@ -50,11 +50,12 @@ class FoldedMaskDecoder(nn.Module):
             )
         self.mask_decoder = mask_decoder
         conv1, _, _, conv2, _ = mask_decoder.output_upscaling
-        # Both transposed convolutions as [C_in, (a, b, C_out)] matmuls, laid out once (constants in ONNX).
+        # Both transposed convolutions as [C_in, (a, b, C_out)] matmuls, laid out once. Buffers, so the ONNX
+        # export stores them as initializers, which weight quantization sees.
         for name, conv in (("conv1", conv1), ("conv2", conv2)):
             weight, bias = _transposed_conv_2x2_as_matmul(conv)
-            self.register_buffer(f"{name}_weight", weight, persistent=False)
-            self.register_buffer(f"{name}_bias", bias, persistent=False)
+            self.register_buffer(f"{name}_weight", weight)
+            self.register_buffer(f"{name}_bias", bias)
 
     @staticmethod
     def supports(mask_decoder: nn.Module) -> bool:
@@ -302,7 +303,10 @@ def image_to_token_attention(
     o_weight = attention.out_proj.weight.view(channels, heads, head_dim).permute(1, 2, 0)  # [heads, d, C]
     # Each head's attention sums to 1 over T, so a bias / heads on every folded value adds the bias once.
     folded_v = (v @ o_weight).reshape(batch, heads * num_tokens, channels) + attention.out_proj.bias / heads
-    return torch.baddbmm(residual.expand(batch, -1, -1), attn.transpose(1, 2), folded_v)
+    if residual.dim() == 3:
+        return torch.baddbmm(residual, attn.transpose(1, 2), folded_v)
+    # A shared residual is broadcast, not expanded: in ONNX an Expand would copy it [h * w, C] on every run.
+    return attn.transpose(1, 2) @ folded_v + residual
 
 
 def _transposed_conv_2x2_as_matmul(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,15 +1,17 @@
 """
-Browser benchmark of the ONNX decoders: official interface vs the lowres variant, onnxruntime-web WASM in
-headless Chromium, cross-origin isolated, interleaved in one page.
+Browser benchmark of the ONNX decoders, onnxruntime-web WASM in headless Chromium, cross-origin isolated,
+interleaved in one page.
 
-    .venv/bin/python tests/benchmarks/bench_decoder_browser.py [--decodes 60] [--threads 2]
-        [--image-hw 768 1024] [--with-quantized]
+    .venv/bin/python tests/benchmarks/bench_decoder_browser.py [--model reduced|vit_b-random] [--decodes 60]
+        [--threads 2] [--image-hw 768 1024] [--decoders official lowres ...] [--baseline official]
 
-Exports the decoders from the reduced reference model (SAM_REFERENCE_DIR) with backend.decoders, feeds
-the reference dog embedding, and prints each decoder's median time per decode and the official/lowres ratio.
-A decode is prompt -> binary mask at image size, as the web client needs it: session.run, then for
-official a threshold of the chosen full-size mask, for lowres the client's upsampling (web/js/mask-math.js).
-The decode's cost is independent of the weights (random or real), only of the graph.
+--model reduced (default) exports the decoders from the reduced reference model (SAM_REFERENCE_DIR) and feeds
+the reference dog embedding; --model vit_b-random builds vit_b with seeded random weights (torch.manual_seed(0))
+and feeds a seeded random embedding. Prints each decoder's median time per decode and every decoder's speed-up
+over --baseline. A decode is prompt -> binary mask at image size, as the web client needs it: session.run,
+then for the official interface a threshold of the chosen full-size mask, for lowres the client's upsampling
+(web/js/mask-math.js). The decode's cost is independent of the weights (random or real), only of the graph.
+The files compared are the ones the server serves (backend.decoders.prepare_decoders).
 """
 
 import argparse
@@ -77,11 +79,20 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def reference_model():
-    from backend.sam import build_sam
+def bench_model(name: str):
+    """(Sam, embedding [1, 256, 64, 64] float32, image (H, W)) for --model."""
+    import torch
 
+    from backend.sam import build_sam, sam_model_registry
+
+    if name == "vit_b-random":
+        torch.manual_seed(0)
+        embedding = np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)
+        return sam_model_registry["vit_b"]().eval(), embedding, [768, 1024]
     meta = json.loads((REFERENCE_DIR / "reduced_vit_seed0_dog.json").read_text())
-    return build_sam(checkpoint=str(REFERENCE_DIR / meta["checkpoint"]), **meta["config"]).eval(), meta
+    model = build_sam(checkpoint=str(REFERENCE_DIR / meta["checkpoint"]), **meta["config"]).eval()
+    embedding = np.load(REFERENCE_DIR / meta["arrays"])["embedding"].astype(np.float32)
+    return model, embedding, meta["image_hw"]
 
 
 def bench_prompts(image_hw) -> list:
@@ -118,7 +129,15 @@ def main() -> int:
         metavar=("H", "W"),
         help="image size the masks are made for (default: the reference dog, 534 x 800)",
     )
-    parser.add_argument("--with-quantized", action="store_true", help="also time the quantized decoders")
+    parser.add_argument("--model", choices=("reduced", "vit_b-random"), default="reduced")
+    parser.add_argument(
+        "--decoders",
+        nargs="+",
+        default=["official", "lowres"],
+        help="decoder names to time (default: official lowres; the first is the masks' reference)",
+    )
+    parser.add_argument("--baseline", default=None, help="speed-ups are over this decoder (default: the first)")
+    parser.add_argument("--with-quantized", action="store_true", help="also time the two quantized decoders")
     parser.add_argument(
         "--ort-dist",
         type=Path,
@@ -133,19 +152,19 @@ def main() -> int:
     if CHROMIUM is None:
         parser.error("chromium is not on PATH (Debian: apt-get install chromium)")
 
-    meta = json.loads((REFERENCE_DIR / "reduced_vit_seed0_dog.json").read_text())
-    embedding = np.load(REFERENCE_DIR / meta["arrays"])["embedding"].astype(np.float32)
+    model, embedding, model_hw = bench_model(args.model)
     with tempfile.TemporaryDirectory(prefix="bench-decoder-") as tmp:
         tmp = Path(tmp)
         models_dir = args.models_dir
         if models_dir is None:
-            sys.path.insert(0, str(REPO_ROOT))
             from backend.decoders import prepare_decoders
 
-            model, _ = reference_model()
-            models_dir = prepare_decoders(model, "bench", tmp / "cache")[0]["path"].parent
-        names = ["official", "lowres"] + (["official-quantized", "lowres-quantized"] if args.with_quantized else [])
-        image_hw = list(args.image_hw) if args.image_hw else meta["image_hw"]
+            models_dir = prepare_decoders(model, f"bench-{args.model}", tmp / "cache")[0]["path"].parent
+        names = list(args.decoders)
+        if args.with_quantized:
+            names += [n for n in ("official-quantized", "lowres-quantized") if n not in names]
+        sizes = {name: (models_dir / f"{name}.onnx").stat().st_size for name in names}
+        image_hw = list(args.image_hw) if args.image_hw else list(model_hw)
         data_dir = tmp / "data"
         data_dir.mkdir()
         (data_dir / "embedding.f32").write_bytes(embedding.tobytes())
@@ -192,17 +211,20 @@ def main() -> int:
         f"threads={result['threads']}, {args.decodes} interleaved decodes each, image {image_hw}"
     )
     print("session load ms: " + ", ".join(f"{k} {v:.0f}" for k, v in result["loadMs"].items()))
+    baseline = args.baseline or names[0]
     medians = {}
     for name, series in result["times"].items():
         medians[name] = {key: statistics.median(values) for key, values in series.items()}
+    for name in names:
+        m, b = medians[name], medians[baseline]
         print(
-            f"{name:18s} median run {medians[name]['runMs']:7.1f} ms   prompt->mask {medians[name]['totalMs']:7.1f} ms"
+            f"{name:18s} {sizes[name]:>11,} B   median run {m['runMs']:7.1f} ms   prompt->mask {m['totalMs']:7.1f} ms"
+            f"   speed-up over {baseline}: run {b['runMs'] / m['runMs']:.2f}x, prompt->mask "
+            f"{b['totalMs'] / m['totalMs']:.2f}x"
         )
-    for key, label in (("runMs", "session.run"), ("totalMs", "prompt->mask")):
-        print(f"speed-up ({label}): {medians['official'][key] / medians['lowres'][key]:.2f}x")
     for name in names[1:]:
         ious = [a["iou"] for a in result["agreement"] if a["decoder"] == name]
-        print(f"mask IoU of {name} vs official, worst of {len(ious)} prompts: {min(ious):.5f}")
+        print(f"mask IoU of {name} vs {names[0]}, worst of {len(ious)} prompts: {min(ious):.5f}")
     return 0
 
 

@@ -184,3 +184,54 @@ def prompt_points(page) -> list[tuple[int, int, int]]:
 def leave_image(page) -> None:
     """Moves the pointer off the image so no hover preview is drawn."""
     page.mouse.move(2, 2)
+
+
+_RESOURCE_ENTRIES_JS = """() => performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))
+    .map((e) => ({name: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize}))"""
+
+
+def resource_transfers(page) -> list[dict]:
+    """Resource Timing entries {name, transferSize, encodedBodySize} of the page and of its workers.
+
+    A worker (the decoder's, onnxruntime's threads) keeps its own entries; transferSize is 0 for a response
+    served from the cache without a request, headers only for a revalidated one.
+    """
+    entries = page.evaluate(_RESOURCE_ENTRIES_JS)
+    for worker in page.workers:
+        entries += worker.evaluate(_RESOURCE_ENTRIES_JS.replace("performance.getEntriesByType('navigation')", "[]"))
+    return entries
+
+
+def wait_for_a_mask(page, fractions=((0.5, 0.5), (0.3, 0.35), (0.7, 0.6), (0.25, 0.75), (0.8, 0.25))) -> None:
+    """Hovers points of the image (fractions of its size) until the mask overlay shows something.
+
+    With random weights the mask under one point may be empty, so a few places are tried, 30 s each.
+    """
+    width, height = page.evaluate(
+        "[document.getElementById('mask-canvas').width, document.getElementById('mask-canvas').height]"
+    )
+    for fx, fy in fractions:
+        page.mouse.move(*canvas_point(page, fx * width, fy * height))
+        try:
+            page.wait_for_function(
+                """() => { const c = document.getElementById('mask-canvas');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; }""",
+                timeout=30_000,
+            )
+            return
+        except Exception:  # Playwright's TimeoutError: try the next place
+            continue
+    raise AssertionError("no mask was drawn under any of the hovered points")
+
+
+def first_mask_on_a_gallery_image(page, server, query: str = "backend=wasm") -> list[dict]:
+    """Opens the app, picks the first gallery image, hovers until a mask shows; returns resource_transfers."""
+    gallery = requests.get(server.url + "api/gallery", timeout=30).json()
+    assert gallery, "the server lists no sample images"
+    open_app(page, server, query)
+    page.click(f'#gallery-list button[aria-label="Open the sample {gallery[0]["name"]}"]')
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.image)")
+    assert page.evaluate("document.body.dataset.image") == "ready", page.inner_text("#error-text")
+    wait_for_a_mask(page)
+    return resource_transfers(page)

@@ -51,8 +51,8 @@ export class DecoderClient {
   }
 
   /** Downloads and opens the decoder; resolves with {provider, threads, interface, ...}. */
-  init(modelUrl, backend = "auto", threads = 0) {
-    return this.#request({ type: "init", modelUrl, backend, threads });
+  init(modelUrl, backend = "auto", threads = 0, ortVersion = null) {
+    return this.#request({ type: "init", modelUrl, backend, threads, ortVersion });
   }
 
   /** Hands the wire-format embedding to the worker (the buffer is transferred, not copied). */

@@ -25,7 +25,8 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
     if (stage === "model") onStatus(`Loading the decoder… ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}`, total ? loaded / total : null);
   };
   onStatus("Loading the decoder…", null);
-  const info = await decoder.init(new URL(apiUrl(entry.url, server), location.href).href, backend, threads);
+  // The versioned onnxruntime-web path is cached immutably (no revalidation on a repeat visit).
+  const info = await decoder.init(new URL(apiUrl(entry.url, server), location.href).href, backend, threads, model.ort_version);
   const runsOn = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${plural(info.threads, "thread")}`;
   return { model, entry, info, runsOn };
 }

@@ -1,7 +1,8 @@
 // The decoder Web Worker: owns onnxruntime-web, the decoder session and the image embedding.
 // The page never runs the model; it posts prompts here and gets back logits and binary masks.
 //
-// Messages in:  init {modelUrl, backend: "auto"|"wasm"|"webgpu", threads: 0 (automatic) or a count}
+// Messages in:  init {modelUrl, backend: "auto"|"wasm"|"webgpu", threads: 0 (automatic) or a count,
+//                     ortVersion: the installed onnxruntime-web version (GET /api/model) or null}
 //               embedding {buffer: ArrayBuffer (wire format), imageSize: [H, W]}
 //               decode {id, points: [{x, y, label}], box: [x0,y0,x1,y1]|null, maskInput: Float32Array|null,
 //                       multimask: bool, outSize: [H, W], allMasks: bool}
@@ -13,7 +14,10 @@ import { decodeEmbedding } from "./embedding.js";
 import { LOW_RES_PLANE, LOW_RES_SIDE, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "./mask-math.js";
 import { readBody } from "./read-body.js";
 
-const ORT_DIR = new URL("../vendor/ort/", import.meta.url).href;
+/** Where onnxruntime-web's files are: the versioned path is cached immutably, the plain one revalidated. */
+function ortDir(version) {
+  return new URL(version ? `../vendor/ort@${version}/` : "../vendor/ort/", import.meta.url).href;
+}
 
 let ort = null;
 let session = null;
@@ -39,8 +43,9 @@ async function webgpuAvailable() {
   }
 }
 
-async function init({ modelUrl, backend = "auto", threads = 0 }) {
+async function init({ modelUrl, backend = "auto", threads = 0, ortVersion = null }) {
   const started = performance.now();
+  const ORT_DIR = ortDir(ortVersion);
   const tryWebgpu = backend === "webgpu" || (backend === "auto" && (await webgpuAvailable()));
   // The WebGPU bundle also carries the WASM backend, so a failed WebGPU session can fall back in place.
   ort = await import(ORT_DIR + (tryWebgpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs"));

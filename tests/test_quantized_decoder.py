@@ -1,0 +1,163 @@
+"""The default browser decoder (lowres-quantized) and embedding format: small, and masks that match fp32 torch.
+
+vit_b with seeded random weights; the embedding is the seeded random vit_t's (backend.weights.random_model) of
+scikit-image's astronaut. Masks are compared as the web client makes them: low-res logits upsampled to the
+image (bilinear, half-pixel centres), thresholded at 0.
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+
+from backend import codec
+from backend.decoders import prepare_decoders
+from backend.sam import SamPredictor, sam_model_registry
+from backend.weights import random_model
+
+# Meta's quantized export of the official vit_b checkpoint (scripts/export_onnx_model.py --quantize-out).
+META_VIT_B_QUANTIZED_BYTES = 4_727_763
+GRID = 8  # 8 x 8 single points
+BOXES = 16
+# Mean mask IoU per candidate (0 = single-mask token, 1-3 multimask) against fp32 torch, and the minimum.
+MIN_MEAN_IOU = (0.99, 0.99, 0.99, 0.99)
+MIN_IOU = 0.97
+
+
+@pytest.fixture(scope="module")
+def vit_b():
+    torch.manual_seed(0)
+    return sam_model_registry["vit_b"]().eval()
+
+
+@pytest.fixture(scope="module")
+def predictor(vit_b):
+    image = skimage.data.astronaut()
+    encoder = SamPredictor(random_model())
+    encoder.set_image(image)
+    predictor = SamPredictor(vit_b)
+    predictor.set_embedding(encoder.get_image_embedding().numpy(), image.shape[:2])
+    return predictor
+
+
+@pytest.fixture(scope="module")
+def decoders(vit_b, tmp_path_factory):
+    return {d["name"]: d for d in prepare_decoders(vit_b, "vit_b-random-seed0", tmp_path_factory.mktemp("decoders"))}
+
+
+def prompts(height: int, width: int) -> list[dict]:
+    """A grid of single clicks, then boxes, in image pixels."""
+    out = []
+    for fy in np.linspace(0.05, 0.95, GRID):
+        for fx in np.linspace(0.05, 0.95, GRID):
+            out.append({"point": [fx * width, fy * height]})
+    rng = np.random.default_rng(0)
+    for _ in range(BOXES):
+        x0, y0 = rng.uniform(0.0, 0.6, 2)
+        box_w, box_h = rng.uniform(0.2, 0.4, 2)
+        out.append({"box": [x0 * width, y0 * height, (x0 + box_w) * width, (y0 + box_h) * height]})
+    return out
+
+
+def client_masks(predictor: SamPredictor, low_res: torch.Tensor) -> np.ndarray:
+    """Low-res logits [K, 256, 256] -> binary masks [K, H, W] at the image size, as web/js/mask-math.js."""
+    h, w = predictor.input_size
+    x = F.interpolate(low_res[None], (1024, 1024), mode="bilinear", align_corners=False)[..., :h, :w]
+    return (F.interpolate(x, predictor.original_size, mode="bilinear", align_corners=False)[0] > 0).numpy()
+
+
+def torch_masks(predictor: SamPredictor, prompt: dict, embedding: torch.Tensor | None = None) -> np.ndarray:
+    """All four candidates of Meta's MaskDecoder (fp32 torch) for one prompt, at the image size."""
+    model, hw = predictor.model, predictor.original_size
+    points = boxes = None
+    if "point" in prompt:
+        coords = predictor.transform.apply_coords(np.array([prompt["point"]]), hw)
+        points = (torch.as_tensor(coords, dtype=torch.float32)[None], torch.ones(1, 1, dtype=torch.int))
+    else:
+        boxes = torch.as_tensor(predictor.transform.apply_boxes(np.array([prompt["box"]]), hw), dtype=torch.float32)
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+        low_res, _ = model.mask_decoder.predict_masks(
+            image_embeddings=predictor.features if embedding is None else embedding,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+    return client_masks(predictor, low_res[0])
+
+
+def onnx_feeds(predictor: SamPredictor, prompt: dict) -> dict:
+    """The lowres graph's inputs for one prompt, as web/js/decoder-worker.js builds them."""
+    hw = predictor.original_size
+    if "point" in prompt:
+        coords = np.concatenate([predictor.transform.apply_coords(np.array([prompt["point"]]), hw), [[0.0, 0.0]]])
+        labels = np.array([1, -1])
+    else:
+        coords = predictor.transform.apply_boxes(np.array([prompt["box"]]), hw).reshape(2, 2)
+        labels = np.array([2, 3])
+    return {
+        "image_embeddings": predictor.features.numpy(),
+        "point_coords": coords[None].astype(np.float32),
+        "point_labels": labels[None].astype(np.float32),
+        "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+    }
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def test_default_decoder_is_no_larger_than_metas_quantized_export(decoders):
+    default = decoders["lowres-quantized"]
+    assert default["quantized"] and default["interface"] == "lowres"
+    # Our official-quantized is Meta's recipe on the same weights: the anchor for every model type (the mask
+    # decoder is the same size in all of them).
+    assert default["bytes"] <= decoders["official-quantized"]["bytes"]
+    assert default["bytes"] <= META_VIT_B_QUANTIZED_BYTES
+    assert default["bytes"] < 0.3 * decoders["lowres"]["bytes"]
+
+
+def test_default_decoder_masks_match_fp32_torch_per_candidate(decoders, predictor, capsys):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(
+        str(decoders["lowres-quantized"]["path"]), options, providers=["CPUExecutionProvider"]
+    )
+    ious = []
+    for prompt in prompts(*predictor.original_size):
+        expected = torch_masks(predictor, prompt)
+        _, low_res = session.run(None, onnx_feeds(predictor, prompt))
+        masks = client_masks(predictor, torch.from_numpy(low_res[0]))
+        ious.append([mask_iou(masks[k], expected[k]) for k in range(4)])
+    ious = np.array(ious)
+    assert ious.shape == (GRID * GRID + BOXES, 4)
+    with capsys.disabled():
+        print(
+            f"\nlowres-quantized vs fp32 torch, {len(ious)} prompts, per candidate (0 = single-mask token): "
+            f"mean IoU {np.round(ious.mean(0), 4).tolist()}, min {np.round(ious.min(0), 4).tolist()}"
+        )
+    assert all(ious.mean(0) >= MIN_MEAN_IOU), ious.mean(0)
+    assert ious.min() >= MIN_IOU
+
+
+def test_default_embedding_format_is_small_and_keeps_masks(predictor, capsys):
+    embedding = predictor.features.numpy()[0]
+    wire = codec.encode_embedding(embedding, codec.DEFAULT_FORMAT)
+    assert len(wire) <= 1_100_000
+    decoded = torch.from_numpy(np.array(codec.decode_embedding(wire), dtype=np.float32))[None]
+    ious = []
+    for prompt in prompts(*predictor.original_size):
+        expected = torch_masks(predictor, prompt)
+        masks = torch_masks(predictor, prompt, embedding=decoded)
+        ious.append([mask_iou(masks[k], expected[k]) for k in range(4)])
+    ious = np.array(ious)
+    with capsys.disabled():
+        print(
+            f"\n{codec.DEFAULT_FORMAT} embedding ({len(wire):,} B) vs float32, fp32 torch decoder: "
+            f"mean IoU {np.round(ious.mean(0), 4).tolist()}, min {np.round(ious.min(0), 4).tolist()}"
+        )
+    assert ious.mean(0).min() >= 0.99
