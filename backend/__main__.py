@@ -3,6 +3,7 @@
     python -m backend serve [--host 127.0.0.1] [--port $PORT or 5000] [--model-type vit_b] [--checkpoint FILE]
     python -m backend download-weights --model-type vit_b [--dest DIR]
     python -m backend config-table
+    python -m backend nginx-config [--listen 0.0.0.0:8080] [--upstream 127.0.0.1:$PORT] [--prefix DIR]
     python -m backend deploy-encoder --ray-address ADDR [--replicas N | --autoscale MIN:MAX] [--gpus-per-replica G]
     python -m backend amg --checkpoint C --model-type T --input IMAGE_OR_DIR --output DIR [...]  (batch_amg.py)
 
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("config-table", help="print the settings table (markdown) that the README shows")
 
+    front = commands.add_parser("nginx-config", help="print the nginx.conf of the buffering front (docs/deploy.md)")
+    front.add_argument("--listen", default="0.0.0.0:8080", help="address:port nginx listens on")
+    front.add_argument("--upstream", default=None, help="gunicorn's address (default 127.0.0.1:$PORT)")
+    front.add_argument("--prefix", default="/var/lib/sam-web/nginx", help="directory for nginx's pid, logs, temp files")
     deploy = commands.add_parser("deploy-encoder", help="deploy the image encoder on a Ray cluster (Ray Serve)")
     deploy.add_argument("--ray-address", required=True, help="the cluster, e.g. ray://head:10001 or head:6379")
     scale = deploy.add_mutually_exclusive_group()
@@ -64,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             return amg_main(args)
         if args.command == "config-table":
             print(config_table(), end="")
+            return 0
+        if args.command == "nginx-config":
+            from .front import nginx_config
+
+            print(
+                nginx_config(Config.from_env(), listen=args.listen, upstream=args.upstream, prefix=args.prefix), end=""
+            )
             return 0
         return _download(args)
     except ConfigError as error:

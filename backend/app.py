@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask
 
+from . import cors
 from .api import InMemoryRequest, api
 from .cache import EmbeddingCache
 from .compression import BodyCache
@@ -26,9 +27,11 @@ from .errors import register_error_handlers
 from .everything import EverythingService, resolver_from_encoder
 from .everything_routes import register_everything
 from .gallery import Gallery
+from .limits import install_rate_limits
+from .memory import PixelBudget
 from .model_runner import prepare_model, resolve_device
-from .state import SAM, AppState
-from .static import isolation_headers, ort_version, static_files
+from .state import EVERYTHING, SAM, AppState
+from .static import isolation_headers, ort_version, static_files, web_files
 from .weights import WeightsInfo, load_model
 
 logger = logging.getLogger(__name__)
@@ -60,7 +63,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         offered = choose_decoders(model, weights_info.weights_id, settings.decoder, settings.decoders_dir)
     else:
         offered = given_decoders(decoders, settings.decoder)
-    precision = prepare_model(model, device, settings.precision)
+    precision = prepare_model(model, device, settings.precision, cache_dir=settings.data_dir)
     logger.info("serving %s (%s weights) on %s in %s", weights_info.model_type, weights_info.weights, device, precision)
 
     store, job_store = _stores(settings)
@@ -90,6 +93,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         resolver_from_encoder(encoder),
         max_concurrent=settings.everything_jobs,
         max_jobs=settings.everything_max_jobs,
+        max_per_client=settings.everything_jobs_per_client,
         store=job_store,
         **on_cluster,
     )
@@ -103,14 +107,25 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         gallery=Gallery(settings.gallery_dir),
         ort_version=ort_version(),
         compressed=BodyCache(max_bytes=64 * 1024 * 1024),
+        web_files=web_files(),
+        pixel_budget=PixelBudget(settings.decode_pixels),
     )
 
     app.register_blueprint(api)
     register_everything(app, everything)
     app.register_blueprint(static_files)
+    install_rate_limits(app, settings)
     register_error_handlers(app)
     app.after_request(isolation_headers)
+    cors.init_app(app, settings)
     return app
+
+
+def shutdown(app: Flask) -> None:
+    """Cancels the app's queued and running work (everything jobs stop at their next batch, waiting encodes
+    answer 503) so a stopping server exits promptly."""
+    app.extensions[EVERYTHING].close()
+    app.extensions[SAM].encoder.close()
 
 
 def _stores(settings: Config):

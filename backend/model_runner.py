@@ -12,6 +12,10 @@ EncodedBatch = list[tuple[np.ndarray, tuple[int, int]]]
 BatchEncoder = Callable[[Sequence[np.ndarray]], EncodedBatch]
 
 
+# Sam.image_size of every model type: images are resized to this longest side before encoding.
+INPUT_SIDE = 1024
+
+
 class DeviceError(ValueError):
     """The configured device does not exist on this machine."""
 
@@ -29,17 +33,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = "auto") -> str:
-    """Moves ``model`` to ``device`` in eval mode and sets its encoder precision; returns the precision chosen.
+def prepare_model(
+    model: torch.nn.Module, device: torch.device, precision: str = "auto", cache_dir: str | None = None
+) -> str:
+    """Moves ``model`` to ``device`` in eval mode and sets its encoder path; returns the precision chosen.
 
-    ``auto`` lets the model pick per device (``Sam.set_precision``: fp32 on most CPUs, bf16 or fp16 on CUDA).
+    ``auto`` lets the model pick the fastest path within the accuracy bound on this device (``Sam.set_precision``,
+    ``backend.encoder_paths``): bf16 / fp16 on CUDA and on CPUs with native bf16; on other CPUs with VNNI int8 or
+    fp32 as measured once, the measurement cached in ``cache_dir``; else fp32.
     """
     model.to(device)
     model.eval()
     set_precision = getattr(model, "set_precision", None)
     if set_precision is None:
         return "fp32"
-    return set_precision(precision)
+    return set_precision(precision, cache_dir=cache_dir)
 
 
 def encode_images(model: torch.nn.Module, images: Sequence[np.ndarray]) -> EncodedBatch:

@@ -1,16 +1,20 @@
 """The Sam module: image encoder + prompt encoder + mask decoder, with pre- and post-processing."""
 
-import functools
+import logging
+import os
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import encoder_paths
+from ..encoder_paths import PRECISIONS
+from .int8_linear import Int8Linear, int8_supported, quantize_linears, restore_linears
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+logger = logging.getLogger(__name__)
 
 
 class Sam(nn.Module):
@@ -44,23 +48,47 @@ class Sam(nn.Module):
 
     @property
     def precision(self) -> str:
-        """ "fp32", "bf16" or "fp16": the dtype the image encoder computes in."""
+        """ "fp32", "int8", "bf16" or "fp16": how the image encoder computes (``encoder_paths.LABELS``)."""
+        if any(isinstance(m, Int8Linear) for m in self.image_encoder.modules()):
+            return "int8"
         dtype = getattr(self.image_encoder, "autocast_dtype", None)
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
-    def set_precision(self, precision: str = "auto") -> str:
-        """Choose the image encoder's compute dtype; returns the one chosen.
+    @property
+    def encoder_path(self) -> str:
+        """The path in use in words, e.g. "int8 linear + fused attention"."""
+        return encoder_paths.LABELS[self.precision]
 
-        "fp32" is the exact reference path. "auto" picks bf16 autocast on CPUs with native bf16 (AVX512-BF16 or
-        AMX) and on CUDA (fp16 where the GPU lacks bf16), else fp32. Prompt encoder and decoder stay fp32.
+    def set_precision(self, precision: str = "auto", cache_dir: str | os.PathLike | None = None) -> str:
+        """Choose how the image encoder computes; returns the precision chosen ("fp32", "int8", "bf16", "fp16").
+
+        "fp32" is the exact reference path. "int8": int8 Linear layers (CPU only; ``int8_linear``). "bf16" /
+        "fp16": autocast. "auto": the fastest path within the accuracy bound on this device
+        (``encoder_paths.choose``: from capabilities, else measured once and cached in ``cache_dir``); the
+        decision is logged and kept in ``self.precision_choice``. Prompt encoder and decoder stay fp32.
+        Call again after loading new weights (the int8 path quantizes the weights it finds).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        choice = None
         if precision == "auto":
-            precision = default_precision(self.device)
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        self.image_encoder.autocast_dtype = dtype
+            choice = encoder_paths.auto_choice(self, cache_dir)
+            logger.info("encoder path: %s (SAM_PRECISION=auto; %s)", choice.label, choice.reason)
+            precision = choice.precision
+        self._apply_precision(precision)
+        self.precision_choice = choice or encoder_paths.Choice(precision, "set explicitly")
         return precision
+
+    def _apply_precision(self, precision: str) -> None:
+        encoder = self.image_encoder
+        restore_linears(encoder)
+        encoder.autocast_dtype = None
+        if precision == "int8":
+            if self.device.type != "cpu" or not int8_supported():
+                raise ValueError(f"precision int8 needs a CPU and a torch with a quantized engine, not {self.device}")
+            quantize_linears(encoder, full_range=encoder_paths.detect("cpu").vnni)
+        elif precision != "fp32":
+            encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     @torch.inference_mode()
     def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
@@ -121,28 +149,13 @@ class Sam(nn.Module):
         return F.pad(x, (0, size - width, 0, size - height))
 
 
-@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 matrix products natively (AVX512-BF16 or AMX-BF16).
-
-    Without them oneDNN emulates bf16, which is slower than fp32, so the flag check matters.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    """True when the CPU computes bf16 matrix products natively (AVX512-BF16 or AMX-BF16; see encoder_paths)."""
+    return encoder_paths.detect("cpu").native_bf16
 
 
 def default_precision(device: torch.device) -> str:
-    """The fastest encoder precision proven accurate enough on `device`: "bf16", "fp16" or "fp32"."""
+    """The path the capabilities of `device` settle without a measurement: "bf16", "fp16" or the fp32 floor."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_native_bf16() and torch.backends.mkldnn.is_available():
-        return "bf16"
-    return "fp32"
+    paths = encoder_paths.candidates(encoder_paths.detect(device.type), "")
+    return paths[0] if len(paths) == 1 else paths[-1]

@@ -1,15 +1,22 @@
-"""Image encoder speed on this machine: the plain fp32 path against each fast path.
+"""Image encoder speed on this machine: the plain fp32 path against each encoder path, and what `auto` picks here.
 
 Not a test (pytest does not collect it). Run from the repository root:
 
     .venv/bin/python tests/benchmarks/bench_encoder.py [--runs 3] [--models vit_b,vit_t] [--threads N]
-        [--omp-wait-policy PASSIVE]
+        [--omp-wait-policy PASSIVE] [--paths fp32,int8,bf16]
+
+To stand in for a CPU without native bf16 on one that has it, cap oneDNN (torch's bf16 kernels) and MKL:
+`ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI MKL_ENABLE_INSTRUCTIONS=AVX512_E1` (check with `ONEDNN_VERBOSE=1`: a bf16
+matmul then runs `gemm:jit:bf16` on "AVX-512 with DL Boost" instead of `brg_matmul:avx10_1_512_amx`);
+`encoder_paths.detect` honours the cap.
+The int8 path (oneDNN) is capped the same way: its matmul reports `brg_matmul:avx512_core_vnni`.
 
 For each model (random weights, torch.manual_seed(0)) the paths run interleaved, `--runs` times each, on one
 real photo (dog.jpg from SAM_REFERENCE_DIR/images). Reported per path: median seconds per image, speed-up
 over the plain path (ratio of medians), cosine similarity of the embedding to the plain path's, and the IoU
 of the masks predicted from that embedding with the masks from the plain embedding, over the prompts of
-reduced_vit_seed0_dog.json (single and multi-mask; mean and minimum).
+reduced_vit_seed0_dog.json (single and multi-mask; mean and minimum). The row `auto` would serve on this CPU
+is marked: the capabilities and `encoder_paths.choose` (fed with this run's medians) decide it.
 
 Both wall time and process CPU time are reported: on a shared machine the wall time mostly measures how
 much of the cores the other processes leave, while CPU time measures the work the path itself needs.
@@ -44,17 +51,12 @@ from PIL import Image  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
+from backend import encoder_paths  # noqa: E402
 from backend.sam import SamPredictor, sam_model_registry  # noqa: E402
-from backend.sam.sam import default_precision  # noqa: E402
 from tests.conftest import REFERENCE_DIR  # noqa: E402
 
-# (name, attention implementation, autocast dtype); the first one is the plain reference formulation.
-PATHS: list[tuple[str, str, str]] = [
-    ("fp32 plain (math attention)", "math", "fp32"),
-    ("fp32 + SDPA", "sdpa", "fp32"),
-    ("bf16 autocast (math attention)", "math", "bf16"),
-    ("bf16 autocast + SDPA (default)", "sdpa", "bf16"),
-]
+# The plain reference formulation (Meta's: explicit softmax attention, fp32) where the encoder has one.
+PLAIN = ("fp32 plain (Meta's formulation)", "math", "fp32")
 
 
 def encoder_input(model, image: np.ndarray) -> torch.Tensor:
@@ -104,9 +106,18 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def bench_model(model_type: str, paths, runs: int, image: np.ndarray, prompts: list[dict]) -> None:
+def paths_for(model, precisions: list[str]) -> list[tuple[str, str, str]]:
+    """(name, attention implementation, precision) per path; the first is the baseline of the speed-ups."""
+    paths = [(encoder_paths.LABELS[p], "sdpa", p) for p in precisions]
+    if hasattr(model.image_encoder, "attn_impl"):
+        return [PLAIN, *paths]
+    return paths  # TinyViT has one formulation (fused attention): its fp32 path is the baseline
+
+
+def bench_model(model_type: str, precisions: list[str], runs: int, image: np.ndarray, prompts: list[dict]) -> None:
     torch.manual_seed(0)
     model = sam_model_registry[model_type]().eval()
+    paths = paths_for(model, precisions)
     x = encoder_input(model, image)
     print(
         f"\n== {model_type}: {sum(p.numel() for p in model.image_encoder.parameters()) / 1e6:.1f}M encoder parameters, "
@@ -117,7 +128,7 @@ def bench_model(model_type: str, paths, runs: int, image: np.ndarray, prompts: l
     cpu_times: dict[str, list[float]] = {name: [] for name, _, _ in paths}
     embeddings: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
-        configure(model, "sdpa", "bf16")
+        configure(model, "sdpa", paths[-1][2])
         model.image_encoder(x)  # warm-up: oneDNN kernel creation, allocator
         for run in range(runs):
             for name, attn_impl, precision in paths:
@@ -128,28 +139,49 @@ def bench_model(model_type: str, paths, runs: int, image: np.ndarray, prompts: l
                 embeddings[name] = out
                 print(f"  run {run + 1}: {name:34s} {seconds:7.2f} s wall {cpu_seconds:7.2f} s CPU", flush=True)
 
+    by_precision: dict[str, tuple[float, float]] = {}
     plain_name = paths[0][0]
     plain = embeddings[plain_name]
     plain_median = statistics.median(times[plain_name])
     plain_cpu_median = statistics.median(cpu_times[plain_name])
-    configure(model, "math", "fp32")
+    configure(model, paths[0][1], "fp32")
     image_hw = image.shape[:2]
     plain_masks = masks_for(model, plain, image_hw, prompts)
     coverage = np.mean([m.mean() for m in plain_masks])
     print(
         f"\n  {'path':34s} {'wall s':>7s} {'speed-up':>8s} {'CPU s':>7s} {'speed-up':>8s} {'cosine':>10s} {'mask IoU mean/min':>18s}"
     )
-    for name, _, _ in paths:
+    rows = {}
+    for name, attn_impl, precision in paths:
         emb = embeddings[name]
         cosine = torch.nn.functional.cosine_similarity(emb.flatten().double(), plain.flatten().double(), dim=0).item()
         ious = [iou(a, b) for a, b in zip(masks_for(model, emb, image_hw, prompts), plain_masks, strict=True)]
-        median = statistics.median(times[name])
-        cpu_median = statistics.median(cpu_times[name])
+        rows[name] = (statistics.median(times[name]), statistics.median(cpu_times[name]), cosine, ious)
+        if attn_impl == "sdpa":
+            by_precision[precision] = (rows[name][1], cosine)
+    auto = auto_pick(model, by_precision)
+    for name, (median, cpu_median, cosine, ious) in rows.items():
+        mark = "  <- auto here" if name == auto.label else ""
         print(
             f"  {name:34s} {median:7.2f} {plain_median / median:7.2f}x {cpu_median:7.2f} {plain_cpu_median / cpu_median:7.2f}x"
-            f" {cosine:10.6f} {np.mean(ious):9.4f}/{min(ious):.4f}"
+            f" {cosine:10.6f} {np.mean(ious):9.4f}/{min(ious):.4f}{mark}"
         )
     print(f"  (plain-path masks cover {coverage:.1%} of the image on average; {len(plain_masks)} masks)")
+    print(f"  auto on this CPU: {auto.label} ({auto.reason})")
+
+
+def auto_pick(model, by_precision: dict[str, tuple[float, float]]) -> encoder_paths.Choice:
+    """What `auto` serves here: the server's decision logic, fed with this run's CPU-time medians and cosines."""
+    caps = encoder_paths.detect("cpu")
+    encoder = type(model.image_encoder).__name__
+    missing = [p for p in encoder_paths.candidates(caps, encoder) if p not in by_precision]
+    if missing:
+        return encoder_paths.Choice(missing[0], f"path {missing[0]} not benchmarked (--paths)")
+
+    def measure(precision: str) -> tuple[float, float]:
+        return by_precision[precision]
+
+    return encoder_paths.choose(caps, encoder, encoder_paths.encoder_key(model), measure, cache_dir=None)
 
 
 def main() -> None:
@@ -157,6 +189,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--models", default="vit_b,vit_t")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--paths", default="fp32,int8,bf16", help="encoder paths besides the plain one")
     parser.add_argument(
         "--omp-wait-policy",
         default="inherit",
@@ -169,17 +202,15 @@ def main() -> None:
 
     meta = json.loads((REFERENCE_DIR / "reduced_vit_seed0_dog.json").read_text())
     image = np.array(Image.open(REFERENCE_DIR / meta["image"]).convert("RGB"))
+    caps = encoder_paths.detect("cpu")
+    caps_env = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}
+    print(f"CPU: {caps.describe()}" + (f" (as capped by {caps_env})" if caps_env else ""))
     print(
-        f"torch {torch.__version__}; default precision on this CPU: {default_precision(torch.device('cpu'))}; "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; load average {os.getloadavg()[0]:.1f}"
+        f"torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     for model_type in args.models.split(","):
-        paths = (
-            PATHS
-            if model_type != "vit_t"
-            else [("fp32 plain", "math", "fp32"), ("bf16 autocast (default)", "sdpa", "bf16")]
-        )
-        bench_model(model_type, paths, args.runs, image, meta["prompts"])
+        bench_model(model_type, args.paths.split(","), args.runs, image, meta["prompts"])
 
 
 if __name__ == "__main__":
