@@ -41,6 +41,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_server_port() -> int:
+    """A free port below the kernel's ephemeral range (and above Ray's worker ports, 10002-19999): a server
+    that binds it only after a minute of start-up must not lose it to some client's outgoing connection."""
+    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = np.random.default_rng()
+    for _ in range(200):
+        port = int(rng.integers(20000, max(20001, min(low, 32768))))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 def write_images(folder: Path, count: int = 3) -> list[Path]:
     """Small photos from scikit-image (public domain), downscaled so everything mode stays quick."""
     import skimage.data
@@ -254,7 +270,7 @@ class WebHost:
     """`python -m backend serve` on a free loopback port, as its own process, with the given SAM_* settings."""
 
     def __init__(self, settings: dict[str, str], log_dir: Path) -> None:
-        self.port = free_port()
+        self.port = free_server_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"web-{self.port}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()

@@ -232,3 +232,24 @@ def test_killing_a_replica_mid_burst_loses_no_request(web_a, encoder):
         time.sleep(1)
     again, body = _upload_until_done(web_a.url, _photo(100), time.monotonic() + 60)
     assert again == [200] and body["cache_hit"] is True
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--autoscale", "3:1"], "--autoscale must be MIN:MAX"),
+        (["--autoscale", "x"], "--autoscale must be MIN:MAX"),
+        (["--replicas", "0"], "--replicas and --threads must be at least 1"),
+    ],
+)
+def test_deploy_encoder_refuses_bad_scaling_before_contacting_the_cluster(flags, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "backend", "deploy-encoder", "--ray-address", "127.0.0.1:1", *flags],
+        cwd=REPO_ROOT,
+        env={**os.environ, **RAY_ENV, "SAM_ALLOW_DOWNLOAD": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

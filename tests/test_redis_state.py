@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
@@ -137,3 +138,4 @@ def test_redis_down_answers_503_with_retry_after_then_recovers_by_itself(tmp_pat
         assert web.get(f"/api/embeddings/{image_id}").status_code == 200
     finally:
         server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
