@@ -10,13 +10,14 @@ PORT ?= 5000
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup python-deps web-deps browser clean
+.PHONY: demo test lint setup python-deps web-deps browser firefox firefox-test cluster-deps clean
 
 demo: setup
 	$(BIN)/python -m backend serve --host $(HOST) --port $(PORT)
 
-test: setup browser lint
+test: setup browser lint cluster-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory firefox-test
 
 # ruff (lint + format check, configured in pyproject.toml) for Python; eslint (web/eslint.config.js) for web/.
 lint: setup
@@ -47,5 +48,27 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
+# The Firefox suite (tests/firefox): Debian's firefox-esr driven over WebDriver BiDi by puppeteer-core (its own
+# npm project; no geckodriver, no browser download), node's test runner, the real server on random weights.
+firefox:
+	@command -v firefox-esr >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q firefox-esr; }
+
+tests/firefox/node_modules/.package-lock.json: tests/firefox/package.json tests/firefox/package-lock.json
+	cd tests/firefox && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund
+	touch $@
+
+firefox-test: python-deps firefox tests/firefox/node_modules/.package-lock.json
+	cd tests/firefox && SAM_PYTHON=$(abspath $(BIN))/python node --test --test-reporter=spec
+
+# The cluster tests' real parts (docs/deploy.md): Debian's redis-server and the .[cluster] extra (Ray, redis-py).
+# `make demo` needs neither.
+cluster-deps: python-deps
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server; }
+	$(BIN)/python -c "import ray.serve, ray.data, redis" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,cluster]'
+
 clean:
-	rm -rf $(VENV) web/node_modules
+	rm -rf $(VENV) web/node_modules tests/firefox/node_modules

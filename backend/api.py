@@ -15,6 +15,8 @@ from .decoders import public_decoder
 from .errors import ApiError, shorten
 from .images import ImageError, decode_image
 from .interfaces import EncoderBusy, EncoderClosed, RetryLater
+from .memory import OverBudget, release_memory
+from .model_runner import INPUT_SIDE
 from .state import app_state
 from .static import IMMUTABLE
 
@@ -34,14 +36,21 @@ def upload_image():
     state = app_state()
     data = _upload_bytes()
     try:
-        decoded = decode_image(data, state.config.max_pixels)
+        decoded = decode_image(
+            data, state.config.max_pixels, longest_side=INPUT_SIDE, reserve=state.pixel_budget.reserve
+        )
     except ImageError as error:
         raise ApiError(error.status, error.code, error.message) from None
-    del data
+    except OverBudget as error:
+        raise ApiError(503, "decoder_busy", str(error), {"Retry-After": str(error.retry_after)}) from None
+    finally:
+        del data
+    if decoded.original_size[0] * decoded.original_size[1] > 4 * INPUT_SIDE * INPUT_SIDE:
+        release_memory()  # A large decode just ended: give its memory back now, not at some later malloc.
     try:
-        result = state.encoder.encode(decoded.pixels)
+        result = state.encoder.encode(decoded.pixels, original_size=decoded.original_size)
     except RetryLater as error:
-        code = "encoder_busy" if isinstance(error, EncoderBusy) else "encoder_timeout"
+        code = getattr(error, "code", None) or ("encoder_busy" if isinstance(error, EncoderBusy) else "encoder_timeout")
         raise ApiError(503, code, str(error), {"Retry-After": str(error.retry_after)}) from None
     except EncoderClosed as error:
         raise ApiError(503, "shutting_down", str(error), {"Retry-After": "5"}) from None
@@ -113,7 +122,7 @@ def model_info():
         model_type=state.weights.model_type,
         weights=state.weights.weights,
         weights_message=state.weights.message,
-        image_size=1024,
+        image_size=INPUT_SIDE,
         mask_threshold=0.0,
         device=state.device,
         precision=state.precision,

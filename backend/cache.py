@@ -26,11 +26,14 @@ logger = logging.getLogger(__name__)
 KEY_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
-def image_key(secret: bytes, model_key: str, pixels: np.ndarray) -> str:
-    """A 32-hex-digit id for ``pixels`` (uint8 [H, W, 3]) as encoded by the model ``model_key``."""
+def image_key(secret: bytes, model_key: str, pixels: np.ndarray, original_size: tuple[int, int] | None = None) -> str:
+    """A 32-hex-digit id for ``pixels`` (uint8 [H, W, 3]) as encoded by the model ``model_key``;
+    ``original_size`` (H, W) when the pixels are a downscaled copy of a larger upload."""
     digest = hmac.new(secret, digestmod=hashlib.sha256)
     digest.update(model_key.encode("utf-8") + b"\0")
     digest.update(repr(tuple(pixels.shape)).encode("ascii") + str(pixels.dtype).encode("ascii") + b"\0")
+    if original_size is not None and tuple(original_size) != tuple(pixels.shape[:2]):
+        digest.update(b"from" + repr(tuple(int(v) for v in original_size)).encode("ascii") + b"\0")
     digest.update(np.ascontiguousarray(pixels).data)
     return digest.hexdigest()[:32]
 
@@ -57,8 +60,8 @@ class CachedEmbedding:
 class EmbeddingCache:
     """Thread-safe LRU of ``CachedEmbedding`` by image id, at most ``max_bytes`` of embeddings in memory.
 
-    With ``disk_dir`` every entry is also written there (``<id>.npz``, atomically) and read back on a memory
-    miss, so a restarted server or another worker process finds it; the least recently used files go when the
+    With ``disk_dir`` every entry is also written there (``<id>.npz``, atomically, with a checksum) and read
+    back on a memory miss, so a restarted server or another worker process finds it; the least recently used files go when the
     directory holds more than ``disk_max_bytes``.
     """
 
@@ -145,6 +148,7 @@ class EmbeddingCache:
                     input_size=np.asarray(entry.input_size, dtype=np.int64),
                     model_key=np.asarray(entry.model_key),
                     encode_ms=np.asarray(entry.encode_ms, dtype=np.float64),
+                    checksum=np.asarray(_checksum(entry)),
                 )
             self._prune_disk()
         except OSError as error:
@@ -167,19 +171,38 @@ class EmbeddingCache:
             total -= size
 
     def _read_disk(self, key: str) -> CachedEmbedding | None:
+        """The entry in ``<key>.npz``, or None. A file that cannot be read whole and checked (truncated,
+        bit-flipped, empty, from an older format) is a miss: it is logged and deleted, so the image is
+        encoded again on its next upload."""
         path = self._disk_path(key)
         if path is None or not path.exists():
             return None
         try:
             os.utime(path)  # Recently read: pruned last.
             with np.load(path, allow_pickle=False) as data:
-                return CachedEmbedding(
+                entry = CachedEmbedding(
                     embedding=np.ascontiguousarray(data["embedding"], dtype=np.float32),
                     original_size=tuple(int(v) for v in data["original_size"]),
                     input_size=tuple(int(v) for v in data["input_size"]),
                     model_key=str(data["model_key"]),
                     encode_ms=float(data["encode_ms"]),
                 )
-        except (OSError, ValueError, KeyError) as error:
-            logger.warning("ignoring unreadable disk cache entry %s: %s", path, error)
+                stored_checksum = str(data["checksum"])
+            if stored_checksum != _checksum(entry):
+                raise ValueError("checksum mismatch")
+            return entry
+        except FileNotFoundError:  # Pruned by another worker meanwhile.
             return None
+        except Exception as error:  # Whatever a damaged file raises (BadZipFile, EOFError, zlib.error, ...).
+            logger.warning("deleting unreadable disk cache entry %s: %s: %s", path, type(error).__name__, error)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+
+
+def _checksum(entry: CachedEmbedding) -> str:
+    """sha256 of everything an entry holds, so any changed byte of a cache file is noticed."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(entry.embedding, dtype=np.float32).data)
+    digest.update(repr((tuple(entry.original_size), tuple(entry.input_size), entry.model_key)).encode("utf-8"))
+    return digest.hexdigest()

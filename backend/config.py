@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import limits
+
 from .decoders import BUILT_IN as _BUILT_IN_DECODERS
 from .encoder_paths import PRECISIONS
-from .sam import sam_model_registry
+from .sam.build import MODEL_TYPES  # One home: the registry of model builders.
 
-MODEL_TYPES = tuple(sam_model_registry)  # One home: the registry of model builders.
 DECODER_CHOICES = tuple(_BUILT_IN_DECODERS)  # One home: the decoders the server exports.
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class ConfigError(ValueError):
@@ -74,7 +77,16 @@ class Config:
     max_pixels: int = setting(
         40_000_000, "largest accepted image (width x height) after decoding the header; larger answers 413"
     )
-    queue_size: int = setting(8, "images waiting for the encoder; when full, uploads answer 503 with `Retry-After`")
+    decode_pixels: int = setting(
+        64_000_000,
+        "pixels being decoded at once, all uploads together (each pixel costs about 10 bytes while decoding); "
+        "beyond it uploads answer 503 with `Retry-After`; at least `SAM_MAX_PIXELS`",
+    )
+    queue_size: int = setting(
+        4,
+        "images waiting for the encoder; when full, uploads answer 503 with `Retry-After` at once (keep "
+        "`SAM_QUEUE_SIZE + SAM_BATCH_SIZE` below `SAM_THREADS`, so threads stay free for other requests)",
+    )
     batch_size: int = setting(4, "most images encoded in one forward pass")
     request_timeout: float = setting(120.0, "seconds an upload waits for its embedding before answering 503")
     secret: str | None = setting(
@@ -97,6 +109,38 @@ class Config:
     everything_max_jobs: int = setting(
         32, "everything-mode jobs (running, queued and finished results) kept; past it the oldest finished ones go"
     )
+    everything_jobs_per_client: int = setting(
+        2, "everything-mode jobs one client may have queued or running; more answer 429 with `Retry-After`"
+    )
+    upload_rate: str = setting(
+        "60/minute", "uploads one client may make (Flask-Limiter syntax, e.g. `10/second;300/hour`); more answer 429"
+    )
+    everything_rate: str = setting("20/minute", "everything-mode job requests one client may make; more answer 429")
+    trusted_proxies: int = setting(
+        0,
+        "how many proxies in front set `X-Forwarded-For` (1 behind the nginx front of docs/deploy.md); clients "
+        "are told apart by the address they give",
+    )
+    redis_url: str | None = setting(
+        None,
+        "shared state for several web hosts and workers (e.g. `redis://127.0.0.1:6379/0`): embeddings, everything "
+        "jobs and rate-limit counters live there; needs `SAM_SECRET`; run Redis with `--maxmemory-policy allkeys-lru` (docs/deploy.md)",
+    )
+    redis_ttl: int = setting(86400, "seconds an embedding or job stays in Redis after its last use")
+    ray_address: str | None = setting(
+        None,
+        "a Ray cluster (e.g. `ray://head:10001`) whose encoder deployment (`python -m backend deploy-encoder`) "
+        "encodes the uploads instead of this process; needs the `.[cluster]` extra",
+    )
+    cors_origins: str | None = setting(
+        None,
+        "origins (comma list, or `*`) whose pages may call `/api/*` and load `/embed/*`, `/js/*`, `/models/*`, "
+        "`/vendor/ort/*` (CORS, never with credentials); unset = same origin only (docs/embedding.md)",
+    )
+    embed_origins: str | None = setting(
+        None,
+        "origins (comma list, or `*`) whose pages may frame `/embed` and drive it with `postMessage`; unset = none",
+    )
     log_level: str = setting("INFO", "Python logging level")
     port: int = setting(5000, "port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`)")
     workers: int = setting(
@@ -104,7 +148,7 @@ class Config:
         "gunicorn worker processes (each holds one model; with more than one, embeddings are shared through "
         "`SAM_DISK_CACHE_DIR`, default `$SAM_DATA_DIR/embeddings`)",
     )
-    threads: int = setting(8, "gunicorn threads per worker")
+    threads: int = setting(16, "gunicorn threads per worker")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -136,21 +180,55 @@ class Config:
             "disk_cache_bytes",
             "max_upload_bytes",
             "max_pixels",
+            "decode_pixels",
             "queue_size",
             "batch_size",
             "everything_jobs",
             "everything_max_jobs",
+            "everything_jobs_per_client",
             "workers",
             "threads",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{env_name(name)} must be a positive number, not {getattr(self, name)}")
+        if self.trusted_proxies < 0:
+            raise ConfigError(f"SAM_TRUSTED_PROXIES must be 0 or more, not {self.trusted_proxies}")
+        for name in ("upload_rate", "everything_rate"):
+            try:
+                limits.parse_many(getattr(self, name))
+            except ValueError:
+                raise ConfigError(
+                    f"{env_name(name)} must be a rate such as 30/minute or 5/second;100/hour, not {getattr(self, name)!r}"
+                ) from None
+        if self.decode_pixels < self.max_pixels:
+            raise ConfigError(
+                f"SAM_DECODE_PIXELS ({self.decode_pixels:,}) must be at least SAM_MAX_PIXELS ({self.max_pixels:,})"
+            )
+        if self.redis_url and not self.secret:
+            raise ConfigError(
+                "SAM_REDIS_URL is set but SAM_SECRET is not: every web host sharing Redis must key image ids with "
+                "the same secret; set SAM_SECRET to one random string on all of them"
+            )
+        if self.redis_ttl < 1:
+            raise ConfigError(f"SAM_REDIS_TTL must be a positive number of seconds, not {self.redis_ttl}")
         if self.request_timeout <= 0:
             raise ConfigError(f"SAM_REQUEST_TIMEOUT must be positive, not {self.request_timeout}")
         if self.decoder not in DECODER_CHOICES and not self.decoder.endswith(".onnx"):
             raise ConfigError(
                 f"SAM_DECODER must be one of {', '.join(DECODER_CHOICES)} or a path to an .onnx file, not {self.decoder!r}"
             )
+        for name in ("cors_origins", "embed_origins"):
+            parse_origins(getattr(self, name), env_name(name))
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The origins of ``SAM_CORS_ORIGINS`` (``("*",)`` for any), empty when unset."""
+        return parse_origins(self.cors_origins, "SAM_CORS_ORIGINS")
+
+    @property
+    def embed_origin_list(self) -> tuple[str, ...]:
+        """The origins of ``SAM_EMBED_ORIGINS`` (``("*",)`` for any), empty when unset."""
+        return parse_origins(self.embed_origins, "SAM_EMBED_ORIGINS")
 
     @property
     def resolved_weights_dir(self) -> Path:
@@ -191,6 +269,23 @@ class Config:
 _FIELD_NAMES = {field.name for field in dataclasses.fields(Config)}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def parse_origins(value: str | None, name: str) -> tuple[str, ...]:
+    """``"https://a.org, http://b:8000"`` -> ``("https://a.org", "http://b:8000")``; ``"*"`` -> ``("*",)``.
+
+    An origin is scheme://host[:port] exactly as a browser sends it in ``Origin`` (no path, no trailing slash).
+    """
+    items = [item.strip() for item in (value or "").split(",") if item.strip()]
+    if items == ["*"]:
+        return ("*",)
+    for item in items:
+        if not ORIGIN_PATTERN.fullmatch(item):
+            raise ConfigError(
+                f"{name} takes `*` or origins like https://tool.example.org or http://127.0.0.1:8000 "
+                f"(scheme://host[:port], no path), not {item!r}"
+            )
+    return tuple(item.lower() for item in items)
 
 
 def env_name(field_name: str) -> str:

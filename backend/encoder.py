@@ -90,21 +90,24 @@ class EncoderService:
         self._in_flight: dict[str, _InFlight] = {}
         self._lock = threading.Lock()
 
-    def image_id(self, pixels: np.ndarray) -> str:
-        return image_key(self._secret, self.model_key, pixels)
+    def image_id(self, pixels: np.ndarray, original_size: tuple[int, int] | None = None) -> str:
+        return image_key(self._secret, self.model_key, pixels, original_size)
 
-    def encode(self, pixels: np.ndarray, timeout_s: float | None = None) -> EncodeResult:
+    def encode(
+        self, pixels: np.ndarray, timeout_s: float | None = None, original_size: tuple[int, int] | None = None
+    ) -> EncodeResult:
         """The embedding of uint8 RGB ``pixels`` [H, W, 3]: from the store, or encoded (waiting in the queue).
+        ``original_size`` (H, W): the upload's size when ``pixels`` were downscaled from it.
 
         Raises ``EncoderBusy`` when the queue is full, ``EncodeTimeout`` after ``timeout_s`` (default: the
         service's), ``EncoderClosed`` after ``close()``; errors of the forward pass propagate.
         """
         started = time.perf_counter()
-        key = self.image_id(pixels)
+        key = self.image_id(pixels, original_size)
         cached = self.cache.get(key)
         if cached is not None:
             return EncodeResult(key, cached, True, cached.encode_ms, _ms_since(started), 0)
-        flight = self._join_or_submit(key, pixels)
+        flight = self._join_or_submit(key, pixels, original_size)
         timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
             entry, batch_size = flight.stored.result(timeout=timeout)
@@ -141,7 +144,7 @@ class EncoderService:
         """Stops the encoder; waiting requests fail with ``EncoderClosed``."""
         self.encoder.close()
 
-    def _join_or_submit(self, key: str, pixels: np.ndarray) -> _InFlight:
+    def _join_or_submit(self, key: str, pixels: np.ndarray, original_size: tuple[int, int] | None) -> _InFlight:
         with self._lock:
             flight = self._in_flight.get(key)
             if flight is not None:  # The same image is already on its way: wait for that one.
@@ -150,7 +153,7 @@ class EncoderService:
             encoding = self.encoder.submit(pixels)  # Raises EncoderBusy / EncoderClosed.
             flight = _InFlight(encoding, concurrent.futures.Future())
             self._in_flight[key] = flight
-        size = (int(pixels.shape[0]), int(pixels.shape[1]))
+        size = tuple(int(v) for v in (original_size or pixels.shape[:2]))
         encoding.add_done_callback(lambda done: self._store(key, size, flight, done))
         return flight
 

@@ -37,7 +37,10 @@ def shorten(value: object, limit: int = QUOTE_CHARS) -> str:
 
 
 def register_error_handlers(app: Flask) -> None:
+    from .interfaces import RetryLater
+
     app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(RetryLater, _retry_later)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
 
@@ -51,6 +54,12 @@ def json_error(status: int, code: str, message: str, headers: dict[str, str] | N
 
 def _api_error(error: ApiError):
     return json_error(error.status, error.code, error.message, error.headers)
+
+
+def _retry_later(error):
+    """A service that cannot answer now (e.g. the shared store is unreachable): 503 with its Retry-After."""
+    code = getattr(error, "code", "unavailable")
+    return json_error(503, code, str(error), {"Retry-After": str(error.retry_after)})
 
 
 def _http_error(error: HTTPException):

@@ -12,10 +12,11 @@ import dataclasses
 import json
 import logging
 import math
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from .errors import shorten
 from .interfaces import JobStore
-from .jobs import DONE, ERROR, QUEUED, RUNNING, EverythingJob, MemoryJobStore, TooManyJobs
+from .jobs import CANCELLED, DONE, ERROR, FINISHED, QUEUED, RUNNING, EverythingJob, MemoryJobStore, TooManyJobs
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,14 @@ class ImageUnavailable(RuntimeError):
     pass
 
 
+class ClientBusy(RuntimeError):
+    """This client already has as many unfinished jobs as one client may."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job, at its next batch boundary, once the job was cancelled."""
+
+
 GeneratorFactory = Callable[[torch.nn.Module, dict[str, Any]], Any]
 
 
@@ -148,11 +157,11 @@ def default_generator_factory(model: torch.nn.Module, params: dict[str, Any]):
 
 
 class EverythingService:
-    """Runs everything-mode jobs on a small thread pool; their records live in ``store``.
+    """Runs everything-mode jobs on ``max_concurrent`` worker threads; their records live in ``store``.
 
     ``resolve`` maps image ids to sources; ``max_concurrent`` jobs run at once; ``store`` keeps the job
     records (default: a ``MemoryJobStore`` of ``max_jobs``); ``generator_factory(model, params)`` builds the
-    mask generator (replaceable in tests).
+    mask generator (replaceable in tests); ``max_per_client`` bounds one client's unfinished jobs.
     """
 
     def __init__(
@@ -163,22 +172,29 @@ class EverythingService:
         max_jobs: int = 32,
         generator_factory: GeneratorFactory = default_generator_factory,
         store: JobStore | None = None,
+        max_per_client: int | None = None,
     ) -> None:
         self.resolve = resolve
+        self.max_per_client = max_per_client
         self.max_concurrent = max(1, int(max_concurrent))
         self.store = store if store is not None else MemoryJobStore(max_jobs)
         self.generator_factory = generator_factory
-        self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="sam-everything")
+        # Daemon threads, not a ThreadPoolExecutor: a stopping process must not wait for a running job's
+        # batch to end (the interpreter joins executor threads at exit).
+        self._queue: queue.Queue[tuple[str, EverythingSource] | None] = queue.Queue()
+        for index in range(self.max_concurrent):
+            threading.Thread(target=self._work, name=f"sam-everything-{index}", daemon=True).start()
 
-    def submit(self, image_id: str, params: dict[str, Any]) -> tuple[EverythingJob, bool]:
+    def submit(self, image_id: str, params: dict[str, Any], client: str | None = None) -> tuple[EverythingJob, bool]:
         """The job for (image_id, validated params): the cached one if any, else a new queued one.
 
         Returns (job, created). Raises UnknownImage, ImageUnavailable (crops need pixels the server did not
-        keep) or TooManyJobs (every remembered job is still queued or running).
+        keep), ClientBusy (``client`` has ``max_per_client`` unfinished jobs) or TooManyJobs (every
+        remembered job is still queued or running).
         """
         key = (image_id, tuple(sorted(params.items())))
         existing = self.store.find(key)
-        if existing is not None and existing.status != ERROR:
+        if existing is not None and existing.status not in (ERROR, CANCELLED):
             return existing, False
         source = self.resolve(image_id)
         if source is None:
@@ -188,11 +204,18 @@ class EverythingService:
                 "crop_n_layers > 0 needs the image's pixels, which this server does not keep; use crop_n_layers 0"
             )
         existing = self.store.find(key)
-        if existing is not None and existing.status != ERROR:
+        if existing is not None and existing.status not in (ERROR, CANCELLED):
             return existing, False
-        job = EverythingJob(job_id=uuid.uuid4().hex, image_id=image_id, params=dict(params))
+        if self.max_per_client is not None and client is not None:
+            mine = sum(1 for job in self.store.jobs() if job.client == client and not job.finished)
+            if mine >= self.max_per_client:
+                raise ClientBusy(
+                    f"you have {mine} everything jobs queued or running (at most {self.max_per_client} at once); "
+                    "wait for one to finish or cancel one"
+                )
+        job = EverythingJob(job_id=uuid.uuid4().hex, image_id=image_id, params=dict(params), client=client)
         self.store.add(job, key)
-        self._executor.submit(self._run, job.job_id, source)
+        self._queue.put((job.job_id, source))
         return job, True
 
     def get(self, job_id: str) -> EverythingJob | None:
@@ -203,17 +226,39 @@ class EverythingService:
         self.store.wait_for_change(job_id, seen, timeout)
 
     def stats(self) -> dict[str, Any]:
-        counts = dict.fromkeys((QUEUED, RUNNING, DONE, ERROR), 0)
+        counts = dict.fromkeys((QUEUED, RUNNING, DONE, ERROR, CANCELLED), 0)
         for job in self.store.jobs():
             counts[job.status] = counts.get(job.status, 0) + 1
         return {"max_concurrent": self.max_concurrent, **counts}
 
+    def cancel(self, job_id: str) -> EverythingJob | None:
+        """Cancels a queued or running job (a running one stops at its next batch boundary); a finished job
+        stays as it is. Returns the job, or None when unknown."""
+        self.store.update(job_id, unless=FINISHED, status=CANCELLED, message="cancelled before it finished")
+        return self.store.get(job_id)
+
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Shutdown: every unfinished job is cancelled (running ones stop at their next batch), none waits."""
+        for job in self.store.jobs():
+            if not job.finished:
+                self.cancel(job.job_id)
+        for _ in range(self.max_concurrent):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._run(*item)
+
+    def _progress(self, job_id: str, fraction: float) -> None:
+        job = self.store.get(job_id)
+        if job is None or job.status == CANCELLED:
+            raise JobCancelled(job_id)
+        self.store.update(job_id, unless=FINISHED, progress=float(fraction))
 
     def _run(self, job_id: str, source: EverythingSource) -> None:
         started = time.perf_counter()
-        self.store.update(job_id, status=RUNNING)
+        if not self.store.update(job_id, unless=FINISHED, status=RUNNING):  # Cancelled while it waited.
+            return
         job = self.store.get(job_id)
         try:
             generator = self.generator_factory(source.model, job.params)
@@ -226,7 +271,7 @@ class EverythingService:
             if embedding.ndim == 3:
                 embedding = embedding[None]
             annotations = generator.generate(
-                image, image_embedding=embedding, progress=lambda p: self.store.update(job_id, progress=float(p))
+                image, image_embedding=embedding, progress=lambda p: self._progress(job_id, p)
             )
             result = {
                 "image_id": job.image_id,
@@ -234,13 +279,15 @@ class EverythingService:
                 "height": int(h),
                 "annotations": [_annotation_json(a) for a in annotations],
             }
-            self.store.update(
-                job_id, status=DONE, progress=1.0, result=result, elapsed_ms=(time.perf_counter() - started) * 1000
-            )
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self.store.update(job_id, unless=FINISHED, status=DONE, progress=1.0, result=result, elapsed_ms=elapsed_ms)
+        except JobCancelled:
+            logger.info("everything job %s cancelled", job_id)
         except Exception as exc:  # a failed job reports why instead of taking the worker down
             logger.exception("everything job %s failed", job_id)
             self.store.update(
                 job_id,
+                unless=FINISHED,
                 status=ERROR,
                 message=f"mask generation failed: {exc}",
                 elapsed_ms=(time.perf_counter() - started) * 1000,

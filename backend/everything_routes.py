@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, Response, jsonify, request, url_for
 from .errors import ApiError, register_error_handlers, shorten
 from .everything import (
     BadParameters,
+    ClientBusy,
     EverythingService,
     GeneratorFactory,
     ImageUnavailable,
@@ -24,10 +25,13 @@ from .everything import (
     default_generator_factory,
     validate_parameters,
 )
+from .limits import client_address
 from .state import EVERYTHING, everything_service
 
 everything = Blueprint("everything", __name__)
 SSE_KEEPALIVE_S = 15.0
+# The parameters are seven numbers: a body longer than this is not a parameter object.
+MAX_PARAMETERS_BYTES = 4096
 
 
 def register_everything(app: Flask, service: EverythingService) -> None:
@@ -60,20 +64,40 @@ def create_everything_blueprint(
     return wrapper
 
 
+def _parameters_json():
+    """The request's JSON parameters (None for an empty body); anything else, too long (more than
+    ``MAX_PARAMETERS_BYTES``) or too deeply nested for the parser, is a 400."""
+    if (request.content_length or 0) > MAX_PARAMETERS_BYTES:
+        raise _bad_json()
+    body = request.stream.read(MAX_PARAMETERS_BYTES + 1)
+    if len(body) > MAX_PARAMETERS_BYTES:
+        raise _bad_json()
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes.
+        raise _bad_json() from None
+
+
+def _bad_json() -> ApiError:
+    return ApiError(
+        400,
+        "bad_json",
+        f"the request body must be JSON (an object of parameters, at most {MAX_PARAMETERS_BYTES:,} bytes) or empty",
+    )
+
+
 def _unknown_job(job_id: str) -> ApiError:
     return ApiError(404, "unknown_job", f"no everything job {shorten(job_id)!r} (it may have expired)")
 
 
 @everything.post("/api/images/<image_id>/everything")
 def start(image_id: str):
-    raw = None
-    if request.get_data(cache=True):
-        raw = request.get_json(force=True, silent=True)
-        if raw is None:
-            raise ApiError(400, "bad_json", "the request body must be JSON (an object of parameters) or empty")
+    raw = _parameters_json()
     try:
         params = validate_parameters(raw)
-        job, created = everything_service().submit(image_id, params)
+        job, created = everything_service().submit(image_id, params, client=client_address())
     except BadParameters as exc:
         raise ApiError(400, "bad_parameters", str(exc)) from None
     except UnknownImage:
@@ -82,6 +106,8 @@ def start(image_id: str):
         ) from None
     except ImageUnavailable as exc:
         raise ApiError(409, "image_unavailable", str(exc)) from None
+    except ClientBusy as exc:
+        raise ApiError(429, "too_many_jobs", str(exc), {"Retry-After": "10"}) from None
     except TooManyJobs as exc:
         raise ApiError(503, "busy", str(exc), {"Retry-After": "5"}) from None
     body = {
@@ -100,6 +126,14 @@ def status(job_id: str):
     if job is None:
         raise _unknown_job(job_id)
     return jsonify(job.to_json())
+
+
+@everything.delete("/api/everything/<job_id>")
+def cancel(job_id: str):
+    job = everything_service().cancel(job_id)
+    if job is None:
+        raise _unknown_job(job_id)
+    return jsonify(job.to_json(with_result=False))
 
 
 @everything.get("/api/everything/<job_id>/events")

@@ -9,6 +9,7 @@ Environment: every setting of backend/config.py (``PORT``, ``SAM_WORKERS``, ``SA
 """
 
 import os
+import signal
 import sys
 
 from backend.config import Config, ConfigError
@@ -28,6 +29,12 @@ preload_app = False
 timeout = max(120, int(_settings.request_timeout) + 60)
 graceful_timeout = 30
 keepalive = 5
+# gunicorn's own refusals (414 long request line, 400/431 huge or too many headers) are HTML; the front
+# (nginx, see docs/deploy.md) refuses such requests first with JSON, so gunicorn's limits are set to its
+# maxima and never reached behind it.
+limit_request_line = 8190
+limit_request_fields = 32768
+limit_request_field_size = 8190
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
@@ -58,7 +65,26 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    """Share the cores between workers instead of each worker using them all."""
+    """Share the cores between workers instead of each worker using them all; keep malloc from holding on
+    to the memory a burst of large images freed (fewer arenas, large buffers mmapped)."""
     import torch
 
+    from backend.memory import tune_malloc
+
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    tune_malloc()
+
+
+def post_worker_init(worker):
+    """On SIGTERM, first cancel what is queued (everything jobs, waiting encodes) so in-flight requests end
+    at once and the worker exits promptly instead of after the graceful timeout."""
+    from backend.app import shutdown
+
+    graceful_exit = signal.getsignal(signal.SIGTERM)
+
+    def cancel_then_exit(signum, frame):
+        shutdown(worker.wsgi)
+        if callable(graceful_exit):
+            graceful_exit(signum, frame)
+
+    signal.signal(signal.SIGTERM, cancel_then_exit)

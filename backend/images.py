@@ -4,13 +4,19 @@ Only common raster formats are opened (never EPS/PDF-style plugins that start ex
 count is checked from the header before any pixel is decoded; EXIF orientation is applied; palette, CMYK,
 grayscale, 16-bit and alpha images become plain RGB (transparent areas over white); animations give their
 first frame. Every failure is an ``ImageError`` carrying the HTTP status and a plain message.
+
+With ``longest_side`` a larger image is downscaled as soon as it is decoded (JPEGs already while decoding,
+by DCT scaling), with the same resize the encoder applies, so only the encoder's input is kept; with
+``reserve`` the pixels about to be decoded are held against a budget (``backend.memory.PixelBudget``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import struct
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,11 +41,14 @@ class ImageError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DecodedImage:
-    """``pixels``: uint8 [H, W, 3] RGB, orientation applied. ``source_format``/``source_mode``: as uploaded."""
+    """``pixels``: uint8 [H, W, 3] RGB, orientation applied (downscaled when decoded with ``longest_side``).
+    ``original_size``: (H, W) of the upload, orientation applied. ``source_format``/``source_mode``: as
+    uploaded."""
 
     pixels: np.ndarray
     source_format: str
     source_mode: str
+    original_size: tuple[int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -47,8 +56,18 @@ class DecodedImage:
         return self.pixels.shape[0], self.pixels.shape[1]
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decodes uploaded bytes to RGB, or raises ``ImageError`` (400, 413 or 415)."""
+def decode_image(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    longest_side: int | None = None,
+    reserve: Callable[[int], contextlib.AbstractContextManager] | None = None,
+) -> DecodedImage:
+    """Decodes uploaded bytes to RGB, or raises ``ImageError`` (400, 413 or 415).
+
+    ``longest_side``: downscale larger images to it (resize-longest-side, Pillow bilinear, as the encoder).
+    ``reserve(pixels)``: a context manager held while that many pixels are decoded (it may raise to refuse).
+    """
     if not data:
         raise ImageError(400, "empty_image", "the upload is empty (0 bytes); send an image file")
     if _looks_like_markup(data):
@@ -87,18 +106,43 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
                 f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}",
             )
         source_format, source_mode = image.format or "unknown", image.mode
-        try:
-            image.seek(0)  # Animated GIF/WebP/APNG, multi-page TIFF: the first frame.
-            image.load()
-            oriented = ImageOps.exif_transpose(image)
-            pixels = _to_rgb(oriented)
-        except Image.DecompressionBombError as error:
-            raise ImageError(
-                413, "image_too_large", f"the image has too many pixels to decode safely ({error})"
-            ) from None
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
-            raise ImageError(400, "corrupt_image", f"the image data is truncated or corrupt: {error}") from None
-    return DecodedImage(pixels=pixels, source_format=source_format, source_mode=source_mode)
+        target = None
+        if longest_side is not None and max(width, height) > longest_side:
+            target = _resized_size(width, height, longest_side)
+            if source_format == "JPEG":  # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target.
+                image.draft(image.mode, target)
+        with reserve(image.size[0] * image.size[1]) if reserve is not None else contextlib.nullcontext():
+            try:
+                image.seek(0)  # Animated GIF/WebP/APNG, multi-page TIFF: the first frame.
+                image.load()
+                oriented = ImageOps.exif_transpose(image)
+                if target is not None and oriented.size != image.size:  # Rotated by EXIF: sides swap.
+                    target = target[::-1]
+                original = (height, width) if oriented.size == image.size else (width, height)
+                pixels = _to_rgb(oriented)
+                del oriented
+                if target is not None:
+                    resized = Image.fromarray(pixels).resize(target, Image.BILINEAR)
+                    pixels = np.asarray(resized, dtype=np.uint8)
+                    del resized
+            except Image.DecompressionBombError as error:
+                raise ImageError(
+                    413, "image_too_large", f"the image has too many pixels to decode safely ({error})"
+                ) from None
+            except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
+                raise ImageError(400, "corrupt_image", f"the image data is truncated or corrupt: {error}") from None
+    return DecodedImage(
+        pixels=np.ascontiguousarray(pixels),
+        source_format=source_format,
+        source_mode=source_mode,
+        original_size=original,
+    )
+
+
+def _resized_size(width: int, height: int, longest_side: int) -> tuple[int, int]:
+    """(width, height) with the longest side ``longest_side``: ``ResizeLongestSide.get_preprocess_shape``."""
+    scale = longest_side / max(width, height)
+    return int(width * scale + 0.5), int(height * scale + 0.5)
 
 
 def _looks_like_markup(data: bytes) -> bool:

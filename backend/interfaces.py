@@ -85,7 +85,8 @@ class JobStore(Protocol):
     """Everything-mode job records by id, and by (image id, parameters) key so asking again finds the job.
 
     ``add`` raises ``backend.jobs.TooManyJobs`` when it is full of unfinished jobs; ``update`` changes fields
-    and wakes ``wait_for_change`` callers.
+    atomically unless the job's status is one of ``unless`` (answering whether it did) and wakes
+    ``wait_for_change`` callers.
     """
 
     def add(self, job: EverythingJob, key: tuple) -> None: ...
@@ -94,7 +95,7 @@ class JobStore(Protocol):
 
     def find(self, key: tuple) -> EverythingJob | None: ...
 
-    def update(self, job_id: str, **changes: Any) -> None: ...
+    def update(self, job_id: str, unless: tuple[str, ...] = (), **changes: Any) -> bool: ...
 
     def wait_for_change(self, job_id: str, seen: tuple[str, float], timeout: float) -> None: ...
 

@@ -82,13 +82,15 @@ class MemoryJobStore:
         with self._changed:
             return self._jobs.get(self._by_key.get(key, ""))
 
-    def update(self, job_id: str, **changes: Any) -> None:
+    def update(self, job_id: str, unless: tuple[str, ...] = (), **changes: Any) -> bool:
         with self._changed:
             job = self._jobs.get(job_id)
-            if job is not None:
-                for name, value in changes.items():
-                    setattr(job, name, value)
+            if job is None or job.status in unless:
+                return False
+            for name, value in changes.items():
+                setattr(job, name, value)
             self._changed.notify_all()
+            return True
 
     def wait_for_change(self, job_id: str, seen: tuple[str, float], timeout: float) -> None:
         """Blocks until the job's (status, progress) differs from ``seen`` or ``timeout`` seconds pass."""

@@ -12,6 +12,10 @@ EncodedBatch = list[tuple[np.ndarray, tuple[int, int]]]
 BatchEncoder = Callable[[Sequence[np.ndarray]], EncodedBatch]
 
 
+# Sam.image_size of every model type: images are resized to this longest side before encoding.
+INPUT_SIDE = 1024
+
+
 class DeviceError(ValueError):
     """The configured device does not exist on this machine."""
 

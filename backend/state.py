@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .encoder import EncoderService
     from .everything import EverythingService
     from .gallery import Gallery
+    from .memory import PixelBudget
     from .weights import WeightsInfo
 
 SAM, EVERYTHING = "sam", "everything"
@@ -32,6 +33,8 @@ class AppState:
     gallery: Gallery
     ort_version: str | None
     compressed: BodyCache
+    web_files: frozenset[str]
+    pixel_budget: PixelBudget
 
 
 def app_state() -> AppState:

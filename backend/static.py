@@ -1,6 +1,11 @@
 """The static client and health: ``/`` (web/), ``/vendor/ort/<file>`` (the installed onnxruntime-web dist),
 ``/models/<name>.onnx`` (exported decoders), ``/gallery/<name>``, ``/healthz``; and the cross-origin
-isolation headers every response carries."""
+isolation headers every response carries.
+
+Files are served from an explicit allow-list made when the app starts (``web_files()``: the client's own
+files; ``ORT_CLIENT_FILES``: the onnxruntime-web files it loads), looked up by the exact request path: no
+path that is not on the list (``/./node_modules/...``, ``/css/../package.json``) reaches the filesystem.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,21 @@ mimetypes.add_type("application/wasm", ".wasm")
 mimetypes.add_type("text/javascript", ".mjs")
 mimetypes.add_type("text/javascript", ".js")
 
+# What web/ serves: the page, its modules, styles and images (not package.json, READMEs or node_modules).
+WEB_SUFFIXES = {".html", ".js", ".mjs", ".css", ".svg", ".png", ".jpg", ".ico", ".webmanifest", ".woff2"}
+# The onnxruntime-web files the decoder worker loads (web/js/decoder-worker.js: the wasm and webgpu entry
+# points and the runtimes they import), and the plain bundles for pages that use a script tag.
+ORT_CLIENT_FILES = (
+    "ort.wasm.min.mjs",
+    "ort.webgpu.min.mjs",
+    "ort-wasm-simd-threaded.mjs",
+    "ort-wasm-simd-threaded.wasm",
+    "ort-wasm-simd-threaded.asyncify.mjs",
+    "ort-wasm-simd-threaded.asyncify.wasm",
+    "ort.min.js",
+    "ort.min.mjs",
+)
+
 static_files = Blueprint("static_files", __name__)
 _STATIC_GZIP = StaticGzip(max_bytes=128 * 1024 * 1024)
 
@@ -38,6 +58,17 @@ def ort_version() -> str | None:
         return json.loads((ORT_PACKAGE_DIR / "package.json").read_text())["version"]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def web_files() -> frozenset[str]:
+    """The client's files as URL paths relative to ``/`` (``index.html``, ``js/main.js``, ...)."""
+    found = set()
+    for folder, subfolders, names in os.walk(WEB_DIR):
+        subfolders[:] = [d for d in subfolders if d != "node_modules" and not d.startswith(".")]
+        for name in names:
+            if os.path.splitext(name)[1].lower() in WEB_SUFFIXES:
+                found.add(Path(folder, name).relative_to(WEB_DIR).as_posix())
+    return frozenset(found)
 
 
 def isolation_headers(response: Response) -> Response:
@@ -52,14 +83,19 @@ def isolation_headers(response: Response) -> Response:
 @static_files.get("/healthz")
 def healthz():
     state = app_state()
-    return {
-        "status": "ok",
+    cache = state.encoder.cache.stats()
+    # A shared store that is unreachable makes this host unable to serve: 503 takes it out of a load balancer.
+    healthy = cache.get("status", "ok") == "ok"
+    body = {
+        "status": "ok" if healthy else "unavailable",
         "model_type": state.weights.model_type,
         "weights": state.weights.weights,
         "pid": os.getpid(),
         "encoder": state.encoder.stats(),
-        "cache": state.encoder.cache.stats(),
+        "cache": cache,
+        "decoding": state.pixel_budget.stats(),
     }
+    return body, 200 if healthy else 503
 
 
 @static_files.get("/")
@@ -69,7 +105,7 @@ def index():
 
 @static_files.get("/vendor/ort/<path:filename>")
 def ort_file(filename: str):
-    return _send(ORT_DIST_DIR, filename, REVALIDATE)
+    return _send_ort(filename, REVALIDATE)
 
 
 @static_files.get("/vendor/ort@<version>/<path:filename>")
@@ -77,7 +113,7 @@ def ort_versioned_file(version: str, filename: str):
     installed = app_state().ort_version
     if version != installed:
         raise ApiError(404, "not_found", f"onnxruntime-web {shorten(version)} is not installed here (have {installed})")
-    return _send(ORT_DIST_DIR, filename, IMMUTABLE)
+    return _send_ort(filename, IMMUTABLE)
 
 
 @static_files.get("/models/<name>.onnx")
@@ -105,16 +141,21 @@ def gallery_file(name: str):
 
 @static_files.get("/<path:filename>")
 def web_file(filename: str):
-    top = filename.split("/", 1)[0]
-    if top == "api":
+    if filename.split("/", 1)[0] == "api":
         # This catch-all matched only because no API route takes GET here: say which methods would work.
         adapter = current_app.url_map.bind_to_environ(request.environ)
         methods = set(adapter.allowed_methods(request.path)) - {"GET", "HEAD", "OPTIONS"}
         if methods:
             raise MethodNotAllowed(valid_methods=sorted(methods))
-    if top in ("node_modules", "api"):
+    if filename not in app_state().web_files:
         raise ApiError(404, "not_found", f"/{shorten(filename)} does not exist")
     return _send(WEB_DIR, filename, REVALIDATE)
+
+
+def _send_ort(filename: str, cache_control: str) -> Response:
+    if filename not in ORT_CLIENT_FILES:
+        raise ApiError(404, "not_found", f"{shorten(request.path)} is not a file this server offers")
+    return _send(ORT_DIST_DIR, filename, cache_control)
 
 
 def _send(folder: Path, filename: str, cache_control: str) -> Response:

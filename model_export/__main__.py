@@ -8,11 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from backend.sam import sam_model_registry
+from backend.sam.build import MODEL_TYPES, sam_model_registry
 
 from .export import VARIANTS, example_inputs, export_decoder
-
-MODEL_TYPES = tuple(sam_model_registry)
 
 
 def build_parser() -> argparse.ArgumentParser:

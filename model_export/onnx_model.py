@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from backend.sam.amg import calculate_stability_score
+
 
 class SamDecoderParts(nn.Module):
     """A float32 CPU copy of the prompt encoder and mask decoder of a Sam, the only parts the ONNX graphs use."""
@@ -17,14 +19,6 @@ class SamDecoderParts(nn.Module):
         self.mask_decoder = copy.deepcopy(model.mask_decoder).to(device="cpu", dtype=torch.float32).eval()
         self.mask_threshold = float(model.mask_threshold)
         self.image_size = int(self.prompt_encoder.input_image_size[0])
-
-
-def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
-    """IoU of the masks thresholded at +offset and -offset; masks [B, K, H, W] -> [B, K]."""
-    # int16 row sums then int32 totals, as the reference does, to keep full-resolution counts small in memory.
-    intersections = (masks > (mask_threshold + threshold_offset)).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
-    unions = (masks > (mask_threshold - threshold_offset)).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
-    return intersections / unions
 
 
 class PromptEmbedder(nn.Module):

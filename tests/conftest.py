@@ -47,3 +47,7 @@ def pytest_runtest_setup(item):
 def reference_dir() -> Path:
     """The parity data folder (tests using it are marked ``reference`` and skipped when it is absent)."""
     return REFERENCE_DIR
+
+
+# The cluster tests' session fixtures (one Ray head, one redis-server per test session), shared by every module.
+from cluster_fixtures import ray_address, redis_server  # noqa: E402, F401

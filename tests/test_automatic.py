@@ -13,7 +13,8 @@ from PIL import Image
 from torch import nn
 
 from backend.sam.amg import build_point_grid, coco_decode_rle, rle_to_mask
-from backend.sam.automatic import SamAutomaticMaskGenerator, decode_points_multimask, upscale_low_res_logits
+from backend.sam.automatic import SamAutomaticMaskGenerator, upscale_low_res_logits
+from backend.sam.folded_decoder import decode_points_multimask
 from backend.sam.sam import Sam
 
 AMG_FIXTURE = "amg_reduced_vit_seed0_dog.json.gz"

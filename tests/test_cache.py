@@ -96,3 +96,39 @@ def test_disk_directory_is_bounded_and_drops_the_least_recently_used(tmp_path):
     assert cache.get(key(2)) is not None  # Memory holds nothing (1 MiB budget): read from disk, now recent.
     cache.put(key(3), entry(3))
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == [f"{key(2)}.npz", f"{key(3)}.npz"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "empty", "no-checksum"])
+def test_a_damaged_disk_entry_is_a_miss_and_is_deleted(tmp_path, damage, caplog):
+    cache = EmbeddingCache(max_bytes=MIB, disk_dir=tmp_path)  # Memory too small: reads go to disk.
+    stored = CachedEmbedding(
+        np.random.default_rng(1).standard_normal((256, 64, 64)).astype(np.float32), (480, 640), (768, 1024), "m", 3.0
+    )
+    cache.put(key(5), stored)
+    path = tmp_path / f"{key(5)}.npz"
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif damage == "bit-flipped":
+        raw[len(raw) // 2] ^= 0x10  # Inside the stored (uncompressed) embedding.
+    elif damage == "empty":
+        raw = bytearray()
+    else:  # A file of the format before checksums: readable, but unverifiable.
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            embedding=stored.embedding,
+            original_size=np.asarray((480, 640)),
+            input_size=np.asarray((768, 1024)),
+            model_key=np.asarray("m"),
+            encode_ms=np.asarray(3.0),
+        )
+        raw = bytearray(buffer.getvalue())
+    path.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="backend.cache"):
+        assert cache.get(key(5)) is None
+    assert not path.exists() and "unreadable disk cache entry" in caplog.text
+    cache.put(key(5), stored)  # Encoded again: written afresh and readable.
+    assert np.array_equal(EmbeddingCache(max_bytes=MIB, disk_dir=tmp_path).get(key(5)).embedding, stored.embedding)

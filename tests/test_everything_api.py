@@ -311,3 +311,69 @@ def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(redu
     finally:
         encoder.close()
         app.extensions["everything"].close()
+
+
+# --- cancelling -------------------------------------------------------------------------------------------
+
+
+def test_delete_cancels_a_queued_job_which_then_never_runs():
+    client, service, gate = _gated_client(max_concurrent=1)
+    first = client.post("/api/images/a/everything").get_json()["job_id"]
+    second = client.post("/api/images/b/everything").get_json()["job_id"]
+    _wait_status(client, first, "running")
+    response = client.delete(f"/api/everything/{second}")
+    assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
+    gate.set()
+    _wait_status(client, first, "done")
+    time.sleep(0.2)
+    assert _status(client, second)["status"] == "cancelled" and "result" not in _status(client, second)
+    # Asking again for the same image and parameters starts afresh instead of returning the cancelled job.
+    again = client.post("/api/images/b/everything").get_json()
+    assert again["job_id"] != second and not again["cached"]
+    _wait_status(client, again["job_id"], "done")
+    service.close()
+
+
+class _SteppingGenerator:
+    """Stands in for a long grid: 1000 batches of 10 ms, each reported through ``progress``."""
+
+    def __init__(self) -> None:
+        self.batches_done = 0
+
+    def generate(self, image, image_embedding=None, progress=None):
+        for step in range(1000):
+            time.sleep(0.01)
+            self.batches_done += 1
+            progress((step + 1) / 1000)
+        return []
+
+
+def test_delete_stops_a_running_job_at_its_next_batch():
+    generator = _SteppingGenerator()
+    source = EverythingSource(
+        model=None, embedding=np.zeros((256, 64, 64), np.float32), original_size=(2, 3), input_size=(683, 1024)
+    )
+    client, service = _client({"a": source}, generator_factory=lambda model, params: generator)
+    job_id = client.post("/api/images/a/everything").get_json()["job_id"]
+    deadline = time.monotonic() + 10
+    while generator.batches_done < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert client.delete(f"/api/everything/{job_id}").get_json()["status"] == "cancelled"
+    stopped_at = generator.batches_done
+    time.sleep(0.5)
+    assert generator.batches_done <= stopped_at + 1  # It stopped at the next batch boundary.
+    body = _status(client, job_id)
+    assert body["status"] == "cancelled" and body["progress"] < 0.5 and "result" not in body
+    service.close()
+
+
+def test_delete_of_an_unknown_job_is_404_and_a_finished_job_stays_done():
+    client, service, gate = _gated_client()
+    gate.set()
+    assert client.delete("/api/everything/0123abcd").status_code == 404
+    job_id = client.post("/api/images/a/everything").get_json()["job_id"]
+    _wait_status(client, job_id, "done")
+    assert client.delete(f"/api/everything/{job_id}").get_json()["status"] == "done"
+    assert _status(client, job_id)["result"]["annotations"]
+    service.close()

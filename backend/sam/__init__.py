@@ -2,6 +2,7 @@
 
 from .automatic import SamAutomaticMaskGenerator
 from .build import (
+    MODEL_TYPES,
     CheckpointError,
     UnknownModelTypeError,
     build_sam,
@@ -17,6 +18,7 @@ from .sam import Sam, default_precision
 from .transforms import ResizeLongestSide
 
 __all__ = [
+    "MODEL_TYPES",
     "CheckpointError",
     "ResizeLongestSide",
     "Sam",

@@ -187,10 +187,11 @@ def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, thresh
     """IoU of the masks thresholded at mask_threshold +/- offset: logits [..., H, W] -> scores [...].
 
     The high-threshold mask is a subset of the low-threshold one, so IoU is a ratio of two counts.
-    An all-empty mask gives NaN, which fails every threshold, as in the reference.
+    An all-empty mask gives NaN, which fails every threshold, as in the reference. Traced for ONNX export
+    (model_export's official graph), it takes the torch path, the only one that becomes graph operations.
     """
     high, low = mask_threshold + threshold_offset, mask_threshold - threshold_offset
-    if masks.device.type == "cpu" and masks.dim() >= 2:
+    if masks.device.type == "cpu" and masks.dim() >= 2 and not torch.jit.is_tracing():
         return _stability_score_numpy(masks, high, low)
     return _stability_score_torch(masks, high, low)
 

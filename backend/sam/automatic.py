@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .amg import (
     MaskData,
@@ -30,8 +29,7 @@ from .amg import (
     uncrop_masks,
     uncrop_points,
 )
-from .common import LayerNorm2d
-from .folded_decoder import folded_two_way_transformer, upscale_masks_channels_last
+from .folded_decoder import decode_point_tokens
 from .predictor import SamPredictor, check_image
 from .sam import Sam
 
@@ -270,11 +268,7 @@ class SamAutomaticMaskGenerator:
         in_points = torch.as_tensor(transformed, dtype=torch.float, device=device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
         decoded = decode_point_tokens(model, self.predictor.features, in_points[:, None, :], in_labels[:, None])
-        if isinstance(decoded, tuple):
-            low_res, iou_preds = decoded
-            decoded = None
-        else:
-            iou_preds = decoded.iou_pred
+        iou_preds = decoded.iou_pred
         n_masks = iou_preds.shape[1]
         data = MaskData(
             iou_preds=iou_preds.flatten(0, 1).float(),
@@ -286,10 +280,7 @@ class SamAutomaticMaskGenerator:
         pair = data["pair"]
         del data["pair"]
         # Only the masks that passed the IoU filter are upscaled.
-        if decoded is not None:
-            low_res = decoded.masks(pair // n_masks, pair % n_masks)
-        else:
-            low_res = low_res.flatten(0, 1)[pair]
+        low_res = decoded.masks(pair // n_masks, pair % n_masks)
         self.last_timings["decoder"] += time.perf_counter() - started
 
         started = time.perf_counter()
@@ -405,125 +396,6 @@ def upscale_low_res_logits(
     logits = logits[..., : input_size[0], : input_size[1]]
     size = tuple(int(s) for s in original_size)
     return torch.nn.functional.interpolate(logits, size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def decode_points_multimask(
-    model: Sam, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The three multimask outputs for a batch of point prompts on one image.
-
-    features [1, C, h, w]; point_coords [B, N, 2] in the resized frame; point_labels [B, N].
-    Returns low-res logits [B, 3, 4h, 4w] and predicted IoUs [B, 3], as mask_decoder(multimask_output=True).
-    """
-    decoded = decode_point_tokens(model, features, point_coords, point_labels)
-    if isinstance(decoded, tuple):
-        return decoded
-    batch = decoded.iou_pred.shape[0]
-    point_index = torch.arange(batch).repeat_interleave(decoded.iou_pred.shape[1])
-    mask_index = torch.arange(decoded.iou_pred.shape[1]).repeat(batch)
-    masks = decoded.masks(point_index, mask_index)
-    return masks.view(batch, -1, *masks.shape[1:]), decoded.iou_pred
-
-
-class DecodedPoints:
-    """The two-way transformer's outputs for a batch of point prompts, before the costly mask upscaling.
-
-    iou_pred [B, 3] is known at once, so masks() can upscale only the (point, mask) pairs that pass a filter.
-    """
-
-    def __init__(self, decoder: nn.Module, tokens: torch.Tensor, image_tokens: torch.Tensor, size: tuple[int, int]):
-        # tokens [B, T, C]; image_tokens [B, h * w, C] (row-major pixels).
-        self.decoder = decoder
-        self.image_tokens = image_tokens
-        self.size = size
-        self.iou_pred = decoder.iou_prediction_head(tokens[:, 0, :])[:, 1:]
-        # Hypernetwork weights of the multimask tokens (1..num_mask_tokens-1): [B, 3, C / 8].
-        self.hyper_in = torch.stack(
-            [decoder.output_hypernetworks_mlps[i](tokens[:, 1 + i, :]) for i in range(1, decoder.num_mask_tokens)],
-            dim=1,
-        )
-
-    def masks(self, point_index: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
-        """Low-res logits [N, 4h, 4w] of the pairs (point_index[i], mask_index[i]), in the order given."""
-        height, width = self.size
-        out = self.image_tokens.new_empty(len(point_index), 4 * height, 4 * width)
-        point_index = point_index.tolist()
-        mask_index = mask_index.tolist()
-        start = 0
-        # Upscaled features are computed once per point, shared by that point's masks.
-        while start < len(point_index):
-            stop = start
-            while stop < len(point_index) and point_index[stop] == point_index[start]:
-                stop += 1
-            hyper = self.hyper_in[point_index[start], mask_index[start:stop]]  # [k, C / 8]
-            out[start:stop] = upscale_masks_channels_last(
-                self.decoder.output_upscaling, self.image_tokens[point_index[start]], hyper, height, width
-            )
-            start = stop
-        return out
-
-
-def decode_point_tokens(
-    model: Sam, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
-) -> DecodedPoints | tuple[torch.Tensor, torch.Tensor]:
-    """Runs the prompt encoder and the two-way transformer for a batch of point prompts sharing one image.
-
-    Returns DecodedPoints, or for a decoder this fast path does not know, the (masks, iou_pred) of
-    mask_decoder(multimask_output=True).
-
-    Same maths as MaskDecoder.predict_masks, rearranged (see folded_decoder.py): the image
-    side stays one [h * w, C] tensor until the first image-to-token attention makes it prompt-specific, the
-    image-side attention projections are folded into the few prompt tokens, and the upscaling runs
-    channels-last, one point at a time.
-    """
-    decoder = model.mask_decoder
-    sparse, dense = model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
-    image_pe = model.prompt_encoder.get_dense_pe()
-    if features.shape[0] != 1 or not _is_known_decoder(decoder):
-        return decoder(
-            image_embeddings=features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
-    batch = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
-    # Without a mask prompt every prompt's dense embedding is the same "no mask" embedding.
-    image = (features + dense[:1])[0].flatten(1).transpose(0, 1)  # [h * w, C]
-    pe = image_pe[0].flatten(1).transpose(0, 1)
-    hs, image_tokens = folded_two_way_transformer(decoder.transformer, image, pe, tokens)
-    return DecodedPoints(decoder, hs, image_tokens, tuple(features.shape[-2:]))
-
-
-def _is_known_decoder(decoder: nn.Module) -> bool:
-    if not all(hasattr(decoder, a) for a in _DECODER_PARTS):
-        return False
-    upscaling = decoder.output_upscaling
-    if len(upscaling) != 5 or not all(hasattr(decoder.transformer, a) for a in ("layers", "final_attn_token_to_image")):
-        return False
-    conv1, norm, _, conv2, _ = upscaling
-    return all(
-        isinstance(conv, nn.ConvTranspose2d)
-        and conv.kernel_size == (2, 2)
-        and conv.stride == (2, 2)
-        and conv.padding == (0, 0)
-        and conv.groups == 1
-        and conv.bias is not None
-        for conv in (conv1, conv2)
-    ) and isinstance(norm, LayerNorm2d)
-
-
-_DECODER_PARTS = (
-    "iou_token",
-    "mask_tokens",
-    "num_mask_tokens",
-    "transformer",
-    "output_upscaling",
-    "output_hypernetworks_mlps",
-    "iou_prediction_head",
-)
 
 
 class _ProgressTracker:

@@ -1,26 +1,20 @@
 """Model builders and the registry: `sam_model_registry[model_type](checkpoint=None)`."""
 
 import os
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .checkpoint import CheckpointError, PathLike, load_state_dict_file, mismatch_message
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import Sam
 from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, not a SAM state_dict, or of another model type."""
 
 
 class UnknownModelTypeError(CheckpointError, KeyError):
@@ -58,15 +52,7 @@ def build_sam(
     mlp_ratio: float = 4.0,
 ) -> Sam:
     """A SAM with a ViT image encoder; the defaults are ViT-H. Loads `checkpoint` (strict) when given."""
-    state_dict = None
-    if checkpoint is not None:
-        state_dict = load_state_dict_file(checkpoint)
-        found = describe_state_dict(state_dict)
-        expected = _describe_vit(encoder_embed_dim, encoder_depth)
-        if found != expected:
-            raise CheckpointError(
-                f"checkpoint {os.fspath(checkpoint)} holds {found}, but the model to build is {expected}"
-            )
+    state_dict = _load_checked(checkpoint, _describe_vit(encoder_embed_dim, encoder_depth))
 
     image_embedding_size = image_size // patch_size
     sam = Sam(
@@ -104,14 +90,7 @@ def build_sam_vit_b(checkpoint: PathLike | None = None) -> Sam:
 
 def build_sam_vit_t(checkpoint: PathLike | None = None) -> Sam:
     """MobileSAM: the TinyViT image encoder with SAM's prompt encoder and mask decoder."""
-    state_dict = None
-    if checkpoint is not None:
-        state_dict = load_state_dict_file(checkpoint)
-        found = describe_state_dict(state_dict)
-        if found != VIT_T_DESCRIPTION:
-            raise CheckpointError(
-                f"checkpoint {os.fspath(checkpoint)} holds {found}, but the model to build is {VIT_T_DESCRIPTION}"
-            )
+    state_dict = _load_checked(checkpoint, VIT_T_DESCRIPTION)
 
     prompt_embed_dim, image_size = 256, 1024
     sam = Sam(
@@ -134,6 +113,9 @@ sam_model_registry: dict[str, Callable[..., Sam]] = _Registry(
     vit_b=build_sam_vit_b,
     vit_t=build_sam_vit_t,
 )
+
+# The model types the registry builds, for CLI choices and config checks.
+MODEL_TYPES: tuple[str, ...] = tuple(sam_model_registry)
 
 
 def default_device() -> torch.device:
@@ -196,57 +178,8 @@ def _finish(sam: Sam, state_dict: Mapping[str, torch.Tensor] | None, checkpoint:
         try:
             sam.load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(_mismatch_message(sam, state_dict, os.fspath(checkpoint))) from exc
+            raise CheckpointError(mismatch_message(sam, state_dict, os.fspath(checkpoint))) from exc
     return sam
-
-
-def _mismatch_message(sam: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str) -> str:
-    expected = {k: tuple(v.shape) for k, v in sam.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state_dict.items()}
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [
-        f"{k} {list(found[k])} (expected {list(expected[k])})"
-        for k in expected
-        if k in found and found[k] != expected[k]
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if wrong:
-        parts.append(f"{len(wrong)} keys with other shapes (e.g. {'; '.join(wrong[:3])})")
-    return f"checkpoint {path} does not fit the model: " + ", ".join(parts or ["incompatible tensors"])
-
-
-def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
-    """Reads a state_dict saved with torch.save (tensors on CPU); CheckpointError when it cannot be used."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
-        found = _describe_file(path)
-        if found.endswith("that torch cannot load"):
-            found += f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: expected a PyTorch state_dict saved with torch.save, found {found}"
-        ) from None
-
-    # Training checkpoints sometimes nest the weights.
-    if isinstance(state, Mapping) and not any(torch.is_tensor(v) for v in state.values()):
-        for key in ("model", "state_dict"):
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(
-            f"checkpoint {path} is not a SAM state_dict: expected a mapping of parameter names to tensors, "
-            f"found {_describe_object(state)}"
-        )
-    return dict(state)
 
 
 VIT_T_DESCRIPTION = "vit_t (MobileSAM, TinyViT encoder)"
@@ -271,26 +204,12 @@ def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     return f"a state_dict that is not a SAM model ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
 
 
-def _describe_file(path: str) -> str:
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if size == 0:
-        return "an empty file"
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                archive.testzip()
-        except (zipfile.BadZipFile, EOFError, OSError):
-            return f"a truncated or damaged zip archive of {size:,} bytes"
-        return f"a zip archive of {size:,} bytes that torch cannot load"
-    if head.startswith(b"\x80"):
-        return f"a legacy pickle of {size:,} bytes that is truncated or damaged"
-    return f"a {size:,}-byte file starting with {head!r}, not a PyTorch checkpoint"
-
-
-def _describe_object(obj: Any) -> str:
-    if isinstance(obj, Mapping):
-        kinds = sorted({type(v).__name__ for v in obj.values()})
-        return f"a mapping with {len(obj)} entries of types {', '.join(kinds) or 'none'}"
-    return f"a {type(obj).__name__}"
+def _load_checked(checkpoint: PathLike | None, expected: str) -> dict[str, torch.Tensor] | None:
+    """The state_dict at checkpoint (None without one), after checking it is the model to build."""
+    if checkpoint is None:
+        return None
+    state_dict = load_state_dict_file(checkpoint)
+    found = describe_state_dict(state_dict)
+    if found != expected:
+        raise CheckpointError(f"checkpoint {os.fspath(checkpoint)} holds {found}, but the model to build is {expected}")
+    return state_dict

@@ -1,5 +1,9 @@
 """
-The mask decoder's two-way transformer and output upscaling, rearranged for speed on CPU and in ONNX.
+The fast mask decoder: MaskDecoder's maths rearranged for batches of prompts on one image, on CPU and in ONNX.
+
+Used by everything mode (batches of grid points, `decode_point_tokens`) and by the `lowres` ONNX decoder
+(model_export wraps it for export). It holds no weights of its own: it reads Meta's MaskDecoder's modules,
+and backend/sam/mask_decoder.py stays the reference its results equal up to float rounding.
 
 Every cross-attention pairs T prompt tokens (T = 5 + number of points) with h * w image tokens. The reference
 projects all image tokens to the attention width before attending; when heads * T is small it is cheaper to
@@ -11,14 +15,190 @@ move each projection onto the token side by associativity:
   is applied to the token values before attention: sum_h attn_h (v_h W_o,h^T).
 
 Before the first image-to-token attention every prompt sees the same image, so the image side stays one
-[h * w, C] tensor shared by a batch of prompts. Results equal MaskDecoder's up to float rounding. Used by
-everything mode (batches of grid points) and by the `lowres` ONNX decoder (model_export).
+[h * w, C] tensor shared by a batch of prompts. The output upscaling runs channels-last (pixels as rows), so
+its layer norm works on contiguous channels and the only layout change is the final one of the logits.
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from .common import LayerNorm2d
+from .mask_decoder import MaskDecoder
+
+# Which mask tokens a caller wants: all of them (the lowres graph) or the three ambiguity-aware ones.
+ALL_MASKS = slice(None)
+MULTIMASK = slice(1, None)
+
+
+class FoldedMaskDecoder(nn.Module):
+    """MaskDecoder.predict_masks for B prompts sharing one image, computed the fast way.
+
+    Image-side tensors are channels-last pixel rows: image [h * w, C] (embedding + dense prompt embedding),
+    image_pe [h * w, C].
+    """
+
+    def __init__(self, mask_decoder: MaskDecoder) -> None:
+        super().__init__()
+        if not self.supports(mask_decoder):
+            raise ValueError(
+                "the folded decoder needs Meta's MaskDecoder layout (a two-way transformer and an output "
+                "upscaling of two 2x2 stride-2 transposed convolutions with a LayerNorm2d between them)"
+            )
+        self.mask_decoder = mask_decoder
+        conv1, _, _, conv2, _ = mask_decoder.output_upscaling
+        # Both transposed convolutions as [C_in, (a, b, C_out)] matmuls, laid out once (constants in ONNX).
+        for name, conv in (("conv1", conv1), ("conv2", conv2)):
+            weight, bias = _transposed_conv_2x2_as_matmul(conv)
+            self.register_buffer(f"{name}_weight", weight, persistent=False)
+            self.register_buffer(f"{name}_bias", bias, persistent=False)
+
+    @staticmethod
+    def supports(mask_decoder: nn.Module) -> bool:
+        """Whether mask_decoder has the layout this rearrangement assumes (every registry model does)."""
+        if not isinstance(mask_decoder, MaskDecoder):
+            return False
+        upscaling = mask_decoder.output_upscaling
+        transformer = mask_decoder.transformer
+        if len(upscaling) != 5 or not all(hasattr(transformer, a) for a in ("layers", "final_attn_token_to_image")):
+            return False
+        conv1, norm, _, conv2, _ = upscaling
+        return isinstance(norm, LayerNorm2d) and all(
+            isinstance(conv, nn.ConvTranspose2d)
+            and conv.kernel_size == (2, 2)
+            and conv.stride == (2, 2)
+            and conv.padding == (0, 0)
+            and conv.groups == 1
+            and conv.bias is not None
+            for conv in (conv1, conv2)
+        )
+
+    def forward(
+        self, image: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer: image [h * w, C], image_pe [h * w, C], sparse [B, N, C].
+
+        Returns tokens [B, T, C] (IoU token, mask tokens, prompts) and image tokens [B, h * w, C].
+        """
+        tokens = self.mask_decoder.output_tokens(sparse_prompt_embeddings)
+        return folded_two_way_transformer(self.mask_decoder.transformer, image, image_pe, tokens)
+
+    def predict_iou(self, tokens: torch.Tensor, masks: slice = MULTIMASK) -> torch.Tensor:
+        """Transformer tokens [B, T, C] -> predicted IoUs [B, k] of the selected mask tokens."""
+        iou_pred = self.mask_decoder.iou_prediction_head(tokens[:, 0, :])
+        return iou_pred if masks == ALL_MASKS else iou_pred[:, masks]
+
+    def hypernetworks(self, tokens: torch.Tensor, masks: slice = MULTIMASK) -> torch.Tensor:
+        """Transformer tokens [B, T, C] -> each selected mask token's pixel weights [B, k, C / 8]."""
+        decoder = self.mask_decoder
+        indices = range(decoder.num_mask_tokens)[masks]
+        return torch.stack([decoder.output_hypernetworks_mlps[i](tokens[:, 1 + i, :]) for i in indices], dim=1)
+
+    def upscale(self, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """output_upscaling then the hypernetwork product for one prompt, channels-last.
+
+        image_tokens [h * w, C] (row-major pixels); hyper_in [k, C / 8] -> low-res logits [k, 4h, 4w].
+        A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently: one matmul
+        [C_in] -> [2, 2, C_out] per pixel, so pixels stay rows through both layers.
+        """
+        conv1, norm, act1, conv2, act2 = self.mask_decoder.output_upscaling
+        # rows (i, j, a, b): [h * w * 4, C / 4]
+        x = torch.addmm(self.conv1_bias, image_tokens, self.conv1_weight).view(-1, conv1.out_channels)
+        x = act1(F.layer_norm(x, (conv1.out_channels,), norm.weight, norm.bias, norm.eps))
+        # rows (i, j, a, b, c, d): [h * w * 16, C / 8]
+        x = act2(torch.addmm(self.conv2_bias, x, self.conv2_weight).view(-1, conv2.out_channels))
+        logits = hyper_in @ x.t()  # [k, h * w * 16]
+        # Output row 4i + 2a + c, column 4j + 2b + d.
+        logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(-1, 4 * height, 4 * width)
+
+
+def pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """[1, C, h, w] -> channels-last pixel rows [h * w, C]."""
+    return x[0].flatten(1).transpose(0, 1)
+
+
+class DecodedPoints:
+    """A batch of point prompts after the two-way transformer, before the costly mask upscaling.
+
+    iou_pred [B, 3] is known at once, so masks() can upscale only the (point, mask) pairs that pass a filter.
+    """
+
+    def __init__(
+        self, iou_pred: torch.Tensor, upscale: Callable[[int, list[int]], torch.Tensor], size: tuple[int, int]
+    ) -> None:
+        # upscale(point, mask indices) -> low-res logits [k, 4h, 4w] of that point's masks.
+        self.iou_pred = iou_pred
+        self._upscale = upscale
+        self.size = size
+
+    def masks(self, point_index: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
+        """Low-res logits [N, 4h, 4w] of the pairs (point_index[i], mask_index[i]), in the order given."""
+        height, width = self.size
+        out = self.iou_pred.new_empty(len(point_index), 4 * height, 4 * width)
+        point_index = point_index.tolist()
+        mask_index = mask_index.tolist()
+        start = 0
+        # Upscaled features are computed once per point, shared by that point's masks.
+        while start < len(point_index):
+            stop = start
+            while stop < len(point_index) and point_index[stop] == point_index[start]:
+                stop += 1
+            out[start:stop] = self._upscale(point_index[start], mask_index[start:stop])
+            start = stop
+        return out
+
+
+def decode_point_tokens(
+    model: nn.Module, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+) -> DecodedPoints:
+    """Runs the prompt encoder and the two-way transformer for a batch of point prompts sharing one image.
+
+    model: a Sam; features [1, C, h, w]; point_coords [B, N, 2] in the resized frame; point_labels [B, N].
+    The three multimask outputs, as mask_decoder(multimask_output=True); a decoder the folded path does not
+    know (or several images) runs the reference MaskDecoder at once instead.
+    """
+    decoder = model.mask_decoder
+    sparse, dense = model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+    image_pe = model.prompt_encoder.get_dense_pe()
+    size = tuple(features.shape[-2:])
+    if features.shape[0] != 1 or not FoldedMaskDecoder.supports(decoder):
+        masks, iou_pred = decoder(
+            image_embeddings=features,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        return DecodedPoints(iou_pred, lambda point, indices: masks[point, indices], size)
+    folded = FoldedMaskDecoder(decoder)
+    # Without a mask prompt every prompt's dense embedding is the same "no mask" embedding.
+    tokens, image_tokens = folded(pixel_rows(features + dense[:1]), pixel_rows(image_pe), sparse)
+    hyper_in = folded.hypernetworks(tokens)
+
+    def upscale(point: int, indices: list[int]) -> torch.Tensor:
+        return folded.upscale(image_tokens[point], hyper_in[point, indices], *size)
+
+    return DecodedPoints(folded.predict_iou(tokens), upscale, size)
+
+
+def decode_points_multimask(
+    model: nn.Module, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The three multimask outputs for a batch of point prompts on one image.
+
+    features [1, C, h, w]; point_coords [B, N, 2] in the resized frame; point_labels [B, N].
+    Returns low-res logits [B, 3, 4h, 4w] and predicted IoUs [B, 3], as mask_decoder(multimask_output=True).
+    """
+    decoded = decode_point_tokens(model, features, point_coords, point_labels)
+    batch, per_point = decoded.iou_pred.shape
+    point_index = torch.arange(batch).repeat_interleave(per_point)
+    mask_index = torch.arange(per_point).repeat(batch)
+    masks = decoded.masks(point_index, mask_index)
+    return masks.view(batch, per_point, *masks.shape[1:]), decoded.iou_pred
 
 
 def folded_two_way_transformer(
@@ -125,26 +305,10 @@ def image_to_token_attention(
     return torch.baddbmm(residual.expand(batch, -1, -1), attn.transpose(1, 2), folded_v)
 
 
-def upscale_masks_channels_last(
-    upscaling: nn.Sequential, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int
-) -> torch.Tensor:
-    """output_upscaling then the hypernetwork product for one point, channels-last.
+def _transposed_conv_2x2_as_matmul(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """ConvTranspose2d(kernel 2, stride 2) weight [C_in, C_out, 2, 2] -> [C_in, (a, b, C_out)], bias [4 * C_out].
 
-    image_tokens [h * w, C]; hyper_in [k, C / 8] -> low-res logits [k, 4h, 4w].
-    A 2x2 stride-2 transposed convolution maps each pixel to its 2x2 children independently: a matmul
-    [C_in] -> [2, 2, C_out], so the layer norm can run on contiguous channels.
+    Pixel rows [P, C_in] @ weight + bias are then the 2x2 children of each pixel, [P * 4, C_out] as a view.
     """
-    conv1, norm, act1, conv2, act2 = upscaling
-    x = _transposed_conv_2x2(conv1, image_tokens)  # [h * w * 4, C / 4]
-    x = act1(torch.nn.functional.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-    x = act2(_transposed_conv_2x2(conv2, x))  # [h * w * 16, C / 8]
-    logits = x @ hyper_in.t()  # [(i, j, ki, kj, ki2, kj2), k]
-    logits = logits.view(height, width, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
-    return logits.reshape(-1, 4 * height, 4 * width)
-
-
-def _transposed_conv_2x2(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """ConvTranspose2d(kernel 2, stride 2) on channels-last pixels [P, C_in] -> children [P * 4, C_out]."""
-    c_in, c_out = conv.weight.shape[:2]
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
-    return torch.addmm(conv.bias.repeat(4), x, weight).view(-1, c_out)
+    weight = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.in_channels, 4 * conv.out_channels)
+    return weight.contiguous(), conv.bias.detach().repeat(4)

@@ -65,6 +65,12 @@ class MaskDecoder(nn.Module):
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected, :, :], iou_pred[:, selected]
 
+    def output_tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """The transformer's tokens: IoU token, mask tokens, then the prompts: sparse [B, N, C] -> [B, 1 + K + N, C]."""
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
+        return torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -73,9 +79,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens: masks [B, num_mask_tokens, 4H, 4W], iou_pred [B, num_mask_tokens]."""
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        tokens = self.output_tokens(sparse_prompt_embeddings)
 
         # One image embedding serves every prompt in the batch.
         if image_embeddings.shape[0] != tokens.shape[0]:

@@ -102,7 +102,7 @@ class LiveServer:
 
 
 class ExternalServer:
-    """A server someone else started (SAM_BROWSER_TEST_URL); it must run the reference vit_t checkpoint."""
+    """A server someone else started (SAM_BROWSER_TEST_URL); it must run the seeded random vit_t (the server's own fallback: no checkpoint, SAM_ALLOW_DOWNLOAD=0)."""
 
     def __init__(self, url: str) -> None:
         self.url = url if url.endswith("/") else url + "/"

@@ -1,7 +1,7 @@
 """Browser tests: Debian Chromium driven by Playwright against the real Flask server.
 
 The server runs as a subprocess (`python -m backend serve`) on a free loopback port with the seeded random
-MobileSAM checkpoint from the reference data, fp32 encoder, no network (or SAM_BROWSER_TEST_URL names a
+MobileSAM (backend.weights.random_model, saved as a checkpoint file), fp32 encoder, no network (or SAM_BROWSER_TEST_URL names a
 running one with that checkpoint). Every test page fails the test on any console error or uncaught
 exception. Helpers shared with the benchmarks live in browser_helpers.py.
 """
@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from backend_fixtures import vit_t_checkpoint
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ConsoleWatch, ExternalServer, LiveServer
 
 
@@ -23,11 +24,11 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def live_server(reference_dir, tmp_path_factory):
+def live_server(tmp_path_factory):
     if os.environ.get("SAM_BROWSER_TEST_URL"):
         yield ExternalServer(os.environ["SAM_BROWSER_TEST_URL"])
         return
-    server = LiveServer(reference_dir / "vit_t_seed0.pth", tmp_path_factory.mktemp("sam-data"))
+    server = LiveServer(vit_t_checkpoint(), tmp_path_factory.mktemp("sam-data"))
     yield server
     server.stop()
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import requests
+from backend_fixtures import SMALL_PHOTO, WIDE_PHOTO, photo_jpeg, vit_t_model
 from browser_helpers import (
     canvas_point,
     leave_image,
@@ -27,22 +29,32 @@ from PIL import Image
 
 pytestmark = pytest.mark.timeout(300)
 
-# dog.jpg is 800x534: no client-side downscale, so the server encodes exactly the file's pixels.
-IMAGE = "images/dog.jpg"
 MIN_AGREEMENT = 0.99
 
 
 @pytest.fixture(scope="session")
-def predictor(reference_dir):
-    from backend.sam import SamPredictor, sam_model_registry
+def predictor():
+    """SamPredictor on the server's weights (the seeded random vit_t), fed the server's embeddings."""
+    from backend.sam import SamPredictor
 
-    model = sam_model_registry["vit_t"](checkpoint=str(reference_dir / "vit_t_seed0.pth")).eval()
-    return SamPredictor(model)
+    return SamPredictor(vit_t_model())
 
 
 @pytest.fixture(scope="session")
-def dog_path(reference_dir):
-    return reference_dir / IMAGE
+def photo_path(tmp_path_factory):
+    """cat.jpg, 800x534 (scikit-image's cat, enlarged): no client-side downscale, so the server encodes exactly
+    the file's pixels."""
+    path = tmp_path_factory.mktemp("photos") / "cat.jpg"
+    shutil.copyfile(photo_jpeg(*SMALL_PHOTO), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def large_photo_path(tmp_path_factory):
+    """coffee.jpg, 1800x1200: larger than the client sends, so it is downscaled before upload."""
+    path = tmp_path_factory.mktemp("photos") / "coffee.jpg"
+    shutil.copyfile(photo_jpeg(*WIDE_PHOTO), path)
+    return path
 
 
 def server_predictor(predictor, live_server, image_path):
@@ -66,31 +78,31 @@ def click_pixel(page, x: int, y: int, button: str = "left") -> None:
 
 
 @pytest.fixture
-def ready_page(page, live_server, dog_path):
+def ready_page(page, live_server, photo_path):
     open_app(page, live_server)
-    upload(page, dog_path)
+    upload(page, photo_path)
     return page
 
 
-def test_upload_shows_progress_then_the_embedding_arrives(page, live_server, dog_path):
+def test_upload_shows_progress_then_the_embedding_arrives(page, live_server, photo_path):
     open_app(page, live_server)
     page.evaluate("""() => { window.statusLog = [];
         new MutationObserver(() => statusLog.push(document.getElementById('status-text').textContent))
             .observe(document.getElementById('status-text'), {childList: true, characterData: true, subtree: true}); }""")
-    upload(page, dog_path)
+    upload(page, photo_path)
     log = page.evaluate("statusLog")
     assert any(re.match(r"Uploading… [\d.]+ [KM]?B of [\d.]+ [KM]?B", s) for s in log), log
     assert any(re.match(r"Downloading the embedding… [\d.]+ [KM]?B of 2.00 MB", s) for s in log), log
     status = page.inner_text("#status-text")
     assert status.startswith("Ready"), status
     assert re.search(r"embedding [\d.]+ MB", status), status
-    assert page.locator("#fact-image").text_content().startswith("dog.jpg, 800×534")
+    assert page.locator("#fact-image").text_content().startswith("cat.jpg, 800×534")
     assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [800, 534]
     assert not shown_mask(page).any()
     # The same photo again is a cache hit, and the page says so rather than quoting the first encode time.
-    upload(page, dog_path)
+    upload(page, photo_path)
     assert "Already encoded (from the server's cache)" in page.inner_text("#status-text")
-    assert page.locator("#cls-encode").text_content().startswith("none now: from the cache")
+    assert page.locator("#cls-encode").text_content().startswith("Not needed: encoded before")
 
 
 def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
@@ -111,7 +123,7 @@ def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
     )
 
 
-def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_page, predictor, live_server, dog_path):
+def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_page, predictor, live_server, photo_path):
     page = ready_page
     # Rest on the pixel until its preview is painted: the click then keeps that decode (the instant path).
     page.mouse.move(*canvas_point(page, 420, 250))
@@ -122,7 +134,7 @@ def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_pag
     wait_idle(page)
     points = prompt_points(page)
     assert points == [[420, 250, 1]]
-    sam = server_predictor(predictor, live_server, dog_path)
+    sam = server_predictor(predictor, live_server, photo_path)
     masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
     best = int(np.argmax(scores))
     assert agreement(shown_mask(page), masks[best]) >= MIN_AGREEMENT
@@ -142,14 +154,14 @@ def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_pag
     assert agreement(shown_mask(page), masks[other]) >= MIN_AGREEMENT
 
 
-def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predictor, live_server, dog_path):
+def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predictor, live_server, photo_path):
     page = ready_page
     click_pixel(page, 420, 250)
     click_pixel(page, 200, 120, button="right")  # right-click: a negative point
     leave_image(page)
     wait_idle(page)
     assert prompt_points(page) == [[420, 250, 1], [200, 120, 0]]
-    sam = server_predictor(predictor, live_server, dog_path)
+    sam = server_predictor(predictor, live_server, photo_path)
     _, scores, low_res = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
     masks, _, _ = sam.predict(
         np.array([[420, 250], [200, 120]]),
@@ -161,7 +173,7 @@ def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predict
     assert page.locator("#candidates").is_hidden()  # refinements give one mask
 
 
-def test_dragging_draws_a_box_that_matches_the_predictor(ready_page, predictor, live_server, dog_path):
+def test_dragging_draws_a_box_that_matches_the_predictor(ready_page, predictor, live_server, photo_path):
     page = ready_page
     start, end = canvas_point(page, 150, 100), canvas_point(page, 600, 450)
     page.mouse.move(*start)
@@ -174,7 +186,7 @@ def test_dragging_draws_a_box_that_matches_the_predictor(ready_page, predictor, 
     box = page.locator("#prompt-layer rect.box")
     assert box.count() == 1
     x, y, w, h = (float(box.get_attribute(a)) for a in ("x", "y", "width", "height"))
-    sam = server_predictor(predictor, live_server, dog_path)
+    sam = server_predictor(predictor, live_server, photo_path)
     masks, _, _ = sam.predict(box=np.array([x, y, x + w, y + h]), multimask_output=False)
     assert (x, y) == (150, 100) and (x + w, y + h) == (600, 450)
     assert agreement(shown_mask(page), masks[0]) >= MIN_AGREEMENT
@@ -236,7 +248,7 @@ def _svg_mask(page, svg: bytes, size) -> np.ndarray:
     return np.frombuffer(bits.encode(), dtype=np.uint8).reshape(size) == ord("1")
 
 
-def test_every_export_holds_the_mask_shown(ready_page, dog_path):
+def test_every_export_holds_the_mask_shown(ready_page, photo_path):
     from backend.sam.amg import decode_coco_counts
 
     page = ready_page
@@ -245,7 +257,7 @@ def test_every_export_holds_the_mask_shown(ready_page, dog_path):
     wait_idle(page)
     mask = shown_mask(page)
     assert mask.any()
-    original = np.array(Image.open(dog_path).convert("RGB"))
+    original = np.array(Image.open(photo_path).convert("RGB"))
 
     data, name = _download(page, "#export-mask")
     assert name.endswith("_mask.png")
@@ -348,24 +360,26 @@ def test_a_file_that_is_not_an_image_gets_a_plain_error(page, live_server, tmp_p
     # The app keeps working: a real image after the error is fine.
 
 
-def test_official_decoder_interface_gives_the_same_mask(page, live_server, dog_path, predictor):
+def test_official_decoder_interface_gives_the_same_mask(page, live_server, photo_path, predictor):
     open_app(page, live_server, "backend=wasm&decoder=official")
     assert "official interface" in page.locator("#fact-decoder").text_content()
-    upload(page, dog_path)
+    upload(page, photo_path)
     click_pixel(page, 420, 250)
     leave_image(page)
     wait_idle(page)
-    sam = server_predictor(predictor, live_server, dog_path)
+    sam = server_predictor(predictor, live_server, photo_path)
     masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
     assert agreement(shown_mask(page), masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
 
 
-def test_large_image_is_downscaled_before_upload_and_exports_at_full_size(page, live_server, reference_dir, predictor):
+def test_large_image_is_downscaled_before_upload_and_exports_at_full_size(
+    page, live_server, large_photo_path, predictor
+):
     from backend.codec import decode_embedding
 
     open_app(page, live_server)
     with page.expect_response(lambda r: r.url.endswith("/api/images") and r.request.method == "POST") as answer:
-        upload(page, reference_dir / "images" / "truck.jpg")  # 1800x1200
+        upload(page, large_photo_path)  # 1800x1200
     info = answer.value.json()
     assert (info["width"], info["height"]) == (1024, 683)  # what the browser sent
     assert "sent at 1024×683" in page.locator("#fact-image").text_content()
@@ -423,14 +437,14 @@ def test_keyboard_and_accessibility_basics(page, live_server):
     assert not page.locator("#help-dialog").is_visible()
 
 
-def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, dog_path, predictor):
+def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, photo_path, predictor):
     context = browser.new_context(viewport={"width": 360, "height": 740}, has_touch=True, is_mobile=True)
     page = context.new_page()
     try:
         open_app(page, live_server)
         first_steps = page.inner_text("#empty-state")
         assert "tap" in first_steps and "right-click" not in first_steps and "Ctrl" not in first_steps
-        upload(page, dog_path)
+        upload(page, photo_path)
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
         assert "tap the image" in page.inner_text("#status-text")  # there is no hover on a phone
         assert page.locator("label.file-button", has_text="Open another image").is_visible()
@@ -438,7 +452,7 @@ def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, dog_pa
         page.touchscreen.tap(*canvas_point(page, 420, 250))
         wait_idle(page)
         assert prompt_points(page) == [[420, 250, 1]]
-        sam = server_predictor(predictor, live_server, dog_path)
+        sam = server_predictor(predictor, live_server, photo_path)
         masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
         assert agreement(shown_mask(page), masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
         # Touch users switch to "Remove area" for negative points.
@@ -451,7 +465,7 @@ def test_phone_width_tap_adds_a_point_without_hover(browser, live_server, dog_pa
 
 
 @pytest.mark.webgpu
-def test_webgpu_backend_gives_the_same_mask(playwright_instance, live_server, dog_path, predictor):
+def test_webgpu_backend_gives_the_same_mask(playwright_instance, live_server, photo_path, predictor):
     """WebGPU in headless Chromium runs on SwiftShader (a CPU emulation): slow, so one tap is all we decode."""
     from browser_helpers import CHROMIUM, WEBGPU_ARGS, ConsoleWatch
 
@@ -463,10 +477,10 @@ def test_webgpu_backend_gives_the_same_mask(playwright_instance, live_server, do
     try:
         open_app(page, live_server, "backend=webgpu")
         assert page.evaluate("document.body.dataset.provider") == "webgpu", page.inner_text("#error-text")
-        upload(page, dog_path)
+        upload(page, photo_path)
         page.touchscreen.tap(*canvas_point(page, 420, 250))
         wait_idle(page)
-        sam = server_predictor(predictor, live_server, dog_path)
+        sam = server_predictor(predictor, live_server, photo_path)
         masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
         assert agreement(shown_mask(page), masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
     finally:
@@ -612,12 +626,12 @@ def test_keyboard_only_prompting(ready_page):
     assert page.locator("#object-list li").count() == 1
 
 
-def test_every_embedding_format_decodes_in_the_browser(page, live_server, dog_path):
+def test_every_embedding_format_decodes_in_the_browser(page, live_server, photo_path):
     """web/js/embedding.js against the server's codec: f16 and int8 within their rounding of f32."""
     from backend.codec import decode_embedding
 
     open_app(page, live_server)
-    info = requests.post(live_server.url + "api/images", files={"image": dog_path.open("rb")}, timeout=120).json()
+    info = requests.post(live_server.url + "api/images", files={"image": photo_path.open("rb")}, timeout=120).json()
     reference = decode_embedding(
         requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content
     )
@@ -644,7 +658,7 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, dog_pa
     assert "too short" in result["short"]
 
 
-def test_a_second_image_can_be_chosen_with_a_visible_button_and_starts_clean(ready_page, reference_dir):
+def test_a_second_image_can_be_chosen_with_a_visible_button_and_starts_clean(ready_page, large_photo_path):
     page = ready_page
     click_pixel(page, 420, 250)
     page.keyboard.press("c")
@@ -654,20 +668,20 @@ def test_a_second_image_can_be_chosen_with_a_visible_button_and_starts_clean(rea
     assert picker.is_visible()
     with page.expect_file_chooser() as chooser:
         picker.click()
-    chooser.value.set_files(str(reference_dir / "images/truck.jpg"))
-    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('truck.jpg')")
+    chooser.value.set_files(str(large_photo_path))
+    page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('coffee.jpg')")
     page.wait_for_function("document.body.dataset.image === 'ready'")
-    # Nothing of the dog is left: no prompt, no mask, no candidates in the classroom view.
+    # Nothing of the first image is left: no prompt, no mask, no candidates in the classroom view.
     assert prompt_points(page) == [] and not shown_mask(page).any()
     assert page.locator("#cls-candidates canvas").count() == 0
     assert page.inner_text("#cls-heatmap-range") == "–"
 
 
-def test_a_hover_in_flight_does_not_paint_on_the_next_image(ready_page, dog_path):
+def test_a_hover_in_flight_does_not_paint_on_the_next_image(ready_page, photo_path):
     page = ready_page
     # The same photo mirrored: same size, other pixels, so the previous image's hover would fit its overlay.
     mirrored = io.BytesIO()
-    Image.open(dog_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored, "PNG")
+    Image.open(photo_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored, "PNG")
     x, y = canvas_point(page, 420, 250)
     # The hover is sent and the next image chosen in one task, so its decode is certainly still running.
     page.evaluate(
@@ -697,7 +711,7 @@ def _mirrored_png(path) -> bytes:
     return out.getvalue()
 
 
-def test_everything_job_of_the_previous_image_is_forgotten(ready_page, live_server, dog_path):
+def test_everything_job_of_the_previous_image_is_forgotten(ready_page, live_server, photo_path):
     page = ready_page
     page.click(".settings summary")
     page.select_option("#everything-grid", "8")
@@ -710,7 +724,8 @@ def test_everything_job_of_the_previous_image_is_forgotten(ready_page, live_serv
     status_url = live_server.url + started.value.json()["status_url"].lstrip("/")
     page.keyboard.press("e")  # a second press while the job runs starts no second job
     page.set_input_files(
-        "#file-input-more", files=[{"name": "mirrored.png", "mimeType": "image/png", "buffer": _mirrored_png(dog_path)}]
+        "#file-input-more",
+        files=[{"name": "mirrored.png", "mimeType": "image/png", "buffer": _mirrored_png(photo_path)}],
     )
     page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('mirrored.png')")
     page.wait_for_function("document.body.dataset.image === 'ready'")
@@ -738,7 +753,7 @@ def test_a_tiny_image_is_enlarged_enough_to_point_at(page, live_server, tmp_path
     assert prompt_points(page) == [[3, 9, 1]]
 
 
-def test_prompts_queued_before_another_image_opens_are_dropped(ready_page, dog_path):
+def test_prompts_queued_before_another_image_opens_are_dropped(ready_page, photo_path):
     page = ready_page
     # Two points and the next image in one task: both decodes are still queued when the image changes.
     page.evaluate(
@@ -752,7 +767,7 @@ def test_prompts_queued_before_another_image_opens_are_dropped(ready_page, dog_p
         input.files = transfer.files;
         input.dispatchEvent(new Event('change'));
     }""",
-        [list(_mirrored_png(dog_path))],
+        [list(_mirrored_png(photo_path))],
     )
     page.wait_for_function("document.getElementById('fact-image').textContent.startsWith('mirrored.png')")
     page.wait_for_function("document.body.dataset.image === 'ready'")
@@ -773,7 +788,7 @@ def test_enter_still_works_on_the_controls_themselves(ready_page):
     assert page.evaluate("document.querySelector('.settings').open")
 
 
-def test_a_busy_server_is_retried_after_the_wait_it_asks_for(page, live_server, dog_path):
+def test_a_busy_server_is_retried_after_the_wait_it_asks_for(page, live_server, photo_path):
     open_app(page, live_server)
     page.console_watch.allow.append("503")  # Chromium logs the busy answer itself
     answers = []
@@ -795,20 +810,20 @@ def test_a_busy_server_is_retried_after_the_wait_it_asks_for(page, live_server, 
     page.evaluate("""() => { window.statusLog = [];
         new MutationObserver(() => statusLog.push(document.getElementById('status-text').textContent))
             .observe(document.getElementById('status-text'), {childList: true, characterData: true, subtree: true}); }""")
-    upload(page, dog_path)
+    upload(page, photo_path)
     assert answers == [503, "server"]
     assert any("busy" in s and "trying again in 1 s" in s for s in page.evaluate("statusLog"))
     assert page.locator("#error-banner").is_hidden()
 
 
-def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, dog_path, tmp_path):
+def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, photo_path, tmp_path):
     open_app(page, live_server)
     # Stored landscape 600x400 with "rotate 90° clockwise" in EXIF, as phones save portrait photos; small
     # enough to be sent as is, so the server must apply the rotation like the browser does.
     exif = Image.Exif()
     exif[0x0112] = 6
     photo = tmp_path / "portrait.jpg"
-    Image.open(dog_path).resize((600, 400)).save(photo, exif=exif.tobytes())
+    Image.open(photo_path).resize((600, 400)).save(photo, exif=exif.tobytes())
     upload(page, photo)
     assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [400, 600]
     shown = page.locator("#stage-image").evaluate("i => [i.naturalWidth, i.naturalHeight]")

@@ -22,6 +22,12 @@ async function errorFrom(response) {
   return new ApiError(message, { status: response.status, code: body?.error || "http" });
 }
 
+/**
+ * The URL of an API path: relative to the page (the app itself), or to `server` (an embedding page talking
+ * to the app on another origin; fetch and XHR then send no credentials there).
+ */
+export const apiUrl = (path, server = null) => (server ? new URL(path, server).href : path);
+
 async function getJson(url) {
   let response;
   try {
@@ -34,10 +40,10 @@ async function getJson(url) {
 }
 
 /** GET /api/model: model type, weights and the decoder files. */
-export const fetchModelInfo = () => getJson("api/model");
+export const fetchModelInfo = ({ server = null } = {}) => getJson(apiUrl("api/model", server));
 
 /** GET /api/gallery: [{name, url, width, height, license, source}]. */
-export const fetchGallery = () => getJson("api/gallery");
+export const fetchGallery = ({ server = null } = {}) => getJson(apiUrl("api/gallery", server));
 
 /**
  * POST /api/images with upload progress (fetch cannot report upload progress, XMLHttpRequest can).
@@ -45,13 +51,14 @@ export const fetchGallery = () => getJson("api/gallery");
  * @param {string} filename
  * @param {(loaded: number, total: number) => void} onUploadProgress
  * @param {() => void} onUploaded called once the bytes are sent and the server is encoding
+ * @param {{server?: string}} options the app's URL when it is not this page's
  */
-export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploaded = () => {}) {
+export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploaded = () => {}, { server = null } = {}) {
   return new Promise((resolve, reject) => {
     const form = new FormData();
     form.append("image", blob, filename);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "api/images");
+    xhr.open("POST", apiUrl("api/images", server));
     xhr.responseType = "json";
     xhr.upload.onprogress = (event) => onUploadProgress(event.loaded, event.lengthComputable ? event.total : blob.size);
     xhr.upload.onload = () => onUploaded();
@@ -96,20 +103,39 @@ export async function fetchEmbedding(url, onProgress = () => {}) {
   return { buffer: bytes.buffer, bytes: loaded, wireBytes: wireBytes || loaded, ms: performance.now() - started };
 }
 
-/** POST /api/images/<id>/everything: 202 {job_id, status_url}. */
-export async function startEverything(imageId, parameters = {}) {
+/**
+ * POST /api/images/<id>/everything: 202 {job_id, status_url}. Crop layers segment tiles of the image's
+ * pixels, which the server does not keep: the image (the uploaded bytes) then goes with the job, as
+ * multipart {parameters: JSON, image}.
+ */
+export async function startEverything(imageId, parameters = {}, image = null) {
+  let body = JSON.stringify(parameters);
+  const headers = { "Content-Type": "application/json" };
+  if (image && parameters.crop_n_layers > 0) {
+    body = new FormData();
+    body.append("parameters", JSON.stringify(parameters));
+    body.append("image", image, "image");
+    delete headers["Content-Type"]; // the browser sets multipart's boundary
+  }
   let response;
   try {
-    response = await fetch(`api/images/${encodeURIComponent(imageId)}/everything`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(parameters),
-    });
+    response = await fetch(`api/images/${encodeURIComponent(imageId)}/everything`, { method: "POST", headers, body });
   } catch {
     throw new ApiError("The server cannot be reached.");
   }
   if (!response.ok) throw await errorFrom(response);
   return response.json();
+}
+
+/** DELETE /api/everything/<job_id>: stops the job on the server (a job already finished is left as it is). */
+export async function cancelEverything(jobId) {
+  let response;
+  try {
+    response = await fetch(`api/everything/${encodeURIComponent(jobId)}`, { method: "DELETE" });
+  } catch {
+    throw new ApiError("The server cannot be reached.");
+  }
+  if (!response.ok && response.status !== 404 && response.status !== 409) throw await errorFrom(response);
 }
 
 /** GET status_url: {status, progress, result?}. */

@@ -7,18 +7,28 @@ import { lowResPlane } from "./mask-math.js";
 
 const $ = (id) => document.getElementById(id);
 
+const STEP_MS = 1800; // how long "play the three stages" dwells on each stage
+const STAGES = ["encoder", "transfer", "decoder"];
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 export class Classroom {
   constructor() {
     this.section = $("classroom");
     this.decodeTimes = [];
+    this.figures = {}; // the last image's {encodeMs, cacheHit, bytes, wireBytes, format, downloadMs}
+    this.armed = false; // "play the three stages" waits for the next click
+    this.playing = false;
+    $("cls-play").addEventListener("click", () => this.arm());
   }
 
   get visible() {
     return !this.section.hidden;
   }
 
+  /** On: the presenter layout (the stages beside the image, large type; the gallery and exports hidden). */
   show(on) {
     this.section.hidden = !on;
+    document.body.classList.toggle("presenting", on);
   }
 
   /** Shows the view while `checkbox` is checked. */
@@ -27,8 +37,7 @@ export class Classroom {
       this.show(checkbox.checked);
       if (!checkbox.checked) return;
       this.refresh();
-      // It sits below the image, often below the fold: show that the switch did something.
-      this.section.scrollIntoView({ block: "nearest" });
+      // Beside the image on a wide screen; on a narrow one it follows the image: the image stays in view.
     });
   }
 
@@ -42,7 +51,9 @@ export class Classroom {
   }
 
   setImage({ encodeMs, cacheHit, bytes, wireBytes, format, downloadMs }) {
-    $("cls-encode").textContent = cacheHit ? `none now: from the cache (first encode ${formatMs(encodeMs)})` : formatMs(encodeMs);
+    this.figures = { encodeMs, cacheHit, bytes, wireBytes, format, downloadMs };
+    $("cls-encode").textContent = cacheHit
+      ? `Not needed: encoded before (that took ${formatMs(encodeMs)})` : formatMs(encodeMs);
     const sent = wireBytes && wireBytes !== bytes ? `, ${formatBytes(wireBytes)} sent compressed` : "";
     $("cls-bytes").textContent = bytes == null ? "–" : `${formatBytes(bytes)} ${format}${sent}`;
     $("cls-download").textContent = formatMs(downloadMs);
@@ -50,6 +61,48 @@ export class Classroom {
     this.lastResult = null;
     this.lastChosen = null;
     this.refresh();
+  }
+
+  /** Highlights the stage running now ("encoder", "transfer", "decoder"; null: none). */
+  setStage(stage) {
+    for (const card of this.section.querySelectorAll(".stage-card")) {
+      const on = card.dataset.stage === stage;
+      card.classList.toggle("active", on);
+      if (on) card.setAttribute("aria-current", "step");
+      else card.removeAttribute("aria-current");
+    }
+  }
+
+  /** Arms "play the three stages": the next click is shown stage by stage. */
+  arm() {
+    this.armed = true;
+    $("cls-narration").textContent = "Now click the image: the three stages will light up in turn.";
+  }
+
+  /** Plays the stages of the click just decoded (when armed): encoder → transfer → decoder, with figures. */
+  async playClick(result) {
+    if (!this.armed || this.playing) return;
+    this.armed = false;
+    this.playing = true;
+    const f = this.figures;
+    const lines = {
+      encoder: f.cacheHit
+        ? `1 of 3 · Image encoder: this image was encoded before (${formatMs(f.encodeMs)}); the server reused it.`
+        : `1 of 3 · Image encoder: the server turned the image into an embedding in ${formatMs(f.encodeMs)}, once.`,
+      transfer: `2 of 3 · Embedding transfer: ${formatBytes(f.bytes)} came to your browser in ${formatMs(f.downloadMs)}, once.`,
+      decoder: `3 of 3 · Mask decoder: your click became a mask in your browser in ${formatMs(result.decodeMs)}.`,
+    };
+    try {
+      for (const stage of STAGES) {
+        this.setStage(stage);
+        $("cls-narration").textContent = lines[stage];
+        await sleep(STEP_MS);
+      }
+      $("cls-narration").textContent = "Only stage 3 runs for every click: that is why masks follow the pointer live.";
+    } finally {
+      this.setStage(null);
+      this.playing = false;
+    }
   }
 
   /** Records one decode and, when visible, shows its candidates and logits. */
@@ -67,23 +120,29 @@ export class Classroom {
     const result = this.lastResult;
     const holder = $("cls-candidates");
     holder.replaceChildren();
+    $("cls-heatmap").hidden = !result;
+    $("cls-heatmap-placeholder").hidden = Boolean(result);
     if (!result) {
-      const heatmap = $("cls-heatmap");
-      heatmap.getContext("2d").clearRect(0, 0, heatmap.width, heatmap.height);
+      $("cls-candidates-caption").textContent = "The decoder's masks (256×256) appear here after the first click.";
       $("cls-heatmap-range").textContent = "–";
       return;
     }
-    const k = result.scores.length;
-    const shown = k === 4 ? [1, 2, 3] : [0];
-    for (const c of shown) {
+    // A lone click: three candidates, one shown; a refinement (more points, a box): the one mask it gives.
+    const several = result.candidates.length > 1;
+    $("cls-candidates-caption").textContent = several
+      ? "The three candidate masks (256×256) and the decoder's own quality guess (IoU)"
+      : "A refinement gives one mask (256×256): the one used, with the decoder's quality guess (IoU)";
+    for (const c of result.candidates) {
       const figure = document.createElement("figure");
       const canvas = document.createElement("canvas");
       canvas.setAttribute("role", "img");
-      canvas.setAttribute("aria-label", `Candidate ${c}: predicted IoU ${result.scores[c].toFixed(3)}`);
+      canvas.setAttribute("aria-label", `${several ? `Candidate ${c}` : "The mask used"}: predicted IoU ${result.scores[c].toFixed(3)}`);
       paintLowResMask(canvas, lowResPlane(result.lowRes, c));
       if (c === this.lastChosen) canvas.classList.add("best");
       const caption = document.createElement("figcaption");
-      caption.textContent = `#${c} · IoU ${result.scores[c].toFixed(3)}${c === this.lastChosen ? " · shown" : ""}`;
+      caption.textContent = several
+        ? `#${c} · IoU ${result.scores[c].toFixed(3)}${c === this.lastChosen ? " · shown" : ""}`
+        : `The mask used · IoU ${result.scores[c].toFixed(3)}`;
       figure.append(canvas, caption);
       holder.append(figure);
     }

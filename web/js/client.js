@@ -3,7 +3,7 @@
 // The app page and the embeddable element both drive one of these; neither talks to the worker or the API
 // on its own.
 
-import { fetchEmbedding } from "./api.js";
+import { apiUrl, fetchEmbedding } from "./api.js";
 import { DecoderClient } from "./decoder-client.js";
 import { startDecoder } from "./decoder-startup.js";
 import { SegmentEditor } from "./editor.js";
@@ -13,22 +13,28 @@ import { uploadWhenServerFree } from "./upload-retry.js";
 
 export class SamClient {
   /**
-   * @param {object} options {onStatus(text, progress): progress is a fraction, null (busy, no figure) or
-   *   undefined (no bar); editor: the SegmentEditor's handlers}
+   * @param {object} options {onStatus(text, progress, task): progress is a fraction, null (busy, no figure)
+   *   or undefined (no bar), task "decoder" (its download) or "image" (opening one); onStage(name) the SAM
+   *   stage running for the image: "encoder", "transfer", or null once it is ready; editor: the
+   *   SegmentEditor's handlers; server: the app's URL when it is not this page's (the <sam-segmenter>
+   *   element on another tool's page)}
    */
-  constructor({ onStatus = () => {}, editor = {} } = {}) {
+  constructor({ onStatus = () => {}, onStage = () => {}, editor = {}, server = null } = {}) {
     this.onStatus = onStatus;
+    this.onStage = onStage;
+    this.server = server;
     this.decoder = new DecoderClient();
     this.editor = new SegmentEditor(this.decoder, editor);
     this.decoderReady = null; // Promise of startDecoder's answer
+    this.decoderInfo = null; // its answer, once there
     this.image = null; // {name, original, originalSize, upload, uploadSize, downscaled, url, id, token}
     this.loadToken = 0;
   }
 
   /** Opens the decoder (see decoder-startup.js); image loads wait for it. */
   start(options) {
-    this.decoderReady = startDecoder(this.decoder, options, this.onStatus);
-    this.decoderReady.catch(() => {}); // the caller reports it; image loads awaiting it report again
+    this.decoderReady = startDecoder(this.decoder, { ...options, server: this.server }, (text, progress) => this.onStatus(text, progress, "decoder"));
+    this.decoderReady.then((answer) => { this.decoderInfo = answer; }, () => {}); // failures: the caller reports it
     return this.decoderReady;
   }
 
@@ -69,11 +75,11 @@ export class SamClient {
    */
   async load(image, { format = null } = {}) {
     const isCurrent = () => this.isCurrent(image);
-    const started = performance.now();
-    this.onStatus(`Uploading ${formatBytes(image.upload.size)}…`, 0);
-    const info = await uploadWhenServerFree(image.upload, image.name, { isCurrent, onStatus: this.onStatus });
+    const onStatus = (text, progress) => this.onStatus(text, progress, "image");
+    this.onStage("encoder");
+    onStatus(`Uploading… 0 B of ${formatBytes(image.upload.size)}`, 0);
+    const { answer: info, uploadMs } = await uploadWhenServerFree(image.upload, image.name, { isCurrent, onStatus, server: this.server });
     if (!isCurrent()) return null;
-    const uploadMs = performance.now() - started;
     const [h, w] = image.uploadSize;
     if (info.height !== h || info.width !== w) {
       // The server decoded another size than the browser (e.g. an EXIF rotation it ignored).
@@ -82,13 +88,16 @@ export class SamClient {
     }
     image.id = info.id;
     const wanted = format || info.format || "f16";
-    const url = info.embedding_url.includes("format=") ? info.embedding_url
-      : `${info.embedding_url}${info.embedding_url.includes("?") ? "&" : "?"}format=${wanted}`;
-    this.onStatus("Downloading the embedding…", 0);
+    const url = apiUrl(info.embedding_url.includes("format=") ? info.embedding_url
+      : `${info.embedding_url}${info.embedding_url.includes("?") ? "&" : "?"}format=${wanted}`, this.server);
+    this.onStage("transfer");
+    onStatus("Downloading the embedding…", 0);
     const embedding = await fetchEmbedding(url, (loaded, all) => {
-      if (isCurrent()) this.onStatus(`Downloading the embedding… ${formatBytes(loaded)}${all ? ` of ${formatBytes(all)}` : ""}`, all ? loaded / all : null);
+      if (isCurrent()) onStatus(`Downloading the embedding… ${formatBytes(loaded)}${all ? ` of ${formatBytes(all)}` : ""}`, all ? loaded / all : null);
     });
     if (!isCurrent()) return null;
+    this.onStage(null);
+    if (!this.decoderInfo) onStatus("The embedding is here; waiting for the decoder to finish loading…", null);
     await this.decoderReady;
     if (!isCurrent()) return null;
     await this.decoder.setEmbedding(embedding.buffer, image.uploadSize);

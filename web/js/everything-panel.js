@@ -1,20 +1,48 @@
-// Everything mode's controls: start/hide, its progress and outcome, its settings, and pointing at its masks.
+// Everything mode's controls: start/hide/cancel, progress and outcome over the image, settings, pointing at masks.
 
 import { plural } from "./format.js";
 
 export class EverythingPanel {
   /**
    * @param {import("./everything.js").EverythingMode} mode
-   * @param {object} parts {button, exportButton, status, grid, iou, stability} elements
+   * @param {object} parts {button, exportButton, status, grid, iou, stability, crops} elements of the panel, and
+   *   {overlay, progress (role=progressbar), overlayText, cancel, close} of the message over the image
    * @param {object} handlers {image(): the client's image when ready to use, else null, onLayers() (its masks
-   *   changed: repaint), onTake(item) (a mask clicked: keep it as an object), onError(error)}
+   *   changed: repaint), onTake(item) (a mask clicked: keep it as an object), onStatus(text, fraction),
+   *   onError(error)}
    */
   constructor(mode, parts, handlers) {
     this.mode = mode;
     this.parts = parts;
     this.handlers = handlers;
+    this.hideTimer = null;
     mode.onProgress = (fraction, text) => this.setStatus(text, fraction);
     parts.button.addEventListener("click", () => this.toggle());
+    parts.cancel.addEventListener("click", () => this.cancel());
+    parts.close.addEventListener("click", () => this.#showOverlay(null));
+  }
+
+  /** The message over the image: {text, fraction (a bar; undefined: none), running (a Cancel)} or null. */
+  #showOverlay(message, hideAfterMs = 0) {
+    const { overlay, progress, overlayText, cancel, close } = this.parts;
+    clearTimeout(this.hideTimer);
+    overlay.hidden = !message;
+    if (!message) return;
+    overlayText.textContent = message.text;
+    progress.hidden = message.fraction === undefined;
+    if (message.fraction != null) {
+      const percent = Math.round(message.fraction * 100);
+      progress.setAttribute("aria-valuenow", String(percent));
+      progress.setAttribute("aria-valuetext", `${percent}%`);
+      progress.firstElementChild.style.width = `${percent}%`;
+    } else {
+      progress.removeAttribute("aria-valuenow"); // indeterminate
+      progress.removeAttribute("aria-valuetext");
+      progress.firstElementChild.style.width = "0";
+    }
+    cancel.hidden = !message.running;
+    close.hidden = Boolean(message.running);
+    if (hideAfterMs) this.hideTimer = setTimeout(() => this.#showOverlay(null), hideAfterMs);
   }
 
   get active() {
@@ -23,16 +51,29 @@ export class EverythingPanel {
 
   /** The settings' parameters (names of the server's API). */
   parameters() {
-    const { grid, iou, stability } = this.parts;
+    const { grid, iou, stability, crops } = this.parts;
     return {
       points_per_side: Number(grid.value),
       pred_iou_thresh: Number(iou.value),
       stability_score_thresh: Number(stability.value),
+      crop_n_layers: Number(crops.value),
     };
   }
 
   setStatus(text, fraction = null) {
-    this.parts.status.textContent = fraction == null ? text : `${text} ${Math.round(fraction * 100)}%`;
+    const line = fraction == null ? text : `${text} ${Math.round(fraction * 100)}%`;
+    this.parts.status.textContent = line;
+    if (this.mode.running) {
+      this.#showOverlay({ text: line, fraction, running: true });
+      this.handlers.onStatus(line, fraction);
+    }
+  }
+
+  /** The outcome, in the panel and over the image (where the user is looking). */
+  #outcome(text, hideAfterMs = 0) {
+    this.parts.status.textContent = text;
+    this.#showOverlay(text ? { text } : null, hideAfterMs);
+    if (text) this.handlers.onStatus(text);
   }
 
   refresh() {
@@ -45,8 +86,22 @@ export class EverythingPanel {
   /** Forgets the masks and any job in flight (another image opened). */
   clear() {
     this.mode.clear();
-    this.setStatus("");
+    this.#outcome("");
     this.refresh();
+  }
+
+  /** Stops the job in flight (on the server too). */
+  async cancel() {
+    if (!this.mode.running) return;
+    try {
+      await this.mode.cancel();
+      this.#outcome("Cancelled: no masks.", 4000);
+    } catch (error) {
+      this.#outcome("");
+      this.handlers.onError(error);
+    } finally {
+      this.refresh();
+    }
   }
 
   /** Starts a job, or hides the masks on show. */
@@ -60,13 +115,13 @@ export class EverythingPanel {
     }
     this.parts.button.disabled = true;
     try {
-      const count = await this.mode.run(image.id, image.uploadSize, this.parameters());
-      if (count === null) return; // another image was opened meanwhile
-      this.setStatus(count ? `${plural(count, "mask")}. Hover to highlight one, click to keep it.`
-        : "No masks passed the thresholds: lower them in Settings.");
+      const count = await this.mode.run(image.id, image.uploadSize, this.parameters(), image.upload);
+      if (count === null) return; // cancelled, or another image was opened meanwhile
+      if (count) this.#outcome(`${plural(count, "mask")}. Hover to highlight one, click to keep it.`, 8000);
+      else this.#outcome("No masks passed the thresholds: lower them in Settings.");
       this.handlers.onLayers();
     } catch (error) {
-      this.setStatus("");
+      this.#outcome("");
       this.handlers.onError(error);
     } finally {
       this.refresh();

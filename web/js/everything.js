@@ -1,7 +1,7 @@
 // Everything mode: the server segments the whole image (POST /api/images/<id>/everything, then polling);
 // every mask is shown in colour, hovering highlights one, clicking moves it into the object list.
 
-import { fetchJobStatus, startEverything } from "./api.js";
+import { cancelEverything, fetchJobStatus, startEverything } from "./api.js";
 import { colorFor } from "./colors.js";
 import { maskStats } from "./mask-math.js";
 import { decodeSegmentation } from "./rle.js";
@@ -20,6 +20,7 @@ export class EverythingMode {
     this.runToken = 0;
     this.running = false;
     this.annotations = [];
+    this.jobId = null; // the job running on the server, while it runs
   }
 
   get active() {
@@ -28,18 +29,25 @@ export class EverythingMode {
 
   /**
    * Runs a job for imageId whose masks are [H, W]; resolves with the number of masks, or null when clear()
-   * (e.g. another image opened) superseded the run, whose answers then belong to no image on screen.
+   * (e.g. another image opened) or cancel() superseded the run, whose answers then belong to no image on
+   * screen. `image`: the uploaded Blob, sent along when crop layers need the pixels.
    */
-  async run(imageId, size, parameters = {}) {
+  async run(imageId, size, parameters = {}, image = null) {
     const token = ++this.runToken;
     this.running = true;
     try {
       this.onProgress(0, "Starting…");
-      const { status_url: statusUrl } = await startEverything(imageId, parameters);
+      const { job_id: jobId, status_url: statusUrl } = await startEverything(imageId, parameters, image);
+      if (token !== this.runToken) {
+        if (this.cancelPending === token) cancelEverything(jobId).catch(() => {}); // Cancel came before the job's id
+        return null;
+      }
+      this.jobId = jobId;
       for (;;) {
         if (token !== this.runToken) return null;
         const job = await fetchJobStatus(statusUrl);
         if (token !== this.runToken) return null;
+        if (job.status === "cancelled") return null;
         if (job.status === "error") throw new Error(job.message || job.error || "The server could not segment everything.");
         if (job.status === "done") {
           this.#load(job.result?.annotations || [], size);
@@ -52,7 +60,10 @@ export class EverythingMode {
       if (token !== this.runToken) return null;
       throw error;
     } finally {
-      if (token === this.runToken) this.running = false;
+      if (token === this.runToken) {
+        this.running = false;
+        this.jobId = null;
+      }
     }
   }
 
@@ -102,7 +113,18 @@ export class EverythingMode {
     return this.items.map((item, i) => ({ mask: item.mask, color: item.color, emphasis: i === this.highlight ? "selected" : "dim" }));
   }
 
+  /** Stops the job in flight, on the server too (its run() resolves null). */
+  async cancel() {
+    const jobId = this.jobId;
+    if (this.running && !jobId) this.cancelPending = this.runToken;
+    this.runToken++;
+    this.running = false;
+    this.jobId = null;
+    if (jobId) await cancelEverything(jobId);
+  }
+
   clear() {
+    this.jobId = null; // left to finish: the server may share it with another page asking the same
     this.runToken++;
     this.running = false;
     this.items = [];

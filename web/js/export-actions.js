@@ -18,9 +18,18 @@ export class ExportActions {
     return editing && { ...editing, name: this.objects.nextName, color: this.objects.nextColor };
   }
 
-  /** The object the single-object exports act on: the selected one, else the one being edited. */
+  /** The object the single-object exports act on: the selected one, else the one being edited, else the last kept. */
   target() {
-    return this.objects.selected || this.#editing();
+    return this.objects.selected || this.#editing() || this.objects.items.at(-1) || null;
+  }
+
+  /** Which object the single-object exports take, in words (shown next to the buttons). */
+  describeTarget() {
+    const target = this.target();
+    if (!target) return "Make a mask first: hover over the image and click (or tap).";
+    const why = target === this.objects.selected ? "selected" : this.objects.items.includes(target) ? "last kept" : "being edited";
+    const others = this.objects.items.length > 1 ? "; click another object's swatch to export that one" : "";
+    return `Cut-out and mask PNG: “${target.name}” (${why})${others}. COCO and SVG: all objects.`;
   }
 
   /** Every kept object, and the one being edited. */

@@ -1,27 +1,28 @@
 // Wires the page: the client (decoder, image, editor) to the stage, the panels, the status line and the keyboard.
 
 import { Classroom } from "./classroom.js";
-import { renderCandidates } from "./candidates.js";
 import { SamClient } from "./client.js";
 import { EverythingMode } from "./everything.js";
 import { EverythingPanel } from "./everything-panel.js";
 import { ExportActions } from "./export-actions.js";
-import { formatBytes, formatMs } from "./format.js";
 import { showGallery } from "./gallery.js";
 import { bindImageInputs, fetchImage } from "./image-input.js";
 import { bindKeyboard, KeyboardCursor } from "./keyboard.js";
 import { maskStats } from "./mask-math.js";
+import { showModelFacts } from "./model-facts.js";
 import { ObjectList } from "./objects.js";
 import { PointerKind } from "./pointer-kind.js";
+import { PromptPanel } from "./prompt-panel.js";
 import { StageView } from "./stage-view.js";
 import { StatusLine } from "./status-line.js";
+import { describeSelection, readyStatus } from "./wording.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const BACKEND_KEY = "sam-web.backend";
 
 const status = new StatusLine({
-  text: $("status-text"), progress: $("status-progress"),
+  text: $("status-text"), progress: $("status-progress"), secondary: $("status-secondary"),
   errorBanner: $("error-banner"), errorText: $("error-text"), errorClose: $("error-close"),
 });
 const showError = (error) => status.showError(error);
@@ -29,16 +30,21 @@ const classroom = new Classroom();
 let dragBox = null;
 let readyLine = null; // () => the "Ready: …" status of the image on show, worded for the pointer in use
 const client = new SamClient({
-  onStatus: (text, progress) => status.set(text, progress),
+  onStatus: (text, progress, task) => status.set(text, progress, task),
+  onStage: (stage) => classroom.setStage(stage),
   editor: {
     onChange: () => { refreshControls(); renderOverlay(); },
     onPreview: () => renderOverlay(),
     onPrompts: (points, box) => view.drawPrompts(points, box),
     onDecode: (result, chosen, cause) => {
       classroom.addDecode(result, chosen);
-      if (cause === "commit") status.set(`Mask in ${formatMs(result.decodeMs)} (decoder) + ${formatMs(result.postMs)} (upsampling).`);
+      if (cause === "commit" || cause === "pick") status.set(describeSelection(result, chosen, editor.size));
     },
-    onKeep: (kept) => objects.add({ ...kept, area: maskStats(kept.mask, editor.size).area }),
+    onKeep: (kept) => {
+      const object = objects.add({ ...kept, area: maskStats(kept.mask, editor.size).area });
+      prompts.setNegative(false); // the next object starts with "Add area"
+      status.set(`Kept “${object.name}” (${object.area.toLocaleString()} px). Point at the next object.`);
+    },
     onPending: (count) => { document.body.dataset.pending = String(count); },
     onError: showError,
   },
@@ -46,11 +52,12 @@ const client = new SamClient({
 const { editor } = client;
 
 const view = new StageView(
-  { stage: $("stage"), image: $("stage-image"), canvas: $("mask-canvas"), svg: $("prompt-layer") },
+  { stage: $("stage"), image: $("stage-image"), canvas: $("mask-canvas"), svg: $("prompt-layer"), zoomReset: $("zoom-reset") },
   {
     onHover: (x, y, time) => everything.hoverAt(x, y) || editor.hoverAt(x, y, view.negativeMode, time),
     onLeave: () => { editor.leave(); everything.leave(); },
-    onPoint: (x, y, negative, time) => everything.pointAt(x, y) || editor.point(x, y, negative, time),
+    onPoint: (x, y, negative, time) => everything.pointAt(x, y) ||
+      editor.point(x, y, negative, time)?.then(() => editor.mask && classroom.playClick(editor.state.result)),
     onBox: (box) => everything.active || editor.box(box),
     onDragBox: (box) => {
       dragBox = box;
@@ -58,18 +65,22 @@ const view = new StageView(
     },
   },
 );
+const prompts = new PromptPanel(editor, view);
 const objects = new ObjectList($("object-list"), $("objects-empty"), {
   onChange: () => { renderLayers(); refreshControls(); },
-  onSelect: () => renderLayers(),
+  onSelect: () => { renderLayers(); refreshControls(); },
 });
 const everything = new EverythingPanel(
   new EverythingMode(() => {}),
   { button: $("everything-button"), exportButton: $("everything-export"), status: $("everything-status"),
-    grid: $("everything-grid"), iou: $("everything-iou"), stability: $("everything-stability") },
+    grid: $("everything-grid"), iou: $("everything-iou"), stability: $("everything-stability"), crops: $("everything-crops"),
+    overlay: $("stage-overlay"), progress: $("everything-progress"), overlayText: $("overlay-text"),
+    cancel: $("everything-cancel"), close: $("overlay-close") },
   {
     image: () => (editor.ready ? client.image : null),
     onLayers: renderLayers,
     onTake: (item) => objects.add({ mask: item.mask, lowRes: null, score: item.score ?? null, area: item.area }),
+    onStatus: (text, fraction) => status.set(text, fraction),
     onError: showError,
   },
 );
@@ -107,14 +118,10 @@ function renderLayers() {
 }
 
 function refreshControls() {
-  const { history } = editor;
-  $("undo-button").disabled = !history.canUndo;
-  $("redo-button").disabled = !history.canRedo;
-  $("reset-button").disabled = history.isEmpty;
-  $("commit-button").disabled = !editor.mask;
+  prompts.refresh();
   const anyMask = Boolean(editor.mask) || objects.items.length > 0;
   for (const button of document.querySelectorAll("[data-needs-mask]")) button.disabled = !anyMask;
-  renderCandidates($("candidates"), $("candidate-list"), editor.state, (c) => editor.pickCandidate(c));
+  $("export-target").textContent = exportActions.describeTarget();
   everything.refresh();
   document.body.dataset.prompts = String(editor.state.points.length + (editor.state.box ? 1 : 0));
 }
@@ -127,14 +134,10 @@ async function startDecoder() {
   const { model, entry, info, runsOn } = await client.start({
     decoder: params.get("decoder"), backend, threads: Number(params.get("threads")) || 0,
   });
-  $("weights-banner").hidden = model.weights !== "random";
-  $("weights-banner").textContent = model.weights_message || "This server runs a model with random weights: masks will not follow real objects.";
+  showModelFacts({ model, entry, info, runsOn });
   classroom.setModel({ modelType: model.model_type, weights: model.weights, encoderPath: model.encoder_path });
-  $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)})`;
-  $("fact-provider").textContent = runsOn;
   classroom.setProvider(runsOn);
-  document.body.dataset.decoder = "ready";
-  document.body.dataset.provider = info.provider;
+  status.decoderDone();
   if (info.fallbackReason) showError(new Error(info.fallbackReason));
   if (!client.image) status.set("Ready. Choose, drop or paste an image, or pick a sample.");
 }
@@ -153,6 +156,7 @@ function showImage(image) {
   view.setImage(image.url, image.uploadSize);
   view.setLayers([]);
   view.render();
+  $("drop-zone").scrollIntoView({ block: "nearest" }); // e.g. opened from the gallery, below the image on a phone
   const [H, W] = image.originalSize;
   $("fact-image").textContent = `${image.name}, ${W}×${H}` +
     (image.downscaled ? ` (sent at ${image.uploadSize[1]}×${image.uploadSize[0]})` : "");
@@ -176,20 +180,23 @@ async function openImage(blob, name) {
   try {
     const loaded = await client.load(image, { format: params.get("format") });
     if (!loaded) return;
-    const { info, embedding, uploadMs, dtype } = loaded;
+    const { info, embedding, dtype } = loaded;
     classroom.setImage({ encodeMs: info.encode_ms, cacheHit: info.cache_hit, bytes: embedding.bytes,
       wireBytes: embedding.wireBytes, format: dtype, downloadMs: embedding.ms });
     document.body.dataset.image = "ready";
     $("stage").classList.remove("busy");
-    const encoded = info.cache_hit ? "Already encoded (from the server's cache)" : `Encoded in ${formatMs(info.encode_ms)}`;
-    readyLine = () => `Ready: ${pointer.touch ? "tap the image" : "hover over the image"}. ${encoded}, ` +
-      `embedding ${formatBytes(embedding.wireBytes)}, upload ${formatMs(uploadMs)}.`;
+    status.imageDone();
+    readyLine = () => readyStatus(loaded, pointer.touch);
     status.set(readyLine());
     refreshControls();
+    // Keyboard users land on the image, unless they went on to another control meanwhile.
+    if (!document.activeElement || document.activeElement === document.body ||
+        document.activeElement.closest(".gallery, .file-button, .empty-state")) $("stage").focus({ preventScroll: true });
   } catch (error) {
     if (!client.isCurrent(image)) return;
     document.body.dataset.image = "error";
     $("stage").classList.remove("busy");
+    status.imageDone();
     status.set("The image could not be prepared.");
     showError(error);
   }
@@ -197,20 +204,8 @@ async function openImage(blob, name) {
 
 // ---------------------------------------------------------------- controls
 
-function setNegativeMode(on) {
-  view.negativeMode = on;
-  document.querySelector(`input[name="mode"][value="${on ? 0 : 1}"]`).checked = true;
-}
-
 function bindControls() {
   bindImageInputs({ fileInputs: [$("file-input"), $("file-input-more")], dropTarget: $("drop-zone"), onImage: openImage, onError: showError });
-  $("undo-button").addEventListener("click", () => editor.undo());
-  $("redo-button").addEventListener("click", () => editor.redo());
-  $("reset-button").addEventListener("click", () => editor.reset());
-  $("commit-button").addEventListener("click", () => editor.keep());
-  for (const radio of document.querySelectorAll('input[name="mode"]')) {
-    radio.addEventListener("change", () => setNegativeMode(radio.value === "0" && radio.checked));
-  }
   classroom.bindToggle($("classroom-toggle"));
   $("help-button").addEventListener("click", () => $("help-dialog").showModal());
   for (const kind of ["cutout", "mask", "copy", "coco", "svg"]) {
@@ -226,7 +221,7 @@ function bindControls() {
     actions: {
       undo: () => editor.undo(), redo: () => editor.redo(), keep: () => editor.keep(), pick: (n) => editor.pickCandidate(n),
       escape: () => (everything.active ? everything.toggle() : editor.reset()),
-      toggleNegative: () => setNegativeMode(!view.negativeMode),
+      toggleNegative: () => prompts.setNegative(!view.negativeMode),
       toggleClassroom: () => $("classroom-toggle").click(),
       toggleEverything: () => everything.toggle(),
       help: () => $("help-dialog").showModal(),

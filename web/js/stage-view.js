@@ -4,6 +4,8 @@
 const DRAG_THRESHOLD_PX = 6; // CSS pixels before a press becomes a box drag
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MIN_SHOWN_SIDE_PX = 320; // smaller images are enlarged by a whole factor so they can be pointed at
+const MIN_MARKER_RADIUS_PX = 6; // CSS pixels: a point marker stays visible (≥ 12 px across) on a phone
+const MAX_ZOOM = 8;
 
 function packRgba([r, g, b], alpha) {
   return ((Math.round(alpha * 255) << 24) | (b << 16) | (g << 8) | r) >>> 0;
@@ -11,12 +13,17 @@ function packRgba([r, g, b], alpha) {
 
 export class StageView {
   /**
-   * @param {object} parts {stage, image, canvas, svg} elements
+   * @param {object} parts {stage, image, canvas, svg, zoomReset (optional: a button shown while zoomed)} elements
    * @param {object} handlers {onHover(x, y, time), onLeave(), onPoint(x, y, negative, time), onBox([x0, y0, x1, y1]),
    *   onDragBox(box | null)}; time is the pointer event's timestamp (performance.now() clock)
    */
-  constructor({ stage, image, canvas, svg }, handlers) {
+  constructor({ stage, image, canvas, svg, zoomReset = null }, handlers) {
     this.stage = stage;
+    this.zoomReset = zoomReset;
+    this.zoom = { scale: 1, x: 0, y: 0 };
+    this.touches = new Map(); // pointerId -> [clientX, clientY] of the fingers on the image
+    this.pinch = null;
+    zoomReset?.addEventListener("click", () => this.setZoom(1, 0, 0));
     this.image = image;
     this.canvas = canvas;
     this.svg = svg;
@@ -43,7 +50,17 @@ export class StageView {
     this.frame = this.context.createImageData(maskSize[1], maskSize[0]);
     this.pixels = new Uint32Array(this.frame.data.buffer);
     this.base = new Uint32Array(this.pixels.length);
+    this.setZoom(1, 0, 0);
     this.drawPrompts([], null);
+  }
+
+  /** Zooms the image by `scale` (1: fit) and shifts it by (x, y) CSS pixels; pointer mapping follows. */
+  setZoom(scale, x, y) {
+    this.zoom = scale <= 1 ? { scale: 1, x: 0, y: 0 } : { scale, x, y };
+    const { scale: s, x: tx, y: ty } = this.zoom;
+    this.stage.style.transform = s === 1 ? "" : `translate(${tx}px, ${ty}px) scale(${s})`;
+    if (this.zoomReset) this.zoomReset.hidden = s === 1;
+    if (this.lastPrompts) this.drawPrompts(...this.lastPrompts);
   }
 
   #paint(target, mask, color, fillAlpha, edgeAlpha) {
@@ -86,7 +103,9 @@ export class StageView {
     this.lastPrompts = [points, box, dragBox];
     this.svg.replaceChildren();
     if (!this.size) return;
-    const radius = Math.max(this.size[0], this.size[1]) / 90;
+    // CSS pixels per image pixel (zoom included): markers are never smaller than MIN_MARKER_RADIUS_PX on screen.
+    const shown = this.canvas.getBoundingClientRect().width / this.size[1];
+    const radius = Math.max(Math.max(this.size[0], this.size[1]) / 90, shown ? MIN_MARKER_RADIUS_PX / shown : 0);
     const rect = (b, cls) => {
       const r = document.createElementNS(SVG_NS, "rect");
       r.setAttribute("x", Math.min(b[0], b[2]));
@@ -150,6 +169,7 @@ export class StageView {
     target.addEventListener("pointerdown", (event) => {
       if (!this.size || (event.button !== 0 && event.button !== 2)) return;
       event.preventDefault();
+      if (event.pointerType === "touch" && this.#touchDown(event)) return;
       target.setPointerCapture(event.pointerId);
       this.press = {
         id: event.pointerId, startX: event.clientX, startY: event.clientY,
@@ -158,6 +178,11 @@ export class StageView {
     });
     target.addEventListener("pointermove", (event) => {
       if (!this.size) return;
+      if (this.touches.has(event.pointerId)) this.touches.set(event.pointerId, [event.clientX, event.clientY]);
+      if (this.pinch) {
+        this.#pinchMove();
+        return;
+      }
       const press = this.press;
       if (press && press.id === event.pointerId) {
         const moved = Math.hypot(event.clientX - press.startX, event.clientY - press.startY);
@@ -173,6 +198,12 @@ export class StageView {
       }
     });
     const finish = (event, cancelled) => {
+      this.touches.delete(event.pointerId);
+      if (this.pinch) {
+        // The gesture ends when the last finger lifts; a lifted finger never becomes a point.
+        if (!this.touches.size) this.pinch = null;
+        return;
+      }
       const press = this.press;
       if (!press || press.id !== event.pointerId) return;
       this.press = null;
@@ -192,8 +223,39 @@ export class StageView {
     };
     target.addEventListener("pointerup", (event) => finish(event, false));
     target.addEventListener("pointercancel", (event) => finish(event, true));
-    target.addEventListener("pointerleave", () => {
+    target.addEventListener("pointerleave", (event) => {
+      if (event.pointerType === "touch") return;
       if (!this.press) this.handlers.onLeave();
     });
+  }
+
+  /** A finger down: a second one starts a pinch (zoom + pan) instead of a point; true when it did. */
+  #touchDown(event) {
+    this.touches.set(event.pointerId, [event.clientX, event.clientY]);
+    if (this.touches.size !== 2 && !this.pinch) return false;
+    if (!this.pinch) {
+      if (this.press) this.handlers.onDragBox(null);
+      this.press = null;
+      const rect = this.stage.getBoundingClientRect();
+      const [distance, middle] = this.#fingers();
+      this.pinch = { distance, middle, zoom: { ...this.zoom }, left: rect.left - this.zoom.x, top: rect.top - this.zoom.y };
+    }
+    return true;
+  }
+
+  #fingers() {
+    const [[x0, y0], [x1, y1]] = [...this.touches.values()];
+    return [Math.hypot(x1 - x0, y1 - y0) || 1, [(x0 + x1) / 2, (y0 + y1) / 2]];
+  }
+
+  #pinchMove() {
+    if (this.touches.size < 2) return;
+    const { distance, middle, zoom, left, top } = this.pinch;
+    const [now, [mx, my]] = this.#fingers();
+    const scale = Math.min(MAX_ZOOM, Math.max(1, zoom.scale * (now / distance)));
+    // The image point that was under the fingers' midpoint stays under it.
+    const localX = (middle[0] - left - zoom.x) / zoom.scale;
+    const localY = (middle[1] - top - zoom.y) / zoom.scale;
+    this.setZoom(scale, mx - left - scale * localX, my - top - scale * localY);
   }
 }
