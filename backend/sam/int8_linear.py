@@ -8,6 +8,7 @@ gives back the exact float32 model.
 """
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -71,19 +72,31 @@ class Int8Linear(nn.Linear):
         return f"{super().extra_repr()}, int8, full_range={self.full_range}"
 
 
-def quantize_linears(module: nn.Module, full_range: bool = True) -> int:
-    """Replaces every ``nn.Linear`` inside ``module`` by an ``Int8Linear`` sharing its parameters; returns how many."""
+def attention_output(name: str) -> bool:
+    """The attention blocks' output projections (``...attn.proj``): their input, softmax-weighted averages of
+    values, loses too much to 8 bits. On vit_b (seeded weights, dog.jpg) keeping them float32 raised the mean
+    mask IoU from 0.9895 to 0.9921 (embedding cosine 0.99977 -> 0.99984) for 1/12 of the Linear work."""
+    return name.endswith("attn.proj")
+
+
+def quantize_linears(
+    module: nn.Module, full_range: bool = True, keep_float: Callable[[str], bool] = attention_output, prefix: str = ""
+) -> int:
+    """Replaces the ``nn.Linear`` layers inside ``module`` (except where ``keep_float(qualified name)``) by
+    ``Int8Linear`` layers sharing their parameters; returns how many are int8."""
     count = 0
     for name, child in module.named_children():
+        qualified = f"{prefix}{name}"
         if isinstance(child, Int8Linear):
             child.full_range = full_range
             child.repack()
             count += 1
         elif isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear(child, full_range))
-            count += 1
+            if not keep_float(qualified):
+                setattr(module, name, Int8Linear(child, full_range))
+                count += 1
         else:
-            count += quantize_linears(child, full_range)
+            count += quantize_linears(child, full_range, keep_float, f"{qualified}.")
     return count
 
 
