@@ -22,7 +22,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 
-from servers import gunicorn, nginx_front, rss_bytes  # noqa: E402
+from servers import PeakRss, gunicorn, nginx_front, rss_bytes  # noqa: E402
 from test_abuse import HealthProbe, distinct_png, jpeg_bomb, png_bomb, upload, wait_until_idle  # noqa: E402
 
 MB = 1e6
@@ -31,27 +31,16 @@ MB = 1e6
 def bombs(app, front, name: str, payloads: list[bytes]) -> None:
     wait_until_idle(front.url)
     pid = app.worker_pid()
-    baseline = rss_bytes(pid)
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes(pid))
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
-        replies = list(pool.map(lambda i: upload(front.url, payloads[i], f"127.0.9.{i + 1}"), range(len(payloads))))
-    wait_until_idle(front.url)
-    time.sleep(2)
-    done.set()
-    sampler.join()
+    with PeakRss(pid) as rss:
+        with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
+            replies = list(pool.map(lambda i: upload(front.url, payloads[i], f"127.0.9.{i + 1}"), range(len(payloads))))
+        wait_until_idle(front.url)
+        time.sleep(2)
+    baseline, peak = rss.baseline, rss.peak
     after = rss_bytes(pid)
     statuses = sorted(r.status for r in replies)
     print(
-        f"{name}: RSS before {baseline / MB:.0f} MB, peak {peak[0] / MB:.0f} MB, after {after / MB:.0f} MB; "
+        f"{name}: RSS before {baseline / MB:.0f} MB, peak {peak / MB:.0f} MB, after {after / MB:.0f} MB; "
         f"answers {statuses}"
     )
 
