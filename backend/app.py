@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask
 
+from . import cors
 from .api import InMemoryRequest, api
 from .cache import EmbeddingCache
 from .compression import BodyCache
@@ -116,6 +117,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     install_rate_limits(app, settings)
     register_error_handlers(app)
     app.after_request(isolation_headers)
+    cors.init_app(app, settings)
     return app
 
 

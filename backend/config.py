@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from .sam.build import MODEL_TYPES  # One home: the registry of model builders.
 
 DECODER_CHOICES = tuple(_BUILT_IN_DECODERS)  # One home: the decoders the server exports.
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class ConfigError(ValueError):
@@ -130,6 +132,15 @@ class Config:
         "a Ray cluster (e.g. `ray://head:10001`) whose encoder deployment (`python -m backend deploy-encoder`) "
         "encodes the uploads instead of this process; needs the `.[cluster]` extra",
     )
+    cors_origins: str | None = setting(
+        None,
+        "origins (comma list, or `*`) whose pages may call `/api/*` and load `/embed/*`, `/js/*`, `/models/*`, "
+        "`/vendor/ort/*` (CORS, never with credentials); unset = same origin only (docs/embedding.md)",
+    )
+    embed_origins: str | None = setting(
+        None,
+        "origins (comma list, or `*`) whose pages may frame `/embed` and drive it with `postMessage`; unset = none",
+    )
     log_level: str = setting("INFO", "Python logging level")
     port: int = setting(5000, "port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`)")
     workers: int = setting(
@@ -206,6 +217,18 @@ class Config:
             raise ConfigError(
                 f"SAM_DECODER must be one of {', '.join(DECODER_CHOICES)} or a path to an .onnx file, not {self.decoder!r}"
             )
+        for name in ("cors_origins", "embed_origins"):
+            parse_origins(getattr(self, name), env_name(name))
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The origins of ``SAM_CORS_ORIGINS`` (``("*",)`` for any), empty when unset."""
+        return parse_origins(self.cors_origins, "SAM_CORS_ORIGINS")
+
+    @property
+    def embed_origin_list(self) -> tuple[str, ...]:
+        """The origins of ``SAM_EMBED_ORIGINS`` (``("*",)`` for any), empty when unset."""
+        return parse_origins(self.embed_origins, "SAM_EMBED_ORIGINS")
 
     @property
     def resolved_weights_dir(self) -> Path:
@@ -246,6 +269,23 @@ class Config:
 _FIELD_NAMES = {field.name for field in dataclasses.fields(Config)}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def parse_origins(value: str | None, name: str) -> tuple[str, ...]:
+    """``"https://a.org, http://b:8000"`` -> ``("https://a.org", "http://b:8000")``; ``"*"`` -> ``("*",)``.
+
+    An origin is scheme://host[:port] exactly as a browser sends it in ``Origin`` (no path, no trailing slash).
+    """
+    items = [item.strip() for item in (value or "").split(",") if item.strip()]
+    if items == ["*"]:
+        return ("*",)
+    for item in items:
+        if not ORIGIN_PATTERN.fullmatch(item):
+            raise ConfigError(
+                f"{name} takes `*` or origins like https://tool.example.org or http://127.0.0.1:8000 "
+                f"(scheme://host[:port], no path), not {item!r}"
+            )
+    return tuple(item.lower() for item in items)
 
 
 def env_name(field_name: str) -> str:

@@ -22,6 +22,12 @@ async function errorFrom(response) {
   return new ApiError(message, { status: response.status, code: body?.error || "http" });
 }
 
+/**
+ * The URL of an API path: relative to the page (the app itself), or to `server` (an embedding page talking
+ * to the app on another origin; fetch and XHR then send no credentials there).
+ */
+export const apiUrl = (path, server = null) => (server ? new URL(path, server).href : path);
+
 async function getJson(url) {
   let response;
   try {
@@ -34,10 +40,10 @@ async function getJson(url) {
 }
 
 /** GET /api/model: model type, weights and the decoder files. */
-export const fetchModelInfo = () => getJson("api/model");
+export const fetchModelInfo = ({ server = null } = {}) => getJson(apiUrl("api/model", server));
 
 /** GET /api/gallery: [{name, url, width, height, license, source}]. */
-export const fetchGallery = () => getJson("api/gallery");
+export const fetchGallery = ({ server = null } = {}) => getJson(apiUrl("api/gallery", server));
 
 /**
  * POST /api/images with upload progress (fetch cannot report upload progress, XMLHttpRequest can).
@@ -45,13 +51,14 @@ export const fetchGallery = () => getJson("api/gallery");
  * @param {string} filename
  * @param {(loaded: number, total: number) => void} onUploadProgress
  * @param {() => void} onUploaded called once the bytes are sent and the server is encoding
+ * @param {{server?: string}} options the app's URL when it is not this page's
  */
-export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploaded = () => {}) {
+export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploaded = () => {}, { server = null } = {}) {
   return new Promise((resolve, reject) => {
     const form = new FormData();
     form.append("image", blob, filename);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "api/images");
+    xhr.open("POST", apiUrl("api/images", server));
     xhr.responseType = "json";
     xhr.upload.onprogress = (event) => onUploadProgress(event.loaded, event.lengthComputable ? event.total : blob.size);
     xhr.upload.onload = () => onUploaded();

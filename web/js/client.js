@@ -3,7 +3,7 @@
 // The app page and the embeddable element both drive one of these; neither talks to the worker or the API
 // on its own.
 
-import { fetchEmbedding } from "./api.js";
+import { apiUrl, fetchEmbedding } from "./api.js";
 import { DecoderClient } from "./decoder-client.js";
 import { startDecoder } from "./decoder-startup.js";
 import { SegmentEditor } from "./editor.js";
@@ -16,11 +16,13 @@ export class SamClient {
    * @param {object} options {onStatus(text, progress, task): progress is a fraction, null (busy, no figure)
    *   or undefined (no bar), task "decoder" (its download) or "image" (opening one); onStage(name) the SAM
    *   stage running for the image: "encoder", "transfer", or null once it is ready; editor: the
-   *   SegmentEditor's handlers}
+   *   SegmentEditor's handlers; server: the app's URL when it is not this page's (the <sam-segmenter>
+   *   element on another tool's page)}
    */
-  constructor({ onStatus = () => {}, onStage = () => {}, editor = {} } = {}) {
+  constructor({ onStatus = () => {}, onStage = () => {}, editor = {}, server = null } = {}) {
     this.onStatus = onStatus;
     this.onStage = onStage;
+    this.server = server;
     this.decoder = new DecoderClient();
     this.editor = new SegmentEditor(this.decoder, editor);
     this.decoderReady = null; // Promise of startDecoder's answer
@@ -31,7 +33,7 @@ export class SamClient {
 
   /** Opens the decoder (see decoder-startup.js); image loads wait for it. */
   start(options) {
-    this.decoderReady = startDecoder(this.decoder, options, (text, progress) => this.onStatus(text, progress, "decoder"));
+    this.decoderReady = startDecoder(this.decoder, { ...options, server: this.server }, (text, progress) => this.onStatus(text, progress, "decoder"));
     this.decoderReady.then((answer) => { this.decoderInfo = answer; }, () => {}); // failures: the caller reports it
     return this.decoderReady;
   }
@@ -76,7 +78,7 @@ export class SamClient {
     const onStatus = (text, progress) => this.onStatus(text, progress, "image");
     this.onStage("encoder");
     onStatus(`Uploading… 0 B of ${formatBytes(image.upload.size)}`, 0);
-    const { answer: info, uploadMs } = await uploadWhenServerFree(image.upload, image.name, { isCurrent, onStatus });
+    const { answer: info, uploadMs } = await uploadWhenServerFree(image.upload, image.name, { isCurrent, onStatus, server: this.server });
     if (!isCurrent()) return null;
     const [h, w] = image.uploadSize;
     if (info.height !== h || info.width !== w) {
@@ -86,8 +88,8 @@ export class SamClient {
     }
     image.id = info.id;
     const wanted = format || info.format || "f16";
-    const url = info.embedding_url.includes("format=") ? info.embedding_url
-      : `${info.embedding_url}${info.embedding_url.includes("?") ? "&" : "?"}format=${wanted}`;
+    const url = apiUrl(info.embedding_url.includes("format=") ? info.embedding_url
+      : `${info.embedding_url}${info.embedding_url.includes("?") ? "&" : "?"}format=${wanted}`, this.server);
     this.onStage("transfer");
     onStatus("Downloading the embedding…", 0);
     const embedding = await fetchEmbedding(url, (loaded, all) => {

@@ -2,10 +2,12 @@
 // previews run at most one at a time, the newest pointer position wins, and a hover result is dropped when
 // a committed prompt was issued after it (so a click's mask always lands before the next hover).
 
+import { startModuleWorker } from "./module-worker.js";
+
 export class DecoderClient {
   /** @param {(event: {stage: string, loaded: number, total: number}) => void} onProgress */
   constructor(onProgress = () => {}) {
-    this.worker = new Worker(new URL("./decoder-worker.js", import.meta.url), { type: "module" });
+    this.worker = startModuleWorker(new URL("./decoder-worker.js", import.meta.url));
     this.worker.onmessage = (event) => this.#receive(event.data);
     this.worker.onerror = (event) => this.#failAll(event.message || "The decoder worker stopped.");
     this.onProgress = onProgress;

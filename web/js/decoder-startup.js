@@ -1,20 +1,20 @@
 // Decoder start-up: asks the server for its model, picks the decoder file and opens it in the worker.
 
-import { fetchModelInfo } from "./api.js";
+import { apiUrl, fetchModelInfo } from "./api.js";
 import { formatBytes, plural } from "./format.js";
 
 /**
  * @param {import("./decoder-client.js").DecoderClient} decoder
  * @param {object} options {decoder: a name from /api/model (else the server's default), backend:
- *   "auto"|"wasm"|"webgpu", threads: WASM threads (0: automatic)}
+ *   "auto"|"wasm"|"webgpu", threads: WASM threads (0: automatic), server: the app's URL when not this page's}
  * @param {(text: string, progress?: number|null) => void} onStatus
  * @returns {Promise<{model, entry, info, runsOn: string}>} /api/model, the chosen decoder entry, the worker's
  *   answer ({provider, threads, interface, modelBytes, fallbackReason}) and where it runs in plain words
  */
-export async function startDecoder(decoder, { decoder: wanted = null, backend = "auto", threads = 0 } = {}, onStatus = () => {}) {
+export async function startDecoder(decoder, { decoder: wanted = null, backend = "auto", threads = 0, server = null } = {}, onStatus = () => {}) {
   let model;
   try {
-    model = await fetchModelInfo();
+    model = await fetchModelInfo({ server });
   } catch (error) {
     onStatus("The server did not describe its model.");
     throw error;
@@ -25,7 +25,7 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
     if (stage === "model") onStatus(`Loading the decoder… ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}`, total ? loaded / total : null);
   };
   onStatus("Loading the decoder…", null);
-  const info = await decoder.init(new URL(entry.url, location.href).href, backend, threads);
+  const info = await decoder.init(new URL(apiUrl(entry.url, server), location.href).href, backend, threads);
   const runsOn = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${plural(info.threads, "thread")}`;
   return { model, entry, info, runsOn };
 }

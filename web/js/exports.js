@@ -54,15 +54,7 @@ export async function maskPng(mask, [H, W]) {
  * @param {{name: string, mask: Uint8Array, score?: number}[]} objects masks at the image's [H, W]
  */
 export function cocoJson(objects, [H, W], fileName) {
-  const annotations = objects.map((object, i) => {
-    const { area, bbox } = maskStats(object.mask, [H, W]);
-    const annotation = {
-      id: i + 1, image_id: 1, category_id: 1, iscrowd: 0, name: object.name,
-      segmentation: encodeMask(object.mask, [H, W]), area, bbox: bbox || [0, 0, 0, 0],
-    };
-    if (object.score != null) annotation.predicted_iou = object.score;
-    return annotation;
-  });
+  const annotations = objects.map((object, i) => cocoAnnotation(object, [H, W], i + 1));
   const document = {
     info: { description: "Masks from Segment Anything in the browser", date_created: new Date().toISOString() },
     images: [{ id: 1, file_name: fileName, width: W, height: H }],
@@ -70,6 +62,17 @@ export function cocoJson(objects, [H, W], fileName) {
     annotations,
   };
   return new Blob([JSON.stringify(document)], { type: "application/json" });
+}
+
+/** One COCO annotation (compressed RLE, area, XYWH bbox, predicted IoU) of an object {mask, name?, score?}. */
+export function cocoAnnotation(object, [H, W], id) {
+  const { area, bbox } = maskStats(object.mask, [H, W]);
+  const annotation = {
+    id, image_id: 1, category_id: 1, iscrowd: 0, name: object.name,
+    segmentation: encodeMask(object.mask, [H, W]), area, bbox: bbox || [0, 0, 0, 0],
+  };
+  if (object.score != null) annotation.predicted_iou = object.score;
+  return annotation;
 }
 
 const escapeXml = (text) => text.replace(/[<>&"']/g, (c) => `&#${c.charCodeAt(0)};`);

@@ -10,11 +10,12 @@ const BUSY_WAIT_MAX_S = 15;
  * @param {Blob} blob
  * @param {string} name
  * @param {object} options {isCurrent(): false once another image replaced this one (stop reporting and
- *   retrying), onStatus(text, progress)}; progress is a fraction, null for "busy, no figure"
+ *   retrying), onStatus(text, progress), server: the app's URL when not this page's}; progress is a fraction,
+ *   null for "busy, no figure"
  * @returns {Promise<{answer: object, uploadMs: number}>} the server's answer to POST /api/images and how long
  *   the bytes took to send (the server's encoding after them not included)
  */
-export async function uploadWhenServerFree(blob, name, { isCurrent, onStatus }) {
+export async function uploadWhenServerFree(blob, name, { isCurrent, onStatus, server = null }) {
   for (let attempt = 0; ; attempt++) {
     let encodingTimer = null;
     const started = performance.now();
@@ -31,6 +32,7 @@ export async function uploadWhenServerFree(blob, name, { isCurrent, onStatus }) 
             if (isCurrent()) onStatus(`The server is encoding the image… ${((performance.now() - sent) / 1000).toFixed(1)} s`, null);
           }, 100);
         },
+        { server },
       );
       return { answer, uploadMs: uploadMs ?? performance.now() - started };
     } catch (error) {
