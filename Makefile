@@ -10,12 +10,12 @@ PORT ?= 5000
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup python-deps web-deps browser firefox firefox-test cluster-deps clean
+.PHONY: demo test lint setup python-deps web-deps browser nginx firefox firefox-test cluster-deps clean
 
 demo: setup
 	$(BIN)/python -m backend serve --host $(HOST) --port $(PORT)
 
-test: setup browser lint cluster-deps
+test: setup browser lint cluster-deps nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory firefox-test
 
@@ -47,6 +47,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
+# Debian's nginx for the buffering front of the abuse tests (tests/test_abuse.py starts it from a generated
+# config on loopback ports; the system service is not used).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nginx; }
 
 # The Firefox suite (tests/firefox): Debian's firefox-esr driven over WebDriver BiDi by puppeteer-core (its own
 # npm project; no geckodriver, no browser download), node's test runner, the real server on random weights.

@@ -56,6 +56,7 @@ class BatchQueue:
         self.batches = 0
         self.images_encoded = 0
         self.largest_batch = 0
+        self.encoding = 0  # Images in the forward pass running now.
         self._seconds_per_image = 1.0
         self._worker = threading.Thread(target=self._run, name="sam-encoder", daemon=True)
         self._worker.start()
@@ -86,6 +87,7 @@ class BatchQueue:
         return {
             "queue_depth": self.queue_depth,
             "queue_size": self.max_queue_size,
+            "encoding": self.encoding,
             "max_batch_size": self.max_batch_size,
             "batches": self.batches,
             "images_encoded": self.images_encoded,
@@ -132,7 +134,11 @@ class BatchQueue:
                 return
             live = [job for job in batch if job.future.set_running_or_notify_cancel()]
             if live:
-                self._encode_and_deliver(live)
+                self.encoding = len(live)
+                try:
+                    self._encode_and_deliver(live)
+                finally:
+                    self.encoding = 0
 
     def _encode_and_deliver(self, live: list[_Job]) -> None:
         started = time.perf_counter()

@@ -79,7 +79,9 @@ def decode_image(
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as error:
-        raise ImageError(413, "image_too_large", f"the image has too many pixels to decode safely ({error})") from None
+        raise ImageError(
+            413, "image_too_large", f"the image has too many pixels to decode safely ({_brief(error)})"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(
             415,
@@ -87,7 +89,7 @@ def decode_image(
             "the upload is not an image this server reads; send a JPEG, PNG, WebP, GIF, BMP or TIFF",
         ) from None
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageError(400, "corrupt_image", f"the image header cannot be read: {error}") from None
+        raise ImageError(400, "corrupt_image", f"the image header cannot be read: {_brief(error)}") from None
 
     with image:
         width, height = image.size
@@ -127,10 +129,12 @@ def decode_image(
                     del resized
             except Image.DecompressionBombError as error:
                 raise ImageError(
-                    413, "image_too_large", f"the image has too many pixels to decode safely ({error})"
+                    413, "image_too_large", f"the image has too many pixels to decode safely ({_brief(error)})"
                 ) from None
             except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
-                raise ImageError(400, "corrupt_image", f"the image data is truncated or corrupt: {error}") from None
+                raise ImageError(
+                    400, "corrupt_image", f"the image data is truncated or corrupt: {_brief(error)}"
+                ) from None
     return DecodedImage(
         pixels=np.ascontiguousarray(pixels),
         source_format=source_format,
@@ -143,6 +147,12 @@ def _resized_size(width: int, height: int, longest_side: int) -> tuple[int, int]
     """(width, height) with the longest side ``longest_side``: ``ResizeLongestSide.get_preprocess_shape``."""
     scale = longest_side / max(width, height)
     return int(width * scale + 0.5), int(height * scale + 0.5)
+
+
+def _brief(error: Exception) -> str:
+    """Pillow's message, cut short: some quote bytes of the upload."""
+    text = str(error)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _looks_like_markup(data: bytes) -> bool:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +49,30 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+class PeakRss:
+    """``with PeakRss(pid) as rss: ...`` samples the process's RSS every 5 ms meanwhile; ``rss.peak`` is the
+    largest seen (``rss.baseline``: before)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.baseline = self.peak = rss_bytes(pid)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            time.sleep(0.005)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 @contextlib.contextmanager
 def gunicorn(workdir: Path, **env: str) -> Iterator[Server]:
     """gunicorn with the Procfile's config on a free loopback port; ``env`` adds ``SAM_*`` settings."""
@@ -73,13 +98,7 @@ def gunicorn(workdir: Path, **env: str) -> Iterator[Server]:
         _wait_until_up(server, 300)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        _stop(process, signal.SIGTERM, 60)
 
 
 @contextlib.contextmanager
@@ -111,13 +130,17 @@ def nginx_front(workdir: Path, upstream: Server, **env: str) -> Iterator[Server]
         _wait_until_up(server, 30)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGQUIT)  # Graceful: finish open requests, then exit.
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        _stop(process, signal.SIGQUIT, 20)  # nginx's graceful stop: finish open requests, then exit.
+
+
+def _stop(process: subprocess.Popen, signum: int, timeout_s: float) -> None:
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 def _wait_until_up(server: Server, timeout_s: float) -> None:
