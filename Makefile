@@ -10,7 +10,7 @@ PORT ?= 5000
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup python-deps web-deps browser nginx firefox firefox-test cluster-deps clean
+.PHONY: demo test lint setup python-deps web-deps system-deps browser nginx firefox firefox-test cluster-deps clean
 
 demo: setup
 	$(BIN)/python -m backend serve --host $(HOST) --port $(PORT)
@@ -42,26 +42,23 @@ web/node_modules/.package-lock.json: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund
 	touch $@
 
-# Debian's chromium for the browser tests (Playwright's own browser download is not used).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# The Debian packages the tests drive, installed in one apt-get run when any is missing: chromium (the browser
+# tests; Playwright's own browser download is not used), firefox-esr (the Firefox suite), nginx (the buffering
+# front of the abuse tests, started from a generated config on loopback ports), redis-server (the cluster
+# tests). The system services are never used: each test starts its own instance. `make demo` needs none.
+SYSTEM_TOOLS := chromium:chromium firefox-esr:firefox-esr nginx:nginx redis-server:redis-server
+system-deps:
+	@missing=; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+	  echo "installing Debian packages:$$missing"; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; fi
 
-# Debian's nginx for the buffering front of the abuse tests (tests/test_abuse.py starts it from a generated
-# config on loopback ports; the system service is not used).
-nginx:
-	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nginx; }
+browser nginx firefox: system-deps
 
 # The Firefox suite (tests/firefox): Debian's firefox-esr driven over WebDriver BiDi by puppeteer-core (its own
 # npm project; no geckodriver, no browser download), node's test runner, the real server on random weights.
-firefox:
-	@command -v firefox-esr >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q firefox-esr; }
-
 tests/firefox/node_modules/.package-lock.json: tests/firefox/package.json tests/firefox/package-lock.json
 	cd tests/firefox && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund
 	touch $@
@@ -71,10 +68,7 @@ firefox-test: python-deps firefox tests/firefox/node_modules/.package-lock.json
 
 # The cluster tests' real parts (docs/deploy.md): Debian's redis-server and the .[cluster] extra (Ray, redis-py).
 # `make demo` needs neither.
-cluster-deps: python-deps
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q redis-server; }
+cluster-deps: python-deps system-deps
 	$(BIN)/python -c "import ray.serve, ray.data, redis" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,cluster]'
 
 clean:
