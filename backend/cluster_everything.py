@@ -109,6 +109,6 @@ def _model(settings: dict[str, Any]):
         if key not in _MODELS:
             config = Config.from_env(environ={}, overrides=settings)
             model, _ = load_model(config)
-            prepare_model(model, resolve_device(config.device), config.precision)
+            prepare_model(model, resolve_device(config.device), config.precision, cache_dir=config.data_dir)
             _MODELS[key] = model
         return _MODELS[key]

@@ -62,7 +62,7 @@ class SamEncoder:
         config = Config.from_env(overrides=settings)
         model, self.weights = load_model(config)
         self.device = resolve_device(config.device)
-        self.precision = prepare_model(model, self.device, config.precision)
+        self.precision = prepare_model(model, self.device, config.precision, cache_dir=config.data_dir)
         self.model = model
         self.encode_batch.set_max_batch_size(config.batch_size)
         self.batches = 0
