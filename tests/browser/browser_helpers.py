@@ -197,7 +197,9 @@ def resource_transfers(page) -> list[dict]:
     served from the cache without a request, headers only for a revalidated one.
     """
     entries = page.evaluate(_RESOURCE_ENTRIES_JS)
-    for worker in page.workers:
+    # Only the decoder's worker: onnxruntime's WASM thread workers sit in Atomics.wait between runs and never
+    # answer an evaluate (it hung); they fetch nothing the decoder worker did not already load.
+    for worker in (w for w in page.workers if w.url.endswith("/decoder-worker.js")):
         entries += worker.evaluate(_RESOURCE_ENTRIES_JS.replace("performance.getEntriesByType('navigation')", "[]"))
     return entries
 

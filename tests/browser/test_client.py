@@ -92,7 +92,7 @@ def test_upload_shows_progress_then_the_embedding_arrives(page, live_server, pho
     upload(page, photo_path)
     log = page.evaluate("statusLog")
     assert any(re.match(r"Uploading… [\d.]+ [KM]?B of [\d.]+ [KM]?B", s) for s in log), log
-    assert any(re.match(r"Downloading the embedding… [\d.]+ [KM]?B of 2.00 MB", s) for s in log), log
+    assert any(re.match(r"Downloading the embedding… [\d.]+ [KM]?B of 1.00 MB", s) for s in log), log
     status = page.inner_text("#status-text")
     assert status.startswith("Ready"), status
     assert re.search(r"embedding [\d.]+ MB", status), status
@@ -593,7 +593,7 @@ def test_classroom_view_shows_the_three_stages_live(ready_page):
     assert re.search(r"[\d.]+ ms", page.inner_text("#cls-encode"))  # "… ms", or a cache hit quoting it
     # The encoder path the server reports in /api/model (which one depends on the server's CPU).
     assert re.fullmatch(r"(fp32|int8 linear|bf16|fp16) \+ fused attention", page.inner_text("#cls-encoder-path"))
-    assert page.inner_text("#cls-bytes").startswith("2.00 MB float16")
+    assert page.inner_text("#cls-bytes").startswith("1.00 MB int8")
     click_pixel(page, 420, 250)
     assert re.match(r"[\d.]+ ms", page.inner_text("#cls-decode"))
     captions = page.locator("#cls-candidates figcaption").all_inner_texts()
