@@ -669,7 +669,7 @@ def test_iframe_recipe_works_in_a_blank_page(recipe_page):
 def test_http_recipe_works_in_a_blank_page(recipe_page):
     page = recipe_page("http")
     [line] = console_lines(page, "encoded ")
-    assert line.split()[1:] == ["600", "400", str(16 + 256 * 64 * 64 * 2), "lowres"]
+    assert line.split()[1:] == ["600", "400", str(16 + 4 * 256 + 256 * 64 * 64), "lowres-quantized"]  # int8 default
 
 
 def test_example_page_is_served_by_the_app_and_not_linked(app):
