@@ -153,7 +153,7 @@ def test_page_is_cross_origin_isolated(server):
     wasm = requests.get(server + "/vendor/ort/ort-wasm-simd-threaded.wasm", timeout=30)
     assert wasm.headers["Content-Type"] == "application/wasm" and wasm.content[:4] == b"\0asm"
     info = requests.get(server + "/api/model", timeout=10).json()
-    assert info["decoders"] and info["default_decoder"] == "lowres"
+    assert info["decoders"] and info["default_decoder"] == "lowres-quantized"
 
 
 def test_cli_serve_prints_the_url_and_serves():
