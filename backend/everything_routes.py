@@ -67,13 +67,19 @@ def create_everything_blueprint(
     return wrapper
 
 
+# A refused body up to this size is still read to its end, so the connection stays usable (see _drain_body).
+DRAIN_LIMIT_BYTES = 2 * 1024 * 1024
+
+
 def _parameters_json():
     """The request's JSON parameters (None for an empty body); anything else, too long (more than
     ``MAX_PARAMETERS_BYTES``) or too deeply nested for the parser, is a 400."""
     if (request.content_length or 0) > MAX_PARAMETERS_BYTES:
+        _drain_body()
         raise _bad_json()
     body = request.stream.read(MAX_PARAMETERS_BYTES + 1)
     if len(body) > MAX_PARAMETERS_BYTES:
+        _drain_body()
         raise _bad_json()
     if not body.strip():
         return None
@@ -81,6 +87,17 @@ def _parameters_json():
         return json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes.
         raise _bad_json() from None
+
+
+def _drain_body(limit: int = DRAIN_LIMIT_BYTES) -> None:
+    """Reads (and drops) what is left of a refused body, up to ``limit``: answering before the body is read makes
+    gunicorn close the connection under the proxy's feet, which the front then reports as a 502."""
+    left = limit
+    while left > 0:
+        chunk = request.stream.read(min(left, 64 * 1024))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def _multipart_parameters():
