@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import socket
 import statistics
@@ -97,6 +98,7 @@ def report(name: str, probe: HealthProbe) -> None:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sam-abuse-"))
     settings = {"SAM_TRUSTED_PROXIES": "1"}
     with gunicorn(workdir, **settings) as app, nginx_front(workdir, app, **settings) as front:

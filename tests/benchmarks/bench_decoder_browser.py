@@ -29,7 +29,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.conftest import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
+from tests.reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORT_DIST = REPO_ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"

@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from backend import encoder_paths  # noqa: E402
 from backend.sam import SamPredictor, sam_model_registry  # noqa: E402
-from tests.conftest import REFERENCE_DIR  # noqa: E402
+from tests.reference_data import REFERENCE_DIR  # noqa: E402
 
 # The plain reference formulation (Meta's: explicit softmax attention, fp32) where the encoder has one.
 PLAIN = ("fp32 plain (Meta's formulation)", "math", "fp32")

@@ -41,7 +41,7 @@ from backend.sam.amg import build_point_grid, coco_encode_rle, mask_to_rle_pytor
 from backend.sam.automatic import SamAutomaticMaskGenerator  # noqa: E402
 from backend.sam.build import build_sam, sam_model_registry  # noqa: E402
 from backend.sam.predictor import SamPredictor  # noqa: E402
-from tests.conftest import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
+from tests.reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 PERMISSIVE = {
     "pred_iou_thresh": 0.0,

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "browser"))
 
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
 
-from tests.conftest import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
+from tests.reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 
 def percentile(values, q):

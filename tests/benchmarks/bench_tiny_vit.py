@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # test_tiny_vit imports backend_fi
 
 from backend.sam.build import build_mobile_sam_encoder  # noqa: E402
 from backend.sam.tiny_vit import TinyViT  # noqa: E402
-from tests.conftest import REFERENCE_DIR  # noqa: E402
+from tests.reference_data import REFERENCE_DIR  # noqa: E402
 from tests.test_tiny_vit import preprocess  # noqa: E402
 
 PREFIX = "image_encoder."
