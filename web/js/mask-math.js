@@ -52,9 +52,11 @@ function resizeTable(inSize, outSize) {
 }
 
 /**
- * The two resizes of one axis (256 -> 1024, crop to `crop`, then -> `outSize`) folded into one 4-tap
- * filter: out[i] = sum_k weight[4i+k] * low[index[4i+k]]. Both resizes are linear, so folding them changes
- * nothing but float rounding.
+ * The two resizes of one axis (256 -> 1024, crop to `crop`, then -> `outSize`) folded into one filter of
+ * `taps` (2 or 4) taps: out[i] = sum_k weight[taps*i+k] * low[index[taps*i+k]]. Both resizes are linear,
+ * so folding them changes nothing but float rounding. Taps on the same source are merged and zero weights
+ * dropped; when the second resize keeps the size (an image whose longest side is 1024) or upsamples, two
+ * taps are left per output, which halves the work of the pass.
  */
 function foldedTable(crop, outSize) {
   const key = `folded:${crop}:${outSize}`;
@@ -62,34 +64,49 @@ function foldedTable(crop, outSize) {
   if (table) return table;
   const first = resizeTable(LOW_RES_SIDE, MODEL_SIDE);
   const second = resizeTable(crop, outSize);
-  const index = new Int32Array(outSize * 4);
-  const weight = new Float32Array(outSize * 4);
+  const merged = [];
+  let taps = 2;
   for (let i = 0; i < outSize; i++) {
-    const taps = [[second.i0[i], second.w0[i]], [second.i1[i], second.w1[i]]];
-    let k = i * 4;
-    for (const [mid, w] of taps) {
-      index[k] = first.i0[mid];
-      weight[k++] = w * first.w0[mid];
-      index[k] = first.i1[mid];
-      weight[k++] = w * first.w1[mid];
+    const sources = new Map();
+    for (const [mid, w] of [[second.i0[i], second.w0[i]], [second.i1[i], second.w1[i]]]) {
+      for (const [source, v] of [[first.i0[mid], first.w0[mid]], [first.i1[mid], first.w1[mid]]]) {
+        const product = Math.fround(w * v);
+        if (product !== 0) sources.set(source, Math.fround((sources.get(source) || 0) + product));
+      }
     }
+    if (sources.size > 2) taps = 4;
+    merged.push([...sources]);
   }
-  table = { index, weight };
+  const index = new Int32Array(outSize * taps);
+  const weight = new Float32Array(outSize * taps);
+  merged.forEach((sources, i) => {
+    for (let k = 0; k < taps; k++) {
+      // Unused taps repeat the first source with weight 0.
+      index[taps * i + k] = (sources[k] || sources[0])[0];
+      weight[taps * i + k] = sources[k] ? sources[k][1] : 0;
+    }
+  });
+  table = { taps, index, weight };
   tableCache.set(key, table);
   return table;
 }
 
 /** Horizontal pass: 256 rows of low-res logits -> 256 rows of W values. */
-function foldRows(lowRes, cols) {
-  const { index, weight } = cols;
-  const W = index.length / 4;
+function foldRows(lowRes, { taps, index, weight }) {
+  const W = index.length / taps;
   const out = new Float32Array(LOW_RES_SIDE * W);
   for (let r = 0; r < LOW_RES_SIDE; r++) {
     const base = r * LOW_RES_SIDE;
     const o = r * W;
-    for (let j = 0, k = 0; j < W; j++, k += 4) {
-      out[o + j] = weight[k] * lowRes[base + index[k]] + weight[k + 1] * lowRes[base + index[k + 1]] +
-        weight[k + 2] * lowRes[base + index[k + 2]] + weight[k + 3] * lowRes[base + index[k + 3]];
+    if (taps === 2) {
+      for (let j = 0, k = 0; j < W; j++, k += 2) {
+        out[o + j] = weight[k] * lowRes[base + index[k]] + weight[k + 1] * lowRes[base + index[k + 1]];
+      }
+    } else {
+      for (let j = 0, k = 0; j < W; j++, k += 4) {
+        out[o + j] = weight[k] * lowRes[base + index[k]] + weight[k + 1] * lowRes[base + index[k + 1]] +
+          weight[k + 2] * lowRes[base + index[k + 2]] + weight[k + 3] * lowRes[base + index[k + 3]];
+      }
     }
   }
   return out;
@@ -108,16 +125,24 @@ export function upsampleLogits(lowRes, inputSize, outSize) {
 
 function verticalPass(lowRes, [h, w], [H, W], binary) {
   const rows = foldRows(lowRes, foldedTable(w, W));
-  const { index, weight } = foldedTable(h, H);
+  const { taps, index, weight } = foldedTable(h, H);
   const out = binary ? new Uint8Array(H * W) : new Float32Array(H * W);
-  for (let i = 0, k = 0; i < H; i++, k += 4) {
-    const a = index[k] * W, b = index[k + 1] * W, c = index[k + 2] * W, d = index[k + 3] * W;
-    const wa = weight[k], wb = weight[k + 1], wc = weight[k + 2], wd = weight[k + 3];
+  for (let i = 0, k = 0; i < H; i++, k += taps) {
     const o = i * W;
-    if (binary) {
-      for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j] > 0 ? 1 : 0;
+    const a = index[k] * W, b = index[k + 1] * W;
+    const wa = weight[k], wb = weight[k + 1];
+    if (taps === 2 && binary) {
+      for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] > 0 ? 1 : 0;
+    } else if (taps === 2) {
+      for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j];
     } else {
-      for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j];
+      const c = index[k + 2] * W, d = index[k + 3] * W;
+      const wc = weight[k + 2], wd = weight[k + 3];
+      if (binary) {
+        for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j] > 0 ? 1 : 0;
+      } else {
+        for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j];
+      }
     }
   }
   return out;
