@@ -62,14 +62,14 @@ function foldedTable(crop, outSize) {
   const key = `folded:${crop}:${outSize}`;
   let table = tableCache.get(key);
   if (table) return table;
-  const first = resizeTable(LOW_RES_SIDE, MODEL_SIDE);
+  const upscale = resizeTable(LOW_RES_SIDE, MODEL_SIDE);
   const second = resizeTable(crop, outSize);
   const merged = [];
   let taps = 2;
   for (let i = 0; i < outSize; i++) {
     const sources = new Map();
     for (const [mid, w] of [[second.i0[i], second.w0[i]], [second.i1[i], second.w1[i]]]) {
-      for (const [source, v] of [[first.i0[mid], first.w0[mid]], [first.i1[mid], first.w1[mid]]]) {
+      for (const [source, v] of [[upscale.i0[mid], upscale.w0[mid]], [upscale.i1[mid], upscale.w1[mid]]]) {
         const product = Math.fround(w * v);
         if (product !== 0) sources.set(source, Math.fround((sources.get(source) || 0) + product));
       }
@@ -86,16 +86,25 @@ function foldedTable(crop, outSize) {
       weight[taps * i + k] = sources[k] ? sources[k][1] : 0;
     }
   });
-  table = { taps, index, weight };
+  // The range of source indices the filter reads.
+  let first = LOW_RES_SIDE - 1, last = 0;
+  for (const source of index) {
+    if (source < first) first = source;
+    if (source > last) last = source;
+  }
+  table = { taps, index, weight, first, last };
   tableCache.set(key, table);
   return table;
 }
 
-/** Horizontal pass: 256 rows of low-res logits -> 256 rows of W values. */
-function foldRows(lowRes, { taps, index, weight }) {
+/**
+ * Horizontal pass: low-res rows [first, last] -> rows of W values (the others, outside the image's part
+ * of the 1024 frame, are left at 0 and never read).
+ */
+function foldRows(lowRes, { taps, index, weight }, first = 0, last = LOW_RES_SIDE - 1) {
   const W = index.length / taps;
   const out = new Float32Array(LOW_RES_SIDE * W);
-  for (let r = 0; r < LOW_RES_SIDE; r++) {
+  for (let r = first; r <= last; r++) {
     const base = r * LOW_RES_SIDE;
     const o = r * W;
     if (taps === 2) {
@@ -124,8 +133,9 @@ export function upsampleLogits(lowRes, inputSize, outSize) {
 }
 
 function verticalPass(lowRes, [h, w], [H, W], binary) {
-  const rows = foldRows(lowRes, foldedTable(w, W));
-  const { taps, index, weight } = foldedTable(h, H);
+  const { taps, index, weight, first, last } = foldedTable(h, H);
+  // Only the low-res rows under the image are read (a landscape photo covers 3/4 of them).
+  const rows = foldRows(lowRes, foldedTable(w, W), first, last);
   const out = binary ? new Uint8Array(H * W) : new Float32Array(H * W);
   for (let i = 0, k = 0; i < H; i++, k += taps) {
     const o = i * W;
