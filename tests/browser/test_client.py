@@ -781,7 +781,7 @@ def test_enter_still_works_on_the_controls_themselves(ready_page):
     page = ready_page
     # Enter keeps the object only when no control has the focus; on a control it does what the control does.
     page.focus("#file-input-more")
-    with page.expect_file_chooser(timeout=5000):
+    with page.expect_file_chooser(timeout=30_000):  # seconds only on a loaded machine; never without the chooser
         page.keyboard.press("Enter")
     page.focus(".settings summary")
     page.keyboard.press("Enter")
