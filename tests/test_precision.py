@@ -36,7 +36,10 @@ def never_measure(precision):
         (AMX, TINY, ("bf16",)),
         (VNNI, VIT, ("int8", "fp32")),
         (AVX_VNNI, VIT, ("int8", "fp32")),
-        (VNNI, TINY, ("fp32",)),  # TinyViT with int8 linear layers misses the cosine bound
+        (VNNI, TINY, ("fused", "fp32")),  # TinyViT's int8 path misses the mask IoU bound; fused kernels instead
+        (VNNI, "MobileSamImageEncoder", ("fused", "fp32")),  # the server's TinyViT subclass
+        (AVX2, TINY, ("fused", "fp32")),  # fused kernels are float32: no VNNI needed
+        (Capabilities(cpu_flags=VNNI.cpu_flags, mkldnn=False), TINY, ("fp32",)),  # no oneDNN, no fused kernels
         (AVX2, VIT, ("fp32",)),
         (Capabilities(), VIT, ("fp32",)),  # no /proc/cpuinfo (not Linux): the floor
         (Capabilities(cpu_flags=AMX.cpu_flags, mkldnn=False), VIT, ("int8", "fp32")),  # bf16 flags, no oneDNN
@@ -82,6 +85,20 @@ def test_vnni_cpu_measures_and_keeps_the_fastest_accurate_path(tmp_path, int8, e
     assert choice.precision == expected
     assert measure.calls == ["int8", "fp32"]
     assert choice.measured["int8"] == {"seconds": int8[0], "cosine": int8[1]}
+
+
+@pytest.mark.parametrize(
+    "fused, expected",
+    [
+        ((9.5, 1.0), "fused"),  # float32 too: a smaller margin over fp32 suffices (MIN_GAINS)
+        ((9.9, 1.0), "fp32"),  # within noise of fp32: never slower than fp32
+        ((5.0, 0.999), "fp32"),  # outside the cosine bound (a broken kernel)
+    ],
+)
+def test_tiny_vit_measures_the_fused_path(tmp_path, fused, expected):
+    measure = FakeMeasure(fused=fused, fp32=(10.0, 1.0))
+    choice = choose(VNNI, TINY, "TinyViT:1", measure, tmp_path)
+    assert choice.precision == expected and measure.calls == ["fused", "fp32"]
 
 
 def test_measurement_is_cached_once_and_reused(tmp_path):
