@@ -99,6 +99,8 @@ def test_fused_modules_compute_unfused_under_autograd():
     torch.testing.assert_close(y.detach(), exact, atol=1e-5, rtol=1e-4)
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    attention = encoder.layers[1].blocks[0].attn
+    assert attention.fixed_bias is not None and attention.attention_biases.grad is not None  # not the fixed copy
 
 
 def test_math_formulation_is_mobile_sams_and_close_to_the_fast_one():

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .tiny_vit import Conv2d_BN, MBConv, PatchEmbed, PatchMerging
+from .tiny_vit import Attention, Conv2d_BN, MBConv, PatchEmbed, PatchMerging
 
 # (first linear, activation) attribute names of an MLP: TinyViT's Mlp, SAM's MLPBlock.
 _MLP_LAYOUTS = (("fc1", "act"), ("lin1", "act"))
@@ -105,9 +105,13 @@ def _fuse_conv(module: nn.Module, conv_name: str, act_name: str | None, gelu: nn
 
 def fuse(module: nn.Module) -> int:
     """Swaps in the fused modules throughout ``module``: each MLP's first Linear with its GELU, each TinyViT
-    ``Conv2d_BN`` (with the GELU right after it where there is one). Returns how many modules were fused."""
+    ``Conv2d_BN`` (with the GELU right after it where there is one); TinyViT's attention bias is gathered from
+    its table once. Returns how many modules were fused."""
     count = 0
     for child in list(module.modules()):
+        if isinstance(child, Attention):
+            with torch.no_grad():
+                child.fixed_bias = child.attention_biases[:, child.attention_bias_idxs][None].contiguous()
         for linear_name, act_name in _MLP_LAYOUTS:
             linear, act = getattr(child, linear_name, None), getattr(child, act_name, None)
             if type(linear) is nn.Linear and isinstance(act, nn.GELU):
@@ -135,6 +139,8 @@ def unfuse(module: nn.Module) -> int:
     """Undoes ``fuse``: the plain modules back, same parameters; returns how many fused modules were undone."""
     count = 0
     for child in list(module.modules()):
+        if isinstance(child, Attention):
+            child.fixed_bias = None
         for linear_name, act_name in _MLP_LAYOUTS:
             fused = getattr(child, linear_name, None)
             if isinstance(fused, LinearGELU):

@@ -251,6 +251,10 @@ class Attention(nn.Module):
     [B*windows, N, dim] -> [B*windows, N, dim], N = resolution[0] * resolution[1].
     """
 
+    # The bias [1, heads, N, N] gathered once from the table, for inference in float32 (the fused path sets
+    # it); None, or under autograd: gathered at every call.
+    fixed_bias: torch.Tensor | None = None
+
     def __init__(
         self,
         dim: int,
@@ -296,7 +300,9 @@ class Attention(nn.Module):
             return self.proj(x)
         # A 4-D mask [1, heads, N, N] lets PyTorch pick its fused (flash) CPU kernel; a 3-D one falls back
         # to the unfused path, which is ~4x slower here. Under autocast the mask must match q's dtype.
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)[None]
+        bias = self.fixed_bias
+        if bias is None or bias.dtype != q.dtype or torch.is_grad_enabled():
+            bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)[None]
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         x = x.transpose(1, 2).reshape(batch, num_tokens, self.dh)
         return self.proj(x)
