@@ -41,11 +41,12 @@ MIN_GAIN = 1.1
 MIN_GAINS = {"fused": 1.03}
 # Encoders whose int8 path meets the accuracy bounds on the reference prompts. MobileSAM's TinyViT does not
 # (embedding cosine 0.998 with int8 linear layers), so it is never measured for int8.
-INT8_ENCODERS = ("ImageEncoderViT",)
 # Encoders with a fused path: MobileSAM's TinyViT (as its MobileSamImageEncoder subclass too), whose convolutions
-# with BatchNorm and GELU and MLP GELUs run as fused oneDNN kernels (backend/sam/fused_kernels.py). Its int8
-# path does not hold the mask IoU bound (0.984 with the tolerant layers int8; docs/benchmarks.md).
+# with BatchNorm and GELU and MLP GELUs run as fused oneDNN kernels (backend/sam/fused_kernels.py).
 FUSED_ENCODERS = ("TinyViT", "MobileSamImageEncoder")
+# Encoders with an int8 path: vit_b/l/h (all Linear layers but attn.proj), TinyViT (only the layers that keep
+# its masks within the bound, on top of the fused path; backend/sam/int8_linear.py).
+INT8_ENCODERS = ("ImageEncoderViT", *FUSED_ENCODERS)
 CACHE_FILE = "encoder_paths.json"
 CACHE_VERSION = 1
 
@@ -150,10 +151,11 @@ def candidates(caps: Capabilities, encoder: str) -> tuple[str, ...]:
         return ("bf16",) if caps.cuda_bf16 else ("fp16",)
     if caps.native_bf16:
         return ("bf16",)
+    fused = ("fused",) if caps.mkldnn and encoder in FUSED_ENCODERS else ()
     if caps.vnni and caps.int8_engine and encoder in INT8_ENCODERS:
-        return ("int8", "fp32")
-    if caps.mkldnn and encoder in FUSED_ENCODERS:
-        return ("fused", "fp32")
+        return ("int8", *fused, "fp32")
+    if fused:
+        return (*fused, "fp32")
     # Without VNNI (AVX2 only) the int8 kernels need 7-bit activations and were not measured within the bounds.
     return ("fp32",)
 
@@ -205,9 +207,12 @@ def _measure_all(paths: Iterable[str], measure: Measure) -> dict:
 
 
 def _fastest_accurate(paths: tuple[str, ...], measured: dict) -> str:
+    """From the floor up (candidates run from least to most exact): a path replaces the best so far only when
+    it is within the cosine bound and faster by its margin, so a less exact path must beat the more exact
+    ones, not only fp32 (TinyViT's int8 must beat its fused path)."""
     floor = paths[-1]
     best = floor
-    for precision in paths[:-1]:
+    for precision in reversed(paths[:-1]):
         entry = measured[precision]
         fast = entry["seconds"] * MIN_GAINS.get(precision, MIN_GAIN) <= measured[best]["seconds"]
         if entry["cosine"] >= COSINE_BOUND and fast:

@@ -10,6 +10,7 @@ from skimage import data
 from backend import encoder_paths
 from backend.sam import SamPredictor
 from backend.sam.fused_kernels import FUSED_MODULES, FusedConv2dBN, LinearGELU, fused_supported
+from backend.sam.int8_linear import Int8Linear, int8_supported
 from backend.sam.tiny_vit import TinyViT
 from backend.weights import random_model
 
@@ -65,6 +66,29 @@ def test_fused_path_within_the_accuracy_bounds_and_fp32_exact_after_it(vit_t):
     assert torch.equal(again, exact)
     for name, tensor in vit_t.state_dict().items():
         assert torch.equal(tensor, state[name]), name
+
+
+@pytest.mark.skipif(not int8_supported(), reason="this torch has no quantized engine")
+def test_tiny_vit_int8_path_within_the_accuracy_bounds(vit_t):
+    image = data.astronaut()
+    vit_t.set_precision("fp32")
+    exact, exact_masks = embedding_and_masks(vit_t, image)
+
+    assert vit_t.set_precision("int8") == "int8" and vit_t.precision == "int8"
+    int8 = [name for name, m in vit_t.image_encoder.named_modules() if isinstance(m, Int8Linear)]
+    assert int8 == ["layers.1.blocks.0.mlp.fc2", "layers.1.blocks.1.mlp.fc2"]
+    assert sum(isinstance(m, FusedConv2dBN) for m in vit_t.image_encoder.modules()) == 27  # the rest as "fused"
+    fast, fast_masks = embedding_and_masks(vit_t, image)
+    cosine = torch.nn.functional.cosine_similarity(fast.flatten().double(), exact.flatten().double(), dim=0).item()
+    assert encoder_paths.COSINE_BOUND <= cosine < 1 - 1e-9
+    ious = [
+        np.logical_and(a, b).sum() / np.logical_or(a, b).sum() for a, b in zip(fast_masks, exact_masks, strict=True)
+    ]
+    assert np.mean(ious) >= 0.99
+
+    vit_t.set_precision("fp32")
+    again, _ = embedding_and_masks(vit_t, image)
+    assert torch.equal(again, exact)
 
 
 def small_tiny_vit():

@@ -36,10 +36,11 @@ def never_measure(precision):
         (AMX, TINY, ("bf16",)),
         (VNNI, VIT, ("int8", "fp32")),
         (AVX_VNNI, VIT, ("int8", "fp32")),
-        (VNNI, TINY, ("fused", "fp32")),  # TinyViT's int8 path misses the mask IoU bound; fused kernels instead
-        (VNNI, "MobileSamImageEncoder", ("fused", "fp32")),  # the server's TinyViT subclass
+        (VNNI, TINY, ("int8", "fused", "fp32")),  # TinyViT: int8 (a few layers) on top of fused kernels
+        (VNNI, "MobileSamImageEncoder", ("int8", "fused", "fp32")),  # the server's TinyViT subclass
         (AVX2, TINY, ("fused", "fp32")),  # fused kernels are float32: no VNNI needed
-        (Capabilities(cpu_flags=VNNI.cpu_flags, mkldnn=False), TINY, ("fp32",)),  # no oneDNN, no fused kernels
+        (Capabilities(cpu_flags=VNNI.cpu_flags, mkldnn=False), TINY, ("int8", "fp32")),  # no oneDNN kernels
+        (Capabilities(cpu_flags=AVX2.cpu_flags, mkldnn=False), TINY, ("fp32",)),
         (AVX2, VIT, ("fp32",)),
         (Capabilities(), VIT, ("fp32",)),  # no /proc/cpuinfo (not Linux): the floor
         (Capabilities(cpu_flags=AMX.cpu_flags, mkldnn=False), VIT, ("int8", "fp32")),  # bf16 flags, no oneDNN
@@ -97,8 +98,24 @@ def test_vnni_cpu_measures_and_keeps_the_fastest_accurate_path(tmp_path, int8, e
 )
 def test_tiny_vit_measures_the_fused_path(tmp_path, fused, expected):
     measure = FakeMeasure(fused=fused, fp32=(10.0, 1.0))
-    choice = choose(VNNI, TINY, "TinyViT:1", measure, tmp_path)
+    choice = choose(AVX2, TINY, "TinyViT:1", measure, tmp_path)
     assert choice.precision == expected and measure.calls == ["fused", "fp32"]
+
+
+@pytest.mark.parametrize(
+    "int8, fused, expected",
+    [
+        ((7.5, 0.9999), (8.5, 1.0), "int8"),  # fastest, accurate, 1.13x over fused
+        ((8.4, 0.9999), (8.5, 1.0), "fused"),  # int8 1.19x over fp32 but not MIN_GAIN over the more exact fused
+        ((7.5, 0.9999), (7.0, 1.0), "fused"),  # fused faster still
+        ((7.5, 0.9990), (9.5, 1.0), "fused"),  # int8 outside the cosine bound
+        ((9.5, 0.9999), (9.9, 1.0), "fp32"),  # nothing beats fp32 by its margin
+    ],
+)
+def test_tiny_vit_on_a_vnni_cpu_measures_int8_fused_and_fp32(tmp_path, int8, fused, expected):
+    measure = FakeMeasure(int8=int8, fused=fused, fp32=(10.0, 1.0))
+    assert choose(VNNI, TINY, "TinyViT:1", measure, tmp_path).precision == expected
+    assert measure.calls == ["int8", "fused", "fp32"]  # the floor last: warm-up effects fall on the others
 
 
 def test_measurement_is_cached_once_and_reused(tmp_path):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .. import encoder_paths
 from ..encoder_paths import PRECISIONS
 from . import fused_kernels
-from .int8_linear import Int8Linear, int8_supported, quantize_linears, restore_linears
+from .int8_linear import Int8Linear, int8_supported, keep_float_for, quantize_linears, restore_linears
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -66,7 +66,8 @@ class Sam(nn.Module):
         """Choose how the image encoder computes; returns the precision chosen ("fp32", "fused", "int8", "bf16", "fp16").
 
         "fp32" is the exact reference path. "fused": float32 with oneDNN's fused convolution / linear + GELU
-        kernels (CPU only; ``fused_kernels``). "int8": int8 Linear layers (CPU only; ``int8_linear``). "bf16" /
+        kernels (CPU only; ``fused_kernels``). "int8": int8 Linear layers (CPU only; ``int8_linear``; which ones
+        depends on the encoder, the rest runs as in "fused"). "bf16" /
         "fp16": autocast. "auto": the fastest path within the accuracy bound on this device
         (``encoder_paths.choose``: from capabilities, else measured once and cached in ``cache_dir``); the
         decision is logged and kept in ``self.precision_choice``. Prompt encoder and decoder stay fp32.
@@ -95,7 +96,9 @@ class Sam(nn.Module):
         elif precision == "int8":
             if self.device.type != "cpu" or not int8_supported():
                 raise ValueError(f"precision int8 needs a CPU and a torch with a quantized engine, not {self.device}")
-            quantize_linears(encoder, full_range=encoder_paths.detect("cpu").vnni)
+            quantize_linears(encoder, full_range=encoder_paths.detect("cpu").vnni, keep_float=keep_float_for(encoder))
+            if fused_kernels.fused_supported():
+                fused_kernels.fuse(encoder)  # the float32 rest of TinyViT (vit_b has nothing left to fuse)
         elif precision != "fp32":
             encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
