@@ -9,7 +9,7 @@ from skimage import data
 
 from backend import encoder_paths
 from backend.sam import SamPredictor
-from backend.sam.fused_kernels import FUSED_MODULES, FusedConv2dBN, LinearGELU, fused_supported
+from backend.sam.fused_kernels import FUSED_MODULES, FusedConv2dBN, FusedMBConv, LinearGELU, fused_supported
 from backend.sam.int8_linear import Int8Linear, int8_supported
 from backend.sam.tiny_vit import TinyViT
 from backend.weights import random_model
@@ -49,6 +49,7 @@ def test_fused_path_within_the_accuracy_bounds_and_fp32_exact_after_it(vit_t):
     # Every Conv2d_BN of TinyViT-5M (27; the neck has plain convolutions) and every MLP's first layer (10).
     assert sum(isinstance(m, FusedConv2dBN) for m in modules) == 27
     assert sum(isinstance(m, LinearGELU) for m in modules) == 10
+    assert sum(isinstance(m, FusedMBConv) for m in modules) == 2  # the first stage, in bands of rows
     assert vit_t.state_dict().keys() == state.keys()  # same checkpoint format
     fast, fast_masks = embedding_and_masks(vit_t, image)
     assert not torch.equal(fast, exact)  # the path really changed the computation (BatchNorm folded once)
@@ -107,6 +108,21 @@ def small_tiny_vit():
             torch.nn.init.uniform_(module.running_var, 0.5, 2.0)
             torch.nn.init.uniform_(module.weight, 0.5, 1.5)
     return encoder
+
+
+def test_banded_mbconv_equals_the_whole_image_one(monkeypatch):
+    from backend.sam import fused_kernels
+
+    encoder = small_tiny_vit()
+    fused_kernels.fuse(encoder)
+    block = encoder.layers[0].blocks[0]
+    assert isinstance(block, FusedMBConv)
+    x = torch.randn(2, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        whole = block(x)  # 2 x 32 x 64 channels x 4 B: under _BAND_BYTES, one band
+        for rows in (1, 5, 16, 31):  # one row, a ragged last band, halves, a last band of one row
+            monkeypatch.setattr(fused_kernels, "_BAND_BYTES", rows * 2 * 32 * 64 * 4)
+            torch.testing.assert_close(block(x), whole, atol=1e-6, rtol=1e-6)
 
 
 def test_fused_modules_compute_unfused_under_autograd():
