@@ -11,6 +11,7 @@ from skimage import data
 from backend import encoder_paths
 from backend.encoder_paths import Capabilities, choose
 from backend.sam import SamPredictor, build_sam
+from backend.sam.fused_kernels import FUSED_MODULES, InplaceGELU
 from backend.sam.int8_linear import Int8Linear
 
 AMX = Capabilities(
@@ -223,6 +224,7 @@ def test_int8_path_within_the_accuracy_bounds(small_sam):
     assert list(small_sam.state_dict()) == state_keys  # same parameters, same checkpoint format
     int8_layers = sum(isinstance(m, Int8Linear) for m in small_sam.image_encoder.modules())
     assert int8_layers == 2 * 3  # qkv, lin1, lin2 per block; attn.proj stays float32
+    assert all(isinstance(block.mlp.act, InplaceGELU) for block in small_sam.image_encoder.blocks)
     fast, fast_masks = masks(small_sam, image, PROMPTS)
     assert not torch.equal(fast, exact)  # the path really changed the computation
     cosine = torch.nn.functional.cosine_similarity(fast.flatten(), exact.flatten(), dim=0).item()
@@ -235,7 +237,8 @@ def test_int8_path_within_the_accuracy_bounds(small_sam):
     # Back to fp32 is the exact path again (parity tests rely on it).
     assert all(not isinstance(block.attn.proj, Int8Linear) for block in small_sam.image_encoder.blocks)
     assert small_sam.set_precision("fp32") == "fp32" and small_sam.precision == "fp32"
-    assert not any(isinstance(m, Int8Linear) for m in small_sam.image_encoder.modules())
+    assert not any(isinstance(m, (Int8Linear, *FUSED_MODULES)) for m in small_sam.image_encoder.modules())
+    assert all(type(block.mlp.act) is torch.nn.GELU for block in small_sam.image_encoder.blocks)
     again, _ = masks(small_sam, image, PROMPTS[:1])
     assert torch.equal(again, exact)
 

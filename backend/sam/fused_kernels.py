@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .int8_linear import Int8Linear
 from .tiny_vit import Attention, Conv2d_BN, MBConv, PatchEmbed, PatchMerging
 
 # (first linear, activation) attribute names of an MLP: TinyViT's Mlp, SAM's MLPBlock.
@@ -56,6 +57,20 @@ class LinearGELU(nn.Linear):
             return self.gelu(F.linear(x, self.weight, self.bias))
         attr, algorithm = _gelu_algorithm(self.gelu)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, attr, [], algorithm)
+
+
+class InplaceGELU(nn.GELU):
+    """GELU overwriting its input, after an int8 MLP layer (whose fresh output nothing else reads): no new
+    activation buffer, whose page faults cost about as much as the GELU (vit_b int8: 3.6% less CPU time)."""
+
+    def __init__(self, gelu: nn.GELU) -> None:
+        super().__init__(gelu.approximate)
+        self.__dict__["source"] = gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)
 
 
 class FusedConv2dBN(Conv2d_BN):
@@ -143,7 +158,7 @@ class FusedMBConv(MBConv):
         return out
 
 
-FUSED_MODULES = (LinearGELU, FusedConv2dBN, FusedMBConv)
+FUSED_MODULES = (LinearGELU, InplaceGELU, FusedConv2dBN, FusedMBConv)
 
 
 def _fuse_conv(module: nn.Module, conv_name: str, act_name: str | None, gelu: nn.GELU | None = None) -> int:
@@ -159,7 +174,8 @@ def _fuse_conv(module: nn.Module, conv_name: str, act_name: str | None, gelu: nn
 
 
 def fuse(module: nn.Module) -> int:
-    """Swaps in the fused modules throughout ``module``: each MLP's first Linear with its GELU, each TinyViT
+    """Swaps in the fused modules throughout ``module``: each MLP's first Linear with its GELU (an in-place GELU
+    after an int8 one), each TinyViT
     ``Conv2d_BN`` (with the GELU right after it where there is one); TinyViT's attention bias is gathered from
     its table once. Returns how many modules were fused."""
     count = 0
@@ -172,6 +188,9 @@ def fuse(module: nn.Module) -> int:
             if type(linear) is nn.Linear and isinstance(act, nn.GELU):
                 setattr(child, linear_name, LinearGELU(linear, act))
                 setattr(child, act_name, nn.Identity())
+                count += 1
+            elif isinstance(linear, Int8Linear) and type(act) is nn.GELU:
+                setattr(child, act_name, InplaceGELU(act))
                 count += 1
         if isinstance(child, MBConv):
             count += _fuse_conv(child, "conv1", "act1") + _fuse_conv(child, "conv2", "act2")
@@ -216,6 +235,9 @@ def unfuse(module: nn.Module) -> int:
                 linear.weight, linear.bias = fused.weight, fused.bias
                 setattr(child, linear_name, linear)
                 setattr(child, act_name, fused.gelu)
+                count += 1
+            elif isinstance(getattr(child, act_name, None), InplaceGELU):
+                setattr(child, act_name, getattr(child, act_name).source)
                 count += 1
         if isinstance(child, PatchMerging) and isinstance(child.conv1, FusedConv2dBN) and child.conv1.gelu:
             child.act = child.conv1.gelu

@@ -98,7 +98,7 @@ class Sam(nn.Module):
                 raise ValueError(f"precision int8 needs a CPU and a torch with a quantized engine, not {self.device}")
             quantize_linears(encoder, full_range=encoder_paths.detect("cpu").vnni, keep_float=keep_float_for(encoder))
             if fused_kernels.fused_supported():
-                fused_kernels.fuse(encoder)  # the float32 rest of TinyViT (vit_b has nothing left to fuse)
+                fused_kernels.fuse(encoder)  # the float32 rest of TinyViT; vit_b: in-place GELUs
         elif precision != "fp32":
             encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
