@@ -158,6 +158,20 @@ def test_math_formulation_is_mobile_sams_and_close_to_the_fast_one():
         encoder.attn_impl = "flash"
 
 
+def test_formulation_set_while_fused_holds_after_unfusing():
+    from backend.sam import fused_kernels
+    from backend.sam.tiny_vit import Conv2d_BN
+
+    encoder = small_tiny_vit()
+    fused_kernels.fuse(encoder)
+    encoder.attn_impl = "math"  # the benchmark sets the formulation before the path
+    fused_kernels.unfuse(encoder)
+    conv_bns = [m for m in encoder.modules() if isinstance(m, Conv2d_BN)]
+    assert len(conv_bns) == 17 and not any(m.fold_bn for m in conv_bns)
+    encoder.attn_impl = "sdpa"
+    assert all(m.fold_bn for m in conv_bns)
+
+
 def test_fused_needs_a_cpu():
     from backend.sam import build_sam
 

@@ -519,6 +519,10 @@ class TinyViT(nn.Module):
                 module.attn_impl = impl
             elif isinstance(module, Conv2d_BN):
                 module.fold_bn = impl == "sdpa"
+                # A fused path's module keeps the one it replaced (unregistered): that one follows too.
+                source = module.__dict__.get("source")
+                if source is not None:
+                    source.fold_bn = module.fold_bn
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
