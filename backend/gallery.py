@@ -4,6 +4,10 @@
 
 A deployment folder may hold ``gallery.json`` = ``{"file.jpg": {"license": "...", "source": "..."}}`` to
 credit its images; files without an entry are listed as provided by the deployment.
+
+Each image is listed with two renditions made once in memory, so the gallery costs a first visit little:
+a thumbnail (JPEG covering the 2x-density tile) and, for a lossless original over ``WEB_COPY_MIN_BYTES``, a
+web copy (JPEG, same pixel size) that the page opens instead. The original stays at its own URL.
 """
 
 from __future__ import annotations
@@ -11,18 +15,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import io
 import json
 import logging
 import os
 import re
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The page shows samples as 120x80 CSS-pixel tiles (web/css: .gallery-list img, object-fit: cover); a
+# thumbnail covers that box at 2x pixel density.
+THUMBNAIL_COVER = (240, 160)
+# Lossless originals above this size get a JPEG web copy (a 512x512 photo: ~0.8 MB as PNG, ~0.1 MB as JPEG).
+WEB_COPY_MIN_BYTES = 200_000
+LOSSY_FORMATS = {"JPEG", "WEBP"}
+RENDITIONS = ("thumbnail", "web")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,23 +114,41 @@ class Gallery:
             )
 
     def listing(self) -> list[dict]:
-        """``[{name, url, width, height, license, source}]`` for ``GET /api/gallery``."""
+        """``[{name, url, original, thumbnail, width, height, license, source}]`` for ``GET /api/gallery``.
+
+        ``url`` is what the page opens (the web copy where there is one), ``original`` the file as it is.
+        """
         items = []
         for image in self._images.values():
-            size = _image_size(str(image.path), image.path.stat().st_mtime)
-            if size is None:
+            facts = _image_facts(str(image.path), image.path.stat().st_mtime)
+            if facts is None:
                 continue
+            (width, height), web_copy = facts
+            original = f"/gallery/{image.name}"
             items.append(
                 {
                     "name": image.name,
-                    "url": f"/gallery/{image.name}",
-                    "width": size[0],
-                    "height": size[1],
+                    "url": f"{original}/web.jpg" if web_copy else original,
+                    "original": original,
+                    "thumbnail": f"{original}/thumbnail.jpg",
+                    "width": width,
+                    "height": height,
                     "license": image.license,
                     "source": image.source,
                 }
             )
         return items
+
+    def rendition(self, name: str, kind: str) -> bytes | None:
+        """JPEG bytes of a listed image's ``kind`` ("thumbnail" or "web"), or None when it has none."""
+        image = self._images.get(name)
+        if image is None or kind not in RENDITIONS:
+            return None
+        mtime = image.path.stat().st_mtime
+        facts = _image_facts(str(image.path), mtime)
+        if facts is None or (kind == "web" and not facts[1]):
+            return None
+        return _render(str(image.path), mtime, kind)
 
     def path(self, name: str) -> Path | None:
         """The file of a listed image, or None (unknown names never reach the filesystem)."""
@@ -127,10 +157,31 @@ class Gallery:
 
 
 @functools.lru_cache(maxsize=256)
-def _image_size(path: str, mtime: float) -> tuple[int, int] | None:
+def _image_facts(path: str, mtime: float) -> tuple[tuple[int, int], bool] | None:
+    """((width, height), whether it gets a web copy) of an image file, or None when it is unreadable."""
     try:
         with Image.open(path) as image:
-            return image.size
+            lossless = image.format not in LOSSY_FORMATS and not getattr(image, "is_animated", False)
+            return image.size, lossless and os.path.getsize(path) > WEB_COPY_MIN_BYTES
     except (OSError, ValueError) as error:
         logger.warning("gallery image %s is unreadable: %s", path, error)
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _render(path: str, mtime: float, kind: str) -> bytes:
+    """The JPEG rendition of an image file (cached per file version: a handful of KB to ~0.1 MB each)."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        if kind == "thumbnail":
+            scale = max(THUMBNAIL_COVER[0] / image.width, THUMBNAIL_COVER[1] / image.height)
+            if scale < 1:
+                size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+                image = image.resize(size, Image.Resampling.LANCZOS)
+            quality, subsampling = 80, "4:2:0"
+        else:
+            quality, subsampling = 90, "4:4:4"  # close to the original: the mask is computed on these pixels
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=quality, subsampling=subsampling, optimize=True)
+        return out.getvalue()

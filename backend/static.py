@@ -9,6 +9,7 @@ path that is not on the list (``/./node_modules/...``, ``/css/../package.json``)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 import os
@@ -137,6 +138,20 @@ def gallery_file(name: str):
     response = send_file(path, conditional=True)
     response.headers["Cache-Control"] = "public, max-age=86400"
     return response
+
+
+@static_files.get("/gallery/<name>/<kind>.jpg")
+def gallery_rendition(name: str, kind: str):
+    gallery = app_state().gallery
+    if gallery.path(name) is None:
+        raise ApiError(404, "unknown_image", f"no gallery image named {shorten(name)!r}; see /api/gallery")
+    data = gallery.rendition(name, kind)
+    if data is None:
+        raise ApiError(404, "not_found", f"the gallery image {shorten(name)!r} has no {shorten(kind)!r} rendition")
+    response = Response(data, mimetype="image/jpeg")
+    response.set_etag(hashlib.sha256(data).hexdigest()[:32])
+    response.headers["Cache-Control"] = "public, max-age=86400"
+    return response.make_conditional(request)
 
 
 @static_files.get("/<path:filename>")

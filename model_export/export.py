@@ -9,6 +9,7 @@ import torch.nn as nn
 from backend.files import atomic_write
 
 from .lowres_model import SamLowResOnnxModel
+from .mask_branch import skip_mask_branch_without_mask
 from .onnx_model import SamDecoderParts, SamOnnxModel
 
 VARIANTS = ("official", "lowres")
@@ -116,4 +117,11 @@ def export_decoder(
                 dynamic_axes=dynamic_axes,
                 dynamo=False,
             )
+        if variant == "lowres":
+            import onnx
+
+            graph = onnx.load(str(tmp_path))
+            no_mask = parts.prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).numpy()
+            skip_mask_branch_without_mask(graph, no_mask)
+            onnx.save(graph, str(tmp_path))
     return output

@@ -40,5 +40,6 @@ class SamLowResOnnxModel(nn.Module):
         tokens, image_tokens = self.decoder(pixel_rows(image_embeddings + dense_embedding), image_pe, sparse_embedding)
         iou_predictions = self.decoder.predict_iou(tokens, ALL_MASKS)
         hyper_in = self.decoder.hypernetworks(tokens, ALL_MASKS)
-        low_res_masks = self.decoder.upscale(image_tokens[0], hyper_in[0], height, width)
+        image_rows = image_tokens if image_tokens.dim() == 2 else image_tokens[0]
+        low_res_masks = self.decoder.upscale(image_rows, hyper_in[0], height, width)
         return iou_predictions, low_res_masks.unsqueeze(0)

@@ -403,7 +403,9 @@ def test_gallery_lists_licensed_samples_and_the_deployment_folder(tmp_path):
     assert by_name["coffee.png"]["license"] == "CC0"
     assert by_name["street.jpg"] == {
         "name": "street.jpg",
-        "url": "/gallery/street.jpg",
+        "url": "/gallery/street.jpg",  # a small JPEG is opened as it is
+        "original": "/gallery/street.jpg",
+        "thumbnail": "/gallery/street.jpg/thumbnail.jpg",
         "width": 60,
         "height": 40,
         "license": "CC-BY-4.0",
@@ -411,9 +413,31 @@ def test_gallery_lists_licensed_samples_and_the_deployment_folder(tmp_path):
     }
     assert "notes.txt" not in by_name
     for item in listing:
-        response = client.get(item["url"])
-        assert response.status_code == 200
-        assert Image.open(io.BytesIO(response.data)).size == (item["width"], item["height"])
+        for key in ("url", "original"):
+            response = client.get(item[key])
+            assert response.status_code == 200
+            assert Image.open(io.BytesIO(response.data)).size == (item["width"], item["height"])
+        thumbnail = client.get(item["thumbnail"])
+        assert thumbnail.status_code == 200 and thumbnail.mimetype == "image/jpeg"
+        assert "max-age" in thumbnail.headers["Cache-Control"] and thumbnail.headers["ETag"]
+        assert client.get(item["thumbnail"], headers={"If-None-Match": thumbnail.headers["ETag"]}).status_code == 304
+        # Covers the page's 120x80 tile at 2x density, never larger than needed (nor than the original).
+        width, height = Image.open(io.BytesIO(thumbnail.data)).size
+        assert (width >= min(240, item["width"]) and height >= min(160, item["height"])) and min(
+            width / 240, height / 160
+        ) <= 1.01
+        assert len(thumbnail.data) < 20_000
+    # The bundled PNG photos open as JPEG web copies of the same size, a fraction of the original's bytes.
+    astronaut = by_name["astronaut.png"]
+    assert astronaut["url"] == "/gallery/astronaut.png/web.jpg" and astronaut["original"] == "/gallery/astronaut.png"
+    web, original = client.get(astronaut["url"]), client.get(astronaut["original"])
+    assert web.mimetype == "image/jpeg" and len(web.data) * 5 < len(original.data)
+    web_pixels = np.asarray(Image.open(io.BytesIO(web.data)).convert("RGB"), dtype=np.float64)
+    original_pixels = np.asarray(Image.open(io.BytesIO(original.data)).convert("RGB"), dtype=np.float64)
+    assert np.abs(web_pixels - original_pixels).mean() < 3  # quality 90, no chroma subsampling
+    assert_json_error(client.get("/gallery/street.jpg/web.jpg"), 404)  # small JPEGs have no web copy
+    assert_json_error(client.get("/gallery/street.jpg/poster.jpg"), 404)
+    assert_json_error(client.get("/gallery/nothing.png/thumbnail.jpg"), 404)
     assert_json_error(client.get("/gallery/notes.txt"), 404)
     assert_json_error(client.get("/gallery/..%2Fgallery.json"), 404)
 

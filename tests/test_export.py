@@ -575,3 +575,28 @@ def test_export_leaves_the_served_model_untouched(model, tmp_path):
     after = model.mask_decoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert [p.name for p in tmp_path.iterdir()] == ["approx.onnx"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("name", ["lowres", "lowres-quantized"])
+def test_lowres_runs_the_mask_branch_only_for_a_mask_input(decoders, name, own, tmp_path):
+    """Without a mask prompt (every hover and click) the mask downscaling's convolutions do not run."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / name)
+    graph = ort.InferenceSession(str(decoders[name]["path"]), options, providers=["CPUExecutionProvider"])
+    feeds = {
+        "image_embeddings": np.asarray(own["embedding"], np.float32),
+        "point_coords": np.array([[[300.0, 200.0], [0.0, 0.0]]], np.float32),
+        "point_labels": np.array([[1.0, -1.0]], np.float32),
+        **no_mask_input(),
+    }
+    without = graph.run(None, feeds)
+    with_mask = graph.run(None, {**feeds, "mask_input": without[1][:, :1], "has_mask_input": np.ones(1, np.float32)})
+    events = json.loads(Path(graph.end_profiling()).read_text())
+    convolutions = [e for e in events if e.get("cat") == "Node" and e["args"].get("op_name") == "Conv"]
+    runs = [e for e in events if e.get("name") == "model_run"]
+    assert len(runs) == 2
+    # Every Conv of the graph is in the mask branch, and all of them ran during the second run only.
+    assert convolutions and all(e["ts"] > runs[0]["ts"] + runs[0]["dur"] for e in convolutions)
+    assert not np.allclose(without[1], with_mask[1])  # the mask prompt did change the masks

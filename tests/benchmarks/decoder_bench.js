@@ -1,9 +1,9 @@
 // Times the official-interface decoder against the lowres variant in one page, interleaved (ABBA order),
 // with onnxruntime-web WASM. A "decode" is prompt -> binary mask at image size, as the client needs it:
-// official: session.run + threshold of the chosen full-size mask; lowres: session.run + upsample and
+// official: session.run + threshold of the chosen full-size mask (mask-math.js threshold); lowres: session.run + upsample and
 // threshold of the chosen low-res logits with the client's own mask-math.js.
 import * as ort from "/ort/ort.wasm.min.mjs";
-import { maskFromLowRes, resizedSize, compareMasks } from "/web/js/mask-math.js";
+import { maskFromLowRes, resizedSize, compareMasks, threshold } from "/web/js/mask-math.js";
 
 const params = await (await fetch("/bench/params.json")).json();
 const status = (text) => { document.getElementById("status").textContent = text; };
@@ -54,9 +54,8 @@ async function decode(name, prompt) {
   const k = chosenIndex(iou, prompt.multimask);
   let mask;
   if (iface === "official") {
-    const logits = out.masks.data.subarray(k * H * W, (k + 1) * H * W);
-    mask = new Uint8Array(H * W);
-    for (let i = 0; i < mask.length; i++) mask[i] = logits[i] > 0 ? 1 : 0;
+    // The client's own threshold (web/js/mask-math.js), as the worker applies it to the official graph.
+    mask = threshold(out.masks.data.subarray(k * H * W, (k + 1) * H * W));
   } else {
     mask = maskFromLowRes(out.low_res_masks.data.subarray(k * 65536, (k + 1) * 65536), inputSize, [H, W]);
   }

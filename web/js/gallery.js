@@ -12,7 +12,7 @@ function sampleButton(item, onOpen) {
   button.setAttribute("aria-label", `Open the sample ${item.name}`);
   button.title = [item.name, item.source, item.license].filter(Boolean).join(" · ");
   const image = document.createElement("img");
-  image.src = item.url;
+  image.src = item.thumbnail || item.url;
   image.alt = "";
   image.loading = "lazy";
   const caption = document.createElement("span");

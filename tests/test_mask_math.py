@@ -1,0 +1,77 @@
+"""web/js/mask-math.js under Node: the binary mask the client paints equals Meta's postprocessing.
+
+maskFromLowRes computes only the pixels whose taps straddle the mask's edge; it must give exactly
+upsampleLogits(...) > 0, and both must agree with Sam.postprocess_masks (torch, F.interpolate twice).
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+SCRIPT = Path(__file__).parent / "web" / "mask_math_check.mjs"
+NODE = shutil.which("node")
+
+
+def meta_postprocess(low_res: np.ndarray, input_size, original_size) -> np.ndarray:
+    """Sam.postprocess_masks on one [256, 256] map -> logits [H, W]."""
+    x = torch.from_numpy(low_res)[None, None]
+    x = F.interpolate(x, (1024, 1024), mode="bilinear", align_corners=False)[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, original_size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def blob_logits(seed: int, noise: float) -> np.ndarray:
+    """Mask-like low-res logits: a few smooth blobs, positive inside, with noise (values near 0 at edges)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32)
+    field = np.full((256, 256), -4.0, np.float32)
+    for _ in range(4):
+        cy, cx, r = rng.uniform(30, 226), rng.uniform(30, 226), rng.uniform(10, 70)
+        field = np.maximum(field, 8 * (1 - np.hypot(y - cy, x - cx) / r))
+    return (field + rng.normal(0, noise, field.shape)).astype(np.float32)
+
+
+# (resized size in the 1024 frame, original image size): wide, tall, small (upsampling), big, odd.
+CASES = [
+    ((768, 1024), (768, 1024)),
+    ((683, 1024), (534, 800)),
+    ((1024, 576), (1280, 720)),
+    ((1024, 1024), (96, 96)),
+    ((640, 1024), (1200, 1920)),
+    ((1024, 961), (1023, 961)),
+]
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_mask_from_low_res_equals_the_thresholded_upsampling_and_meta(tmp_path, case):
+    input_size, original_size = CASES[case]
+    low_res = blob_logits(case, noise=0.7 if case % 2 else 0.05)  # speckled (random weights) or smooth
+    if case == 0:
+        low_res[100:140, 60:200] = 0.0  # exact zeros: not > 0, so never inside
+    logits_file = tmp_path / "low.f32"
+    low_res.tofile(logits_file)
+    result = subprocess.run(
+        [NODE, str(SCRIPT), str(logits_file), *map(str, input_size), *map(str, original_size), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    timings = json.loads(result.stdout)
+    H, W = original_size
+    fast = np.fromfile(tmp_path / "out.fast.u8", np.uint8).reshape(H, W)
+    logits = np.fromfile(tmp_path / "out.logits.f32", np.float32).reshape(H, W)
+    assert 0.05 < fast.mean() < 0.95  # a real mask with edges, not a trivial one
+    np.testing.assert_array_equal(fast, (logits > 0).astype(np.uint8))
+    expected = meta_postprocess(low_res, input_size, original_size) > 0
+    assert (fast.astype(bool) == expected).mean() > 0.9999
+    np.testing.assert_allclose(logits, meta_postprocess(low_res, input_size, original_size), atol=1e-5)
+    print(
+        f"{input_size} -> {original_size}: maskFromLowRes {timings['fastMs']:.2f} ms, upsampleLogits {timings['logitsMs']:.2f} ms"
+    )
