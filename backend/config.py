@@ -61,9 +61,10 @@ class Config:
     precision: str = setting(
         "auto",
         "encoder path: `auto` (the fastest within the accuracy bound on this device: bf16 on CUDA, else fp16; bf16 on "
-        "CPUs with native bf16 (AVX512-BF16/AMX); on other CPUs with VNNI, for vit_b/l/h, int8 or fp32 as measured at "
-        "first start and cached in `$SAM_DATA_DIR/encoder_paths.json`; else fp32), `fp32` (exact), `int8` (int8 linear "
-        "layers, CPU), `bf16`, `fp16`; all with fused attention",
+        "CPUs with native bf16 (AVX512-BF16/AMX); on other CPUs, int8 or fp32 (vit_b/l/h, with VNNI) or fused or fp32 "
+        "(vit_t) as measured at first start and cached in `$SAM_DATA_DIR/encoder_paths.json`; else fp32), `fp32` "
+        "(exact), `fused` (fp32 with oneDNN fused conv/GELU kernels, CPU), `int8` (int8 linear layers, CPU), `bf16`, "
+        "`fp16`; all with fused attention",
     )
     cache_bytes: int = setting(512 * 1024 * 1024, "in-memory embedding cache bound in bytes (one embedding is 4 MiB)")
     disk_cache_dir: str | None = setting(

@@ -39,8 +39,9 @@ def prepare_model(
     """Moves ``model`` to ``device`` in eval mode and sets its encoder path; returns the precision chosen.
 
     ``auto`` lets the model pick the fastest path within the accuracy bound on this device (``Sam.set_precision``,
-    ``backend.encoder_paths``): bf16 / fp16 on CUDA and on CPUs with native bf16; on other CPUs with VNNI int8 or
-    fp32 as measured once, the measurement cached in ``cache_dir``; else fp32.
+    ``backend.encoder_paths``): bf16 / fp16 on CUDA and on CPUs with native bf16; on other CPUs int8, fused or
+    fp32 as measured once (per encoder, see ``encoder_paths.candidates``), the measurement cached in
+    ``cache_dir``; else fp32.
     """
     model.to(device)
     model.eval()

@@ -11,6 +11,7 @@ from skimage import data
 from backend import encoder_paths
 from backend.encoder_paths import Capabilities, choose
 from backend.sam import SamPredictor, build_sam
+from backend.sam.fused_kernels import FUSED_MODULES, InplaceGELU
 from backend.sam.int8_linear import Int8Linear
 
 AMX = Capabilities(
@@ -36,7 +37,11 @@ def never_measure(precision):
         (AMX, TINY, ("bf16",)),
         (VNNI, VIT, ("int8", "fp32")),
         (AVX_VNNI, VIT, ("int8", "fp32")),
-        (VNNI, TINY, ("fp32",)),  # TinyViT with int8 linear layers misses the cosine bound
+        (VNNI, TINY, ("int8", "fused", "fp32")),  # TinyViT: int8 (a few layers) on top of fused kernels
+        (VNNI, "MobileSamImageEncoder", ("int8", "fused", "fp32")),  # the server's TinyViT subclass
+        (AVX2, TINY, ("fused", "fp32")),  # fused kernels are float32: no VNNI needed
+        (Capabilities(cpu_flags=VNNI.cpu_flags, mkldnn=False), TINY, ("int8", "fp32")),  # no oneDNN kernels
+        (Capabilities(cpu_flags=AVX2.cpu_flags, mkldnn=False), TINY, ("fp32",)),
         (AVX2, VIT, ("fp32",)),
         (Capabilities(), VIT, ("fp32",)),  # no /proc/cpuinfo (not Linux): the floor
         (Capabilities(cpu_flags=AMX.cpu_flags, mkldnn=False), VIT, ("int8", "fp32")),  # bf16 flags, no oneDNN
@@ -82,6 +87,36 @@ def test_vnni_cpu_measures_and_keeps_the_fastest_accurate_path(tmp_path, int8, e
     assert choice.precision == expected
     assert measure.calls == ["int8", "fp32"]
     assert choice.measured["int8"] == {"seconds": int8[0], "cosine": int8[1]}
+
+
+@pytest.mark.parametrize(
+    "fused, expected",
+    [
+        ((9.5, 1.0), "fused"),  # float32 too: a smaller margin over fp32 suffices (MIN_GAINS)
+        ((9.9, 1.0), "fp32"),  # within noise of fp32: never slower than fp32
+        ((5.0, 0.999), "fp32"),  # outside the cosine bound (a broken kernel)
+    ],
+)
+def test_tiny_vit_measures_the_fused_path(tmp_path, fused, expected):
+    measure = FakeMeasure(fused=fused, fp32=(10.0, 1.0))
+    choice = choose(AVX2, TINY, "TinyViT:1", measure, tmp_path)
+    assert choice.precision == expected and measure.calls == ["fused", "fp32"]
+
+
+@pytest.mark.parametrize(
+    "int8, fused, expected",
+    [
+        ((7.5, 0.9999), (8.5, 1.0), "int8"),  # fastest, accurate, 1.13x over fused
+        ((8.4, 0.9999), (8.5, 1.0), "fused"),  # int8 1.19x over fp32 but not MIN_GAIN over the more exact fused
+        ((7.5, 0.9999), (7.0, 1.0), "fused"),  # fused faster still
+        ((7.5, 0.9990), (9.5, 1.0), "fused"),  # int8 outside the cosine bound
+        ((9.5, 0.9999), (9.9, 1.0), "fp32"),  # nothing beats fp32 by its margin
+    ],
+)
+def test_tiny_vit_on_a_vnni_cpu_measures_int8_fused_and_fp32(tmp_path, int8, fused, expected):
+    measure = FakeMeasure(int8=int8, fused=fused, fp32=(10.0, 1.0))
+    assert choose(VNNI, TINY, "TinyViT:1", measure, tmp_path).precision == expected
+    assert measure.calls == ["int8", "fused", "fp32"]  # the floor last: warm-up effects fall on the others
 
 
 def test_measurement_is_cached_once_and_reused(tmp_path):
@@ -189,6 +224,7 @@ def test_int8_path_within_the_accuracy_bounds(small_sam):
     assert list(small_sam.state_dict()) == state_keys  # same parameters, same checkpoint format
     int8_layers = sum(isinstance(m, Int8Linear) for m in small_sam.image_encoder.modules())
     assert int8_layers == 2 * 3  # qkv, lin1, lin2 per block; attn.proj stays float32
+    assert all(isinstance(block.mlp.act, InplaceGELU) for block in small_sam.image_encoder.blocks)
     fast, fast_masks = masks(small_sam, image, PROMPTS)
     assert not torch.equal(fast, exact)  # the path really changed the computation
     cosine = torch.nn.functional.cosine_similarity(fast.flatten(), exact.flatten(), dim=0).item()
@@ -201,7 +237,8 @@ def test_int8_path_within_the_accuracy_bounds(small_sam):
     # Back to fp32 is the exact path again (parity tests rely on it).
     assert all(not isinstance(block.attn.proj, Int8Linear) for block in small_sam.image_encoder.blocks)
     assert small_sam.set_precision("fp32") == "fp32" and small_sam.precision == "fp32"
-    assert not any(isinstance(m, Int8Linear) for m in small_sam.image_encoder.modules())
+    assert not any(isinstance(m, (Int8Linear, *FUSED_MODULES)) for m in small_sam.image_encoder.modules())
+    assert all(type(block.mlp.act) is torch.nn.GELU for block in small_sam.image_encoder.blocks)
     again, _ = masks(small_sam, image, PROMPTS[:1])
     assert torch.equal(again, exact)
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from .. import encoder_paths
 from ..encoder_paths import PRECISIONS
-from .int8_linear import Int8Linear, int8_supported, quantize_linears, restore_linears
+from . import fused_kernels
+from .int8_linear import Int8Linear, int8_supported, keep_float_for, quantize_linears, restore_linears
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -48,9 +49,11 @@ class Sam(nn.Module):
 
     @property
     def precision(self) -> str:
-        """ "fp32", "int8", "bf16" or "fp16": how the image encoder computes (``encoder_paths.LABELS``)."""
+        """ "fp32", "fused", "int8", "bf16" or "fp16": how the image encoder computes (``encoder_paths.LABELS``)."""
         if any(isinstance(m, Int8Linear) for m in self.image_encoder.modules()):
             return "int8"
+        if any(isinstance(m, fused_kernels.FUSED_MODULES) for m in self.image_encoder.modules()):
+            return "fused"
         dtype = getattr(self.image_encoder, "autocast_dtype", None)
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
@@ -60,9 +63,11 @@ class Sam(nn.Module):
         return encoder_paths.LABELS[self.precision]
 
     def set_precision(self, precision: str = "auto", cache_dir: str | os.PathLike | None = None) -> str:
-        """Choose how the image encoder computes; returns the precision chosen ("fp32", "int8", "bf16", "fp16").
+        """Choose how the image encoder computes; returns the precision chosen ("fp32", "fused", "int8", "bf16", "fp16").
 
-        "fp32" is the exact reference path. "int8": int8 Linear layers (CPU only; ``int8_linear``). "bf16" /
+        "fp32" is the exact reference path. "fused": float32 with oneDNN's fused convolution / linear + GELU
+        kernels (CPU only; ``fused_kernels``). "int8": int8 Linear layers (CPU only; ``int8_linear``; which ones
+        depends on the encoder, the rest runs as in "fused"). "bf16" /
         "fp16": autocast. "auto": the fastest path within the accuracy bound on this device
         (``encoder_paths.choose``: from capabilities, else measured once and cached in ``cache_dir``); the
         decision is logged and kept in ``self.precision_choice``. Prompt encoder and decoder stay fp32.
@@ -82,11 +87,18 @@ class Sam(nn.Module):
     def _apply_precision(self, precision: str) -> None:
         encoder = self.image_encoder
         restore_linears(encoder)
+        fused_kernels.unfuse(encoder)
         encoder.autocast_dtype = None
-        if precision == "int8":
+        if precision == "fused":
+            if self.device.type != "cpu" or not fused_kernels.fused_supported():
+                raise ValueError(f"precision fused needs a CPU and a torch with oneDNN, not {self.device}")
+            fused_kernels.fuse(encoder)
+        elif precision == "int8":
             if self.device.type != "cpu" or not int8_supported():
                 raise ValueError(f"precision int8 needs a CPU and a torch with a quantized engine, not {self.device}")
-            quantize_linears(encoder, full_range=encoder_paths.detect("cpu").vnni)
+            quantize_linears(encoder, full_range=encoder_paths.detect("cpu").vnni, keep_float=keep_float_for(encoder))
+            if fused_kernels.fused_supported():
+                fused_kernels.fuse(encoder)  # the float32 rest of TinyViT; vit_b: in-place GELUs
         elif precision != "fp32":
             encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 

@@ -18,6 +18,8 @@ from .common import LayerNorm2d
 # MobileSAM keeps full resolution in the last merges (dims 320, 448 and 576 are the last stages of its
 # TinyViT variants), so the encoder's output stride is 16 rather than TinyViT's 32.
 _STRIDE_ONE_MERGE_DIMS = (320, 448, 576)
+# "sdpa": this module's fast formulation (default). "math": MobileSAM's own, the plain baseline of the benchmark.
+ATTENTION_IMPLS = ("math", "sdpa")
 
 
 class Conv2d_BN(nn.Sequential):
@@ -40,8 +42,10 @@ class Conv2d_BN(nn.Sequential):
         nn.init.constant_(bn.bias, 0.0)
         self.add_module("bn", bn)
 
+    fold_bn = True  # False: BatchNorm after the convolution, as MobileSAM computes it (TinyViT.attn_impl "math")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training or not self.fold_bn:
             return self.bn(self.c(x))
         # In eval mode BatchNorm is an affine map per channel, so it folds into the convolution: one pass
         # over the (large, early-stage) activations instead of two.
@@ -247,6 +251,10 @@ class Attention(nn.Module):
     [B*windows, N, dim] -> [B*windows, N, dim], N = resolution[0] * resolution[1].
     """
 
+    # The bias [1, heads, N, N] gathered once from the table, for inference in float32 (the fused path sets
+    # it); None, or under autograd: gathered at every call.
+    fixed_bias: torch.Tensor | None = None
+
     def __init__(
         self,
         dim: int,
@@ -264,6 +272,7 @@ class Attention(nn.Module):
         self.dh = self.d * num_heads
         self.attn_ratio = attn_ratio
 
+        self.attn_impl = "sdpa"
         self.norm = nn.LayerNorm(dim)
         # Per head, the projection holds [q | k | v] side by side (not all q's, then all k's, ...).
         self.qkv = nn.Linear(dim, self.dh + 2 * self.nh_kd)
@@ -284,9 +293,16 @@ class Attention(nn.Module):
         x = self.norm(x)
         qkv = self.qkv(x).view(batch, num_tokens, self.num_heads, -1)
         q, k, v = qkv.permute(0, 2, 1, 3).split([self.key_dim, self.key_dim, self.d], dim=3)
+        if self.attn_impl == "math":
+            # MobileSAM's formulation: the scores, bias and softmax as separate [B*windows, heads, N, N] tensors.
+            attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_biases[:, self.attention_bias_idxs]
+            x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, num_tokens, self.dh)
+            return self.proj(x)
         # A 4-D mask [1, heads, N, N] lets PyTorch pick its fused (flash) CPU kernel; a 3-D one falls back
         # to the unfused path, which is ~4x slower here. Under autocast the mask must match q's dtype.
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)[None]
+        bias = self.fixed_bias
+        if bias is None or bias.dtype != q.dtype or torch.is_grad_enabled():
+            bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)[None]
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         x = x.transpose(1, 2).reshape(batch, num_tokens, self.dh)
         return self.proj(x)
@@ -487,6 +503,27 @@ class TinyViT(nn.Module):
             LayerNorm2d(256),
         )
 
+    @property
+    def attn_impl(self) -> str:
+        """ "sdpa" (default): fused attention, BatchNorm folded into its convolution, channels-last activations.
+        "math": MobileSAM's formulation (explicit softmax(q k^T * scale + bias) v, each BatchNorm applied after
+        its convolution, NCHW input), the plain baseline the benchmark measures speed-ups against."""
+        return next((m.attn_impl for m in self.modules() if isinstance(m, Attention)), "sdpa")
+
+    @attn_impl.setter
+    def attn_impl(self, impl: str) -> None:
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.attn_impl = impl
+            elif isinstance(module, Conv2d_BN):
+                module.fold_bn = impl == "sdpa"
+                # A fused path's module keeps the one it replaced (unregistered): that one follows too.
+                source = module.__dict__.get("source")
+                if source is not None:
+                    source.fold_bn = module.fold_bn
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -509,7 +546,9 @@ class TinyViT(nn.Module):
             )
         # Channels-last convolutions are faster on CPU (oneDNN) and match the token layout [B, H*W, C], so
         # the switches between convolutions and attention are views rather than copies.
-        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+        if self.attn_impl == "sdpa":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
         height, width = self.output_resolution

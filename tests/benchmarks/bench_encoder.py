@@ -3,7 +3,7 @@
 Not a test (pytest does not collect it). Run from the repository root:
 
     .venv/bin/python tests/benchmarks/bench_encoder.py [--runs 3] [--models vit_b,vit_t] [--threads N]
-        [--omp-wait-policy PASSIVE] [--paths fp32,int8,bf16]
+        [--omp-wait-policy PASSIVE] [--paths fp32,fused,int8,bf16]
 
 To stand in for a CPU without native bf16 on one that has it, cap oneDNN (torch's bf16 kernels) and MKL:
 `ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI MKL_ENABLE_INSTRUCTIONS=AVX512_E1` (check with `ONEDNN_VERBOSE=1`: a bf16
@@ -55,8 +55,9 @@ from backend import encoder_paths  # noqa: E402
 from backend.sam import SamPredictor, sam_model_registry  # noqa: E402
 from tests.reference_data import REFERENCE_DIR  # noqa: E402
 
-# The plain reference formulation (Meta's: explicit softmax attention, fp32) where the encoder has one.
-PLAIN = ("fp32 plain (Meta's formulation)", "math", "fp32")
+# The plain reference formulation, fp32: Meta's for vit_b..h (explicit softmax attention), MobileSAM's for
+# vit_t (explicit softmax attention, BatchNorm after each convolution, NCHW input).
+PLAIN = {"ImageEncoderViT": "fp32 plain (Meta's formulation)", "TinyViT": "fp32 plain (MobileSAM's formulation)"}
 
 
 def encoder_input(model, image: np.ndarray) -> torch.Tensor:
@@ -67,8 +68,7 @@ def encoder_input(model, image: np.ndarray) -> torch.Tensor:
 
 
 def configure(model, attn_impl: str, precision: str) -> None:
-    if hasattr(model.image_encoder, "attn_impl"):
-        model.image_encoder.attn_impl = attn_impl
+    model.image_encoder.attn_impl = attn_impl
     model.set_precision(precision)
 
 
@@ -109,9 +109,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def paths_for(model, precisions: list[str]) -> list[tuple[str, str, str]]:
     """(name, attention implementation, precision) per path; the first is the baseline of the speed-ups."""
     paths = [(encoder_paths.LABELS[p], "sdpa", p) for p in precisions]
-    if hasattr(model.image_encoder, "attn_impl"):
-        return [PLAIN, *paths]
-    return paths  # TinyViT has one formulation (fused attention): its fp32 path is the baseline
+    plain = next(name for cls, name in PLAIN.items() if cls in [c.__name__ for c in type(model.image_encoder).__mro__])
+    return [(plain, "math", "fp32"), *paths]
 
 
 def bench_model(model_type: str, precisions: list[str], runs: int, image: np.ndarray, prompts: list[dict]) -> None:
@@ -189,7 +188,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--models", default="vit_b,vit_t")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--paths", default="fp32,int8,bf16", help="encoder paths besides the plain one")
+    parser.add_argument("--paths", default="fp32,fused,int8,bf16", help="encoder paths besides the plain one")
     parser.add_argument(
         "--omp-wait-policy",
         default="inherit",
