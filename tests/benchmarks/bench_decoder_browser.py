@@ -145,6 +145,11 @@ def main() -> int:
         help="onnxruntime-web dist directory (default: the pinned one in web/node_modules)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw result here")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="onnxruntime-web's profiler on: print each decoder's time per operator type (it slows the runs)",
+    )
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -176,6 +181,7 @@ def main() -> int:
             "models": {name: f"/models/{name}.onnx" for name in names},
             "interfaces": {name: name.split("-")[0] for name in names},
             "prompts": bench_prompts(image_hw),
+            "profile": args.profile,
         }
         (data_dir / "params.json").write_text(json.dumps(params))
         for name in ("decoder_bench.html", "decoder_bench.js"):
@@ -194,6 +200,8 @@ def main() -> int:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page()
+                console: list[str] = []
+                page.on("console", lambda message: console.append(message.text))
                 page.goto(url)
                 page.wait_for_function("window.benchResult || window.benchError", timeout=900_000, polling=500)
                 error = page.evaluate("window.benchError")
@@ -225,7 +233,37 @@ def main() -> int:
     for name in names[1:]:
         ious = [a["iou"] for a in result["agreement"] if a["decoder"] == name]
         print(f"mask IoU of {name} vs {names[0]}, worst of {len(ious)} prompts: {min(ious):.5f}")
+    if args.profile:
+        print_profile(console)
     return 0
+
+
+def print_profile(console: list[str]) -> None:
+    """Per operator type, the share of kernel time in the profiler's events (the WASM build prints them, one
+    JSON object per console line, for each session in turn; a session's events start with its model load)."""
+    sessions: list[dict] = []
+    for line in console:
+        try:
+            event = json.loads(line.strip().rstrip(","))
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        if event.get("name") == "model_loading_array" or not sessions:
+            sessions.append({})
+        if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            sessions[-1][op] = sessions[-1].get(op, 0) + event.get("dur", 0)
+            node = "node " + event["name"].removesuffix("_kernel_time")
+            sessions[-1][node] = sessions[-1].get(node, 0) + event.get("dur", 0)
+    for index, entries in enumerate(sessions):
+        ops = {k: v for k, v in entries.items() if not k.startswith("node ")}
+        nodes = {k[5:]: v for k, v in entries.items() if k.startswith("node ")}
+        total = sum(ops.values()) or 1
+        top = sorted(ops.items(), key=lambda item: -item[1])[:12]
+        print(f"profile, session {index}: " + ", ".join(f"{op} {100 * dur / total:.1f}%" for op, dur in top))
+        top = sorted(nodes.items(), key=lambda item: -item[1])[:25]
+        print("  nodes: " + ", ".join(f"{node} {100 * dur / total:.1f}%" for node, dur in top))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ ort.env.logLevel = "error";
 const [H, W] = params.image_hw;
 const inputSize = resizedSize(H, W);
 const embedding = new Float32Array(await (await fetch("/bench/embedding.f32")).arrayBuffer());
-const sessionOptions = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+const sessionOptions = { executionProviders: ["wasm"], graphOptimizationLevel: "all", enableProfiling: Boolean(params.profile) };
 const sessions = {};
 const loadMs = {};
 for (const [name, url] of Object.entries(params.models)) {
@@ -87,5 +87,6 @@ for (let i = 0; i < params.decodes; i++) {
   }
   status(`decode ${i + 1}/${params.decodes}`);
 }
+if (params.profile) for (const s of Object.values(sessions)) s.endProfiling();
 window.benchResult = { crossOriginIsolated, threads: ort.env.wasm.numThreads, ortVersion: ort.env.versions?.web, loadMs, times, agreement };
 status("done");
