@@ -128,20 +128,31 @@ function foldRows(lowRes, { taps, index, weight }, first = 0, last = LOW_RES_SID
  * @param {number[]} outSize [H, W] of the wanted mask
  * @returns {Float32Array} H*W logits, row-major
  */
-export function upsampleLogits(lowRes, [h, w], [H, W]) {
+export function upsampleLogits(lowRes, inputSize, outSize) {
+  return verticalPass(lowRes, inputSize, outSize, false);
+}
+
+function verticalPass(lowRes, [h, w], [H, W], binary) {
   const { taps, index, weight, first, last } = foldedTable(h, H);
+  // Only the low-res rows under the image are read (a landscape photo covers 3/4 of them).
   const rows = foldRows(lowRes, foldedTable(w, W), first, last);
-  const out = new Float32Array(H * W);
+  const out = binary ? new Uint8Array(H * W) : new Float32Array(H * W);
   for (let i = 0, k = 0; i < H; i++, k += taps) {
     const o = i * W;
     const a = index[k] * W, b = index[k + 1] * W;
     const wa = weight[k], wb = weight[k + 1];
-    if (taps === 2) {
+    if (taps === 2 && binary) {
+      for (let j = 0; j < W; j++) out[o + j] = (wa * rows[a + j] + wb * rows[b + j] > 0) | 0;
+    } else if (taps === 2) {
       for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j];
     } else {
       const c = index[k + 2] * W, d = index[k + 3] * W;
       const wc = weight[k + 2], wd = weight[k + 3];
-      for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j];
+      if (binary) {
+        for (let j = 0; j < W; j++) out[o + j] = (wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j] > 0) | 0;
+      } else {
+        for (let j = 0; j < W; j++) out[o + j] = wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j];
+      }
     }
   }
   return out;
@@ -158,29 +169,9 @@ export function threshold(logits, level = 0) {
   return mask;
 }
 
-/**
- * Binary mask of an image from low-res logits (the lowres decoder interface): upsampleLogits(...) > 0,
- * computed in the same order with the same rounding. A function of its own rather than a flag on one
- * shared loop, so each stays monomorphic (one typed-array kind per store) for the JIT.
- */
-export function maskFromLowRes(lowRes, [h, w], [H, W]) {
-  const { taps, index, weight, first, last } = foldedTable(h, H);
-  // Only the low-res rows under the image are read (a landscape photo covers 3/4 of them).
-  const rows = foldRows(lowRes, foldedTable(w, W), first, last);
-  const out = new Uint8Array(H * W);
-  for (let i = 0, k = 0; i < H; i++, k += taps) {
-    const o = i * W;
-    const a = index[k] * W, b = index[k + 1] * W;
-    const wa = weight[k], wb = weight[k + 1];
-    if (taps === 2) {
-      for (let j = 0; j < W; j++) out[o + j] = (wa * rows[a + j] + wb * rows[b + j] > 0) | 0;
-    } else {
-      const c = index[k + 2] * W, d = index[k + 3] * W;
-      const wc = weight[k + 2], wd = weight[k + 3];
-      for (let j = 0; j < W; j++) out[o + j] = (wa * rows[a + j] + wb * rows[b + j] + wc * rows[c + j] + wd * rows[d + j] > 0) | 0;
-    }
-  }
-  return out;
+/** Binary mask of an image from low-res logits (the lowres decoder interface), thresholded at 0. */
+export function maskFromLowRes(lowRes, inputSize, outSize) {
+  return verticalPass(lowRes, inputSize, outSize, true);
 }
 
 /** Nearest-neighbour resize of a binary mask (for masks that have no logits, e.g. everything mode). */
