@@ -170,13 +170,3 @@ def test_formulation_set_while_fused_holds_after_unfusing():
     assert len(conv_bns) == 17 and not any(m.fold_bn for m in conv_bns)
     encoder.attn_impl = "sdpa"
     assert all(m.fold_bn for m in conv_bns)
-
-
-def test_fused_needs_a_cpu():
-    from backend.sam import build_sam
-
-    with torch.device("meta"):
-        model = build_sam(encoder_embed_dim=64, encoder_depth=1, encoder_num_heads=4, encoder_global_attn_indexes=[0])
-    with pytest.raises(ValueError, match="fused needs a CPU"):
-        model.set_precision("fused")
-    assert model.precision == "fp32"

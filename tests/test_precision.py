@@ -262,11 +262,12 @@ def test_auto_on_this_machine_is_logged_and_reported(small_sam, tmp_path, caplog
     small_sam.set_precision("fp32")
 
 
-def test_int8_needs_a_cpu():
+@pytest.mark.parametrize("precision", ["int8", "fused"])
+def test_cpu_only_paths_need_a_cpu(precision):
     with torch.device("meta"):
         model = build_sam(encoder_embed_dim=64, encoder_depth=1, encoder_num_heads=4, encoder_global_attn_indexes=[0])
-    with pytest.raises(ValueError, match="int8 needs a CPU"):
-        model.set_precision("int8")
+    with pytest.raises(ValueError, match=f"{precision} needs a CPU"):
+        model.set_precision(precision)
     assert model.precision == "fp32"
 
 
