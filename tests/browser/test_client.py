@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -824,6 +825,37 @@ def test_a_busy_server_is_retried_after_the_wait_it_asks_for(page, live_server, 
     assert answers == [503, "server"]
     assert any("busy" in s and "trying again in 1 s" in s for s in page.evaluate("statusLog"))
     assert page.locator("#error-banner").is_hidden()
+
+
+def test_a_decoder_worker_stuck_while_starting_is_replaced(page, live_server, photo_path):
+    """onnxruntime-web's threaded start now and then freezes its worker for good (Firefox, ~1 load in 25).
+
+    Here the first worker's copy of onnxruntime's WASM glue spins forever when imported, so that worker's event
+    loop is frozen exactly as in the real stall; the page must notice the silence, start a new worker (whose
+    glue loads normally) and end up with a working decoder that still runs on threads.
+    """
+    served = []
+
+    def glue(route):
+        served.append(route.request.url)
+        if len(served) == 1:
+            route.fulfill(status=200, content_type="text/javascript", body="for (;;) {}\n")
+        else:
+            route.continue_()
+
+    page.route("**/ort-wasm-simd-threaded.mjs", glue)
+    started = time.monotonic()
+    page.goto(live_server.url + "?backend=wasm")
+    page.wait_for_function("document.getElementById('status-text').textContent.includes('starting it again')")
+    assert time.monotonic() - started >= 14, "replaced before the 15 s of silence"
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.decoder)")
+    assert page.evaluate("document.body.dataset.decoder") == "ready", page.inner_text("#error-text")
+    assert len(served) >= 2, served
+    assert re.search(r"WebAssembly, [2-9] threads", page.text_content("#fact-provider"))
+    upload(page, photo_path)
+    page.mouse.click(*canvas_point(page, 300, 200))
+    wait_idle(page)
+    assert shown_mask(page).any()
 
 
 def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, photo_path, tmp_path):

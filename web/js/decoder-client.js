@@ -4,12 +4,24 @@
 
 import { startModuleWorker } from "./module-worker.js";
 
+/**
+ * Start-up watchdog. onnxruntime-web's threaded WASM start now and then blocks its worker for good (seen in
+ * Firefox: about 1 page load in 25 never got past session creation, the worker's event loop frozen). While
+ * it starts, the worker beats every HEARTBEAT_MS (downloads and session creation included); silence for
+ * STALL_MS means it is stuck, so it is replaced by a fresh one. The last attempt runs on one thread, which
+ * starts no thread workers to wait for.
+ */
+const HEARTBEAT_MS = 500;
+const STALL_MS = 15_000;
+const START_ATTEMPTS = 3;
+
+class DecoderStalled extends Error {}
+
 export class DecoderClient {
   /** @param {(event: {stage: string, loaded: number, total: number}) => void} onProgress */
   constructor(onProgress = () => {}) {
-    this.worker = startModuleWorker(new URL("./decoder-worker.js", import.meta.url));
-    this.worker.onmessage = (event) => this.#receive(event.data);
-    this.worker.onerror = (event) => this.#failAll(event.message || "The decoder worker stopped.");
+    this.workerUrl = new URL("./decoder-worker.js", import.meta.url);
+    this.#startWorker();
     this.onProgress = onProgress;
     this.nextId = 1;
     this.waiting = new Map(); // id -> {resolve, reject, type}
@@ -17,6 +29,14 @@ export class DecoderClient {
     this.hoverInFlight = false;
     this.pendingHover = null; // {prompt, onResult}
     this.lastDecodeMs = null;
+    this.stallTimer = null;
+    this.onStall = null; // armed while the worker starts: called when it has been silent for STALL_MS
+  }
+
+  #startWorker() {
+    this.worker = startModuleWorker(this.workerUrl);
+    this.worker.onmessage = (event) => this.#receive(event.data);
+    this.worker.onerror = (event) => this.#failAll(event.message || "The decoder worker stopped.");
   }
 
   #request(message, transfer = []) {
@@ -28,6 +48,8 @@ export class DecoderClient {
   }
 
   #receive(message) {
+    this.#feedWatchdog();
+    if (message.type === "heartbeat") return;
     if (message.type === "progress") {
       this.onProgress(message);
       return;
@@ -50,9 +72,42 @@ export class DecoderClient {
     this.waiting.clear();
   }
 
-  /** Downloads and opens the decoder; resolves with {provider, threads, interface, ...}. */
-  init(modelUrl, backend = "auto", threads = 0, ortVersion = null) {
-    return this.#request({ type: "init", modelUrl, backend, threads, ortVersion });
+  #feedWatchdog() {
+    clearTimeout(this.stallTimer);
+    if (this.onStall) this.stallTimer = setTimeout(this.onStall, STALL_MS);
+  }
+
+  /**
+   * Downloads and opens the decoder; resolves with {provider, threads, interface, ..., restarts: how many
+   * stuck workers were replaced}. A worker that stops answering while it starts is replaced (see STALL_MS).
+   */
+  async init(modelUrl, backend = "auto", threads = 0, ortVersion = null) {
+    for (let attempt = 1; ; attempt++) {
+      const lastAttempt = attempt === START_ATTEMPTS;
+      const request = this.#request({
+        type: "init", modelUrl, backend, threads: lastAttempt ? 1 : threads, ortVersion, heartbeatMs: HEARTBEAT_MS,
+      });
+      request.catch(() => {}); // a replaced worker's request is rejected after the race was decided
+      const stalled = new Promise((resolve, reject) => {
+        this.onStall = () => reject(new DecoderStalled(`The decoder stopped answering while it started (${STALL_MS / 1000} s).`));
+      }); // armed by the worker's first message: a worker still loading its own scripts is not stuck
+      try {
+        const info = await Promise.race([request, stalled]);
+        if (lastAttempt && threads !== 1 && info.provider === "wasm") {
+          info.fallbackReason ??= "The decoder's WebAssembly threads did not start; it runs on one thread.";
+        }
+        return { ...info, restarts: attempt - 1 };
+      } catch (error) {
+        if (!(error instanceof DecoderStalled) || lastAttempt) throw error;
+        this.worker.terminate();
+        this.#failAll("The decoder worker was restarted.");
+        this.#startWorker();
+        this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS });
+      } finally {
+        this.onStall = null;
+        clearTimeout(this.stallTimer);
+      }
+    }
   }
 
   /** Hands the wire-format embedding to the worker (the buffer is transferred, not copied). */

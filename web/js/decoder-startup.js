@@ -22,6 +22,7 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
   const entry = model.decoders.find((d) => d.name === (wanted || model.default_decoder)) || model.decoders[0];
   if (!entry) throw new Error("The server offers no decoder model.");
   decoder.onProgress = ({ stage, loaded, total }) => {
+    if (stage === "restart") onStatus(`The decoder got stuck while starting; starting it again (attempt ${loaded + 1} of ${total})…`, null);
     if (stage === "model") onStatus(`Loading the decoder… ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}`, total ? loaded / total : null);
   };
   onStatus("Loading the decoder…", null);

@@ -2,12 +2,13 @@
 // The page never runs the model; it posts prompts here and gets back logits and binary masks.
 //
 // Messages in:  init {modelUrl, backend: "auto"|"wasm"|"webgpu", threads: 0 (automatic) or a count,
-//                     ortVersion: the installed onnxruntime-web version (GET /api/model) or null}
+//                     ortVersion: the installed onnxruntime-web version (GET /api/model) or null,
+//                     heartbeatMs: while starting, post a heartbeat this often (the page's watchdog)}
 //               embedding {buffer: ArrayBuffer (wire format), imageSize: [H, W]}
 //               decode {id, points: [{x, y, label}], box: [x0,y0,x1,y1]|null, maskInput: Float32Array|null,
 //                       multimask: bool, outSize: [H, W], allMasks: bool}
 //               upsample {id, lowRes: Float32Array, outSize: [H, W]}
-// Messages out: progress {stage, loaded, total}, ready {...}, embedding-ready {...}, result {...},
+// Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, result {...},
 //               mask {...}, error {id?, stage, message}
 
 import { decodeEmbedding } from "./embedding.js";
@@ -43,7 +44,16 @@ async function webgpuAvailable() {
   }
 }
 
-async function init({ modelUrl, backend = "auto", threads = 0, ortVersion = null }) {
+async function init({ heartbeatMs = 0, ...options }) {
+  const beat = heartbeatMs > 0 ? setInterval(() => postMessage({ type: "heartbeat" }), heartbeatMs) : null;
+  try {
+    return await startSession(options);
+  } finally {
+    clearInterval(beat);
+  }
+}
+
+async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersion = null }) {
   const started = performance.now();
   const ORT_DIR = ortDir(ortVersion);
   const tryWebgpu = backend === "webgpu" || (backend === "auto" && (await webgpuAvailable()));
