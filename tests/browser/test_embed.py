@@ -427,12 +427,15 @@ def test_open_rejects_bad_input_in_words(open_page, host, host_pages):
 def test_an_unknown_decoder_name_is_refused(open_page, host, app):
     html = element_host(app.url).replace('<sam-segmenter id="sam"', '<sam-segmenter id="sam" decoder="nope"')
     page = open_page(host.add("/unknown-decoder.html", html))
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
     answer = settle(page, OPEN, host.url + "images/coffee.png")
     assert not answer["ok"] and answer["code"] == "unknown_decoder", answer
     assert (
         answer["message"].startswith('The server has no decoder named "nope" (it offers: ')
         and "lowres" in answer["message"]
     )
+    assert not [url for url in requested if "/models/" in url or ".wasm" in url], "refused only after a download"
 
 
 def test_segment_before_open_and_points_outside_the_image_are_rejected(open_page, host, host_pages):

@@ -9,6 +9,7 @@
 import { renderCandidates } from "../js/candidates.js";
 import { SamClient } from "../js/client.js";
 import { colorFor } from "../js/colors.js";
+import { UnknownDecoderError } from "../js/decoder-startup.js";
 import { cocoAnnotation } from "../js/exports.js";
 import { KeyboardCursor } from "../js/keyboard.js";
 import { lowResPlane, maskStats, resizeMaskNearest } from "../js/mask-math.js";
@@ -251,14 +252,11 @@ export class SamSegmenter extends HTMLElement {
       const wanted = this.getAttribute("decoder");
       this.#started = this.#client.start({ decoder: wanted }).then(
         (started) => {
-          if (wanted && started.entry.name !== wanted) {
-            const names = started.model.decoders.map((d) => d.name).join(", ");
-            throw new SegmenterError("unknown_decoder", `The server has no decoder named "${wanted}" (it offers: ${names}).`);
-          }
           this.#decoderInfo = started.info;
           return started;
         },
         (error) => {
+          if (error instanceof UnknownDecoderError) throw new SegmenterError("unknown_decoder", error.message);
           throw new SegmenterError("server_unreachable", `The segmentation server at ${server} cannot be used: ${error.message}`);
         },
       );

@@ -3,6 +3,9 @@
 import { apiUrl, fetchModelInfo } from "./api.js";
 import { formatBytes, plural } from "./format.js";
 
+/** A decoder name the server does not offer (its message lists the ones it does). */
+export class UnknownDecoderError extends Error {}
+
 /**
  * @param {import("./decoder-client.js").DecoderClient} decoder
  * @param {object} options {decoder: a name from /api/model (else the server's default), backend:
@@ -19,7 +22,14 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
     onStatus("The server did not describe its model.");
     throw error;
   }
-  const entry = model.decoders.find((d) => d.name === (wanted || model.default_decoder)) || model.decoders[0];
+  const entry = wanted
+    ? model.decoders.find((d) => d.name === wanted)
+    : model.decoders.find((d) => d.name === model.default_decoder) || model.decoders[0];
+  if (wanted && !entry) {
+    // Refused before anything is downloaded (not after fetching the default in its place).
+    const names = model.decoders.map((d) => d.name).join(", ");
+    throw new UnknownDecoderError(`The server has no decoder named "${wanted}" (it offers: ${names}).`);
+  }
   if (!entry) throw new Error("The server offers no decoder model.");
   decoder.onProgress = ({ stage, loaded, total }) => {
     if (stage === "restart") onStatus(`The decoder got stuck while starting; starting it again (attempt ${loaded + 1} of ${total})…`, null);
