@@ -424,6 +424,53 @@ def test_open_rejects_bad_input_in_words(open_page, host, host_pages):
     assert page.evaluate("samEvents.filter((e) => e.type === 'sam-ready').length") == 0
 
 
+OPEN_DRAWABLE = """async ([url, kind]) => {
+  await customElements.whenDefined('sam-segmenter');
+  const bitmap = await createImageBitmap(await (await fetch(url)).blob());
+  let source = bitmap;
+  if (kind === 'img') {
+    source = new Image();
+    source.src = url;
+  } else if (kind !== 'ImageBitmap') {
+    source = kind === 'canvas' ? document.createElement('canvas') : new OffscreenCanvas(1, 1);
+    [source.width, source.height] = [bitmap.width, bitmap.height];
+    source.getContext('2d').drawImage(bitmap, 0, 0);
+  }
+  return document.getElementById('sam').open(source);
+}"""
+
+
+@pytest.mark.parametrize("kind", ["ImageBitmap", "img", "canvas", "OffscreenCanvas"])
+def test_open_takes_pixels_already_on_the_page(open_page, host, host_pages, expected, kind):
+    page = open_page(host_pages["plain"])
+    size = page.evaluate(OPEN_DRAWABLE, [host.url + "images/coffee.png", kind])
+    assert size == {"width": 600, "height": 400}
+    result = page.evaluate(SEGMENT, {"points": [{"x": 300, "y": 200, "label": 1}], "box": None, "multimask": False})
+    mask = decode_rle(result["masks"][0]["rle"])
+    want, _ = expected([[300, 200]], [1])
+    assert 0 < mask.sum() < mask.size
+    assert agreement(mask, want[0]) >= MIN_AGREEMENT
+
+
+def test_open_refuses_a_cross_origin_img_it_may_not_read(open_page, host_pages, stranger):
+    stranger.add_image("/images/private.png", coffee_pixels())  # served without CORS
+    page = open_page(host_pages["plain"])
+    script = """async (url) => {
+      await customElements.whenDefined('sam-segmenter');
+      const img = new Image();
+      img.src = url;
+      try { return {ok: true, value: await document.getElementById('sam').open(img)}; }
+      catch (error) { return {ok: false, code: error.code, message: error.message}; }
+    }"""
+    answer = page.evaluate(script, stranger.url + "images/private.png")
+    assert answer == {
+        "ok": False,
+        "code": "not_an_image",
+        "message": "The browser does not let this page read that image's pixels (a cross-origin image without CORS).",
+    }
+    page.console_watch.allow.append("cross-origin image without CORS")
+
+
 def test_an_unknown_decoder_name_is_refused(open_page, host, app):
     html = element_host(app.url).replace('<sam-segmenter id="sam"', '<sam-segmenter id="sam" decoder="nope"')
     page = open_page(host.add("/unknown-decoder.html", html))
