@@ -9,6 +9,7 @@ module level (not per-module fixtures) so every test file shares them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import io
 import json
@@ -17,12 +18,14 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from backend.weights import WeightsInfo
 
 # A SAM with a reduced ViT encoder (the prompt encoder and mask decoder at full size): fast enough to export and
 # run everything mode in tests. The same shape as the reference data's reduced model.
@@ -160,6 +163,33 @@ def session_data_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="sam-test-data-"))
     atexit.register(shutil.rmtree, path, True)
     return path
+
+
+# What /api/model reports for the seeded random vit_t of the tests.
+VIT_T_WEIGHTS = WeightsInfo("vit_t", "real", "vit_t-seed0-test", None, "seeded random vit_t for tests")
+
+
+@contextlib.contextmanager
+def vit_t_app(**settings: Any) -> Iterator[Any]:
+    """create_app on the seeded random vit_t, fp32, its decoders really exported (into session_data_dir()).
+
+    settings override the config; the encoder's threads are closed on exit.
+    """
+    from backend.app import create_app
+
+    config = {
+        "model": vit_t_model(),
+        "weights_info": VIT_T_WEIGHTS,
+        "data_dir": str(session_data_dir()),
+        "precision": "fp32",
+        "secret": "test-secret",
+        "TESTING": True,
+    }
+    app = create_app({**config, **settings})
+    try:
+        yield app
+    finally:
+        app.extensions["sam"].encoder.close()
 
 
 def free_port() -> int:

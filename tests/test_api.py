@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from backend_fixtures import (
+    VIT_T_WEIGHTS,
     WIDE_PHOTO,
     FakeEncoder,
     distinct_image,
@@ -18,33 +19,20 @@ from backend_fixtures import (
     model_embedding,
     photo_jpeg,
     read_rgb,
-    session_data_dir,
+    vit_t_app,
     vit_t_model,
 )
 from PIL import Image
 
 from backend import codec
 from backend.app import create_app
-from backend.weights import WeightsInfo
-
-WEIGHTS = WeightsInfo("vit_t", "real", "vit_t-seed0-test", None, "seeded random vit_t for tests")
 
 
 @pytest.fixture(scope="module")
 def real_app():
     """The real vit_t (seeded random weights), decoders really exported (cached in the session data dir)."""
-    app = create_app(
-        {
-            "model": vit_t_model(),
-            "weights_info": WEIGHTS,
-            "data_dir": str(session_data_dir()),
-            "precision": "fp32",
-            "secret": "test-secret",
-            "TESTING": True,
-        }
-    )
-    yield app
-    app.extensions["sam"].encoder.close()
+    with vit_t_app() as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +55,7 @@ def fake_app(tmp_path, fake=None, **settings):
     digest = hashlib.sha256(decoder_file.read_bytes()).hexdigest()
     config = {
         "model": torch.nn.Linear(1, 1),  # Never runs: encode_batch replaces the forward pass.
-        "weights_info": WEIGHTS,
+        "weights_info": VIT_T_WEIGHTS,
         "encode_batch": fake or FakeEncoder(),
         "decoders": [
             {

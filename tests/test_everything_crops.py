@@ -8,30 +8,16 @@ import time
 
 import numpy as np
 import pytest
-from backend_fixtures import image_bytes, photo, session_data_dir, vit_t_model
+from backend_fixtures import image_bytes, photo, vit_t_app
 from PIL import Image
 
-from backend.app import create_app
-from backend.weights import WeightsInfo
-
-WEIGHTS = WeightsInfo("vit_t", "real", "vit_t-seed0-test", None, "seeded random vit_t for tests")
 PARAMS = {"points_per_side": 4, "crop_n_layers": 1, "pred_iou_thresh": 0, "stability_score_thresh": 0}
 
 
 @pytest.fixture(scope="module")
 def app():
-    app = create_app(
-        {
-            "model": vit_t_model(),
-            "weights_info": WEIGHTS,
-            "data_dir": str(session_data_dir()),
-            "precision": "fp32",
-            "secret": "test-secret",
-            "TESTING": True,
-        }
-    )
-    yield app
-    app.extensions["sam"].encoder.close()
+    with vit_t_app() as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ The files compared are the ones the server serves (backend.decoders.prepare_deco
 import argparse
 import http.server
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -28,22 +27,14 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests" / "browser"))
+
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 from tests.reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORT_DIST = REPO_ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"
-# Debian's chromium from PATH (Playwright's own browser download is not used).
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
@@ -154,8 +145,8 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    if CHROMIUM is None:
-        parser.error("chromium is not on PATH (Debian: apt-get install chromium)")
+    if not Path(CHROMIUM).exists():
+        parser.error(f"Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)")
 
     model, embedding, model_hw = bench_model(args.model)
     with tempfile.TemporaryDirectory(prefix="bench-decoder-") as tmp:
