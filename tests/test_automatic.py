@@ -323,11 +323,9 @@ def test_box_nms_removes_the_lower_scored_of_two_near_identical_masks():
     assert run(stability_score_thresh=1.01) == []
 
 
-def test_crop_duplicates_keep_the_smaller_crop_and_encoder_runs_once_per_crop():
-    decoder = _BrightPixels()
-    sam = _stand_in_sam(decoder)
-    image = _image(400, 600, [(60, 60, 120, 120)])
-    generator = SamAutomaticMaskGenerator(
+def _one_point_per_tile(sam) -> SamAutomaticMaskGenerator:
+    """One crop layer (the image and 4 tiles), one grid point per crop, every mask kept."""
+    return SamAutomaticMaskGenerator(
         sam,
         points_per_side=1,
         crop_n_layers=1,
@@ -335,6 +333,13 @@ def test_crop_duplicates_keep_the_smaller_crop_and_encoder_runs_once_per_crop():
         stability_score_thresh=0.5,
         output_mode="binary_mask",
     )
+
+
+def test_crop_duplicates_keep_the_smaller_crop_and_encoder_runs_once_per_crop():
+    decoder = _BrightPixels()
+    sam = _stand_in_sam(decoder)
+    image = _image(400, 600, [(60, 60, 120, 120)])
+    generator = _one_point_per_tile(sam)
     annotations = generator.generate(image)
     # Crops for 400x600: overlap int(512/1500*400) = 136, tiles 368x268 at x 0/232, y 0/132.
     assert sam.image_encoder.calls == 5
@@ -358,14 +363,7 @@ def test_crop_duplicates_keep_the_smaller_crop_and_encoder_runs_once_per_crop():
 def test_masks_cut_by_an_inner_crop_edge_are_dropped():
     sam = _stand_in_sam(_BrightPixels())
     image = _image(400, 600, [(330, 60, 390, 120)])  # cut by tile [0, 0, 368, 268]'s right edge
-    generator = SamAutomaticMaskGenerator(
-        sam,
-        points_per_side=1,
-        crop_n_layers=1,
-        pred_iou_thresh=0.0,
-        stability_score_thresh=0.5,
-        output_mode="binary_mask",
-    )
+    generator = _one_point_per_tile(sam)
     annotations = generator.generate(image)
     assert len(annotations) == 1
     (ann,) = annotations
