@@ -179,6 +179,21 @@ def candidates(prompt) -> slice:
     return slice(1, 4) if prompt["multimask"] else slice(0, 1)
 
 
+@pytest.mark.parametrize("name", ["lowres", "lowres-quantized"])
+def test_lowres_image_side_runs_no_fused_norm_or_gelu_kernels(decoders, name, tmp_path):
+    """onnxruntime-web's LayerNormalization and Gelu kernels are ~2x slower than plain ops on image-sized
+    tensors (docs/benchmarks.md "Decoder"): after onnxruntime's own graph optimizations, as the browser runs
+    them, only the prompt tokens' 7 layer norms are left fused and no GELU kernel runs."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / f"{name}-optimized.onnx")
+    ort.InferenceSession(str(decoders[name]["path"]), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("LayerNormalization") == 7, ops.count("LayerNormalization")
+    assert not {"Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu"} & set(ops)
+    assert ops.count("Tanh") == 2  # the upscaling's two GELUs, in tanh form
+
+
 def client_upsample(low_res: np.ndarray, input_size, original_size) -> np.ndarray:
     """What the web client does with lowres logits: bilinear (half-pixel) to 1024, crop, resize to the image."""
     x = torch.from_numpy(low_res)
