@@ -1,7 +1,7 @@
 """web/js/mask-math.js under Node: the binary mask the client paints equals Meta's postprocessing.
 
-maskFromLowRes computes only the pixels whose taps straddle the mask's edge; it must give exactly
-upsampleLogits(...) > 0, and both must agree with Sam.postprocess_masks (torch, F.interpolate twice).
+maskFromLowRes (the folded two-resize filter with its threshold) must give exactly upsampleLogits(...) > 0,
+and both must agree with Sam.postprocess_masks.
 """
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
+from backend_fixtures import vit_t_model
 
 SCRIPT = Path(__file__).parent / "web" / "mask_math_check.mjs"
 NODE = shutil.which("node")
@@ -20,9 +20,8 @@ NODE = shutil.which("node")
 
 def meta_postprocess(low_res: np.ndarray, input_size, original_size) -> np.ndarray:
     """Sam.postprocess_masks on one [256, 256] map -> logits [H, W]."""
-    x = torch.from_numpy(low_res)[None, None]
-    x = F.interpolate(x, (1024, 1024), mode="bilinear", align_corners=False)[..., : input_size[0], : input_size[1]]
-    return F.interpolate(x, original_size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    masks = vit_t_model().postprocess_masks(torch.from_numpy(low_res)[None, None], input_size, original_size)
+    return masks[0, 0].numpy()
 
 
 def blob_logits(seed: int, noise: float) -> np.ndarray:

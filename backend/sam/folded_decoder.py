@@ -109,7 +109,7 @@ class FoldedMaskDecoder(nn.Module):
         conv1, norm, act1, conv2, act2 = self.mask_decoder.output_upscaling
         # rows (i, j, a, b): [h * w * 4, C / 4]
         x = torch.addmm(self.conv1_bias, image_tokens, self.conv1_weight).view(-1, conv1.out_channels)
-        x = _activation(act1, _image_layer_norm(x, norm.weight, norm.bias, norm.eps))
+        x = _activation(act1, _image_layer_norm(norm, x))
         # rows (i, j, a, b, c, d): [h * w * 16, C / 8]
         x = _activation(act2, torch.addmm(self.conv2_bias, x, self.conv2_weight).view(-1, conv2.out_channels))
         logits = hyper_in @ x.t()  # [k, h * w * 16]
@@ -230,7 +230,7 @@ def folded_two_way_transformer(
         attn_out = image_to_token_attention(
             layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries, keys
         )
-        keys = _image_layer_norm(attn_out, layer.norm4.weight, layer.norm4.bias, layer.norm4.eps)
+        keys = _image_layer_norm(layer.norm4, attn_out)
     attn_out = token_to_image_attention(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
     queries = transformer.norm_final_attn(queries + attn_out)
     return queries, keys
@@ -331,8 +331,8 @@ def _softmax_over_tokens(logits: torch.Tensor) -> torch.Tensor:
     return exp / exp.sum(dim=2, keepdim=True)
 
 
-def _image_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """Layer norm over the last axis of the image side's pixel rows [..., h * w, C].
+def _image_layer_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm (a LayerNorm or LayerNorm2d: its weight, bias and eps) over the last axis of pixel rows [..., h * w, C].
 
     In ONNX written out as mean, centre, mean of squares, reciprocal square root, scale and shift: with the
     division spelled as a Reciprocal onnxruntime does not fuse it back into its LayerNormalization kernel,
@@ -340,10 +340,10 @@ def _image_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     2 threads). The prompt tokens' norms are tiny and keep the fused op.
     """
     if not torch.onnx.is_in_onnx_export():
-        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+        return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
     centred = x - x.mean(dim=-1, keepdim=True)
-    scale = torch.reciprocal(torch.sqrt((centred * centred).mean(dim=-1, keepdim=True) + eps))
-    return centred * scale * weight + bias
+    scale = torch.reciprocal(torch.sqrt((centred * centred).mean(dim=-1, keepdim=True) + norm.eps))
+    return centred * scale * norm.weight + norm.bias
 
 
 # GELU's tanh form, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), as x (A + B x^2) inside the tanh.

@@ -73,8 +73,9 @@ export class DecoderClient {
   }
 
   #feedWatchdog() {
+    if (!this.onStall) return; // armed only while the worker starts
     clearTimeout(this.stallTimer);
-    if (this.onStall) this.stallTimer = setTimeout(this.onStall, STALL_MS);
+    this.stallTimer = setTimeout(this.onStall, STALL_MS);
   }
 
   /**
