@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
     """Runs the `amg` subcommand; returns the exit code."""
     stream = sys.stderr if stream is None else stream
-    from .sam.build import CheckpointError
+    from ..sam.build import CheckpointError
 
     amg_kwargs = {name: getattr(args, name) for name, _, _ in AMG_SETTINGS if getattr(args, name) is not None}
     output_mode = "coco_rle" if args.convert_to_rle else "binary_mask"
@@ -122,7 +122,7 @@ def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
         checkpoint = Path(args.checkpoint)
         if not checkpoint.is_file():
             raise BatchError(f"checkpoint {args.checkpoint} is not a file")
-        from .sam import sam_model_registry
+        from ..sam import sam_model_registry
 
         sam_model_registry[args.model_type]  # An unknown type fails here, before any image is read.
         stat = checkpoint.stat()
@@ -229,7 +229,7 @@ def output_path(output: Path, target: Target, output_mode: str) -> Path:
 
 def label_image(generator: Any, target: Target, output_mode: str) -> dict[str, Any]:
     """Runs the generator on one image: ``{"files": {relative name: bytes}, "masks": n}`` or ``{"error": text}``."""
-    from .images import ImageError, decode_image
+    from ..services.images import ImageError, decode_image
 
     try:
         data = Path(target.path).read_bytes()
@@ -313,7 +313,7 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _make_generator(model: Any, amg_kwargs: dict[str, Any], output_mode: str) -> Any:
-    from .sam import SamAutomaticMaskGenerator
+    from ..sam import SamAutomaticMaskGenerator
 
     if model is None:  # Only checks the settings: the generator keeps the model but never touches it here.
         model = _SettingsProbe()
@@ -327,7 +327,7 @@ class _SettingsProbe:
 
 
 def _load_checkpoint(model_type: str, checkpoint: str) -> Any:
-    from .sam import sam_model_registry
+    from ..sam import sam_model_registry
 
     return sam_model_registry[model_type](checkpoint=checkpoint)
 

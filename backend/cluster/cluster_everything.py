@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from .config import Config
+from ..config import Config
 
 _MODELS: dict[tuple, Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -69,7 +69,7 @@ def _finished(stream) -> bool:
 def _generate_task(settings, params, pixels, shape, embedding):
     import torch
 
-    from .sam.automatic import SamAutomaticMaskGenerator
+    from ..sam.automatic import SamAutomaticMaskGenerator
 
     model = _model(settings)
     generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
@@ -101,8 +101,8 @@ def _generate_task(settings, params, pixels, shape, embedding):
 
 def _model(settings: dict[str, Any]):
     """The Ray worker process's model for ``settings``, loaded once (as a web host loads it)."""
-    from .model_runner import prepare_model, resolve_device
-    from .weights import load_model
+    from ..services.model_runner import prepare_model, resolve_device
+    from ..services.weights import load_model
 
     key = tuple(sorted(settings.items()))
     with _MODELS_LOCK:

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import redis
 
-from .cache import CachedEmbedding, is_valid_key
-from .interfaces import RetryLater
-from .jobs import EverythingJob, TooManyJobs
+from ..services.cache import CachedEmbedding, is_valid_key
+from ..services.interfaces import RetryLater
+from ..services.jobs import EverythingJob, TooManyJobs
 
 logger = logging.getLogger(__name__)
 

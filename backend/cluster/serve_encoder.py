@@ -6,7 +6,7 @@
 Each replica loads one model exactly as a web host does (``SAM_MODEL_TYPE``, ``SAM_CHECKPOINT``, ... from the
 deploying shell, passed to the replicas) and encodes with ``@serve.batch``: the local encoder's batch size
 (``SAM_BATCH_SIZE``) and batch window. Ray restarts a replica that dies. A web host with ``SAM_RAY_ADDRESS``
-sends each image to the deployment (``RemoteEncoder``, the ``ImageEncoder`` seam of backend/interfaces.py in
+sends each image to the deployment (``RemoteEncoder``, the ``ImageEncoder`` seam of backend/services/interfaces.py in
 place of the local ``BatchQueue``), so its store and timeouts stay as they are, and image ids use the
 deployment's weights id, the same on every host.
 
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from .config import Config
-from .interfaces import EncodedImage, EncoderBusy, EncoderClosed
-from .model_runner import encode_images, prepare_model, resolve_device
+from ..config import Config
+from ..services.interfaces import EncodedImage, EncoderBusy, EncoderClosed
+from ..services.model_runner import encode_images, prepare_model, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class SamEncoder:
     def __init__(self, settings: dict[str, Any], threads: int) -> None:
         import torch
 
-        from .weights import load_model
+        from ..services.weights import load_model
 
         torch.set_num_threads(max(1, int(threads)))
         config = Config.from_env(overrides=settings)

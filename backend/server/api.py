@@ -8,15 +8,16 @@ import io
 from flask import Blueprint, Request, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import codec
-from .cache import is_valid_key
+from ..runtime.quote import shorten
+from ..services import codec
+from ..services.cache import is_valid_key
+from ..services.decoders import public_decoder
+from ..services.images import ImageError, decode_image
+from ..services.interfaces import EncoderBusy, EncoderClosed, RetryLater
+from ..services.memory import OverBudget, release_memory
+from ..services.model_runner import INPUT_SIDE
 from .compression import accepts_gzip, client_has
-from .decoders import public_decoder
-from .errors import ApiError, shorten
-from .images import ImageError, decode_image
-from .interfaces import EncoderBusy, EncoderClosed, RetryLater
-from .memory import OverBudget, release_memory
-from .model_runner import INPUT_SIDE
+from .errors import ApiError
 from .state import app_state
 from .static import IMMUTABLE
 

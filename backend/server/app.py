@@ -1,8 +1,8 @@
 """The app factory: ``create_app(config=None)`` reads the settings, builds the services, registers blueprints.
 
-Routes live in backend/api.py (``/api``), backend/everything_routes.py (everything mode) and backend/static.py
-(the client, ``/healthz``); routes reach the services through backend/state.py; errors are
-``backend.errors.ApiError``. The seams for a shared store or a remote encoder are in backend/interfaces.py.
+Routes live in backend/server/api.py (``/api``), backend/server/everything_routes.py (everything mode) and backend/server/static.py
+(the client, ``/healthz``); routes reach the services through backend/server/state.py; errors are
+``backend.server.errors.ApiError``. The seams for a shared store or a remote encoder are in backend/services/interfaces.py.
 
 ``create_app(config)`` takes setting overrides (see backend/config.py), upper-case Flask keys (``TESTING``),
 and, for tests and embedding, ``model`` (a ready ``Sam``, with ``weights_info``), ``encode_batch`` (replaces the
@@ -16,23 +16,23 @@ from typing import Any
 
 from flask import Flask
 
+from ..config import Config, ConfigError
+from ..services.cache import EmbeddingCache
+from ..services.decoders import choose_decoders, given_decoders
+from ..services.encoder import EncoderService
+from ..services.everything import EverythingService, resolver_from_encoder
+from ..services.gallery import Gallery
+from ..services.memory import PixelBudget
+from ..services.model_runner import prepare_model, resolve_device
+from ..services.weights import WeightsInfo, load_model
 from . import cors
 from .api import InMemoryRequest, api
-from .cache import EmbeddingCache
 from .compression import BodyCache
-from .config import Config, ConfigError
-from .decoders import choose_decoders, given_decoders
-from .encoder import EncoderService
 from .errors import register_error_handlers
-from .everything import EverythingService, resolver_from_encoder
 from .everything_routes import register_everything
-from .gallery import Gallery
 from .limits import install_rate_limits
-from .memory import PixelBudget
-from .model_runner import prepare_model, resolve_device
 from .state import EVERYTHING, SAM, AppState
 from .static import isolation_headers, ort_version, static_files, web_files
-from .weights import WeightsInfo, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         image_encoder=image_encoder,
     )
     on_cluster = {}
-    if image_encoder is not None:  # Everything jobs run on the cluster too (backend/cluster_everything.py).
-        from .cluster_everything import cluster_generator_factory
-        from .serve_encoder import replica_settings
+    if image_encoder is not None:  # Everything jobs run on the cluster too (backend/cluster/cluster_everything.py).
+        from ..cluster.cluster_everything import cluster_generator_factory
+        from ..cluster.serve_encoder import replica_settings
 
         on_cluster["generator_factory"] = cluster_generator_factory(
             replica_settings(settings), num_gpus=1 if image_encoder.identity["device"].startswith("cuda") else 0
@@ -133,7 +133,7 @@ def _stores(settings: Config):
     if not settings.redis_url:
         return EmbeddingCache(settings.cache_bytes, settings.disk_cache_dir, settings.disk_cache_bytes), None
     try:
-        from . import redis_store
+        from ..cluster import redis_store
     except ImportError:
         raise ConfigError("SAM_REDIS_URL needs redis-py: pip install '.[cluster]'") from None
     client = redis_store.connect(settings.redis_url)
@@ -147,7 +147,7 @@ def _stores(settings: Config):
 def _remote_encoder(settings: Config, weights_info: WeightsInfo):
     """SAM_RAY_ADDRESS: the cluster's encoder deployment encodes; image ids use its weights id on every host."""
     try:
-        from .serve_encoder import RemoteEncoder
+        from ..cluster.serve_encoder import RemoteEncoder
     except ImportError:
         raise ConfigError("SAM_RAY_ADDRESS needs Ray Serve: pip install '.[cluster]'") from None
     try:

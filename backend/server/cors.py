@@ -20,9 +20,9 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, request, send_from_directory
 
-from .config import Config
+from ..config import Config
 
-EMBED_DIR = Path(__file__).resolve().parents[1] / "web" / "embed"
+EMBED_DIR = Path(__file__).resolve().parents[2] / "web" / "embed"
 EMBEDDABLE_PREFIXES = ("/api/", "/embed/", "/js/", "/models/", "/vendor/ort/", "/vendor/ort@")
 ALLOWED_METHODS = "GET, HEAD, POST"
 ALLOWED_HEADERS = "Accept, Content-Type, If-None-Match"

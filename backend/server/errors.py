@@ -7,10 +7,9 @@ import logging
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-logger = logging.getLogger(__name__)
+from ..runtime.quote import shorten
 
-# Error messages quote at most this much of any input, so a huge parameter never comes back in the body.
-QUOTE_CHARS = 64
+logger = logging.getLogger(__name__)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -30,14 +29,8 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-def shorten(value: object, limit: int = QUOTE_CHARS) -> str:
-    """``str(value)`` cut to ``limit`` characters (with an ellipsis), for messages that name an input."""
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def register_error_handlers(app: Flask) -> None:
-    from .interfaces import RetryLater
+    from ..services.interfaces import RetryLater
 
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(RetryLater, _retry_later)

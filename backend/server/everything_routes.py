@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 
-from .errors import ApiError, register_error_handlers, shorten
-from .everything import (
+from ..runtime.quote import shorten
+from ..services.everything import (
     BadParameters,
     ClientBusy,
     EverythingService,
@@ -27,7 +27,8 @@ from .everything import (
     default_generator_factory,
     validate_parameters,
 )
-from .images import ImageError, decode_image
+from ..services.images import ImageError, decode_image
+from .errors import ApiError, register_error_handlers
 from .limits import client_address
 from .state import EVERYTHING, SAM, everything_service
 

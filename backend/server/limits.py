@@ -11,7 +11,7 @@ from flask import Flask, request
 from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import Config
+from ..config import Config
 
 # Endpoint -> the Config field with its rate ("30/minute", "5/second;100/hour", ...).
 RATE_LIMITED = {"api.upload_image": "upload_rate", "everything.start": "everything_rate"}

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 from flask import current_app
 
 if TYPE_CHECKING:
+    from ..config import Config
+    from ..services.decoders import DecoderChoice
+    from ..services.encoder import EncoderService
+    from ..services.everything import EverythingService
+    from ..services.gallery import Gallery
+    from ..services.memory import PixelBudget
+    from ..services.weights import WeightsInfo
     from .compression import BodyCache
-    from .config import Config
-    from .decoders import DecoderChoice
-    from .encoder import EncoderService
-    from .everything import EverythingService
-    from .gallery import Gallery
-    from .memory import PixelBudget
-    from .weights import WeightsInfo
 
 SAM, EVERYTHING = "sam", "everything"
 

@@ -19,11 +19,12 @@ from flask import Blueprint, Response, current_app, request, send_file, send_fro
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.security import safe_join
 
+from ..runtime.quote import shorten
 from .compression import COMPRESSIBLE_SUFFIXES, StaticGzip, accepts_gzip, client_has
-from .errors import ApiError, shorten
+from .errors import ApiError
 from .state import app_state
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = REPO_ROOT / "web"
 ORT_PACKAGE_DIR = WEB_DIR / "node_modules" / "onnxruntime-web"
 ORT_DIST_DIR = ORT_PACKAGE_DIR / "dist"
@@ -36,7 +37,7 @@ mimetypes.add_type("text/javascript", ".js")
 
 # What web/ serves: the page, its modules, styles and images (not package.json, READMEs or node_modules).
 WEB_SUFFIXES = {".html", ".js", ".mjs", ".css", ".svg", ".png", ".jpg", ".ico", ".webmanifest", ".woff2"}
-# The onnxruntime-web files the decoder worker loads (web/js/decoder-worker.js: the wasm and webgpu entry
+# The onnxruntime-web files the decoder worker loads (web/js/decoder/decoder-worker.js: the wasm and webgpu entry
 # points and the runtimes they import), and the plain bundles for pages that use a script tag.
 ORT_CLIENT_FILES = (
     "ort.wasm.min.mjs",
@@ -62,7 +63,7 @@ def ort_version() -> str | None:
 
 
 def web_files() -> frozenset[str]:
-    """The client's files as URL paths relative to ``/`` (``index.html``, ``js/main.js``, ...)."""
+    """The client's files as URL paths relative to ``/`` (``index.html``, ``js/page/main.js``, ...)."""
     found = set()
     for folder, subfolders, names in os.walk(WEB_DIR):
         subfolders[:] = [d for d in subfolders if d != "node_modules" and not d.startswith(".")]

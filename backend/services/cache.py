@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from ..runtime.files import atomic_write
 
 logger = logging.getLogger(__name__)
 

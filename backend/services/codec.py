@@ -1,4 +1,4 @@
-"""The embedding wire format (docs/ARCHITECTURE.md), read by web/js/embedding.js.
+"""The embedding wire format (docs/ARCHITECTURE.md), read by web/js/decoder/embedding.js.
 
 Little-endian. A 16-byte header: magic ``SAME``, u8 version (1), u8 dtype (0 float32, 1 float16, 2 int8),
 u16 reserved, u16 C, u16 H, u16 W, u16 reserved. Then the payload in C,H,W order: float32 or float16 values,
@@ -20,7 +20,7 @@ HEADER_BYTES = HEADER.size  # 16
 # Wire names (the `format` query parameter) and their dtype codes.
 FORMATS = {"f32": 0, "f16": 1, "int8": 2}
 FORMAT_NAMES = {code: name for name, code in FORMATS.items()}
-# Value types as web/js/embedding.js names them.
+# Value types as web/js/decoder/embedding.js names them.
 DTYPES = {"f32": "float32", "f16": "float16", "int8": "int8"}
 # int8 is half of f16's bytes (1,049,616 B for vit's 256 x 64 x 64) and keeps the decoder's masks (mean IoU
 # >= 0.99 against float32; tests/test_quantized_decoder.py).

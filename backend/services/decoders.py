@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from model_export import EXPORTER_VERSION, QUANTIZATION_RECIPES, export_decoder, quantize_decoder
 
-from .files import file_lock
+from ..runtime.files import file_lock
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The encoding service the routes call: image ids, the embedding store, one encode per image, timeouts.
 
 ``EncoderService.encode(pixels)`` answers from the store or has the image encoded by its ``ImageEncoder``
-(the in-process ``BatchQueue`` by default; any ``backend.interfaces.ImageEncoder``, e.g. a remote deployment,
+(the in-process ``BatchQueue`` by default; any ``backend.services.interfaces.ImageEncoder``, e.g. a remote deployment,
 can take its place); concurrent uploads of the same image share one encode. ``embedding(image_id)`` gives
 other parts (everything mode) the stored embedding of an uploaded image without encoding again.
 """

@@ -2,8 +2,8 @@
 
 Jobs are cached per (image id, parameters): asking again returns the same job (and its result). At most
 ``max_concurrent`` jobs run at once, the others wait in order; the job records live in a ``JobStore``
-(``backend.jobs.MemoryJobStore`` by default). Results hold COCO RLE strings (see backend/sam/amg.py). The
-routes are in backend/everything_routes.py.
+(``backend.services.jobs.MemoryJobStore`` by default). Results hold COCO RLE strings (see backend/sam/amg.py). The
+routes are in backend/server/everything_routes.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import shorten
+from ..runtime.quote import shorten
 from .interfaces import JobStore
 from .jobs import CANCELLED, DONE, ERROR, FINISHED, QUEUED, RUNNING, EverythingJob, MemoryJobStore, TooManyJobs
 
@@ -54,7 +54,7 @@ Resolver = Callable[[str], EverythingSource | None]
 def resolver_from_encoder(
     encoder_service: Any, image_store: Callable[[str], np.ndarray | None] | None = None
 ) -> Resolver:
-    """A resolver over ``backend.encoder.EncoderService``'s cached embeddings (and optionally kept pixels)."""
+    """A resolver over ``backend.services.encoder.EncoderService``'s cached embeddings (and optionally kept pixels)."""
 
     def resolve(image_id: str) -> EverythingSource | None:
         entry = encoder_service.embedding(image_id)
@@ -151,7 +151,7 @@ GeneratorFactory = Callable[[torch.nn.Module, dict[str, Any]], Any]
 
 
 def default_generator_factory(model: torch.nn.Module, params: dict[str, Any]):
-    from .sam.automatic import SamAutomaticMaskGenerator
+    from ..sam.automatic import SamAutomaticMaskGenerator
 
     return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
 

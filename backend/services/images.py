@@ -7,7 +7,7 @@ first frame. Every failure is an ``ImageError`` carrying the HTTP status and a p
 
 With ``longest_side`` a larger image is downscaled as soon as it is decoded (JPEGs already while decoding,
 by DCT scaling), with the same resize the encoder applies, so only the encoder's input is kept; with
-``reserve`` the pixels about to be decoded are held against a budget (``backend.memory.PixelBudget``).
+``reserve`` the pixels about to be decoded are held against a budget (``backend.services.memory.PixelBudget``).
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@ everything-mode jobs are kept.
 
 | interface | local implementation (the default) | what routes call |
 |---|---|---|
-| ``EmbeddingStore`` | ``backend.cache.EmbeddingCache`` (memory LRU + optional disk dir) | via ``EncoderService`` |
-| ``ImageEncoder`` | ``backend.batching.BatchQueue`` (bounded queue, batched forward passes in-process) | via ``EncoderService`` |
-| ``JobStore`` | ``backend.jobs.MemoryJobStore`` (this process's jobs) | via ``EverythingService`` |
+| ``EmbeddingStore`` | ``backend.services.cache.EmbeddingCache`` (memory LRU + optional disk dir) | via ``EncoderService`` |
+| ``ImageEncoder`` | ``backend.services.batching.BatchQueue`` (bounded queue, batched forward passes in-process) | via ``EncoderService`` |
+| ``JobStore`` | ``backend.services.jobs.MemoryJobStore`` (this process's jobs) | via ``EverythingService`` |
 
-Routes never see these: they call ``EncoderService`` (backend/encoder.py) and ``EverythingService``
-(backend/everything.py), which take any implementation, so a shared store or a remote encoder plugs in at
+Routes never see these: they call ``EncoderService`` (backend/services/encoder.py) and ``EverythingService``
+(backend/services/everything.py), which take any implementation, so a shared store or a remote encoder plugs in at
 ``create_app`` without touching a route.
 """
 
@@ -84,7 +84,7 @@ class ImageEncoder(Protocol):
 class JobStore(Protocol):
     """Everything-mode job records by id, and by (image id, parameters) key so asking again finds the job.
 
-    ``add`` raises ``backend.jobs.TooManyJobs`` when it is full of unfinished jobs; ``update`` changes fields
+    ``add`` raises ``backend.services.jobs.TooManyJobs`` when it is full of unfinished jobs; ``update`` changes fields
     atomically unless the job's status is one of ``unless`` (answering whether it did) and wakes
     ``wait_for_change`` callers.
     """

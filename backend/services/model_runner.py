@@ -39,7 +39,7 @@ def prepare_model(
     """Moves ``model`` to ``device`` in eval mode and sets its encoder path; returns the precision chosen.
 
     ``auto`` lets the model pick the fastest path within the accuracy bound on this device (``Sam.set_precision``,
-    ``backend.encoder_paths``): bf16 / fp16 on CUDA and on CPUs with native bf16; on other CPUs int8, fused or
+    ``backend.runtime.encoder_paths``): bf16 / fp16 on CUDA and on CPUs with native bf16; on other CPUs int8, fused or
     fp32 as measured once (per encoder, see ``encoder_paths.candidates``), the measurement cached in
     ``cache_dir``; else fp32.
     """
@@ -57,7 +57,7 @@ def encode_images(model: torch.nn.Module, images: Sequence[np.ndarray]) -> Encod
     Same preprocessing as ``SamPredictor.set_image``: resize longest side to the model's image size, normalise,
     zero-pad bottom/right. Returns float32 [256, 64, 64] embeddings on the CPU with each resized (h, w).
     """
-    from .sam.transforms import ResizeLongestSide
+    from ..sam.transforms import ResizeLongestSide
 
     transform = ResizeLongestSide(model.image_size)
     device = model.device

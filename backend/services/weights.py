@@ -17,10 +17,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
-from .config import Config
-from .files import file_lock
+from ..runtime.files import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +165,21 @@ def download(
         return destination
 
 
+class WeightsSettings(Protocol):
+    """The settings this module reads (``backend.config.Config`` has them; the settings sit above the services)."""
+
+    canonical_model_type: str
+    checkpoint: str | None
+    resolved_weights_dir: Path
+    allow_download: bool
+
+
 def download_checkpoint(model_type: str, weights_dir: Path, **kwargs) -> Path:
     checkpoint = CHECKPOINTS[model_type]
     return download(checkpoint.url, Path(weights_dir) / checkpoint.filename, checkpoint.size, **kwargs)
 
 
-def ensure_checkpoint(config: Config) -> tuple[Path | None, str]:
+def ensure_checkpoint(config: WeightsSettings) -> tuple[Path | None, str]:
     """The checkpoint to load for ``config`` (downloading if allowed), or None with the reason why not."""
     model_type = config.canonical_model_type
     if config.checkpoint:
@@ -196,16 +204,16 @@ def random_model():
     """vit_t with weights drawn from a fixed seed (the global RNG is left as it was)."""
     import torch
 
-    from .sam import sam_model_registry
+    from ..sam import sam_model_registry
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         return sam_model_registry[RANDOM_MODEL_TYPE]()
 
 
-def load_model(config: Config):
+def load_model(config: WeightsSettings):
     """Returns ``(Sam on the CPU, WeightsInfo)`` following the order in the module docstring."""
-    from .sam import sam_model_registry
+    from ..sam import sam_model_registry
 
     model_type = config.canonical_model_type
     path, reason = ensure_checkpoint(config)

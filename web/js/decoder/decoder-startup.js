@@ -1,7 +1,7 @@
 // Decoder start-up: asks the server for its model, picks the decoder file and opens it in the worker.
 
-import { apiUrl, fetchModelInfo } from "./api.js";
-import { formatBytes, plural } from "./format.js";
+import { apiUrl, fetchModelInfo } from "../api.js";
+import { formatBytes, plural } from "../format.js";
 
 /** A decoder name the server does not offer (its message lists the ones it does). */
 export class UnknownDecoderError extends Error {}

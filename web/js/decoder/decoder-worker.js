@@ -12,12 +12,12 @@
 //               mask {...}, error {id?, stage, message}
 
 import { decodeEmbedding } from "./embedding.js";
-import { LOW_RES_PLANE, LOW_RES_SIDE, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "./mask-math.js";
-import { readBody } from "./read-body.js";
+import { LOW_RES_PLANE, LOW_RES_SIDE, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "../mask-math.js";
+import { readBody } from "../read-body.js";
 
 /** Where onnxruntime-web's files are: the versioned path is cached immutably, the plain one revalidated. */
 function ortDir(version) {
-  return new URL(version ? `../vendor/ort@${version}/` : "../vendor/ort/", import.meta.url).href;
+  return new URL(version ? `../../vendor/ort@${version}/` : "../../vendor/ort/", import.meta.url).href;
 }
 
 let ort = null;

@@ -1,4 +1,4 @@
-// Reads the embedding wire format of backend/codec.py (docs/ARCHITECTURE.md):
+// Reads the embedding wire format of backend/services/codec.py (docs/ARCHITECTURE.md):
 // a 16-byte little-endian header ("SAME", version, dtype, C, H, W), then float32 / float16 / int8 values.
 
 const MAGIC = "SAME";

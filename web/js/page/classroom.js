@@ -1,9 +1,9 @@
 // The classroom view: the three SAM stages with live figures, the three candidate masks with their
 // scores, and the chosen mask's low-res logits as a heatmap.
 
-import { formatBytes, formatMs, median } from "./format.js";
-import { paintHeatmap, paintLowResMask } from "./logit-paint.js";
-import { lowResPlane } from "./mask-math.js";
+import { formatBytes, formatMs, median } from "../format.js";
+import { paintHeatmap, paintLowResMask } from "../logit-paint.js";
+import { lowResPlane } from "../mask-math.js";
 
 const $ = (id) => document.getElementById(id);
 

@@ -1,10 +1,10 @@
 // Everything mode's controls: start/hide/cancel, progress and outcome over the image, settings, pointing at masks.
 
-import { plural } from "./format.js";
+import { plural } from "../format.js";
 
 export class EverythingPanel {
   /**
-   * @param {import("./everything.js").EverythingMode} mode
+   * @param {import("../everything.js").EverythingMode} mode
    * @param {object} parts {button, exportButton, status, grid, iou, stability, crops} elements of the panel, and
    *   {overlay, progress (role=progressbar), overlayText, cancel, close} of the message over the image
    * @param {object} handlers {image(): the client's image when ready to use, else null, onLayers() (its masks

@@ -1,7 +1,7 @@
 // The export buttons' actions: which objects each one takes, their masks at the original resolution, the file.
 
-import { cocoJson, copyPng, cutoutPng, download, maskPng, polygonsSvg, safeName } from "./exports.js";
-import { resizeMaskNearest } from "./mask-math.js";
+import { cocoJson, copyPng, cutoutPng, download, maskPng, polygonsSvg, safeName } from "../exports.js";
+import { resizeMaskNearest } from "../mask-math.js";
 
 export class ExportActions {
   /**

@@ -1,6 +1,6 @@
 // The sample gallery: the server's sample images as buttons that open them.
 
-import { fetchGallery } from "./api.js";
+import { fetchGallery } from "../api.js";
 
 function note(text) {
   return Object.assign(document.createElement("li"), { className: "muted", textContent: text });

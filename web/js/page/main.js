@@ -1,19 +1,19 @@
 // Wires the page: the client (decoder, image, editor) to the stage, the panels, the status line and the keyboard.
 
 import { Classroom } from "./classroom.js";
-import { SamClient } from "./client.js";
-import { EverythingMode } from "./everything.js";
+import { SamClient } from "../client.js";
+import { EverythingMode } from "../everything.js";
 import { EverythingPanel } from "./everything-panel.js";
 import { ExportActions } from "./export-actions.js";
 import { showGallery } from "./gallery.js";
-import { bindImageInputs, fetchImage } from "./image-input.js";
-import { bindKeyboard, KeyboardCursor } from "./keyboard.js";
-import { maskStats } from "./mask-math.js";
+import { bindImageInputs, fetchImage } from "../image-input.js";
+import { bindKeyboard, KeyboardCursor } from "../keyboard.js";
+import { maskStats } from "../mask-math.js";
 import { showModelFacts } from "./model-facts.js";
 import { ObjectList } from "./objects.js";
 import { PointerKind } from "./pointer-kind.js";
 import { PromptPanel } from "./prompt-panel.js";
-import { StageView } from "./stage-view.js";
+import { StageView } from "../stage-view.js";
 import { StatusLine } from "./status-line.js";
 import { describeSelection, readyStatus } from "./wording.js";
 

@@ -1,6 +1,6 @@
 // Shows what the server runs: the visitor's demo-model note (operator details behind "details") and Settings' facts.
 
-import { formatBytes } from "./format.js";
+import { formatBytes } from "../format.js";
 
 const $ = (id) => document.getElementById(id);
 

@@ -1,7 +1,7 @@
 // The list of kept objects: each has its own colour, a name the user can change, and can be deleted or
 // selected (the selection is what the single-object exports act on).
 
-import { colorFor, cssColor } from "./colors.js";
+import { colorFor, cssColor } from "../colors.js";
 
 export class ObjectList {
   /** @param {object} handlers {onChange(), onSelect(id|null)} */

@@ -1,13 +1,13 @@
 // The Prompt panel: add/remove mode, undo/redo/reset, Keep object, and the candidate picker, bound to the editor.
 
-import { renderCandidates } from "./candidates.js";
+import { renderCandidates } from "../candidates.js";
 
 const $ = (id) => document.getElementById(id);
 
 export class PromptPanel {
   /**
-   * @param {import("./editor.js").SegmentEditor} editor
-   * @param {import("./stage-view.js").StageView} view whose negativeMode the add/remove radios set
+   * @param {import("../editor.js").SegmentEditor} editor
+   * @param {import("../stage-view.js").StageView} view whose negativeMode the add/remove radios set
    */
   constructor(editor, view) {
     this.editor = editor;

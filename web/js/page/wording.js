@@ -1,7 +1,7 @@
 // The page's sentences: the "Ready" line after an image opens, and what a decode selected (for the live region).
 
-import { formatBytes, formatMs } from "./format.js";
-import { maskStats } from "./mask-math.js";
+import { formatBytes, formatMs } from "../format.js";
+import { maskStats } from "../mask-math.js";
 
 /**
  * One line per finished image: the upload, the server's encode and the embedding's download, each with its
