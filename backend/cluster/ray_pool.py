@@ -112,12 +112,11 @@ def snapshot() -> ClusterSnapshot:
     free = state.available_resources_per_node()
     holders: list[Holder] = []
     accessor = state.state._connect_and_get_accessor()
-    alive = gcs_pb2.ActorTableData.ActorState.Value("ALIVE")
     for raw in accessor.get_actor_table(None, None):
         actor = gcs_pb2.ActorTableData.FromString(raw)
         held = {k: v for k, v in actor.required_resources.items() if k in _SCHEDULED and v > 0}
         # An actor in a placement group uses the group's reservation, counted with the group below.
-        if actor.state == alive and held and not any(actor.placement_group_id):
+        if _placed(actor) and held and not any(actor.placement_group_id):
             holders.append(Holder(_actor_label(actor), held))
     for group in ray.util.placement_group_table().values():
         if group.get("state") != "CREATED":
@@ -142,11 +141,21 @@ def snapshot() -> ClusterSnapshot:
     return snap
 
 
+def _placed(actor: Any) -> bool:
+    """Whether an actor holds its resources: alive, or on a worker running its constructor (it has a pid)."""
+    from ray.core.generated import gcs_pb2
+
+    return actor.pid != 0 and actor.state != gcs_pb2.ActorTableData.ActorState.Value("DEAD")
+
+
 def _actor_label(actor: Any) -> str:
+    from ray.core.generated import gcs_pb2
+
     label = actor.class_name or "actor"
     if actor.name:
         label += f" {actor.name!r}"
-    return f"actor {label} (job {actor.job_id.hex()}, pid {actor.pid})"
+    starting = "" if actor.state == gcs_pb2.ActorTableData.ActorState.Value("ALIVE") else ", starting"
+    return f"actor {label} (job {actor.job_id.hex()}, pid {actor.pid}{starting})"
 
 
 def _amounts(resources: dict[str, float]) -> str:
@@ -279,7 +288,7 @@ def map_on_ray(
         except queue.Empty:
             if placed or time.monotonic() - started < first_check_s:
                 continue
-            placed = _pool_actor_alive(job_id)
+            placed = _pool_actor_placed(job_id)
             if placed:
                 continue
             now = placement_report(request)
@@ -297,14 +306,15 @@ def map_on_ray(
         yield value
 
 
-def _pool_actor_alive(job_id: str) -> bool:
-    """Whether one of this driver's Ray Data pool actors is alive (placed: it loads or runs its model)."""
+def _pool_actor_placed(job_id: str) -> bool:
+    """Whether one of this driver's Ray Data pool actors got its resources (it starts, loads or runs its model)."""
     import ray
     from ray._private import state
     from ray.core.generated import gcs_pb2
 
     accessor = state.state._connect_and_get_accessor()
-    for raw in accessor.get_actor_table(ray.JobID.from_hex(job_id), "ALIVE"):
-        if gcs_pb2.ActorTableData.FromString(raw).class_name.startswith(_POOL_ACTOR_PREFIX):
+    for raw in accessor.get_actor_table(ray.JobID.from_hex(job_id), None):
+        actor = gcs_pb2.ActorTableData.FromString(raw)
+        if actor.class_name.startswith(_POOL_ACTOR_PREFIX) and _placed(actor):
             return True
     return False
