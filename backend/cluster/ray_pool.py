@@ -30,8 +30,10 @@ from typing import Any
 
 # Exit code of a batch command given --no-wait when none of its actors can be placed (2 is a bad argument).
 EXIT_CLUSTER_FULL = 3
-# How long a batch run waits for its first actor before it says why it does not start (the issue asks < 30 s).
+# How long a batch run waits for its first actor before it says why it does not start (the issue asks < 30 s),
+# and how often it looks again while none has started.
 FIRST_CHECK_S = 10.0
+RECHECK_S = 5.0
 # Ray Data's actor class for map_batches(SomeClass): "MapWorker(MapBatches(SomeClass))".
 _POOL_ACTOR_PREFIX = "MapWorker("
 # The resources a reason talks about (memory and object store are not what pools wait for here).
@@ -280,14 +282,15 @@ def map_on_ray(
         results.put(("end", None))
 
     threading.Thread(target=produce, name="ray-pool-results", daemon=True).start()
-    started, placed = time.monotonic(), False
+    check_at, placed = time.monotonic() + first_check_s, False
     job_id = ray.get_runtime_context().get_job_id()
     while True:
         try:
             kind, value = results.get(timeout=1.0)
         except queue.Empty:
-            if placed or time.monotonic() - started < first_check_s:
+            if placed or time.monotonic() < check_at:
                 continue
+            check_at = time.monotonic() + RECHECK_S
             placed = _pool_actor_placed(job_id)
             if placed:
                 continue
