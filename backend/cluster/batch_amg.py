@@ -76,7 +76,7 @@ class Target:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of scripts/amg.py, plus --ray-address and --ray-workers."""
+    """The flags of scripts/amg.py, plus --ray-address, --ray-workers and --no-wait."""
     parser.add_argument("--input", required=True, help="an image, or a folder whose images are all labelled")
     parser.add_argument("--output", required=True, help="folder for the outputs: one mask folder (or JSON) per image")
     parser.add_argument("--model-type", required=True, help="vit_h (= default), vit_l, vit_b or vit_t")
@@ -94,20 +94,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads per model (default: torch's, i.e. this machine's cores); outputs are byte-identical "
-        "between runs with the same value",
+        help="CPU threads per model (default: torch's, i.e. this machine's cores; on Ray at most the CPUs one "
+        "node has free); outputs are byte-identical between runs with the same value",
     )
-    cluster = parser.add_argument_group("Ray")
-    cluster.add_argument(
-        "--ray-address",
-        default=None,
-        help="run on this Ray cluster (e.g. ray://head:10001 or head:6379), or `local` to start one here",
-    )
-    cluster.add_argument(
-        "--ray-workers",
-        type=int,
-        default=None,
-        help="model actors (default: one per GPU of the cluster, else cluster CPUs / --threads)",
+    from .ray_pool import add_cluster_arguments
+
+    add_cluster_arguments(
+        parser.add_argument_group("Ray"),
+        workers_help="at most this many model actors (default: as many as the cluster can hold, one GPU each "
+        "when it has GPUs, else --threads CPUs each); the run starts with those that fit in what is free",
     )
 
 
@@ -115,6 +110,7 @@ def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
     """Runs the `amg` subcommand; returns the exit code."""
     stream = sys.stderr if stream is None else stream
     from ..sam.build import CheckpointError
+    from .ray_pool import EXIT_CLUSTER_FULL, ClusterFull
 
     amg_kwargs = {name: getattr(args, name) for name, _, _ in AMG_SETTINGS if getattr(args, name) is not None}
     output_mode = "coco_rle" if args.convert_to_rle else "binary_mask"
@@ -137,8 +133,12 @@ def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
             threads=args.threads,
             ray_address=args.ray_address,
             ray_workers=args.ray_workers,
+            wait=not args.no_wait,
             stream=stream,
         )
+    except ClusterFull as error:
+        print(f"error: {error}; not waiting (--no-wait)", file=stream)
+        return EXIT_CLUSTER_FULL
     except (BatchError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=stream)
         return 2
@@ -157,6 +157,7 @@ def run(
     threads: int | None = None,
     ray_address: str | None = None,
     ray_workers: int | None = None,
+    wait: bool = True,
     stream: IO[str] | None = None,
 ) -> dict[str, int]:
     """Labels every image of ``input_path`` not yet done in ``output_dir``.
@@ -167,13 +168,15 @@ def run(
     skipped (already done), failed (unreadable images, reported on ``stream`` and retried by the next run).
 
     threads: torch CPU threads per model, the same locally and in every Ray actor (default: this process's
-    torch.get_num_threads()): float sums are split across threads, so only equal thread counts give
-    byte-identical outputs on CPU.
+    torch.get_num_threads(), on Ray capped at the CPUs one node has free, so a shared cluster can start):
+    float sums are split across threads, so only equal thread counts give byte-identical outputs on CPU.
+
+    ray_address / ray_workers / wait: see ``_label_on_ray``; with ``wait`` False a cluster without room for
+    one model actor raises ray_pool.ClusterFull instead of waiting.
     """
     import torch
 
-    threads = int(threads) if threads is not None else torch.get_num_threads()
-    if threads < 1:
+    if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     if output_mode not in ("binary_mask", "coco_rle"):
         raise ValueError(f"output_mode must be binary_mask or coco_rle, got {output_mode!r}")
@@ -188,10 +191,11 @@ def run(
         progress = Progress(len(targets), len(targets) - len(todo), stream)
         counts = {"labelled": 0, "skipped": len(targets) - len(todo), "failed": 0}
         if ray_address is None:
+            threads = int(threads) if threads is not None else torch.get_num_threads()
             results = _label_locally(todo, build_model, amg_kwargs, output_mode, device, threads)
         else:
             results = _label_on_ray(
-                todo, build_model, amg_kwargs, output_mode, device, threads, ray_address, ray_workers
+                todo, build_model, amg_kwargs, output_mode, device, threads, ray_address, ray_workers, wait, progress
             )
         for target, result in results:
             if "error" in result:
@@ -394,15 +398,23 @@ def _label_on_ray(
     amg_kwargs: dict[str, Any],
     output_mode: str,
     device: str | None,
-    threads: int,
+    threads: int | None,
     address: str,
     workers: int | None,
+    wait: bool,
+    progress: Progress,
 ) -> Iterator[tuple[Target, dict[str, Any]]]:
+    """Labels on an autoscaling pool of ``Labeller`` actors (ray_pool.map_on_ray): ``threads`` CPUs each (default:
+    ray_pool.threads_per_actor), plus one GPU each when the cluster has GPUs; starts with what is free, says why
+    when nothing is."""
     if not todo:
         return
+    import torch
+
     try:
         import ray
-        import ray.data
+
+        from .ray_pool import ResourceRequest, cluster_has_gpus, map_on_ray, threads_per_actor
     except ImportError:
         raise BatchError("--ray-address needs Ray: pip install '.[cluster]'") from None
 
@@ -415,28 +427,18 @@ def _label_on_ray(
             configure_logging=False,
         )
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        if workers is None:
-            workers = gpus or max(1, int(resources.get("CPU", 1)) // threads)
-        workers = max(1, min(int(workers), len(todo)))
+        if threads is None:
+            threads = threads_per_actor(torch.get_num_threads())
+            progress.note(f"{threads} CPU thread(s) per model actor (--threads sets it)")
+        request = ResourceRequest(cpus=threads, gpus=1 if cluster_has_gpus() else 0)
         by_id = {t.image_id: t for t in todo}
         rows = [dataclasses.asdict(t) for t in todo]
-        dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            Labeller,
-            fn_constructor_kwargs=dict(
-                build_model=build_model, amg_kwargs=amg_kwargs, output_mode=output_mode, device=device, threads=threads
-            ),
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=threads,
-            num_gpus=1 if gpus else 0,
+        kwargs = dict(
+            build_model=build_model, amg_kwargs=amg_kwargs, output_mode=output_mode, device=device, threads=threads
         )
-        for row in dataset.iter_rows():
+        for row in map_on_ray(
+            rows, Labeller, kwargs, request=request, workers=workers, wait=wait, on_waiting=progress.waiting
+        ):
             yield by_id[int(row["image_id"])], pickle.loads(row["result"])
     finally:
         if started_here:
@@ -451,35 +453,42 @@ class Progress:
         self.started = time.monotonic()
         self.is_tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
         self.labelled = 0
+        self.bar_open = False  # A terminal's bar line awaits its newline before the next note.
         self.note(f"{total} images: {done} already done, {total - done} to label")
 
     def note(self, text: str) -> None:
         if self.stream is not None:
-            self.stream.write(("\n" if self.is_tty and self.labelled else "") + text + "\n")
+            self.stream.write(("\n" if self.bar_open else "") + text + "\n")
             self.stream.flush()
+            self.bar_open = False
+
+    def waiting(self, reason: str) -> None:
+        """Nothing can run yet: the reason, then the bar where it stands (no image labelled by this run)."""
+        self.note(f"waiting for the cluster: {reason}")
+        self._draw("waiting for room on the cluster")
 
     def advance(self, name: str, masks: int | None) -> None:
         self.done += 1
         self.labelled += 1
+        self._draw(f"{name}: {'-' if masks is None else masks} masks")
+
+    def _draw(self, tail: str) -> None:
         if self.stream is None:
             return
         elapsed = time.monotonic() - self.started
         rate = self.labelled / max(elapsed, 1e-9)
-        eta = (self.total - self.done) / rate if rate else 0.0
+        eta = f"ETA {(self.total - self.done) / rate:.0f} s" if rate else "ETA -"
         fraction = self.done / max(self.total, 1)
         filled = int(30 * fraction)
         line = (
-            f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {60 * rate:.1f} images/min "
-            f"ETA {eta:.0f} s  {name}: {'-' if masks is None else masks} masks"
+            f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {60 * rate:.1f} images/min {eta}  {tail}"
         )
         self.stream.write("\r" + line if self.is_tty else line + "\n")
         self.stream.flush()
+        self.bar_open = self.is_tty
 
     def close(self, counts: dict[str, int]) -> None:
-        if self.stream is not None:
-            summary = ", ".join(f"{value} {key}" for key, value in counts.items())
-            self.stream.write(("\n" if self.is_tty and self.labelled else "") + f"done: {summary}\n")
-            self.stream.flush()
+        self.note("done: " + ", ".join(f"{value} {key}" for key, value in counts.items()))
 
 
 @contextlib.contextmanager

@@ -5,18 +5,26 @@ The web host's job thread only waits: the task (one CPU, or one GPU when the clu
 model once per Ray worker process, runs ``SamAutomaticMaskGenerator`` on the embedding the host already has,
 and streams its progress back (a streaming generator task), so polls and server-sent events on any host
 see it move (the job store is Redis). A cancelled job cancels the task at its next progress report.
+
+The job shows ``queued`` until the task runs (its first report); while Ray cannot place it (the cluster's CPUs
+held by encoder replicas, batch actors, other jobs), the job's message says so (ray_pool.placement_report).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 import numpy as np
 import ray
 
 from ..config import Config
+from .ray_pool import ResourceRequest, placement_report
+
+# How long a task may take to start before the job says why it has not (then re-checked at this pace).
+START_CHECK_S = 2.0
 
 _MODELS: dict[tuple, Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -32,19 +40,24 @@ def cluster_generator_factory(settings: dict[str, Any], num_gpus: float = 0):
 
 
 class ClusterGenerator:
-    """``generate(image, image_embedding, progress)`` as SamAutomaticMaskGenerator's, computed by a Ray task."""
+    """``generate(image, image_embedding, progress, waiting)`` as SamAutomaticMaskGenerator's, computed by a Ray
+    task; ``waiting(reason)`` is called while the task cannot start (``starts_later``: the job stays queued)."""
+
+    starts_later = True
 
     def __init__(self, settings: dict[str, Any], params: dict[str, Any], num_gpus: float) -> None:
         self.settings, self.params, self.num_gpus = settings, params, num_gpus
 
-    def generate(self, image: np.ndarray, image_embedding=None, progress=None) -> list[dict[str, Any]]:
+    def generate(self, image: np.ndarray, image_embedding=None, progress=None, waiting=None) -> list[dict[str, Any]]:
         embedding = None if image_embedding is None else np.asarray(image_embedding, dtype=np.float32)
         # Layer 0 needs only the image's size; the pixels travel only when crops need them.
         pixels = np.ascontiguousarray(image) if self.params.get("crop_n_layers", 0) > 0 else None
-        stream = _generate_task.options(num_cpus=1, num_gpus=self.num_gpus).remote(
+        request = ResourceRequest(cpus=1, gpus=self.num_gpus)
+        stream = _generate_task.options(num_cpus=request.cpus, num_gpus=request.gpus).remote(
             self.settings, self.params, pixels, tuple(image.shape), embedding
         )
         try:
+            self._wait_for_start(stream, request, waiting)
             for ref in stream:
                 kind, value = ray.get(ref)
                 if kind == "progress":
@@ -56,6 +69,17 @@ class ClusterGenerator:
             if not _finished(stream):
                 ray.cancel(stream)
         raise RuntimeError("the everything task ended without a result")
+
+    @staticmethod
+    def _wait_for_start(stream, request: ResourceRequest, waiting) -> None:
+        """Returns once the task has reported (it runs); meanwhile tells ``waiting`` why it does not."""
+        check_at = time.monotonic() + START_CHECK_S
+        while not ray.wait([stream], timeout=0.5)[0]:
+            if waiting is None or time.monotonic() < check_at:
+                continue
+            reason = placement_report(request, what="everything task") or "waiting for the cluster to start the task"
+            waiting(reason)  # Raises JobCancelled for a job cancelled meanwhile (the caller cancels the task).
+            check_at = time.monotonic() + START_CHECK_S
 
 
 def _finished(stream) -> bool:
@@ -71,6 +95,7 @@ def _generate_task(settings, params, pixels, shape, embedding):
 
     from ..sam.automatic import SamAutomaticMaskGenerator
 
+    yield ("progress", 0.0)  # Placed and running: the job leaves `queued`.
     model = _model(settings)
     generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
     image = pixels if pixels is not None else np.broadcast_to(np.zeros((1, 1, 3), dtype=np.uint8), shape)

@@ -197,12 +197,13 @@ def events(job_id: str):
         raise _unknown_job(job_id)
 
     def stream() -> Iterator[str]:
-        seen: tuple[str, float] = ("", -1.0)
+        seen: tuple[str, float, str | None] = ("", -1.0, None)
         while True:
             job = service.get(job_id)
             if job is None:  # Forgotten meanwhile (the store made room).
                 return
-            current = (job.status, job.progress)
+            # The message too: a queued job's reason (no room on the cluster) goes out by the next keep-alive.
+            current = (job.status, job.progress, job.message)
             if current != seen:
                 seen = current
                 if job.finished:
@@ -211,7 +212,7 @@ def events(job_id: str):
                 yield f"event: progress\ndata: {json.dumps(job.to_json(with_result=False))}\n\n"
             else:
                 yield ": keep-alive\n\n"
-            service.wait_for_change(job_id, seen, timeout=SSE_KEEPALIVE_S)
+            service.wait_for_change(job_id, seen[:2], timeout=SSE_KEEPALIVE_S)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return Response(stream(), mimetype="text/event-stream", headers=headers)

@@ -259,15 +259,29 @@ class EverythingService:
         job = self.store.get(job_id)
         if job is None or job.status == CANCELLED:
             raise JobCancelled(job_id)
-        self.store.update(job_id, unless=FINISHED, progress=float(fraction))
+        # A generator that starts later (a cluster task) reports its first progress once it runs.
+        self.store.update(job_id, unless=FINISHED, status=RUNNING, message=None, progress=float(fraction))
+
+    def _waiting(self, job_id: str, reason: str) -> None:
+        """The job's generator cannot start yet (e.g. no room on the cluster): the job shows queued and why."""
+        job = self.store.get(job_id)
+        if job is None or job.status == CANCELLED:
+            raise JobCancelled(job_id)
+        self.store.update(job_id, unless=FINISHED, status=QUEUED, message=reason)
 
     def _run(self, job_id: str, source: EverythingSource) -> None:
         started = time.perf_counter()
-        if not self.store.update(job_id, unless=FINISHED, status=RUNNING):  # Cancelled while it waited.
-            return
         job = self.store.get(job_id)
+        if job is None or job.finished:  # Cancelled while it waited.
+            return
         try:
             generator = self.generator_factory(source.model, job.params)
+            # A generator with ``starts_later`` (a cluster task) stays queued until its first progress report and
+            # says through ``waiting(reason)`` why it has not started; a local one runs from here on.
+            starts_later = bool(getattr(generator, "starts_later", False))
+            if not starts_later and not self.store.update(job_id, unless=FINISHED, status=RUNNING):
+                return
+            extra = {"waiting": lambda reason: self._waiting(job_id, reason)} if starts_later else {}
             h, w = source.original_size
             image = source.image
             if image is None:
@@ -277,7 +291,7 @@ class EverythingService:
             if embedding.ndim == 3:
                 embedding = embedding[None]
             annotations = generator.generate(
-                image, image_embedding=embedding, progress=lambda p: self._progress(job_id, p)
+                image, image_embedding=embedding, progress=lambda p: self._progress(job_id, p), **extra
             )
             result = {
                 "image_id": job.image_id,
