@@ -7,6 +7,9 @@ existing SAM integration at this server works with no change on the tool's side 
 
 They translate onto ``toolkit``: the page's image decoding, encoder and embedding cache, and a server-side
 decode with ``SamPredictor``.
+
+May import: ``backend.config``, ``backend.cluster``, ``backend.text``, ``backend.services``, the model packages and
+``backend.runtime``. Imported only by ``backend.server``.
 """
 
 from __future__ import annotations
