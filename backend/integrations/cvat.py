@@ -115,4 +115,3 @@ def _numbers(value: object, count: int) -> bool:
         and len(value) == count
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     )
-

@@ -170,7 +170,7 @@ def parse_label_config(text: object) -> Schema:
     raise ToolError(
         400,
         "no_brush_labels",
-        "the labeling config needs a <BrushLabels> with at least one <Label> on an <Image value=\"$field\">: "
+        'the labeling config needs a <BrushLabels> with at least one <Label> on an <Image value="$field">: '
         "this backend answers brush masks",
     )
 
@@ -211,7 +211,9 @@ def context_prompt(regions: list, width: int, height: int) -> tuple[Prompt, str 
             box = np.array([x0, y0, x1, y1], dtype=np.float64)
         else:
             raise ToolError(
-                400, "unsupported_region", f"context regions must be keypointlabels or rectanglelabels, not {shorten(kind)}"
+                400,
+                "unsupported_region",
+                f"context regions must be keypointlabels or rectanglelabels, not {shorten(kind)}",
             )
         picked = value.get(kind)
         if isinstance(picked, list) and picked and isinstance(picked[0], str):

@@ -103,4 +103,6 @@ def fetch_image(url: str, origin: str, token: str | None, max_bytes: int, timeou
 
 
 def _too_large(max_bytes: int) -> ToolError:
-    return ToolError(413, "image_too_large", f"the task's image is larger than {max_bytes:,} bytes (SAM_MAX_UPLOAD_BYTES)")
+    return ToolError(
+        413, "image_too_large", f"the task's image is larger than {max_bytes:,} bytes (SAM_MAX_UPLOAD_BYTES)"
+    )

@@ -19,7 +19,16 @@ from flask import Blueprint, jsonify, request
 
 from ..runtime.quote import shorten
 from ..services.cache import is_valid_key
-from .toolkit import Prompt, ToolError, answer_errors_as_json, base64_bytes, embed_image, json_object, predict_mask, toolkit
+from .toolkit import (
+    Prompt,
+    ToolError,
+    answer_errors_as_json,
+    base64_bytes,
+    embed_image,
+    json_object,
+    predict_mask,
+    toolkit,
+)
 
 roboflow = Blueprint("roboflow", __name__)
 answer_errors_as_json(roboflow)

@@ -111,9 +111,7 @@ def embed_image(data: bytes) -> tuple[EncodeResult, np.ndarray | None]:
     from the shared cache or the encoder, with the decoded pixels (downscaled to the encoder's input)."""
     kit = toolkit()
     try:
-        decoded = decode_image(
-            data, kit.config.max_pixels, longest_side=INPUT_SIDE, reserve=kit.pixel_budget.reserve
-        )
+        decoded = decode_image(data, kit.config.max_pixels, longest_side=INPUT_SIDE, reserve=kit.pixel_budget.reserve)
     except ImageError as error:
         raise ToolError(error.status, error.code, error.message) from None
     except OverBudget as error:
