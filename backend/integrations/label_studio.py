@@ -275,7 +275,14 @@ def _task_embedding(task: dict, schema: Schema):
 def brush_region(mask: np.ndarray, schema: Schema, label: str, score: float) -> dict:
     """One ``brushlabels`` region: the mask in Label Studio's brush RLE (RGBA bytes, the mask in every channel,
     encoded by Label Studio's own converter), with the image's size and the mask's score."""
-    from label_studio_converter.brush import mask2rle  # ~1 s to import: only when a mask is answered.
+    try:
+        from label_studio_converter.brush import mask2rle  # ~1 s to import: only when a mask is answered.
+    except ImportError:
+        raise ToolError(
+            501,
+            "missing_extra",
+            "brush masks for Label Studio need its converter: pip install '.[integrations]'",
+        ) from None
 
     height, width = mask.shape
     return {
