@@ -63,7 +63,8 @@ def fetch_image(url: str, origin: str, token: str | None, max_bytes: int, timeou
     """The body of ``url`` (on ``origin``), with Label Studio's ``Authorization: Token``; 413 past ``max_bytes``,
     502 when Label Studio answers otherwise than 200."""
     for _ in range(MAX_REDIRECTS + 1):
-        request = urllib.request.Request(url, headers={"Accept": "image/*"})
+        # Label Studio's file view negotiates content like its API: "Accept: image/*" is answered 406.
+        request = urllib.request.Request(url, headers={"Accept": "*/*"})
         if token:
             request.add_header("Authorization", f"Token {token}")
         try:
