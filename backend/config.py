@@ -151,8 +151,8 @@ class Config:
     )
     label_studio_api_key: str | None = setting(
         None,
-        "the Label Studio token sent with those fetches (`Authorization: Token ...`); unset = the `access_token` of "
-        "`/label-studio/setup`",
+        "the Label Studio token for those fetches: a personal access token (exchanged for `Bearer` access tokens) or "
+        "a legacy token (`Authorization: Token ...`); unset = the `access_token` of `/label-studio/setup`",
         env="LABEL_STUDIO_API_KEY",
     )
     label_studio_basic_auth: str | None = setting(

@@ -215,3 +215,23 @@ def test_retrieve_predictions_grounds_each_brush_label(studio, project, predicto
     masks, scores, _ = predictor.predict(box=np.array(CAT_BOX), multimask_output=False)
     assert 0.0 < masks[0].mean() < 1.0
     assert (got == masks[0]).mean() >= 0.995
+
+
+def test_a_personal_access_token_fetches_the_images_too(studio, project, predictor):
+    """Label Studio 1.23 disables legacy tokens in new organizations: its personal access tokens (JWT refresh
+    tokens) are exchanged for an access token and sent as Bearer."""
+    url, session = studio
+    created = session.post(f"{url}/api/token/", timeout=60)
+    assert created.status_code == 201, created.text
+    personal = created.json()["token"]
+    assert personal.count(".") == 2
+    task = session.get(f"{url}/api/tasks/{project['task']}", timeout=60).json()
+    context = {"result": [region("keypointlabels", {"x": 50.0, "y": 50.0, "width": 0.6, "keypointlabels": ["Cat"]})]}
+    body = {"tasks": [task], "label_config": LABEL_CONFIG, "params": {"context": context}}
+    with vit_t_app(label_studio_url=url, label_studio_api_key=personal) as app:
+        answer = app.test_client().post("/label-studio/predict", json=body)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.get_json()["results"][0]["result"][0]["type"] == "brushlabels"
+    with vit_t_app(label_studio_url=url, label_studio_api_key=personal[:-4] + "AAAA") as app:
+        refused = app.test_client().post("/label-studio/predict", json=body)
+    assert refused.status_code == 502 and refused.get_json()["error"] == "label_studio_token"

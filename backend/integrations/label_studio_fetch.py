@@ -9,6 +9,10 @@ server never becomes a proxy to other hosts.
 
 from __future__ import annotations
 
+import json
+import re
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +22,10 @@ from .toolkit import ToolError
 
 MAX_REDIRECTS = 3
 CONNECT_TIMEOUT_S = 10.0
+# Label Studio's personal access tokens are JWT refresh tokens, exchanged for short-lived access tokens (its
+# default lifetime is 5 minutes: one is reused for a minute). Legacy tokens are 40 hex characters.
+JWT_PATTERN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+ACCESS_REUSE_S = 60.0
 
 
 def origin_of(url: str) -> str | None:
@@ -66,7 +74,7 @@ def fetch_image(url: str, origin: str, token: str | None, max_bytes: int, timeou
         # Label Studio's file view negotiates content like its API: "Accept: image/*" is answered 406.
         request = urllib.request.Request(url, headers={"Accept": "*/*"})
         if token:
-            request.add_header("Authorization", f"Token {token}")
+            request.add_header("Authorization", authorization(origin, token))
         try:
             with _OPENER.open(request, timeout=min(CONNECT_TIMEOUT_S, timeout_s)) as response:
                 declared = response.headers.get("Content-Length")
@@ -101,6 +109,42 @@ def fetch_image(url: str, origin: str, token: str | None, max_bytes: int, timeou
                 502, "label_studio_unreachable", f"cannot fetch {shorten(url)} from Label Studio: {shorten(reason)}"
             ) from None
     raise ToolError(502, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects for {shorten(url)}")
+
+
+_access_tokens: dict[tuple[str, str], tuple[str, float]] = {}
+_access_lock = threading.Lock()
+
+
+def authorization(origin: str, token: str) -> str:
+    """The ``Authorization`` header for ``token``: ``Token <key>`` for a legacy token (Label Studio 1.23 accepts
+    those only when the organization enables them), ``Bearer <access>`` for a personal access token."""
+    if not JWT_PATTERN.fullmatch(token):
+        return f"Token {token}"
+    with _access_lock:
+        cached = _access_tokens.get((origin, token))
+    if cached is not None and cached[1] > time.monotonic():
+        return f"Bearer {cached[0]}"
+    request = urllib.request.Request(
+        origin + "/api/token/refresh/",
+        data=json.dumps({"refresh": token}).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    try:
+        with _OPENER.open(request, timeout=CONNECT_TIMEOUT_S) as response:
+            access = json.loads(response.read(64 * 1024)).get("access")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError) as error:
+        code = getattr(error, "code", None)
+        raise ToolError(
+            502,
+            "label_studio_token",
+            f"Label Studio did not exchange the personal access token for an access token ({code or error}); "
+            "check LABEL_STUDIO_API_KEY",
+        ) from None
+    if not isinstance(access, str) or not access:
+        raise ToolError(502, "label_studio_token", "Label Studio's token refresh answered no access token")
+    with _access_lock:
+        _access_tokens[(origin, token)] = (access, time.monotonic() + ACCESS_REUSE_S)
+    return f"Bearer {access}"
 
 
 def _too_large(max_bytes: int) -> ToolError:
