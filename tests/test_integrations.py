@@ -260,23 +260,26 @@ def keypoint(x, y, positive=True, label="cat"):
     }
 
 
-def test_label_studio_health_and_setup_answer_at_once_while_the_encoder_is_busy(client, app):
-    gate = threading.Event()
+def test_label_studio_health_and_setup_answer_at_once_while_the_encoder_is_busy(client, app, jpeg):
+    gate, inside = threading.Event(), threading.Event()
     encoder = app.extensions["sam"].encoder
     real_encode = encoder.encode
 
     def stuck_encode(*args, **kwargs):
-        gate.wait(10)
+        inside.set()
+        gate.wait(30)
         return real_encode(*args, **kwargs)
 
     encoder.encode = stuck_encode
+    busy = threading.Thread(target=lambda: app.test_client().post("/api/images", data=jpeg, content_type="image/jpeg"))
     try:
-        busy = threading.Thread(target=lambda: app.test_client().post("/api/images", data=b"x" * 10))
         busy.start()
+        assert inside.wait(30), "the upload never reached the encoder"
         for path, method, limit in (("/label-studio/health", "get", 1.0), ("/label-studio/setup", "post", 3.0)):
             started = time.perf_counter()
             response = getattr(client, method)(path, json={"project": "1.1", "schema": LABEL_CONFIG})
             assert response.status_code == 200 and time.perf_counter() - started < limit / 4
+            assert busy.is_alive()  # still held in the encoder meanwhile
         assert client.get("/label-studio/health").get_json()["status"] == "UP"
         assert client.post("/label-studio/setup", json={}).get_json()["model_version"].startswith("segment-anything-")
     finally:
