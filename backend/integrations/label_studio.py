@@ -184,7 +184,7 @@ def _interactive(task: dict, schema: Schema, context: Any) -> dict:
         raise ToolError(400, "malformed_context", "params.context.result must be a non-empty list of regions")
     if len(regions) > MAX_PROMPT_REGIONS:
         raise ToolError(413, "too_many_regions", f"at most {MAX_PROMPT_REGIONS} prompt regions, not {len(regions)}")
-    result, pixels = _task_embedding(task, schema)
+    result, _ = _task_embedding(task, schema)
     height, width = result.entry.original_size
     prompt, label = context_prompt(regions, width, height)
     mask, score = predict_mask(result.entry, prompt)

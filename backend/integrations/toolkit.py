@@ -19,10 +19,9 @@ from werkzeug.exceptions import HTTPException
 from ..runtime.quote import shorten
 from ..services.cache import CachedEmbedding
 from ..services.encoder import EncodeResult, EncoderService
-from ..services.images import ImageError, decode_image
-from ..services.interfaces import EncoderBusy, EncoderClosed, RetryLater
-from ..services.memory import OverBudget, PixelBudget, release_memory
-from ..services.model_runner import INPUT_SIDE
+from ..services.interfaces import RetryLater
+from ..services.memory import PixelBudget
+from ..services.uploads import UploadRefused, decode_upload, encode_decoded
 
 EXTENSION = "sam_integrations"
 
@@ -106,26 +105,15 @@ def base64_bytes(text: Any, field: str, max_bytes: int) -> bytes:
         raise ToolError(400, "bad_base64", f"{field} is not valid base64 ({shorten(text, 24)})") from None
 
 
-def embed_image(data: bytes) -> tuple[EncodeResult, np.ndarray | None]:
-    """Decodes image bytes as an upload is decoded (formats, pixel and memory limits) and returns its embedding
-    from the shared cache or the encoder, with the decoded pixels (downscaled to the encoder's input)."""
+def embed_image(data: bytes) -> tuple[EncodeResult, np.ndarray]:
+    """Image bytes decoded and encoded as the page's uploads are (formats, pixel and memory limits, the shared
+    embedding cache): the embedding and the decoded pixels (downscaled to the encoder's input)."""
     kit = toolkit()
     try:
-        decoded = decode_image(data, kit.config.max_pixels, longest_side=INPUT_SIDE, reserve=kit.pixel_budget.reserve)
-    except ImageError as error:
-        raise ToolError(error.status, error.code, error.message) from None
-    except OverBudget as error:
-        raise ToolError(503, "decoder_busy", str(error), {"Retry-After": str(error.retry_after)}) from None
-    if decoded.original_size[0] * decoded.original_size[1] > 4 * INPUT_SIDE * INPUT_SIDE:
-        release_memory()
-    try:
-        result = kit.encoder.encode(decoded.pixels, original_size=decoded.original_size)
-    except RetryLater as error:
-        code = getattr(error, "code", None) or ("encoder_busy" if isinstance(error, EncoderBusy) else "encoder_timeout")
-        raise ToolError(503, code, str(error), {"Retry-After": str(error.retry_after)}) from None
-    except EncoderClosed as error:
-        raise ToolError(503, "shutting_down", str(error), {"Retry-After": "5"}) from None
-    return result, decoded.pixels
+        decoded = decode_upload(data, kit.config.max_pixels, kit.pixel_budget)
+        return encode_decoded(kit.encoder, decoded), decoded.pixels
+    except UploadRefused as error:
+        raise ToolError(error.status, error.code, error.message, error.headers) from None
 
 
 @dataclasses.dataclass(frozen=True)
