@@ -10,12 +10,12 @@ PORT ?= 5000
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup python-deps web-deps system-deps browser nginx firefox firefox-test cluster-deps clean
+.PHONY: demo test lint setup python-deps web-deps system-deps browser nginx firefox firefox-test cluster-deps tool-venvs clean
 
 demo: setup
 	$(BIN)/python -m backend serve --host $(HOST) --port $(PORT)
 
-test: setup browser lint cluster-deps nginx
+test: setup browser lint cluster-deps nginx tool-venvs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory firefox-test
 
@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,integrations]'
 	touch $@
 
 web-deps: web/node_modules/.package-lock.json
@@ -71,5 +71,26 @@ firefox-test: python-deps firefox tests/firefox/node_modules/.package-lock.json
 cluster-deps: python-deps system-deps
 	$(BIN)/python -c "import ray.serve, ray.data, redis" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,cluster]'
 
+# The annotation tools the integration tests drive (tests/tool_servers.py), each in its own virtualenv: Label
+# Studio pins Django and dozens of packages, and inference-sdk pins numpy < 2.3 (through opencv), which would
+# clash with the app's. Label Studio's database is migrated once into a template here (minutes on two cores),
+# so each test run starts from a copy in well under a minute. `make demo` needs none of this.
+LABEL_STUDIO_SPEC ?= label-studio==1.23.2
+INFERENCE_SDK_SPEC ?= inference-sdk==1.8.3
+tool-venvs: .venv-label-studio/template-data/label_studio.sqlite3 .venv-inference-sdk/.installed
+
+.venv-label-studio/.installed:
+	test -x .venv-label-studio/bin/python || $(PYTHON) -m venv .venv-label-studio
+	.venv-label-studio/bin/python -m pip install --quiet $(LABEL_STUDIO_SPEC)
+	touch $@
+
+.venv-label-studio/template-data/label_studio.sqlite3: .venv-label-studio/.installed $(VENV)/.installed
+	$(BIN)/python tests/tool_servers.py template
+
+.venv-inference-sdk/.installed:
+	test -x .venv-inference-sdk/bin/python || $(PYTHON) -m venv .venv-inference-sdk
+	.venv-inference-sdk/bin/python -m pip install --quiet $(INFERENCE_SDK_SPEC)
+	touch $@
+
 clean:
-	rm -rf $(VENV) web/node_modules tests/firefox/node_modules
+	rm -rf $(VENV) .venv-label-studio .venv-inference-sdk web/node_modules tests/firefox/node_modules

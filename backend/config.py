@@ -33,9 +33,10 @@ class ConfigError(ValueError):
     """A setting has a value the server cannot use."""
 
 
-def setting(default: Any, help: str, *, shown: str | None = None) -> Any:
-    """A ``Config`` field with its documentation: ``help`` and, when the default is not literal, how it reads."""
-    return dataclasses.field(default=default, metadata={"help": help, "shown": shown})
+def setting(default: Any, help: str, *, shown: str | None = None, env: str | None = None) -> Any:
+    """A ``Config`` field with its documentation: ``help`` and, when the default is not literal, how it reads;
+    ``env`` names its variable when that is not ``SAM_<FIELD>`` (a name another tool's documentation uses)."""
+    return dataclasses.field(default=default, metadata={"help": help, "shown": shown, "env": env})
 
 
 @dataclasses.dataclass
@@ -142,6 +143,27 @@ class Config:
         None,
         "origins (comma list, or `*`) whose pages may frame `/embed` and drive it with `postMessage`; unset = none",
     )
+    label_studio_url: str | None = setting(
+        None,
+        "the Label Studio instance (e.g. `http://127.0.0.1:8080`) whose task images `/label-studio` fetches; only "
+        "that origin is fetched from; unset = the `hostname` Label Studio sends to `/label-studio/setup`",
+        env="LABEL_STUDIO_URL",
+    )
+    label_studio_api_key: str | None = setting(
+        None,
+        "the Label Studio token for those fetches: a personal access token (exchanged for `Bearer` access tokens) or "
+        "a legacy token (`Authorization: Token ...`); unset = the `access_token` of `/label-studio/setup`",
+        env="LABEL_STUDIO_API_KEY",
+    )
+    label_studio_basic_auth: str | None = setting(
+        None, "`user:password` that `/label-studio/*` requires (HTTP basic auth, set the same in Label Studio)"
+    )
+    cvat: bool = setting(
+        False, "`1` answers CVAT's SAM interactor at `/api/functions` and `/api/function_invocations` (nuclio's API)"
+    )
+    roboflow: bool = setting(
+        False, "`1` answers Roboflow Inference's SAM 2 routes `/sam2/embed_image`, `/sam2/segment_image`"
+    )
     log_level: str = setting("INFO", "Python logging level")
     port: int = setting(5000, "port for `python -m backend serve` and gunicorn (`backend/gunicorn.conf.py`)")
     workers: int = setting(
@@ -220,6 +242,13 @@ class Config:
             )
         for name in ("cors_origins", "embed_origins"):
             parse_origins(getattr(self, name), env_name(name))
+        if self.label_studio_url and not re.fullmatch(r"https?://[^/?#\s]+/?", self.label_studio_url.strip()):
+            raise ConfigError(
+                f"LABEL_STUDIO_URL must be Label Studio's origin like http://127.0.0.1:8080 (no path), not "
+                f"{self.label_studio_url!r}"
+            )
+        if self.label_studio_basic_auth and ":" not in self.label_studio_basic_auth:
+            raise ConfigError("SAM_LABEL_STUDIO_BASIC_AUTH must be user:password")
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
@@ -290,7 +319,9 @@ def parse_origins(value: str | None, name: str) -> tuple[str, ...]:
 
 
 def env_name(field_name: str) -> str:
-    return "PORT" if field_name == "port" else "SAM_" + field_name.upper()
+    if field_name == "port":
+        return "PORT"
+    return Config.__dataclass_fields__[field_name].metadata.get("env") or "SAM_" + field_name.upper()
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -12,10 +12,8 @@ from ..runtime.quote import shorten
 from ..services import codec
 from ..services.cache import is_valid_key
 from ..services.decoders import public_decoder
-from ..services.images import ImageError, decode_image
-from ..services.interfaces import EncoderBusy, EncoderClosed, RetryLater
-from ..services.memory import OverBudget, release_memory
 from ..services.model_runner import INPUT_SIDE
+from ..services.uploads import UploadRefused, decode_upload, encode_decoded
 from .compression import accepts_gzip, client_has
 from .errors import ApiError
 from .state import app_state
@@ -37,24 +35,11 @@ def upload_image():
     state = app_state()
     data = _upload_bytes()
     try:
-        decoded = decode_image(
-            data, state.config.max_pixels, longest_side=INPUT_SIDE, reserve=state.pixel_budget.reserve
-        )
-    except ImageError as error:
-        raise ApiError(error.status, error.code, error.message) from None
-    except OverBudget as error:
-        raise ApiError(503, "decoder_busy", str(error), {"Retry-After": str(error.retry_after)}) from None
-    finally:
-        del data
-    if decoded.original_size[0] * decoded.original_size[1] > 4 * INPUT_SIDE * INPUT_SIDE:
-        release_memory()  # A large decode just ended: give its memory back now, not at some later malloc.
-    try:
-        result = state.encoder.encode(decoded.pixels, original_size=decoded.original_size)
-    except RetryLater as error:
-        code = getattr(error, "code", None) or ("encoder_busy" if isinstance(error, EncoderBusy) else "encoder_timeout")
-        raise ApiError(503, code, str(error), {"Retry-After": str(error.retry_after)}) from None
-    except EncoderClosed as error:
-        raise ApiError(503, "shutting_down", str(error), {"Retry-After": "5"}) from None
+        decoded = decode_upload(data, state.config.max_pixels, state.pixel_budget)
+        del data  # The decoded pixels are all that is kept while the image waits for the encoder.
+        result = encode_decoded(state.encoder, decoded)
+    except UploadRefused as error:
+        raise ApiError(error.status, error.code, error.message, error.headers) from None
     entry = result.entry
     shape = list(entry.embedding.shape)
     height, width = entry.original_size

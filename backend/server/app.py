@@ -6,7 +6,11 @@ Routes live in backend/server/api.py (``/api``), backend/server/everything_route
 
 ``create_app(config)`` takes setting overrides (see backend/config.py), upper-case Flask keys (``TESTING``),
 and, for tests and embedding, ``model`` (a ready ``Sam``, with ``weights_info``), ``encode_batch`` (replaces the
-forward pass) and ``decoders`` (a ready list instead of exporting).
+forward pass), ``decoders`` (a ready list instead of exporting) and ``grounder`` (a text grounder for the
+annotation tools' pre-annotation, ``backend.integrations.Grounder``).
+
+The annotation tools' protocols (Label Studio, CVAT, Roboflow) are blueprints of backend/integrations/, given the
+same encoder, cache and decoding limits as the page.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from flask import Flask
 
 from ..config import Config, ConfigError
+from ..integrations import Toolkit, register_integrations
 from ..services.cache import EmbeddingCache
 from ..services.decoders import choose_decoders, given_decoders
 from ..services.encoder import EncoderService
@@ -44,6 +49,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     weights_info = overrides.pop("weights_info", None)
     encode_batch = overrides.pop("encode_batch", None)
     decoders = overrides.pop("decoders", None)
+    grounder = overrides.pop("grounder", None)
     flask_keys = {k: v for k, v in overrides.items() if k.isupper() and not k.startswith("SAM_") and k != "PORT"}
     settings = Config.from_env(overrides=overrides)
     _configure_logging(settings.log_level)
@@ -114,6 +120,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api)
     register_everything(app, everything)
     app.register_blueprint(static_files)
+    # HOOK(text grounding): backend/text's detector, bound to its default parameters, goes here as `grounder`
+    # once the app builds one; until then Label Studio's pre-annotation answers an empty result that says why.
+    register_integrations(app, Toolkit(settings, encoder, app.extensions[SAM].pixel_budget, grounder))
     install_rate_limits(app, settings)
     register_error_handlers(app)
     app.after_request(isolation_headers)

@@ -14,7 +14,15 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from ..config import Config
 
 # Endpoint -> the Config field with its rate ("30/minute", "5/second;100/hour", ...).
-RATE_LIMITED = {"api.upload_image": "upload_rate", "everything.start": "everything_rate"}
+# The annotation tools' routes that take an image count as uploads (Label Studio's come from its one server, for
+# every annotator at once, and are left to SAM_QUEUE_SIZE).
+RATE_LIMITED = {
+    "api.upload_image": "upload_rate",
+    "everything.start": "everything_rate",
+    "cvat.invoke": "upload_rate",
+    "roboflow.embed": "upload_rate",
+    "roboflow.segment": "upload_rate",
+}
 
 
 def client_address() -> str:
