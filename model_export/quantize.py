@@ -19,6 +19,8 @@ from backend.runtime.files import atomic_write
 HALF_MARKERS = (
     "conv1_weight",
     "conv2_weight",
+    "conv1_centred_weight",
+    "conv2_halved_weight",
     "output_hypernetworks_mlps.0/",
     "/q_proj_2/",
     "/MatMul_19",
