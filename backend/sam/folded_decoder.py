@@ -15,7 +15,8 @@ move each projection onto the token side by associativity:
   is applied to the token values before attention: sum_h attn_h (v_h W_o,h^T).
 
 Before the first image-to-token attention every prompt sees the same image, so the image side stays one
-[h * w, C] tensor shared by a batch of prompts. The output upscaling runs channels-last (pixels as rows), so
+[h * w, C] tensor shared by a batch of prompts (forward_batch / upscale_batch: the same with broadcasting ops
+only, for the lowres ONNX graph of any number of prompts). The output upscaling runs channels-last (pixels as rows), so
 its layer norm works on contiguous channels and the only layout change is the final one of the logits.
 """
 

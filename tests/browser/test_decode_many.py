@@ -104,3 +104,63 @@ def test_decode_many_runs_boxes_together_and_equals_their_own_decodes(page, live
     assert (unpack(answer["results"][-2]["mask"], size) == masks[int(np.argmax(scores))]).mean() >= 0.99
     masks, _, _ = predictor.predict(np.array(CLICKS[1]), np.array([1, 1]), multimask_output=False)
     assert (unpack(answer["results"][-1]["mask"], size) == masks[0]).mean() >= 0.99
+
+
+WEBGPU_AGAINST_WASM = """async ({embeddingUrl, size, boxes}) => {
+  const { DecoderClient } = await import(new URL("js/decoder/decoder-client.js", location.href));
+  const { startDecoder } = await import(new URL("js/decoder/decoder-startup.js", location.href));
+  const embedding = await (await fetch(embeddingUrl)).arrayBuffer();
+  const answers = {};
+  for (const backend of ["webgpu", "wasm", "auto"]) {
+    const decoder = new DecoderClient();
+    const { info, runsOn } = await startDecoder(decoder, { backend });
+    await decoder.setEmbedding(embedding.slice(0), size);
+    const prompts = boxes.map((box) => ({ points: [], box, maskInput: null }));
+    const { results, runs } = await decoder.decodeMany(prompts, { outSize: size });
+    answers[backend] = { provider: info.provider, engineMs: info.engineMs, runsOn, runs,
+                         lowRes: results.map((r) => Array.from(r.lowRes.subarray(0, 65536))),
+                         masks: results.map((r) => Array.from(r.masks[0])) };
+    decoder.terminate();
+  }
+  return answers;
+}"""
+
+
+@pytest.mark.webgpu
+def test_webgpu_decodes_many_prompts_like_wasm_and_auto_keeps_the_faster_engine(
+    playwright_instance, live_server, tmp_path
+):
+    """WebGPU in headless Chromium is SwiftShader (a CPU emulation): the same graph's masks as WASM, and with
+    the engine left to the page ("auto") both are timed and the faster kept (WASM, against an emulated GPU)."""
+    from browser_helpers import CHROMIUM, WEBGPU_ARGS
+
+    image_path = tmp_path / "cat.jpg"
+    image_path.write_bytes(photo_jpeg(*SMALL_PHOTO).read_bytes())
+    info = requests.post(live_server.url + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
+    size = [info["height"], info["width"]]
+    browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_ARGS)
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(280_000)
+        page.goto(live_server.url + "?backend=wasm")
+        answers = page.evaluate(
+            WEBGPU_AGAINST_WASM,
+            {
+                "embeddingUrl": live_server.url + f"api/embeddings/{info['id']}?format=f32",
+                "size": size,
+                "boxes": BOXES[:3],
+            },
+        )
+    finally:
+        browser.close()
+    gpu, cpu, auto = answers["webgpu"], answers["wasm"], answers["auto"]
+    assert (gpu["provider"], cpu["provider"]) == ("webgpu", "wasm")
+    assert gpu["runs"] == cpu["runs"] == 1
+    for b in range(3):
+        np.testing.assert_allclose(gpu["lowRes"][b], cpu["lowRes"][b], atol=2e-3)
+        assert np.mean(np.array(gpu["masks"][b]) == np.array(cpu["masks"][b])) >= 0.999
+    timed = auto["engineMs"]
+    assert timed and timed["webgpu"] > 0 and timed["wasm"] > 0
+    faster = "wasm" if timed["wasm"] < timed["webgpu"] else "webgpu"
+    assert auto["provider"] == faster
+    assert "faster here than" in auto["runsOn"]
