@@ -312,6 +312,35 @@ def test_many_prompts_in_one_run_equal_their_own_runs(decoders, predictor, own, 
     assert not np.allclose(low_res[0], one_by_one[0][1][0])  # the mask prompt did change prompt 0's masks
 
 
+def test_folded_batch_methods_equal_metas_mask_decoder_in_torch(model, own):
+    """FoldedMaskDecoder.forward_batch + upscale_batch (what the lowres graph traces) in torch: B prompts, shared
+    image rows or one per prompt, against MaskDecoder.predict_masks prompt by prompt."""
+    from backend.sam.folded_decoder import ALL_MASKS, FoldedMaskDecoder, pixel_rows
+
+    decoder, prompt_encoder = model.mask_decoder, model.prompt_encoder
+    folded = FoldedMaskDecoder(decoder)
+    embedding = torch.as_tensor(own["embedding"])
+    rng = np.random.default_rng(5)
+    coords = torch.as_tensor(rng.uniform(0, 1024, (3, 2, 2)), dtype=torch.float32)
+    labels = torch.tensor([[1, -1], [2, 3], [1, 0]])
+    masks = torch.as_tensor(rng.standard_normal((3, 1, 256, 256)), dtype=torch.float32)
+    with torch.no_grad():
+        sparse, no_mask = prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        _, with_mask = prompt_encoder(points=None, boxes=None, masks=masks)
+        image_pe = prompt_encoder.get_dense_pe()
+        for dense in (no_mask[:1], with_mask):
+            image = (embedding + dense).flatten(2).transpose(1, 2)
+            tokens, image_tokens = folded.forward_batch(image, pixel_rows(image_pe), sparse)
+            low_res = folded.upscale_batch(image_tokens, folded.hypernetworks(tokens, ALL_MASKS), 64, 64)
+            scores = folded.predict_iou(tokens, ALL_MASKS)
+            for b in range(3):
+                expected, expected_scores = decoder.predict_masks(
+                    embedding, image_pe, sparse[b : b + 1], dense[min(b, len(dense) - 1)][None]
+                )
+                torch.testing.assert_close(low_res[b], expected[0], atol=1e-4, rtol=0)
+                torch.testing.assert_close(scores[b], expected_scores[0], atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------- parity: reference arrays
 
 
