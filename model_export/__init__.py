@@ -6,7 +6,7 @@ from .onnx_model import SamDecoderParts, SamOnnxModel
 from .quantize import QUANTIZATION_RECIPES, quantize_decoder
 
 # Bump when a change alters the exported graphs, so cached decoder files are made anew.
-EXPORTER_VERSION = "4"
+EXPORTER_VERSION = "5"
 
 __all__ = [
     "EXPORTER_VERSION",
