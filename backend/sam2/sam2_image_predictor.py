@@ -74,7 +74,7 @@ class SAM2ImagePredictor:
         point_coords [N, 2] or [B, N, 2] (x, y; image pixels, or [0, 1] with normalize_coords=False),
         point_labels [N] or [B, N] (1 foreground, 0 background), box [4] or [B, 4] XYXY, mask_input [1, 256, 256]
         or [B, 1, 256, 256] low-res logits of an earlier prediction.
-        Returns masks [K, H, W] (bool, or logits with return_logits), iou_predictions [K] and low-res logits
+        Returns masks [K, H, W] (float32: 0/1, or logits with return_logits, as Meta's), iou_predictions [K] and low-res logits
         [K, 256, 256] (clamped to +/-32), each with a leading B for batched prompts; K = 3 with multimask_output,
         else 1 (token 0, or the most stable multimask candidate when token 0's mask is unstable).
         """
