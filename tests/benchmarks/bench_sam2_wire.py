@@ -26,9 +26,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+from reference_data import REFERENCE_DIR  # noqa: E402
+
 from backend.sam2 import SAM2ImagePredictor, build_sam2  # noqa: E402
 from backend.services import codec  # noqa: E402
-from reference_data import REFERENCE_DIR  # noqa: E402
 
 TARGET_MEAN_IOU = 0.99
 TARGET_GZIP_BYTES = 3_000_000
