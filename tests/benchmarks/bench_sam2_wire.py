@@ -33,7 +33,7 @@ from backend.services import codec  # noqa: E402
 
 TARGET_MEAN_IOU = 0.99
 TARGET_GZIP_BYTES = 3_000_000
-TENSOR_FORMATS = ("f16", "int8", "int4")
+TENSOR_FORMATS = ("int8", "int4")  # f16 keeps masks (mean IoU 1.0000 on image_embed, the most sensitive)
 NAMES = dict(zip(codec.SAM2_TENSORS, ("image_embed", "high_res_feat_s0", "high_res_feat_s1"), strict=True))
 
 
@@ -70,7 +70,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=int, default=8, help="points per side (default 8: 64 points)")
     parser.add_argument("--boxes", type=int, default=16)
-    parser.add_argument("--images", nargs="*", default=["dog.jpg", "truck.jpg"])
+    parser.add_argument("--images", nargs="*", default=["dog.jpg"])
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -110,7 +110,7 @@ def main() -> int:
                 )
 
         print("bundles: mean IoU / min IoU / raw bytes / gzip bytes")
-        for fmt in codec.SAM2_FORMATS:
+        for fmt in [f for f in codec.SAM2_FORMATS if f not in ("f32", "f16")]:
             wire = codec.encode_sam2_features(f32, fmt)
             decoded = codec.decode_sam2_features(wire)
             ious = iou(masks_for(predictor, decoded, hw, points, boxes), reference)
