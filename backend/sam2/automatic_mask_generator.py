@@ -178,7 +178,13 @@ class SAM2AutomaticMaskGenerator:
         points_t = torch.as_tensor(points, dtype=torch.float32, device=self.predictor.device)
         in_points = transforms.transform_coords(points_t, normalize=True, orig_hw=im_size)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        masks, iou_preds, low_res_masks = self._predict_points(in_points[:, None, :], in_labels[:, None])
+        if self.use_m2m:
+            # The refinement feeds these logits back; the exact formulation keeps its near-tied IoUs in Meta's order.
+            masks, iou_preds, low_res_masks = self.predictor._predict(
+                in_points[:, None, :], in_labels[:, None], multimask_output=self.multimask_output, return_logits=True
+            )
+        else:
+            masks, iou_preds, low_res_masks = self._predict_points(in_points[:, None, :], in_labels[:, None])
         data = MaskData(
             masks=masks.flatten(0, 1),
             iou_preds=iou_preds.flatten(0, 1),
