@@ -14,6 +14,7 @@ from ..services.cache import is_valid_key
 from ..services.decoders import public_decoder
 from ..services.model_runner import INPUT_SIDE
 from ..services.uploads import UploadRefused, decode_upload, encode_decoded
+from ..services.weights import model_family
 from .compression import accepts_gzip, client_has
 from .errors import ApiError
 from .state import app_state
@@ -50,6 +51,7 @@ def upload_image():
         height=height,
         input_size=list(entry.input_size),
         model_type=state.weights.model_type,
+        model_family=model_family(state.weights.model_type),
         weights=state.weights.weights,
         embedding_url=f"/api/embeddings/{result.image_id}?format={fmt}",
         format=fmt,
@@ -106,6 +108,7 @@ def model_info():
     state = app_state()
     return jsonify(
         model_type=state.weights.model_type,
+        model_family=model_family(state.weights.model_type),
         weights=state.weights.weights,
         weights_message=state.weights.message,
         image_size=INPUT_SIDE,
