@@ -1,0 +1,13 @@
+"""Text prompts: a phrase ("dog, cat") and an image become instance boxes, which the browser's decoder turns into
+masks (the Grounded-SAM recipe; docs: DESIGN "Text prompts").
+
+| module | job |
+|---|---|
+| ``grounding`` | the seam: ``TextGrounder`` (phrases + pixels -> ``Instance`` boxes), the request's phrases and parameters |
+| ``detectors`` | the local ``TextGrounder`` over ``transformers``' zero-shot detectors (Grounding DINO, OWLv2, SAM 3) |
+| ``random_detector`` | small seeded random detectors of the same families, built offline from configs |
+| ``weights`` | ``SAM_TEXT_MODEL``: a local folder, a hub download (pinned revision), or the random stand-in |
+| ``service`` | ``TextService``: loads the grounder once, one detection at a time, answers cached per request |
+
+Everything here needs the ``.[text]`` extra (``transformers``); importing this package alone does not.
+"""
