@@ -1,5 +1,5 @@
-"""Text prompts: a phrase ("dog, cat") and an image become instance boxes, which the browser's decoder turns into
-masks (the Grounded-SAM recipe; docs: DESIGN "Text prompts").
+"""Text prompts: open-vocabulary detectors that turn a phrase into instance boxes, behind a seam like the encoder's;
+the browser's decoder turns the boxes into masks (the Grounded-SAM recipe; DESIGN "Text prompts").
 
 | module | job |
 |---|---|
@@ -9,5 +9,7 @@ masks (the Grounded-SAM recipe; docs: DESIGN "Text prompts").
 | ``weights`` | ``SAM_TEXT_MODEL``: a local folder, a hub download (pinned revision), or the random stand-in |
 | ``service`` | ``TextService``: loads the grounder once, one detection at a time, answers cached per request |
 
-Everything here needs the ``.[text]`` extra (``transformers``); importing this package alone does not.
+Everything but ``grounding`` needs the ``.[text]`` extra (``transformers``), imported only when used.
+
+May import: ``backend.services``, the model packages and ``backend.runtime``.
 """
