@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("transformers", reason="text prompts need the .[text] extra")
 
@@ -37,3 +38,37 @@ def textured_image(height: int = 180, width: int = 240, seed: int = 0) -> np.nda
     pixels[30:110, 40:120] = (220, 40, 40)
     pixels[100:160, 150:220] = (40, 200, 60)
     return pixels
+
+
+def transformers_boxes(folder, pixels, phrases, params):
+    """What transformers itself answers: its processor, model and post-processing, best first, clipped."""
+    from PIL import Image
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(folder).eval()
+    image = Image.fromarray(pixels)
+    size = [(image.height, image.width)]
+    if model.config.model_type == "grounding-dino":
+        inputs = processor(images=image, text=". ".join(phrases) + ".", return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        (result,) = processor.post_process_grounded_object_detection(
+            outputs,
+            inputs["input_ids"],
+            threshold=params.box_threshold,
+            text_threshold=params.text_threshold,
+            target_sizes=size,
+        )
+    else:
+        inputs = processor(images=image, text=[phrases], truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        (result,) = processor.post_process_grounded_object_detection(
+            outputs, threshold=params.box_threshold, target_sizes=size
+        )
+    order = torch.argsort(result["scores"], descending=True, stable=True)
+    boxes = result["boxes"][order]
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.height)
+    return boxes.numpy(), result["scores"][order].numpy()

@@ -25,6 +25,7 @@ from ..services.gallery import Gallery
 from ..services.memory import PixelBudget
 from ..services.model_runner import prepare_model, resolve_device
 from ..services.weights import WeightsInfo, load_model
+from ..text.service import TextService
 from . import cors
 from .api import InMemoryRequest, api
 from .compression import BodyCache
@@ -33,6 +34,7 @@ from .everything_routes import register_everything
 from .limits import install_rate_limits
 from .state import EVERYTHING, SAM, AppState
 from .static import isolation_headers, ort_version, static_files, web_files
+from .text_routes import register_text
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     register_everything(app, everything)
+    register_text(app, _text_service(settings))
     app.register_blueprint(static_files)
     install_rate_limits(app, settings)
     register_error_handlers(app)
@@ -126,6 +129,18 @@ def shutdown(app: Flask) -> None:
     answer 503) so a stopping server exits promptly."""
     app.extensions[EVERYTHING].close()
     app.extensions[SAM].encoder.close()
+
+
+def _text_service(settings: Config) -> TextService:
+    """Text prompts: the detector loads on the first request (a download can take minutes; most sessions never
+    type a phrase), and a server without the ``.[text]`` extra answers those requests 501."""
+
+    def load():
+        from ..text.weights import load_grounder
+
+        return load_grounder(settings)
+
+    return TextService(load, timeout_s=settings.request_timeout)
 
 
 def _stores(settings: Config):

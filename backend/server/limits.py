@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from ..config import Config
 
 # Endpoint -> the Config field with its rate ("30/minute", "5/second;100/hour", ...).
-RATE_LIMITED = {"api.upload_image": "upload_rate", "everything.start": "everything_rate"}
+RATE_LIMITED = {"api.upload_image": "upload_rate", "everything.start": "everything_rate", "text.find": "text_rate"}
 
 
 def client_address() -> str:

@@ -12,8 +12,8 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Protocol
 
-from ..config import Config
 from . import random_detector
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,16 @@ PINNED_REVISIONS = {
 }
 # Only what from_pretrained reads: no pickles, no other frameworks' weights.
 ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+
+
+class TextSettings(Protocol):
+    """The settings this module reads (``backend.config.Config`` has them; the settings sit above this package)."""
+
+    text_model: str
+    text_revision: str | None
+    text_bf16: bool
+    data_dir: str
+    allow_download: bool
 
 
 class TextModelError(RuntimeError):
@@ -47,11 +57,11 @@ def _family_of(name: str) -> str:
     return "owlv2" if "owl" in name.lower() else "grounding-dino"
 
 
-def _revision(config: Config) -> str:
+def _revision(config: TextSettings) -> str:
     return config.text_revision or PINNED_REVISIONS.get(config.text_model, "main")
 
 
-def find_text_model(config: Config) -> tuple[Path | None, str]:
+def find_text_model(config: TextSettings) -> tuple[Path | None, str]:
     """The folder to load for ``config.text_model`` (downloading if allowed), or None with the reason why not."""
     name = config.text_model
     local = Path(name).expanduser()
@@ -77,7 +87,7 @@ def find_text_model(config: Config) -> tuple[Path | None, str]:
         return None, f"{name} could not be downloaded ({type(error).__name__}: {str(error)[:200]})"
 
 
-def load_grounder(config: Config):
+def load_grounder(config: TextSettings):
     """``(TransformersGrounder, TextModelInfo)`` following the module docstring's order."""
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
