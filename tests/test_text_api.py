@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from backend_fixtures import image_bytes, vit_t_app
-from text_fixtures import grounding_dino_folder, textured_image, transformers_boxes  # noqa: F401
+from text_fixtures import textured_image, transformers_boxes
 
 from backend.text.grounding import GroundingParameters
 

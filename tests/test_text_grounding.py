@@ -4,8 +4,7 @@ seeded random stand-in runs and says so."""
 
 import numpy as np
 import pytest
-import torch
-from text_fixtures import grounding_dino_folder, owlv2_folder, textured_image, transformers_boxes  # noqa: F401
+from text_fixtures import textured_image, transformers_boxes
 
 from backend.config import Config
 from backend.text.grounding import BadText, GroundingParameters, parse_parameters, parse_phrases

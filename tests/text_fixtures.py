@@ -5,9 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-pytest.importorskip("transformers", reason="text prompts need the .[text] extra")
 
 # Small inputs keep each detection well under a second on two shared cores.
 GROUNDING_DINO_IMAGE_SIZE = 160
@@ -15,6 +12,7 @@ OWLV2_IMAGE_SIZE = 64
 
 
 def build_text_model(folder: Path, family: str) -> Path:
+    pytest.importorskip("transformers", reason="text prompts need the .[text] extra")
     from backend.text import random_detector
 
     size = GROUNDING_DINO_IMAGE_SIZE if family == "grounding-dino" else OWLV2_IMAGE_SIZE
@@ -42,6 +40,7 @@ def textured_image(height: int = 180, width: int = 240, seed: int = 0) -> np.nda
 
 def transformers_boxes(folder, pixels, phrases, params):
     """What transformers itself answers: its processor, model and post-processing, best first, clipped."""
+    import torch
     from PIL import Image
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
