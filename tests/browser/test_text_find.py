@@ -117,3 +117,67 @@ def test_refining_an_instance_edits_its_box_and_keeps_the_phrase(page, live_serv
     wait_idle(page)
     assert page.locator("#object-list input").first.input_value() == "cat"
     assert box  # the box the editor took (rounded to pixels, as a drawn one)
+
+
+def _rle_mask(rle) -> np.ndarray:
+    from backend.sam.amg import decode_coco_counts
+
+    height, width = rle["size"]
+    counts = decode_coco_counts(rle["counts"])
+    return np.repeat(np.arange(len(counts)) % 2, counts).astype(bool).reshape(width, height).T
+
+
+OPEN_AND_FIND = """async ([bytes, text]) => {
+    const element = document.querySelector('sam-segmenter');
+    await element.open(new Blob([new Uint8Array(bytes)], { type: 'image/jpeg' }));
+    return element.segment({ text });
+}"""
+
+
+def test_the_element_segments_text_one_mask_per_instance(page, live_server, photo_path, box_masks):
+    """<sam-segmenter> (here on the app's own /embed page) resolves segment({text}) with one mask per instance."""
+    # The refused text below logs its 400; Chromium asks the bare /embed page for a favicon it has not.
+    page.console_watch.allow += ["status of 400", "status of 404"]
+    page.goto(live_server.url + "embed")
+    answer = page.evaluate(OPEN_AND_FIND, [list(photo_path.read_bytes()), "cat"])
+    masks = answer["masks"]
+    assert len(masks) >= 2
+    for item in masks:
+        assert item["label"] == "cat" and 0 < item["score"] <= 1
+        assert (_rle_mask(item["rle"]) == box_masks(item["box"])).mean() >= MIN_AGREEMENT
+    bad = page.evaluate(
+        "() => document.querySelector('sam-segmenter').segment({ text: 'x'.repeat(300) }).catch((e) => e.code)"
+    )
+    assert bad == "bad_text"
+
+
+IFRAME_SEGMENT = """async ([bytes, text]) => {
+    const frame = document.createElement('iframe');
+    frame.src = '/embed';
+    document.body.append(frame);
+    await new Promise((resolve) => frame.addEventListener('load', resolve));
+    const ask = (message) => new Promise((resolve) => {
+        const listener = (event) => {
+            if (event.source === frame.contentWindow && event.data.id === message.id) {
+                window.removeEventListener('message', listener);
+                resolve(event.data);
+            }
+        };
+        window.addEventListener('message', listener);
+        frame.contentWindow.postMessage(message, location.origin);
+    });
+    const ready = await ask({ type: 'sam:open', image: new Blob([new Uint8Array(bytes)], { type: 'image/jpeg' }), id: 'open' });
+    if (ready.type !== 'sam:ready') return ready;
+    return ask({ type: 'sam:segment', text, id: 'find' });
+}"""
+
+
+def test_the_iframe_answers_sam_segment_text(page, live_server, photo_path, box_masks):
+    page.console_watch.allow.append("status of 404")  # the favicon of the bare pages
+    page.goto(live_server.url + "healthz")  # a page of the app's origin, which the frame always obeys
+    answer = page.evaluate(IFRAME_SEGMENT, [list(photo_path.read_bytes()), "dog"])
+    assert answer["type"] == "sam:mask", answer
+    assert len(answer["masks"]) >= 2
+    for item in answer["masks"]:
+        assert item["label"] == "dog"
+        assert (_rle_mask(item["rle"]) == box_masks(item["box"])).mean() >= MIN_AGREEMENT
