@@ -86,3 +86,11 @@ def test_unusable_text_exits_2_with_the_reason(images, tmp_path, grounding_dino_
         ]
     )
     assert code == 2 and "error:" in capsys.readouterr().err
+
+
+@pytest.mark.cluster
+def test_ray_data_labels_the_same_as_a_local_run(images, tmp_path, grounding_dino_folder, ray_address):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert label(images, local, grounding_dino_folder) == 0
+    assert label(images, on_ray, grounding_dino_folder, "--ray-address", ray_address, "--ray-workers", "1") == 0
+    assert json.loads((on_ray / "instances.json").read_text()) == json.loads((local / "instances.json").read_text())
