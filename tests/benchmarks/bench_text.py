@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests"), str(REPO_ROOT / "tests" / "browser")]
 
 from backend_fixtures import WIDE_PHOTO, photo, photo_jpeg, vit_t_checkpoint  # noqa: E402
 
@@ -144,10 +144,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--phrases", default="cat, dog")
     parser.add_argument("--skip-browser", action="store_true", help="only the text step")
+    parser.add_argument("--skip-text-step", action="store_true", help="only Find -> masks painted")
     args = parser.parse_args()
     pixels = upload_sized(photo(*WIDE_PHOTO))
     phrases = [p.strip() for p in args.phrases.split(",")]
-    figures = {"text_step": text_step(pixels, phrases, args.repeats)}
+    figures = {} if args.skip_text_step else {"text_step": text_step(pixels, phrases, args.repeats)}
     if not args.skip_browser:
         figures["find_to_paint"] = find_to_paint(args.phrases, args.repeats)
     print(json.dumps(figures))
