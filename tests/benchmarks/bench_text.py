@@ -104,6 +104,7 @@ def find_to_paint(phrases: str, repeats: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-text-"))
     try:
         folder = random_detector.save(work / "text-model", "grounding-dino", real_size=True)
+        (work / "data").mkdir()
         server = LiveServer(vit_t_checkpoint(), work / "data", {"SAM_TEXT_MODEL": str(folder)})
         image = work / "coffee.jpg"
         shutil.copyfile(photo_jpeg(*WIDE_PHOTO), image)
