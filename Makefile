@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[test,integrations]'
+	$(BIN)/python -m pip install --quiet -e '.[test,text,integrations]'
 	touch $@
 
 web-deps: web/node_modules/.package-lock.json
@@ -69,7 +69,7 @@ firefox-test: python-deps firefox tests/firefox/node_modules/.package-lock.json
 # The cluster tests' real parts (docs/deploy.md): Debian's redis-server and the .[cluster] extra (Ray, redis-py).
 # `make demo` needs neither.
 cluster-deps: python-deps system-deps
-	$(BIN)/python -c "import ray.serve, ray.data, redis" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,cluster]'
+	$(BIN)/python -c "import ray.serve, ray.data, redis" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,text,integrations,cluster]'
 
 # The annotation tools the integration tests drive (tests/tool_servers.py), each in its own virtualenv: Label
 # Studio pins Django and dozens of packages, and inference-sdk pins numpy < 2.3 (through opencv), which would

@@ -6,6 +6,7 @@
     python -m backend nginx-config [--listen 0.0.0.0:8080] [--upstream 127.0.0.1:$PORT] [--prefix DIR]
     python -m backend deploy-encoder --ray-address ADDR [--replicas N | --autoscale MIN:MAX] [--gpus-per-replica G]
     python -m backend amg --checkpoint C --model-type T --input IMAGE_OR_DIR --output DIR [...]  (batch_amg.py)
+    python -m backend label --text "dog,cat" --input DIR --output DIR [--checkpoint C --model-type T] [...]  (batch_label.py)
 
 Every other setting comes from the environment (see backend/config.py).
 """
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     from .cluster.batch_amg import add_arguments as add_amg_arguments
 
     add_amg_arguments(commands.add_parser("amg", help="label images in everything mode (scripts/amg.py outputs)"))
+    from .cluster.batch_label import add_arguments as add_label_arguments
+
+    add_label_arguments(
+        commands.add_parser("label", help="label images with text prompts (COCO instances, one category per phrase)")
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -67,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             from .cluster.batch_amg import main as amg_main
 
             return amg_main(args)
+        if args.command == "label":
+            from .cluster.batch_label import main as label_main
+
+            return label_main(args)
         if args.command == "config-table":
             print(config_table(), end="")
             return 0

@@ -122,6 +122,17 @@ class Config:
         "60/minute", "uploads one client may make (Flask-Limiter syntax, e.g. `10/second;300/hour`); more answer 429"
     )
     everything_rate: str = setting("20/minute", "everything-mode job requests one client may make; more answer 429")
+    text_rate: str = setting("30/minute", "text-prompt requests (`Find`) one client may make; more answer 429")
+    text_model: str = setting(
+        "IDEA-Research/grounding-dino-tiny",
+        "detector of text prompts (needs the `.[text]` extra): a hub id (Grounding DINO, OWLv2 such as "
+        "`google/owlv2-base-patch16-ensemble`, or SAM 3) downloaded on first use, or a local `save_pretrained` folder; "
+        "when none can be had, a small seeded random detector stands in",
+    )
+    text_revision: str | None = setting(
+        None, "hub revision of `SAM_TEXT_MODEL`; unset = the pinned revision of a known model, else `main`"
+    )
+    text_bf16: bool = setting(False, "run the text detector under bfloat16 autocast (CPUs with native bf16, CUDA)")
     trusted_proxies: int = setting(
         0,
         "how many proxies in front set `X-Forwarded-For` (1 behind the nginx front of docs/deploy.md); clients "
@@ -220,7 +231,7 @@ class Config:
                 raise ConfigError(f"{env_name(name)} must be a positive number, not {getattr(self, name)}")
         if self.trusted_proxies < 0:
             raise ConfigError(f"SAM_TRUSTED_PROXIES must be 0 or more, not {self.trusted_proxies}")
-        for name in ("upload_rate", "everything_rate"):
+        for name in ("upload_rate", "everything_rate", "text_rate"):
             try:
                 limits.parse_many(getattr(self, name))
             except ValueError:

@@ -31,3 +31,6 @@ def reference_dir() -> Path:
 
 # The cluster tests' session fixtures (one Ray head, one redis-server per test session), shared by every module.
 from cluster_fixtures import ray_address, redis_server  # noqa: E402, F401
+
+# The tiny random text detectors (SAM_TEXT_MODEL folders), built once per session.
+from text_fixtures import grounding_dino_folder, owlv2_folder  # noqa: E402, F401

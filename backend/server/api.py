@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from flask import Blueprint, Request, Response, jsonify, request
+from flask import Blueprint, Request, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..runtime.quote import shorten
@@ -17,7 +17,7 @@ from ..services.uploads import UploadRefused, decode_upload, encode_decoded
 from ..services.weights import model_family
 from .compression import accepts_gzip, client_has
 from .errors import ApiError
-from .state import app_state
+from .state import TEXT, app_state
 from .static import IMMUTABLE
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -122,6 +122,7 @@ def model_info():
         embedding_formats=list(codec.FORMATS),
         default_embedding_format=codec.DEFAULT_FORMAT,
         ort_version=state.ort_version,
+        text=current_app.extensions[TEXT].status() if TEXT in current_app.extensions else {"loaded": False},
     )
 
 

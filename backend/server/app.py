@@ -15,6 +15,7 @@ same encoder, cache and decoding limits as the page.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..services.gallery import Gallery
 from ..services.memory import PixelBudget
 from ..services.model_runner import prepare_model, resolve_device
 from ..services.weights import WeightsInfo, load_model, model_family
+from ..text.service import TextService
 from . import cors
 from .api import InMemoryRequest, api
 from .compression import BodyCache
@@ -38,6 +40,7 @@ from .everything_routes import register_everything
 from .limits import install_rate_limits
 from .state import EVERYTHING, SAM, AppState
 from .static import isolation_headers, ort_version, static_files, web_files
+from .text_routes import register_text
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +129,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     register_everything(app, everything)
+    text_service = _text_service(settings)
+    register_text(app, text_service)
     app.register_blueprint(static_files)
-    # HOOK(text grounding): backend/text's detector, bound to its default parameters, goes here as `grounder`
-    # once the app builds one; until then Label Studio's pre-annotation answers an empty result that says why.
+    if grounder is None:
+        grounder = _default_grounder(text_service)
     register_integrations(app, Toolkit(settings, encoder, app.extensions[SAM].pixel_budget, grounder))
     install_rate_limits(app, settings)
     register_error_handlers(app)
@@ -142,6 +147,31 @@ def shutdown(app: Flask) -> None:
     answer 503) so a stopping server exits promptly."""
     app.extensions[EVERYTHING].close()
     app.extensions[SAM].encoder.close()
+
+
+def _text_service(settings: Config) -> TextService:
+    """Text prompts: the detector loads on the first request (a download can take minutes; most sessions never
+    type a phrase), and a server without the ``.[text]`` extra answers those requests 501."""
+
+    def load():
+        from ..text.weights import load_grounder
+
+        return load_grounder(settings)
+
+    return TextService(load, timeout_s=settings.request_timeout)
+
+
+def _default_grounder(text_service: TextService):
+    """Label Studio's pre-annotation grounds label names through the page's text service (the same detector,
+    loaded once), at the default thresholds; None without the ``.[text]`` extra, so it answers that it cannot."""
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    from ..text.grounding import GroundingParameters
+
+    def ground(pixels, phrases):
+        return text_service.grounder().ground(pixels, phrases, GroundingParameters())
+
+    return ground
 
 
 def _stores(settings: Config):

@@ -22,6 +22,7 @@ RATE_LIMITED = {
     "cvat.invoke": "upload_rate",
     "roboflow.embed": "upload_rate",
     "roboflow.segment": "upload_rate",
+    "text.find": "text_rate",
 }
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..services.weights import WeightsInfo
     from .compression import BodyCache
 
-SAM, EVERYTHING = "sam", "everything"
+SAM, EVERYTHING, TEXT = "sam", "everything", "text"
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ exception. Helpers shared with the benchmarks live in browser_helpers.py.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -23,12 +24,21 @@ def pytest_configure(config):
     )
 
 
+def text_model_env(tmp_path_factory) -> dict[str, str]:
+    """SAM_TEXT_MODEL: a tiny random Grounding DINO saved to a folder (with the .[text] extra; else none)."""
+    if importlib.util.find_spec("transformers") is None:
+        return {}
+    from text_fixtures import build_text_model
+
+    return {"SAM_TEXT_MODEL": str(build_text_model(tmp_path_factory.mktemp("text-model"), "grounding-dino"))}
+
+
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
     if os.environ.get("SAM_BROWSER_TEST_URL"):
         yield ExternalServer(os.environ["SAM_BROWSER_TEST_URL"])
         return
-    server = LiveServer(vit_t_checkpoint(), tmp_path_factory.mktemp("sam-data"))
+    server = LiveServer(vit_t_checkpoint(), tmp_path_factory.mktemp("sam-data"), text_model_env(tmp_path_factory))
     yield server
     server.stop()
 

@@ -336,3 +336,31 @@ test("the <sam-segmenter> element works on a cross-origin-isolated page of anoth
     assert.equal(objects.length, 1);
     assert.deepEqual(objects[0].segmentation, masks[0].rle);
   }));
+
+test("Find: a phrase's instances are decoded from their boxes, kept all, exported under the phrase", OPTIONS, () =>
+  withPage(async (session) => {
+    // The server runs the default text model, which it cannot download here: the seeded random stand-in.
+    const page = await readyPage(session);
+    await page.type("#find-text", "cup, spoon");
+    await page.click("#find-button");
+    await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.find), { timeout: 150_000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.find), "done", await text(page, "#error-text"));
+    await waitIdle(page);
+    const found = await page.$$eval("#find-list li", (rows) => rows.map((row) => ({ label: row.dataset.label, box: row.dataset.box.split(",").map(Number) })));
+    assert.ok(found.length >= 1, await text(page, "#find-status"));
+    assert.match(await text(page, "#find-status"), /random detector weights/);
+    await page.click("#find-keep-all");
+    await waitIdle(page);
+    assert.equal(await page.$$eval("#object-list li", (rows) => rows.length), found.length);
+
+    const { bytes } = await download(page, session.downloads, "#export-coco");
+    const coco = JSON.parse(bytes.toString("utf8"));
+    const category = Object.fromEntries(coco.categories.map((c) => [c.id, c.name]));
+    assert.equal(coco.annotations.length, found.length);
+    for (const [i, annotation] of coco.annotations.entries()) {
+      assert.equal(category[annotation.category_id], found[i].label);
+      assert.equal(annotation.name, found[i].label);
+      const answer = await (await oracle).ask({ image: imagePath, box: found[i].box, multimask: false, shown: { coco: annotation.segmentation } });
+      assert.ok(answer.agreement >= 0.995, `instance ${i} vs the predictor's box mask: ${JSON.stringify(answer)}`);
+    }
+  }));

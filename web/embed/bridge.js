@@ -1,6 +1,7 @@
 // The /embed page's postMessage bridge: messages from allowed host origins drive its <sam-segmenter>.
 //
-// In:  {type: "sam:open", image: url | Blob, id?}, {type: "sam:segment", points, box, multimask, id?},
+// In:  {type: "sam:open", image: url | Blob, id?}, {type: "sam:segment", points, box, multimask, id?} or
+//      {type: "sam:segment", text, parameters?, id?} (one mask per instance found),
 //      {type: "sam:keep", id?}, {type: "sam:clear", id?}
 // Out: {type: "sam:ready", width, height, id?}, {type: "sam:mask", masks, id?}, {type: "sam:objects", objects, id?},
 //      {type: "sam:error", code, message, id?}; replies carry the request's id, messages the user's own
@@ -31,7 +32,8 @@ async function tellHost(message) {
 
 const requests = {
   "sam:open": async ({ image }) => ({ type: "sam:ready", ...(await element.open(image)) }),
-  "sam:segment": async ({ points, box, multimask }) => ({ type: "sam:mask", ...(await element.segment({ points, box, multimask })) }),
+  "sam:segment": async ({ points, box, multimask, text, parameters }) =>
+    ({ type: "sam:mask", ...(await element.segment({ points, box, multimask, text, parameters })) }),
   "sam:keep": async () => {
     await element.keep();
     return { type: "sam:objects", objects: element.getObjects() };

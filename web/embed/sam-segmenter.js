@@ -15,6 +15,7 @@ import { KeyboardCursor } from "../js/keyboard.js";
 import { lowResPlane, maskStats, resizeMaskNearest } from "../js/mask-math.js";
 import { encodeMask } from "../js/rle.js";
 import { StageView } from "../js/stage-view.js";
+import { TextFind } from "../js/text-find.js";
 
 const MODULE_SERVER = new URL("../", import.meta.url).href;
 const STYLESHEET = new URL("./sam-segmenter.css", import.meta.url).href;
@@ -167,11 +168,12 @@ export class SamSegmenter extends HTMLElement {
    * best predicted IoU first. The prompt becomes the object being edited (the user can refine it; keep()
    * keeps it).
    */
-  async segment({ points = [], box = null, multimask = false } = {}) {
+  async segment({ points = [], box = null, multimask = false, text = null, parameters = {} } = {}) {
     try {
       const editor = this.#editor;
       if (!editor?.ready || !this.#image) throw new SegmenterError("not_open", "Nothing to segment yet: call open() and wait until it resolves.");
       const image = this.#image;
+      if (text != null) return await this.#segmentText(text, parameters, image);
       const prompt = this.#toUploadFrame(points, box);
       let failure = null;
       const result = await editor.enqueue(async () => {
@@ -193,6 +195,30 @@ export class SamSegmenter extends HTMLElement {
     } catch (error) {
       throw this.#fail(error);
     }
+  }
+
+  /**
+   * A text prompt: the server finds the instances of `text` ("dog, cat"), the decoder makes one mask per
+   * instance from its box. Resolves {masks: [{rle, score (the detector's), iou (the decoder's), area, bbox, label,
+   * box}]}, best score first; the object being edited is left as it was.
+   */
+  async #segmentText(text, parameters, image) {
+    if (typeof text !== "string" || !text.trim()) throw new SegmenterError("bad_prompt", "text must name what to find, e.g. \"dog, cat\".");
+    const find = new TextFind(this.#client);
+    let failure = null;
+    const count = await this.#editor.enqueue(() => find.run(text, parameters).catch((error) => { failure = error; return null; }));
+    if (failure) throw new SegmenterError(failure.status ? failure.code || "text_failed" : "server_unreachable", failure.message);
+    if (count == null || this.#image !== image) throw superseded();
+    const [H, W] = image.originalSize;
+    const [h, w] = image.uploadSize;
+    const masks = [];
+    for (const item of find.items) {
+      const mask = await this.#fullSize(item.mask, item.lowRes);
+      const { area, bbox } = maskStats(mask, image.originalSize);
+      const box = [item.box[0] * W / w, item.box[1] * H / h, item.box[2] * W / w, item.box[3] * H / h];
+      masks.push({ rle: encodeMask(mask, [H, W]), score: item.score, iou: item.iou, area, bbox: bbox || [0, 0, 0, 0], label: item.label, box });
+    }
+    return { masks };
   }
 
   /** Keeps the current mask (the object being edited) as an object; resolves its COCO annotation. */

@@ -142,3 +142,24 @@ export async function cancelEverything(jobId) {
 export async function fetchJobStatus(statusUrl) {
   return getJson(statusUrl);
 }
+
+/**
+ * POST /api/images/<id>/text: the instances of `text` ("dog, cat") in the image, {instances: [{box: [x0, y0,
+ * x1, y1] in the uploaded image's pixels, score, label}], model, ms}. The server keeps no pixels, so the
+ * image (the uploaded bytes) goes along.
+ * @param {{box_threshold?: number, text_threshold?: number, max_instances?: number}} parameters
+ */
+export async function findText(imageId, text, image, parameters = {}, { server = null } = {}) {
+  const body = new FormData();
+  body.append("text", text);
+  body.append("parameters", JSON.stringify(parameters));
+  body.append("image", image, "image");
+  let response;
+  try {
+    response = await fetch(apiUrl(`api/images/${encodeURIComponent(imageId)}/text`, server), { method: "POST", body });
+  } catch {
+    throw new ApiError("The server cannot be reached.");
+  }
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}

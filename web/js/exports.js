@@ -49,16 +49,27 @@ export async function maskPng(mask, [H, W]) {
   return pngOf(canvas);
 }
 
+/** The COCO categories of `objects` in order of first use: an object's `category` (the phrase a text prompt
+ * found it by), else "object". Returns {categories: [{id, name}], idOf(object)}. */
+export function cocoCategories(objects) {
+  const names = [...new Set(objects.map((object) => object.category || "object"))];
+  return {
+    categories: names.map((name, i) => ({ id: i + 1, name })),
+    idOf: (object) => names.indexOf(object.category || "object") + 1,
+  };
+}
+
 /**
- * COCO-style JSON: one image, one annotation per object with compressed RLE.
- * @param {{name: string, mask: Uint8Array, score?: number}[]} objects masks at the image's [H, W]
+ * COCO-style JSON: one image, one annotation per object with compressed RLE, under its category.
+ * @param {{name: string, mask: Uint8Array, score?: number, category?: string}[]} objects masks at the image's [H, W]
  */
 export function cocoJson(objects, [H, W], fileName) {
-  const annotations = objects.map((object, i) => cocoAnnotation(object, [H, W], i + 1));
+  const { categories, idOf } = cocoCategories(objects);
+  const annotations = objects.map((object, i) => ({ ...cocoAnnotation(object, [H, W], i + 1), category_id: idOf(object) }));
   const document = {
     info: { description: "Masks from Segment Anything in the browser", date_created: new Date().toISOString() },
     images: [{ id: 1, file_name: fileName, width: W, height: H }],
-    categories: [{ id: 1, name: "object" }],
+    categories,
     annotations,
   };
   return new Blob([JSON.stringify(document)], { type: "application/json" });
@@ -82,7 +93,8 @@ export function polygonsSvg(objects, [H, W]) {
   const paths = objects.map((object) => {
     const d = polygonsToPath(maskToPolygons(object.mask, [H, W]));
     const name = escapeXml(object.name);
-    return `  <path data-name="${name}" fill="${cssColor(object.color)}" fill-opacity="0.6" fill-rule="evenodd" d="${d}"><title>${name}</title></path>`;
+    const category = escapeXml(object.category || "object");
+    return `  <path data-name="${name}" data-category="${category}" fill="${cssColor(object.color)}" fill-opacity="0.6" fill-rule="evenodd" d="${d}"><title>${name}</title></path>`;
   });
   const svg = `<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">\n${paths.join("\n")}\n</svg>\n`;
   return new Blob([svg], { type: "image/svg+xml" });

@@ -5,6 +5,7 @@ import { SamClient } from "../client.js";
 import { EverythingMode } from "../everything.js";
 import { EverythingPanel } from "./everything-panel.js";
 import { ExportActions } from "./export-actions.js";
+import { FindPanel } from "./find-panel.js";
 import { showGallery } from "./gallery.js";
 import { bindImageInputs, fetchImage } from "../image-input.js";
 import { bindKeyboard, KeyboardCursor } from "../keyboard.js";
@@ -15,6 +16,7 @@ import { PointerKind } from "./pointer-kind.js";
 import { PromptPanel } from "./prompt-panel.js";
 import { StageView } from "../stage-view.js";
 import { StatusLine } from "./status-line.js";
+import { TextFind } from "../text-find.js";
 import { describeSelection, readyStatus } from "./wording.js";
 
 const $ = (id) => document.getElementById(id);
@@ -29,6 +31,7 @@ const showError = (error) => status.showError(error);
 const classroom = new Classroom();
 let dragBox = null;
 let readyLine = null; // () => the "Ready: …" status of the image on show, worded for the pointer in use
+let refining = null; // the phrase of a found instance being refined in the editor: its name when kept
 const client = new SamClient({
   onStatus: (text, progress, task) => status.set(text, progress, task),
   onStage: (stage) => classroom.setStage(stage),
@@ -41,7 +44,9 @@ const client = new SamClient({
       if (cause === "commit" || cause === "pick") status.set(describeSelection(result, chosen, editor.size));
     },
     onKeep: (kept) => {
-      const object = objects.add({ ...kept, area: maskStats(kept.mask, editor.size).area });
+      const named = refining ? { name: refining, category: refining } : {};
+      refining = null;
+      const object = objects.add({ ...kept, area: maskStats(kept.mask, editor.size).area, ...named });
       prompts.setNegative(false); // the next object starts with "Add area"
       status.set(`Kept “${object.name}” (${object.area.toLocaleString()} px). Point at the next object.`);
     },
@@ -84,6 +89,25 @@ const everything = new EverythingPanel(
     onError: showError,
   },
 );
+const finder = new FindPanel(
+  new TextFind(client),
+  { form: $("find-form"), input: $("find-text"), button: $("find-button"), status: $("find-status"),
+    list: $("find-list"), keepAll: $("find-keep-all"), threshold: $("find-threshold") },
+  {
+    ready: () => editor.ready,
+    onLayers: renderLayers,
+    // A kept instance is named after its phrase, which is also its COCO category.
+    onKeep: (item) => objects.add({ mask: item.mask, lowRes: item.lowRes, score: item.iou, area: item.area, name: item.label, category: item.label }),
+    onRefine: (item) => {
+      refining = item.label;
+      editor.reset();
+      editor.box(item.box.map(Math.round));
+      status.set(`Refining “${item.label}”: click to add or remove area, then Keep object.`);
+    },
+    onStatus: (text, fraction) => status.set(text, fraction),
+    onError: showError,
+  },
+);
 const exportActions = new ExportActions({
   client, objects, everything: everything.mode, onStatus: (text) => status.set(text), onError: showError,
 });
@@ -113,7 +137,7 @@ function renderOverlay() {
 
 function renderLayers() {
   const kept = objects.items.map((o) => ({ mask: o.mask, color: o.color, emphasis: o.id === objects.selectedId ? "selected" : undefined }));
-  view.setLayers([...everything.mode.layers(), ...kept]);
+  view.setLayers([...everything.mode.layers(), ...finder.find.layers(), ...kept]);
   renderOverlay();
 }
 
@@ -123,6 +147,7 @@ function refreshControls() {
   for (const button of document.querySelectorAll("[data-needs-mask]")) button.disabled = !anyMask;
   $("export-target").textContent = exportActions.describeTarget();
   everything.refresh();
+  finder.refresh();
   document.body.dataset.prompts = String(editor.state.points.length + (editor.state.box ? 1 : 0));
 }
 
@@ -145,6 +170,8 @@ async function startDecoder() {
 /** A new image on the stage, nothing of the previous one left. */
 function showImage(image) {
   everything.clear();
+  finder.clear();
+  refining = null;
   objects.clear();
   dragBox = null;
   readyLine = null;

@@ -1,0 +1,354 @@
+"""Automated labelling with text prompts (the data-engine story): every image of a folder, every instance of the
+phrases, one COCO instance file.
+
+    python -m backend label --text "dog,cat" --input DIR --output DIR [--checkpoint C --model-type T]
+        [--text-model M] [--box-threshold B] [--text-threshold T] [--max-instances N] [--device D]
+        [--ray-address ADDR|local]
+
+The text detector (``SAM_TEXT_MODEL``'s loading: a folder, a hub id, or the random stand-in) finds the boxes,
+SAM (``SamPredictor``, one batched box-prompt run per image) turns each into a mask. The output is
+``DIR/instances.json``: COCO instances with one category per phrase (ids in the order given) and masks as
+compressed RLE, plus ``predicted_iou`` (SAM's) and ``score`` (the detector's) per annotation.
+
+Resumable as ``amg`` is (backend/cluster/batch_amg.py, whose machinery this reuses): each image's annotations
+are kept in ``DIR/images/NAME.json`` as it finishes, a rerun labels only the images without one, and
+``instances.json`` is rebuilt from them at the end; a run with other settings is refused. With
+``--ray-address`` Ray Data actors (one model pair each) label the images and this process writes the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import pickle
+import sys
+import types
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from . import batch_amg
+from .batch_amg import BatchError, Progress, Target
+
+INSTANCES_FILE = "instances.json"
+PER_IMAGE_DIR = "images"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", required=True, help='what to find, comma-separated phrases: "dog,cat"')
+    parser.add_argument("--input", required=True, help="an image, or a folder whose images are all labelled")
+    parser.add_argument("--output", required=True, help=f"folder for {INSTANCES_FILE} (and the per-image parts)")
+    parser.add_argument("--model-type", default="vit_t", help="vit_h (= default), vit_l, vit_b or vit_t")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the SAM checkpoint of that model type (default: seeded random vit_t weights, flagged in the output)",
+    )
+    parser.add_argument(
+        "--text-model",
+        default=None,
+        help="text detector: a hub id or a save_pretrained folder (default: SAM_TEXT_MODEL, else Grounding DINO tiny)",
+    )
+    parser.add_argument("--box-threshold", type=float, default=None, help="least detection score kept (default 0.35)")
+    parser.add_argument("--text-threshold", type=float, default=None, help="least phrase-token score (default 0.25)")
+    parser.add_argument("--max-instances", type=int, default=None, help="most instances per image (default 20)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present, else CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: torch's)")
+    cluster = parser.add_argument_group("Ray")
+    cluster.add_argument("--ray-address", default=None, help="a Ray cluster (ray://head:10001), or `local`")
+    cluster.add_argument("--ray-workers", type=int, default=None, help="model actors (default: cluster CPUs / threads)")
+
+
+def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
+    """Runs the `label` subcommand; returns the exit code."""
+    from ..sam.build import CheckpointError
+    from ..text.grounding import BadText, parse_parameters, parse_phrases
+
+    stream = sys.stderr if stream is None else stream
+    try:
+        phrases = parse_phrases(args.text)
+        raw = {"box_threshold": args.box_threshold, "text_threshold": args.text_threshold}
+        raw["max_instances"] = args.max_instances
+        params = parse_parameters({k: v for k, v in raw.items() if v is not None})
+        from ..sam import sam_model_registry
+
+        sam_model_registry[args.model_type]  # An unknown type fails here, before any image is read.
+        if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+            raise BatchError(f"checkpoint {args.checkpoint} is not a file")
+        text_model = args.text_model or os.environ.get("SAM_TEXT_MODEL") or _default_text_model()
+        checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+        run(
+            args.input,
+            args.output,
+            phrases,
+            dataclasses.asdict(params),
+            build_sam=functools.partial(_build_sam, args.model_type, checkpoint),
+            build_grounder=functools.partial(_build_grounder, text_model),
+            model_id={
+                "model_type": args.model_type,
+                "checkpoint": Path(checkpoint).name if checkpoint else "random",
+                "text_model": text_model,
+            },
+            device=args.device,
+            threads=args.threads,
+            ray_address=args.ray_address,
+            ray_workers=args.ray_workers,
+            stream=stream,
+        )
+    except (BatchError, BadText, CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=stream)
+        return 2
+    return 0
+
+
+def _default_text_model() -> str:
+    from ..text.weights import DEFAULT_TEXT_MODEL
+
+    return DEFAULT_TEXT_MODEL
+
+
+def _build_sam(model_type: str, checkpoint: str | None):
+    if checkpoint is None:
+        from ..services.weights import random_model
+
+        return random_model()
+    return batch_amg._load_checkpoint(model_type, checkpoint)
+
+
+def _build_grounder(text_model: str):
+    """The detector as the server loads it (a folder, the data dir's hub cache, a download, or the random one)."""
+    from ..text.weights import load_grounder
+
+    settings = types.SimpleNamespace(
+        text_model=text_model,
+        text_revision=os.environ.get("SAM_TEXT_REVISION") or None,
+        text_bf16=False,
+        data_dir=os.environ.get("SAM_DATA_DIR") or str(Path.home() / ".cache" / "sam-web"),
+        allow_download=os.environ.get("SAM_ALLOW_DOWNLOAD", "1").lower() not in ("0", "false", "no", "off"),
+    )
+    grounder, _ = load_grounder(settings)
+    return grounder
+
+
+def run(
+    input_path: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    phrases: list[str],
+    params: dict[str, Any],
+    *,
+    build_sam: Callable[[], Any],
+    build_grounder: Callable[[], Any],
+    model_id: dict[str, Any],
+    device: str | None = None,
+    threads: int | None = None,
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
+    stream: IO[str] | None = None,
+) -> dict[str, int]:
+    """Labels every image of ``input_path`` not yet done in ``output_dir`` and writes ``instances.json``.
+    ``build_sam``/``build_grounder``: picklable callables returning the Sam (CPU) and the TextGrounder. Returns
+    counts: labelled, skipped (already done), failed (unreadable images; the next run retries them)."""
+    import torch
+
+    threads = int(threads) if threads is not None else torch.get_num_threads()
+    targets = batch_amg.find_targets(input_path)
+    output = Path(output_dir)
+    parts = output / PER_IMAGE_DIR
+    parts.mkdir(parents=True, exist_ok=True)
+    with batch_amg._exclusive(output):
+        batch_amg._check_settings(output, {"model": model_id, "phrases": phrases, "parameters": params})
+        batch_amg._remove_partials(parts)
+        todo = [t for t in targets if not batch_amg.output_path(parts, t, "coco_rle").exists()]
+        progress = Progress(len(targets), len(targets) - len(todo), stream)
+        counts = {"labelled": 0, "skipped": len(targets) - len(todo), "failed": 0}
+        kwargs = dict(
+            build_sam=build_sam,
+            build_grounder=build_grounder,
+            phrases=phrases,
+            params=params,
+            device=device,
+            threads=threads,
+        )
+        results = (
+            _label_locally(todo, kwargs)
+            if ray_address is None
+            else _label_on_ray(todo, kwargs, ray_address, ray_workers)
+        )
+        for target, result in results:
+            if "error" in result:
+                counts["failed"] += 1
+                progress.note(f"skipped {target.path}: {result['error']}")
+            else:
+                batch_amg.write_outputs(parts, target, "coco_rle", {"": result["json"]})
+                counts["labelled"] += 1
+            progress.advance(target.name, result.get("masks"))
+        write_instances(output, targets, phrases)
+        progress.close(counts)
+    return counts
+
+
+class TextLabeller:
+    """One SAM predictor and one text detector; labels images one at a time (a Ray Data actor holds one)."""
+
+    def __init__(self, build_sam, build_grounder, phrases, params, device, threads) -> None:
+        import torch
+
+        from ..sam import SamPredictor
+        from ..text.grounding import GroundingParameters
+
+        torch.set_num_threads(threads)
+        self.predictor = SamPredictor(build_sam().to(batch_amg._device(device)).eval())
+        self.grounder = build_grounder()
+        self.phrases = phrases
+        self.params = GroundingParameters(**params)
+
+    def label(self, target: Target) -> dict[str, Any]:
+        """``{"json": bytes of {"image", "annotations"}, "masks": n}`` or ``{"error": text}``."""
+        import torch
+
+        from ..sam.amg import area_from_rle, batched_mask_to_box, box_xyxy_to_xywh, coco_encode_rle, mask_to_rle_pytorch
+        from ..services.images import ImageError, decode_image
+
+        try:
+            pixels = decode_image(Path(target.path).read_bytes()).pixels
+        except (OSError, ImageError) as error:
+            return {"error": str(error)}
+        height, width = pixels.shape[:2]
+        instances = self.grounder.ground(pixels, self.phrases, self.params)
+        annotations = []
+        if instances:
+            self.predictor.set_image(pixels)
+            boxes = torch.tensor([instance.box for instance in instances], dtype=torch.float32)
+            transformed = self.predictor.transform.apply_boxes_torch(boxes, (height, width))
+            with torch.inference_mode():
+                masks, ious, _ = self.predictor.predict_torch(
+                    None, None, boxes=transformed.to(self.predictor.device), multimask_output=False
+                )
+            masks = masks[:, 0].cpu()
+            rles = mask_to_rle_pytorch(masks)
+            # COCO's bbox is the mask's (inclusive pixel edges, as amg's); the detector's box is kept beside it.
+            mask_boxes = box_xyxy_to_xywh(batched_mask_to_box(masks)).tolist()
+            for instance, rle, iou, mask_box in zip(instances, rles, ious[:, 0].tolist(), mask_boxes, strict=True):
+                annotations.append(
+                    {
+                        "category": instance.label,
+                        "segmentation": coco_encode_rle(rle),
+                        "area": area_from_rle(rle),
+                        "bbox": mask_box,
+                        "detector_box": [round(v, 3) for v in instance.box],
+                        "score": round(instance.score, 5),
+                        "predicted_iou": round(float(iou), 5),
+                    }
+                )
+        image = {"file_name": Path(target.path).name, "width": int(width), "height": int(height)}
+        return {"json": json.dumps({"image": image, "annotations": annotations}).encode(), "masks": len(annotations)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A Ray Data batch of targets -> the same rows with a pickled result each."""
+        results = []
+        for path, name, image_id in zip(batch["path"], batch["name"], batch["image_id"], strict=True):
+            results.append(pickle.dumps(self.label(Target(path=str(path), name=str(name), image_id=int(image_id)))))
+        return {"image_id": np.asarray(batch["image_id"]), "result": np.array(results, dtype=object)}
+
+
+def _label_locally(todo: list[Target], kwargs: dict[str, Any]) -> Iterator[tuple[Target, dict[str, Any]]]:
+    if not todo:
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        labeller = TextLabeller(**kwargs)
+        for target in todo:
+            yield target, labeller.label(target)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _label_on_ray(
+    todo: list[Target], kwargs: dict[str, Any], address: str, workers: int | None
+) -> Iterator[tuple[Target, dict[str, Any]]]:
+    """As ``amg`` on Ray: one ``TextLabeller`` per actor, the images as rows, the results back here."""
+    if not todo:
+        return
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise BatchError("--ray-address needs Ray: pip install '.[cluster]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=None if address == "local" else address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        threads = kwargs["threads"]
+        if workers is None:
+            workers = gpus or max(1, int(resources.get("CPU", 1)) // threads)
+        workers = max(1, min(int(workers), len(todo)))
+        by_id = {t.image_id: t for t in todo}
+        rows = [dataclasses.asdict(t) for t in todo]
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            TextLabeller,
+            fn_constructor_kwargs=kwargs,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=threads,
+            num_gpus=1 if gpus else 0,
+        )
+        for row in dataset.iter_rows():
+            yield by_id[int(row["image_id"])], pickle.loads(row["result"])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def write_instances(output: Path, targets: list[Target], phrases: list[str]) -> Path:
+    """``instances.json`` from the per-image parts present: COCO images, annotations, one category per phrase."""
+    categories = [{"id": i + 1, "name": phrase, "supercategory": "object"} for i, phrase in enumerate(phrases)]
+    category_ids = {phrase: i + 1 for i, phrase in enumerate(phrases)}
+    images, annotations = [], []
+    for target in targets:
+        part = batch_amg.output_path(output / PER_IMAGE_DIR, target, "coco_rle")
+        if not part.is_file():
+            continue
+        done = json.loads(part.read_text())
+        image_id = target.image_id + 1  # COCO ids start at 1
+        images.append({"id": image_id, **done["image"]})
+        for annotation in done["annotations"]:
+            category = annotation.pop("category")
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_ids[category],
+                    "iscrowd": 0,
+                    **annotation,
+                }
+            )
+    document = {
+        "info": {"description": f"text-prompt labels for {', '.join(phrases)} (python -m backend label)"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    path = output / INSTANCES_FILE
+    partial = output / f".{INSTANCES_FILE}{batch_amg.PARTIAL_MARK}{uuid.uuid4().hex}"
+    batch_amg._write_file(partial, json.dumps(document).encode())
+    os.replace(partial, path)
+    return path
