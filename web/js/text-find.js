@@ -7,16 +7,19 @@ import { lowResPlane, maskStats } from "./mask-math.js";
 
 /**
  * One mask per box prompt ([x0, y0, x1, y1] in image pixels) at outSize [H, W]: {mask, lowRes, score} each.
- * One home for the decoding of many boxes, so a batched decoder run can replace the loop here alone.
+ * One home for the decoding of many boxes (the page, <sam-segmenter> and the iframe use it).
  * @param {import("./decoder/decoder-client.js").DecoderClient} decoder
  */
 export async function decodeBoxes(decoder, boxes, outSize) {
-  const decoded = [];
-  for (const box of boxes) {
-    const result = await decoder.decode({ points: [], box, maskInput: null, multimask: false, outSize });
-    decoded.push({ mask: result.masks[result.best], lowRes: Float32Array.from(lowResPlane(result.lowRes, result.best)), score: result.scores[result.best] });
-  }
-  return decoded;
+  // One decoder run for all boxes (a box prompt has the same two tokens whatever the box), each mask equal to
+  // its own single run's.
+  const prompts = boxes.map((box) => ({ points: [], box, maskInput: null, multimask: false }));
+  const { results } = await decoder.decodeMany(prompts, { outSize, multimask: false });
+  return results.map((result) => ({
+    mask: result.masks[result.best],
+    lowRes: Float32Array.from(lowResPlane(result.lowRes, result.best)),
+    score: result.scores[result.best],
+  }));
 }
 
 export class TextFind {
