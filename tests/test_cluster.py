@@ -49,6 +49,9 @@ def model_settings(workdir):
         "SAM_PRECISION": "fp32",
         "SAM_SECRET": SECRET,
         "SAM_DATA_DIR": str(workdir / "data"),
+        # The retry loops below post as fast as Retry-After allows; on a loaded machine that passed the default
+        # 60 uploads a minute (429). Per-client rates are tested in test_abuse.py, not here.
+        "SAM_UPLOAD_RATE": "600/minute",
     }
 
 
