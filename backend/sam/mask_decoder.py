@@ -2,7 +2,6 @@
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .common import LayerNorm2d
 
@@ -108,7 +107,11 @@ class MaskDecoder(nn.Module):
 
 
 class MLP(nn.Module):
-    """`num_layers` linear layers with ReLU between them: [..., input_dim] -> [..., output_dim]."""
+    """`num_layers` linear layers with `activation` (ReLU) between them: [..., input_dim] -> [..., output_dim].
+
+    SAM 2 uses the same module (keys ``layers.{i}``) in its mask decoder, its two-way transformer and, with GELU,
+    in the Hiera blocks.
+    """
 
     def __init__(
         self,
@@ -117,6 +120,7 @@ class MLP(nn.Module):
         output_dim: int,
         num_layers: int,
         sigmoid_output: bool = False,
+        activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
@@ -125,10 +129,11 @@ class MLP(nn.Module):
             nn.Linear(n, k) for n, k in zip([input_dim] + hidden, hidden + [output_dim], strict=True)
         )
         self.sigmoid_output = sigmoid_output
+        self.act = activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+            x = self.act(layer(x)) if i < self.num_layers - 1 else layer(x)
         if self.sigmoid_output:
             x = torch.sigmoid(x)
         return x

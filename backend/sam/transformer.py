@@ -1,11 +1,16 @@
 """Two-way transformer of the mask decoder: tokens attend to the image and the image attends back."""
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from .common import MLPBlock
+
+# Builds a block's token MLP from (embedding_dim, mlp_dim, activation). SAM's is MLPBlock (keys lin1/lin2); SAM 2
+# passes a two-layer MLP (keys layers.0/layers.1) and otherwise shares this transformer unchanged.
+MlpFactory = Callable[[int, int, type[nn.Module]], nn.Module]
 
 
 class TwoWayTransformer(nn.Module):
@@ -23,6 +28,7 @@ class TwoWayTransformer(nn.Module):
         mlp_dim: int,
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
+        mlp_block: MlpFactory = MLPBlock,
     ) -> None:
         super().__init__()
         self.depth = depth
@@ -38,6 +44,7 @@ class TwoWayTransformer(nn.Module):
                     activation=activation,
                     attention_downsample_rate=attention_downsample_rate,
                     skip_first_layer_pe=(i == 0),
+                    mlp_block=mlp_block,
                 )
                 for i in range(depth)
             ]
@@ -72,6 +79,7 @@ class TwoWayAttentionBlock(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
+        mlp_block: MlpFactory = MLPBlock,
     ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
@@ -80,7 +88,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate=attention_downsample_rate)
         self.norm2 = nn.LayerNorm(embedding_dim)
 
-        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        self.mlp = mlp_block(embedding_dim, mlp_dim, activation)
         self.norm3 = nn.LayerNorm(embedding_dim)
 
         self.norm4 = nn.LayerNorm(embedding_dim)
