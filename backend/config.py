@@ -21,8 +21,8 @@ from typing import Any
 import limits
 
 from .runtime.encoder_paths import PRECISIONS
-from .sam.build import MODEL_TYPES  # One home: the registry of model builders.
 from .services.decoders import BUILT_IN as _BUILT_IN_DECODERS
+from .services.weights import MODEL_TYPES  # One home: the registries of model builders.
 
 DECODER_CHOICES = tuple(_BUILT_IN_DECODERS)  # One home: the decoders the server exports.
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
@@ -40,7 +40,11 @@ def setting(default: Any, help: str, *, shown: str | None = None) -> Any:
 
 @dataclasses.dataclass
 class Config:
-    model_type: str = setting("vit_b", "model to serve: `vit_b`, `vit_l`, `vit_h` (= `default`), `vit_t` (MobileSAM)")
+    model_type: str = setting(
+        "vit_b",
+        "model to serve: `vit_b`, `vit_l`, `vit_h` (= `default`), `vit_t` (MobileSAM); SAM 2.1 `sam2.1_hiera_t`, "
+        "`_s`, `_b+`, `_l` and SAM 2 `sam2_hiera_*` (download and load only: the page cannot serve them yet)",
+    )
     checkpoint: str | None = setting(
         None,
         "path of a checkpoint for `SAM_MODEL_TYPE`; when unset the weights dir is searched, then a download is tried",

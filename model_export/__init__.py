@@ -1,9 +1,11 @@
-"""ONNX export of SAM's prompt encoder + mask decoder: the official interface, the fast lowres one, quantization."""
+"""ONNX export of SAM's prompt encoder + mask decoder: the official interface, the fast lowres one, quantization;
+and SAM 2's decoder with the public SAM 2 interface (sam2_model.py)."""
 
 from .export import VARIANTS, example_inputs, export_decoder, output_names
 from .lowres_model import SamLowResOnnxModel
 from .onnx_model import SamDecoderParts, SamOnnxModel
 from .quantize import QUANTIZATION_RECIPES, quantize_decoder
+from .sam2_model import SAM2OnnxModel, export_sam2_decoder
 
 # Bump when a change alters the exported graphs, so cached decoder files are made anew.
 EXPORTER_VERSION = "4"
@@ -11,12 +13,14 @@ EXPORTER_VERSION = "4"
 __all__ = [
     "EXPORTER_VERSION",
     "QUANTIZATION_RECIPES",
+    "SAM2OnnxModel",
     "SamDecoderParts",
     "SamLowResOnnxModel",
     "SamOnnxModel",
     "VARIANTS",
     "example_inputs",
     "export_decoder",
+    "export_sam2_decoder",
     "output_names",
     "quantize_decoder",
 ]

@@ -179,6 +179,7 @@ def test_model_info_lists_downloadable_decoders(real_app):
         1024,
         0.0,
     )
+    assert info["model_family"] == "sam"
     assert info["weights_message"]
     assert info["decoder_error"] is None
     names = [d["name"] for d in info["decoders"]]

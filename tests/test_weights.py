@@ -11,7 +11,7 @@ import torch
 from backend_fixtures import free_port, vit_t_checkpoint
 
 from backend.__main__ import main
-from backend.config import Config
+from backend.config import Config, ConfigError
 from backend.sam import sam_model_registry
 from backend.services import weights
 from backend.services.weights import WeightsError, download, load_model
@@ -132,6 +132,36 @@ def test_official_registry_has_the_published_sizes():
     assert weights.CHECKPOINTS["vit_h"].size == 2_564_550_879
     assert weights.CHECKPOINTS["default"] is weights.CHECKPOINTS["vit_h"]
     assert weights.CHECKPOINTS["vit_t"].url.endswith("/mobile_sam.pt")
+
+
+def test_sam2_checkpoints_are_meta_releases_without_a_size_check():
+    assert weights.CHECKPOINTS["sam2.1_hiera_t"].url == (
+        "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
+    )
+    assert weights.CHECKPOINTS["sam2_hiera_b+"].url == (
+        "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_base_plus.pt"
+    )
+    assert all(weights.CHECKPOINTS[t].size is None for t in weights.MODEL_TYPES if weights.model_family(t) != "sam")
+    assert [weights.model_family(t) for t in ("vit_t", "sam2_hiera_l", "sam2.1_hiera_s")] == ["sam", "sam2", "sam2.1"]
+
+
+def test_cli_downloads_a_sam2_checkpoint_under_its_official_name(file_server, tmp_path):
+    args = ["download-weights", "--model-type", "sam2.1_hiera_t", "--dest", str(tmp_path), "--url", file_server.url]
+    assert main(args) == 0
+    assert (tmp_path / "sam2.1_hiera_tiny.pt").read_bytes() == PAYLOAD
+
+
+def test_sam2_offline_falls_back_to_seeded_random_sam2_tiny_and_is_not_served_yet(tmp_path):
+    from backend.sam2 import SAM2Base
+    from backend.server.app import create_app
+
+    config = Config.from_env({}, {"data_dir": str(tmp_path), "allow_download": "0", "model_type": "sam2.1_hiera_s"})
+    model, info = load_model(config)
+    assert isinstance(model, SAM2Base)
+    assert (info.model_type, info.weights) == ("sam2.1_hiera_t", "random")
+    assert "download-weights --model-type sam2.1_hiera_s" in info.message
+    with pytest.raises(ConfigError, match="cannot be served yet"):
+        create_app({"model": model, "weights_info": info, "data_dir": str(tmp_path), "secret": "test-secret"})
 
 
 def test_wrong_sized_file_in_weights_dir_is_not_used(tmp_path):

@@ -16,6 +16,7 @@ from ..services.images import ImageError, decode_image
 from ..services.interfaces import EncoderBusy, EncoderClosed, RetryLater
 from ..services.memory import OverBudget, release_memory
 from ..services.model_runner import INPUT_SIDE
+from ..services.weights import model_family
 from .compression import accepts_gzip, client_has
 from .errors import ApiError
 from .state import app_state
@@ -65,6 +66,7 @@ def upload_image():
         height=height,
         input_size=list(entry.input_size),
         model_type=state.weights.model_type,
+        model_family=model_family(state.weights.model_type),
         weights=state.weights.weights,
         embedding_url=f"/api/embeddings/{result.image_id}?format={fmt}",
         format=fmt,
@@ -121,6 +123,7 @@ def model_info():
     state = app_state()
     return jsonify(
         model_type=state.weights.model_type,
+        model_family=model_family(state.weights.model_type),
         weights=state.weights.weights,
         weights_message=state.weights.message,
         image_size=INPUT_SIDE,

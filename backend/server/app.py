@@ -24,7 +24,7 @@ from ..services.everything import EverythingService, resolver_from_encoder
 from ..services.gallery import Gallery
 from ..services.memory import PixelBudget
 from ..services.model_runner import prepare_model, resolve_device
-from ..services.weights import WeightsInfo, load_model
+from ..services.weights import WeightsInfo, load_model, model_family
 from . import cors
 from .api import InMemoryRequest, api
 from .compression import BodyCache
@@ -58,6 +58,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         model, weights_info = load_model(settings)
     elif weights_info is None:
         weights_info = WeightsInfo(settings.canonical_model_type, "real", "injected", None, "model given to create_app")
+    if model_family(weights_info.model_type) != "sam":
+        # The SAM 2 model, its checkpoints and its predictor exist (backend.sam2); the page's decoder and the
+        # embedding wire format are still SAM 1's (issue #24), so a SAM 2 server would serve wrong masks.
+        raise ConfigError(
+            f"SAM_MODEL_TYPE={weights_info.model_type} cannot be served yet: the page decodes SAM 1 embeddings only. "
+            "Use backend.sam2's SAM2ImagePredictor / SAM2AutomaticMaskGenerator in Python, or a SAM 1 model type"
+        )
     device = resolve_device(settings.device)
     if decoders is None:  # Exported from the CPU fp32 model, before it moves to its device.
         offered = choose_decoders(model, weights_info.weights_id, settings.decoder, settings.decoders_dir)

@@ -60,6 +60,48 @@ CHECKPOINTS = {
 }
 CHECKPOINTS["default"] = CHECKPOINTS["vit_h"]
 
+# Meta's SAM 2 releases: SAM 2.1 (September 2024) and SAM 2 (July 2024). Their byte sizes are not published where
+# this project could read them, so the size check is skipped (the download still resumes and checks the length
+# the server announces).
+SAM2_RELEASES = {
+    "sam2.1": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/",
+    "sam2": "https://dl.fbaipublicfiles.com/segment_anything_2/072824/",
+}
+
+
+def model_family(model_type: str) -> str:
+    """ "sam2.1", "sam2" or "sam" (SAM 1 and MobileSAM) for a model type."""
+    if model_type.startswith("sam2.1_"):
+        return "sam2.1"
+    if model_type.startswith("sam2_"):
+        return "sam2"
+    return "sam"
+
+
+def _add_sam2_checkpoints() -> None:
+    from ..sam2.build_sam import MODEL_FILES
+
+    for model_type, (filename, _) in MODEL_FILES.items():
+        url = SAM2_RELEASES[model_family(model_type)] + filename
+        CHECKPOINTS[model_type] = Checkpoint(model_type, url, filename, None)
+
+
+_add_sam2_checkpoints()
+
+# Every model type the server knows, SAM 1 first (one home: the builders' registries).
+MODEL_TYPES: tuple[str, ...] = tuple(CHECKPOINTS)
+
+
+def build_model(model_type: str, checkpoint: str | None = None):
+    """The model of ``model_type`` in eval mode on the CPU, with ``checkpoint``'s weights (else random)."""
+    if model_family(model_type) == "sam":
+        from ..sam import sam_model_registry
+
+        return sam_model_registry[model_type](checkpoint=checkpoint)
+    from ..sam2 import build_sam2
+
+    return build_sam2(model_type, checkpoint=checkpoint)
+
 
 class WeightsError(RuntimeError):
     """A checkpoint could not be downloaded or loaded."""
@@ -200,27 +242,30 @@ def ensure_checkpoint(config: WeightsSettings) -> tuple[Path | None, str]:
         return None, f"no {model_type} checkpoint in {weights_dir} and the download failed ({error})"
 
 
-def random_model():
-    """vit_t with weights drawn from a fixed seed (the global RNG is left as it was)."""
-    import torch
+def random_model_type(model_type: str = RANDOM_MODEL_TYPE) -> str:
+    """The model served on random weights when ``model_type`` has none: the fastest of its family."""
+    family = model_family(model_type)
+    return RANDOM_MODEL_TYPE if family == "sam" else f"{family}_hiera_t"
 
-    from ..sam import sam_model_registry
+
+def random_model(model_type: str = RANDOM_MODEL_TYPE):
+    """``random_model_type(model_type)`` with weights drawn from a fixed seed (the global RNG is left as it was)."""
+    import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
-        return sam_model_registry[RANDOM_MODEL_TYPE]()
+        return build_model(random_model_type(model_type))
 
 
 def load_model(config: WeightsSettings):
-    """Returns ``(Sam on the CPU, WeightsInfo)`` following the order in the module docstring."""
-    from ..sam import sam_model_registry
-
+    """Returns ``(model on the CPU, WeightsInfo)`` following the order in the module docstring (a ``Sam``, or a
+    ``SAM2Base`` for the SAM 2 types)."""
     model_type = config.canonical_model_type
     path, reason = ensure_checkpoint(config)
     if path is not None:
         started = time.perf_counter()
         try:
-            model = sam_model_registry[model_type](checkpoint=str(path))
+            model = build_model(model_type, checkpoint=str(path))
         except Exception as error:
             raise WeightsError(f"cannot load {path} as a {model_type} checkpoint: {error}") from None
         stat = path.stat()
@@ -235,16 +280,17 @@ def load_model(config: WeightsSettings):
         return model, info
 
     wanted = model_type
+    served = random_model_type(model_type)
     message = (
-        f"No real SAM weights: {reason}. Running on seeded RANDOM {RANDOM_MODEL_TYPE} weights, so masks are "
+        f"No real SAM weights: {reason}. Running on seeded RANDOM {served} weights, so masks are "
         f"meaningless. To get real weights run `{download_command(wanted)}` and restart the server "
         f"(or set SAM_CHECKPOINT to a checkpoint file)."
     )
     logger.warning("%s", message)
-    return random_model(), WeightsInfo(
-        model_type=RANDOM_MODEL_TYPE,
+    return random_model(model_type), WeightsInfo(
+        model_type=served,
         weights="random",
-        weights_id=f"{RANDOM_MODEL_TYPE}-random-seed{RANDOM_SEED}",
+        weights_id=f"{served}-random-seed{RANDOM_SEED}",
         checkpoint=None,
         message=message,
     )
