@@ -91,3 +91,57 @@ def test_unknown_format_and_bad_shapes_are_rejected(embedding):
         codec.encode_embedding(embedding[0], "f16")
     with pytest.raises(codec.CodecError, match="NaN"):
         codec.encode_embedding(np.full((1, 2, 2), np.nan, dtype=np.float32), "f16")
+
+
+# --- version 2: SAM 2's three tensors ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam2_features() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {
+        name: (rng.standard_normal(shape) * rng.uniform(0.01, 2.0, (shape[0], 1, 1))).astype(np.float32)
+        for name, shape in codec.SAM2_SHAPES.items()
+    }
+
+
+@pytest.mark.parametrize("fmt", list(codec.SAM2_FORMATS))
+def test_sam2_bundles_round_trip_within_their_step_and_have_their_documented_size(sam2_features, fmt):
+    data = codec.encode_sam2_features(sam2_features, fmt)
+    assert len(data) == codec.sam2_encoded_size(fmt)
+    assert data[:4] == b"SAME" and data[4] == 2 and data[5] == 3
+    decoded = codec.decode_sam2_features(data)
+    for name, tensor_fmt in zip(codec.SAM2_TENSORS, codec.SAM2_FORMATS[fmt], strict=True):
+        original = sam2_features[name]
+        peaks = np.abs(original).max(axis=(1, 2))[:, None, None]
+        error = np.abs(decoded[name] - original)
+        if tensor_fmt == "f32":
+            assert np.array_equal(decoded[name], original)
+        elif tensor_fmt == "f16":
+            assert (error <= 1e-3 * np.abs(original) + 1e-7).all()
+        else:
+            levels = {"int8": 127, "int4": 7}[tensor_fmt]
+            # Rounding to the nearest level: at most half a step (peak / levels / 2) per value.
+            assert (error <= peaks / levels / 2 + 1e-6).all(), name
+
+
+def test_int4_packs_two_values_a_byte_low_nibble_first():
+    array = np.array([[[7.0, -7.0, 1.0]]], dtype=np.float32)
+    scales, packed = codec.quantize_int4(array)
+    assert scales.tolist() == [1.0]
+    assert packed.tolist() == [0x97, 0x01]  # 7 | (-7 & 0xF) << 4, then 1 and a zero pad
+    assert codec.dequantize_int4(scales, packed, (1, 1, 3)).tolist() == [[[7.0, -7.0, 1.0]]]
+
+
+def test_malformed_sam2_bundles_are_refused(sam2_features):
+    data = codec.encode_sam2_features(sam2_features, "int8-int4")
+    with pytest.raises(codec.CodecError, match="after the last tensor"):
+        codec.decode_sam2_features(data + b"\0")
+    with pytest.raises(codec.CodecError, match="needs"):
+        codec.decode_sam2_features(data[:-1])
+    with pytest.raises(codec.CodecError, match="not a SAM 2 bundle"):
+        codec.decode_sam2_features(codec.encode_embedding(sam2_features["image_embed"], "int8"))
+    with pytest.raises(codec.CodecError, match="unknown SAM 2 format"):
+        codec.encode_sam2_features(sam2_features, "int2")
+    with pytest.raises(codec.CodecError, match="shape"):
+        codec.encode_sam2_features({**sam2_features, "image_embed": np.zeros((256, 32, 32), np.float32)})

@@ -109,3 +109,136 @@ def decode_embedding(data: bytes) -> np.ndarray:
     scales = np.frombuffer(body[: 4 * channels], dtype="<f4").astype(np.float32)
     values = np.frombuffer(body[4 * channels :], dtype=np.int8).reshape(shape)
     return values.astype(np.float32) * scales[:, None, None]
+
+
+# --- version 2: SAM 2's three tensors -------------------------------------------------------------------------
+#
+# A 16-byte bundle header: magic ``SAME``, u8 version (2), u8 tensor count (3), u16 reserved, u64 reserved. Then
+# per tensor, in SAM2_TENSORS order, a 16-byte header laid out as version 1's (its version byte 2; dtype codes
+# 0 float32, 1 float16, 2 int8 and 3 int4) and its payload. int4: C float32 per-channel scales, then C*H*W
+# signed 4-bit values two to a byte (the even index in the low nibble), value = q * scale[c],
+# scale = max|x_c| / 7 (symmetric).
+
+BUNDLE_VERSION = 2
+BUNDLE_HEADER = struct.Struct("<4sBBHQ")
+SAM2_TENSORS = ("image_embed", "high_res_feats_0", "high_res_feats_1")
+SAM2_SHAPES = {"image_embed": (256, 64, 64), "high_res_feats_0": (32, 256, 256), "high_res_feats_1": (64, 128, 128)}
+TENSOR_FORMATS = {"f32": 0, "f16": 1, "int8": 2, "int4": 3}
+TENSOR_FORMAT_NAMES = {code: name for name, code in TENSOR_FORMATS.items()}
+# Wire names of SAM 2 bundles -> the format of each tensor (image_embed, high_res_feats_0, high_res_feats_1).
+# Figures behind the default: docs/benchmarks.md ("SAM 2 wire"), tests/benchmarks/bench_sam2_wire.py.
+SAM2_FORMATS = {
+    "f32": ("f32", "f32", "f32"),
+    "f16": ("f16", "f16", "f16"),
+    "int8": ("int8", "int8", "int8"),
+    "int8-int4": ("int8", "int4", "int8"),
+    "int8-int4-int4": ("int8", "int4", "int4"),
+}
+SAM2_DEFAULT_FORMAT = "int8-int4"
+
+
+def tensor_size(shape: tuple[int, int, int], fmt: str) -> int:
+    """Bytes of one tensor record of a bundle (its 16-byte header included)."""
+    if fmt == "int4":
+        channels, height, width = shape
+        return HEADER_BYTES + 4 * channels + (channels * height * width + 1) // 2
+    return encoded_size(shape, fmt)
+
+
+def sam2_encoded_size(fmt: str) -> int:
+    """Bytes on the wire of a SAM 2 bundle in ``fmt`` (headers included)."""
+    if fmt not in SAM2_FORMATS:
+        raise CodecError(f"unknown SAM 2 format {fmt!r}; use one of {', '.join(SAM2_FORMATS)}")
+    return BUNDLE_HEADER.size + sum(
+        tensor_size(SAM2_SHAPES[name], tensor_fmt)
+        for name, tensor_fmt in zip(SAM2_TENSORS, SAM2_FORMATS[fmt], strict=True)
+    )
+
+
+def quantize_int4(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel 4-bit: scales float32 [C] and packed bytes [ceil(C*H*W / 2)] (even index low nibble)."""
+    channels = array.shape[0]
+    peaks = np.abs(array.reshape(channels, -1)).max(axis=1)
+    scales = (peaks / 7.0).astype(np.float32)
+    divisors = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    values = np.clip(np.rint(array / divisors[:, None, None]), -7, 7).astype(np.int8).ravel()
+    if values.size % 2:
+        values = np.concatenate([values, np.zeros(1, np.int8)])
+    nibbles = (values & 0x0F).astype(np.uint8)
+    return scales, (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)
+
+
+def dequantize_int4(scales: np.ndarray, packed: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    count = int(np.prod(shape))
+    nibbles = np.empty(packed.size * 2, dtype=np.uint8)
+    nibbles[0::2] = packed & 0x0F
+    nibbles[1::2] = packed >> 4
+    values = nibbles[:count].astype(np.int8)
+    values = np.where(values > 7, values - 16, values).astype(np.float32).reshape(shape)
+    return values * scales[:, None, None]
+
+
+def _encode_tensor(array: np.ndarray, fmt: str) -> bytes:
+    channels, height, width = array.shape
+    header = HEADER.pack(MAGIC, BUNDLE_VERSION, TENSOR_FORMATS[fmt], 0, channels, height, width, 0)
+    if fmt == "int4":
+        scales, packed = quantize_int4(array)
+        return header + scales.astype("<f4").tobytes() + packed.tobytes()
+    # f32, f16 and int8 payloads are version 1's.
+    return header + encode_embedding(array, fmt)[HEADER_BYTES:]
+
+
+def encode_sam2_features(features: dict[str, np.ndarray], fmt: str = SAM2_DEFAULT_FORMAT) -> bytes:
+    """Serialises SAM 2's {image_embed [256, 64, 64], high_res_feats_0 [32, 256, 256], high_res_feats_1
+    [64, 128, 128]} (a leading batch axis of 1 allowed) as the bundle ``fmt``."""
+    if fmt not in SAM2_FORMATS:
+        raise CodecError(f"unknown SAM 2 format {fmt!r}; use one of {', '.join(SAM2_FORMATS)}")
+    parts = [BUNDLE_HEADER.pack(MAGIC, BUNDLE_VERSION, len(SAM2_TENSORS), 0, 0)]
+    for name, tensor_fmt in zip(SAM2_TENSORS, SAM2_FORMATS[fmt], strict=True):
+        array = np.asarray(features[name], dtype=np.float32)
+        if array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]
+        if array.shape != SAM2_SHAPES[name]:
+            raise CodecError(f"{name} has shape {list(SAM2_SHAPES[name])}, not {list(array.shape)}")
+        if not np.isfinite(array).all():
+            raise CodecError(f"{name} holds NaN or infinite values")
+        parts.append(_encode_tensor(array, tensor_fmt))
+    return b"".join(parts)
+
+
+def decode_sam2_features(data: bytes) -> dict[str, np.ndarray]:
+    """Parses a SAM 2 bundle back into float32 arrays by name."""
+    if len(data) < BUNDLE_HEADER.size:
+        raise CodecError(f"a SAM 2 bundle starts with a {BUNDLE_HEADER.size}-byte header; got {len(data)} bytes")
+    magic, version, count, _, _ = BUNDLE_HEADER.unpack_from(data)
+    if magic != MAGIC or version != BUNDLE_VERSION or count != len(SAM2_TENSORS):
+        raise CodecError(f"not a SAM 2 bundle (magic {magic!r}, version {version}, {count} tensors)")
+    offset, out = BUNDLE_HEADER.size, {}
+    for name in SAM2_TENSORS:
+        if len(data) < offset + HEADER_BYTES:
+            raise CodecError(f"the bundle ends before {name}")
+        magic, version, dtype, _, channels, height, width, _ = HEADER.unpack_from(data, offset)
+        shape = (channels, height, width)
+        if (
+            magic != MAGIC
+            or version != BUNDLE_VERSION
+            or dtype not in TENSOR_FORMAT_NAMES
+            or shape != SAM2_SHAPES[name]
+        ):
+            raise CodecError(f"bad record header for {name}: dtype {dtype}, shape {list(shape)}")
+        fmt = TENSOR_FORMAT_NAMES[dtype]
+        size = tensor_size(shape, fmt)
+        record = data[offset : offset + size]
+        if len(record) != size:
+            raise CodecError(f"{name} ({fmt}) needs {size} bytes, got {len(record)}")
+        body = memoryview(record)[HEADER_BYTES:]
+        if fmt == "int4":
+            scales = np.frombuffer(body[: 4 * channels], dtype="<f4").astype(np.float32)
+            out[name] = dequantize_int4(scales, np.frombuffer(body[4 * channels :], dtype=np.uint8), shape)
+        else:
+            v1 = HEADER.pack(MAGIC, VERSION, FORMATS[fmt], 0, channels, height, width, 0)
+            out[name] = decode_embedding(v1 + bytes(body))
+        offset += size
+    if offset != len(data):
+        raise CodecError(f"{len(data) - offset} bytes after the last tensor")
+    return out
