@@ -89,8 +89,10 @@ def test_stretched_frame_upsamples_as_sam2(tmp_path, original_size):
 
     low_res = blob_logits(sum(original_size), noise=0.7)
     fast, logits, _ = run_mask_math(tmp_path, low_res, ("stretched", "stretched"), original_size)
-    expected = SAM2Transforms(resolution=1024, mask_threshold=0.0).postprocess_masks(
-        torch.from_numpy(low_res)[None, None], original_size
-    )[0, 0].numpy()
+    expected = (
+        SAM2Transforms(resolution=1024, mask_threshold=0.0)
+        .postprocess_masks(torch.from_numpy(low_res)[None, None], original_size)[0, 0]
+        .numpy()
+    )
     np.testing.assert_allclose(logits, expected, atol=1e-5)
     assert (fast.astype(bool) == (expected > 0)).mean() > 0.9999
