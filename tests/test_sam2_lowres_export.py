@@ -1,7 +1,7 @@
 """SAM 2's fast lowres ONNX decoder (model_export/sam2_lowres_model.py) in onnxruntime against backend.sam2's
 SAM2ImagePredictor: IoUs, low-res logits and the masks the page draws from them, for every kind of prompt.
 
-A seeded random SAM 2.1 whose single-mask token's hypernetwork is scaled so that, on these prompts, token 0's
+backend_fixtures.small_sam2: a seeded random SAM 2.1 whose single-mask token's hypernetwork is scaled so that, on these prompts, token 0's
 mask is kept for some and falls back to the most stable candidate for others (both branches asserted). The
 features are seeded random tensors given to the predictor with set_features (no encoder run).
 """
@@ -11,18 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from backend_fixtures import small_sam2, vit_t_model
 
-from backend.sam2 import SAM2ImagePredictor, build_sam2
+from backend.sam2 import SAM2ImagePredictor
+from backend.services.decoders import DecoderFileError, inspect_decoder, prepare_decoders
 from model_export import QUANTIZATION_RECIPES, quantize_decoder
 from model_export.sam2_lowres_model import SAM2_INPUT_NAMES, SAM2_LOWRES_OUTPUT_NAMES, export_sam2_lowres_decoder
 
-# A SAM 2.1 with a reduced Hiera trunk (the decoder, all these tests use, is the full-size one).
-SMALL_SAM2 = {
-    "base": "sam2.1_hiera_t",
-    "trunk": {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 2, 1], "global_att_blocks": [3]},
-    "neck": {"backbone_channel_list": [64, 32, 16, 8]},
-}
-TOKEN0_SCALE = 10.0
 IMAGE_HW = (300, 450)
 # GELU is written in its tanh form in the graph: <= 3e-4 from the erf one per feature, up to ~3e-3 in these
 # logits after the hypernetwork product (random features of unit scale, token 0 scaled). A wrong high-res
@@ -45,11 +40,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    sam2 = build_sam2(SMALL_SAM2)
-    with torch.no_grad():
-        sam2.sam_mask_decoder.output_hypernetworks_mlps[0].layers[-1].weight.mul_(TOKEN0_SCALE)
-    return sam2
+    return small_sam2()
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +159,13 @@ def test_quantized_lowres_decoder_is_small_and_close(decoders, predictor, model)
         _, onnx_low_res, _ = decode(decoders["lowres-quantized"], predictor, model, kwargs)
         agreement = (full_size_masks(onnx_low_res) == masks.astype(bool)).mean()
         assert agreement >= 0.97, (kwargs, agreement)
+
+
+def test_served_decoder_files_name_their_sam2_interface(decoders, tmp_path):
+    """The server lists a SAM 2 file as sam2-lowres (GET /api/model's `interface`), and refuses it as the
+    custom decoder of a SAM 1 model before exporting anything."""
+    assert inspect_decoder(decoders["lowres"]) == {"interface": "sam2-lowres", "quantized": False}
+    assert inspect_decoder(decoders["lowres-quantized"]) == {"interface": "sam2-lowres", "quantized": True}
+    with pytest.raises(DecoderFileError, match="sam2-lowres interface"):
+        prepare_decoders(vit_t_model(), "vit_t-test", tmp_path, custom_decoder=decoders["lowres"])
+    assert not list(tmp_path.iterdir())
