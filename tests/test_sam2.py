@@ -143,3 +143,18 @@ def test_everything_mode_runs_and_reports_each_mask(tiny_model, image, use_m2m):
         assert annotation["crop_box"] == [0, 0, 90, 60]
     ious = [a["predicted_iou"] for a in annotations]
     assert ious == sorted(ious, reverse=True)
+
+
+def test_holes_and_sprinkles_up_to_the_limit_are_removed_before_upsampling():
+    logits = torch.full((1, 1, 16, 16), -5.0)
+    logits[..., 2:12, 2:12] = 5.0
+    logits[..., 6, 6] = -5.0  # a one-pixel hole
+    logits[..., 14, 14] = 5.0  # a one-pixel sprinkle
+    transforms = SAM2Transforms(resolution=1024, mask_threshold=0.0, max_hole_area=1, max_sprinkle_area=1)
+    cleaned = transforms.postprocess_masks(logits, (16, 16)) > 0
+    expected = torch.zeros(16, 16, dtype=torch.bool)
+    expected[2:12, 2:12] = True
+    assert torch.equal(cleaned[0, 0], expected)
+    # A limit below a region's area leaves it.
+    kept = SAM2Transforms(1024, 0.0, max_hole_area=0.5, max_sprinkle_area=0.5).postprocess_masks(logits, (16, 16))
+    assert bool(kept[0, 0, 14, 14] > 0) and bool(kept[0, 0, 6, 6] <= 0)

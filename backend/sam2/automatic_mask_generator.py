@@ -28,7 +28,7 @@ from ..sam.amg import (
 from ..sam.automatic import OUTPUT_MODES, SamAutomaticMaskGenerator
 from ..sam.predictor import check_image
 from .sam2_base import SAM2Base
-from .sam2_image_predictor import SAM2ImagePredictor
+from .sam2_image_predictor import LOW_RES_LOGIT_LIMIT, SAM2ImagePredictor
 
 
 class SAM2AutomaticMaskGenerator:
@@ -178,9 +178,13 @@ class SAM2AutomaticMaskGenerator:
         points_t = torch.as_tensor(points, dtype=torch.float32, device=self.predictor.device)
         in_points = transforms.transform_coords(points_t, normalize=True, orig_hw=im_size)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
-        masks, iou_preds, low_res_masks = self.predictor._predict(
-            in_points[:, None, :], in_labels[:, None], multimask_output=self.multimask_output, return_logits=True
-        )
+        if self.use_m2m:
+            # The refinement feeds these logits back; the exact formulation keeps its near-tied IoUs in Meta's order.
+            masks, iou_preds, low_res_masks = self.predictor._predict(
+                in_points[:, None, :], in_labels[:, None], multimask_output=self.multimask_output, return_logits=True
+            )
+        else:
+            masks, iou_preds, low_res_masks = self._predict_points(in_points[:, None, :], in_labels[:, None])
         data = MaskData(
             masks=masks.flatten(0, 1),
             iou_preds=iou_preds.flatten(0, 1),
@@ -215,6 +219,26 @@ class SAM2AutomaticMaskGenerator:
         del data["masks"]
         del data["low_res_masks"]
         return data
+
+    @torch.no_grad()
+    def _predict_points(
+        self, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """predictor._predict(point_coords [B, 1, 2], point_labels [B, 1], multimask_output, return_logits=True)
+        for prompts without mask inputs, which all see the same image: the decoder's shared-image path."""
+        predictor, model = self.predictor, self.predictor.model
+        sparse, dense = model.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        features = predictor._features
+        masks, iou_pred, _, _ = model.sam_mask_decoder.predict_masks_shared_image(
+            image_embeddings=features["image_embed"],
+            image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense[:1],
+            high_res_features=features["high_res_feats"],
+        )
+        low_res_masks, iou_pred = model.sam_mask_decoder.select_masks(masks, iou_pred, self.multimask_output)
+        full_res = predictor._transforms.postprocess_masks(low_res_masks, predictor._orig_hw[-1])
+        return full_res, iou_pred, torch.clamp(low_res_masks, -LOW_RES_LOGIT_LIMIT, LOW_RES_LOGIT_LIMIT)
 
     def refine_with_m2m(
         self, points: torch.Tensor, point_labels: torch.Tensor, low_res_masks: torch.Tensor, points_per_batch: int

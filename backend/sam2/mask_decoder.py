@@ -4,6 +4,7 @@ single-mask answer that falls back to the most stable multimask candidate."""
 import torch
 import torch.nn as nn
 
+from ..sam.folded_decoder import folded_two_way_transformer
 from ..sam.mask_decoder import MLP
 from ..sam.mask_decoder import MaskDecoder as SamMaskDecoder
 
@@ -82,19 +83,23 @@ class MaskDecoder(SamMaskDecoder):
             repeat_image=repeat_image,
             high_res_features=high_res_features,
         )
-        if multimask_output:
-            masks, iou_pred = masks[:, 1:, :, :], iou_pred[:, 1:]
-        elif self.dynamic_multimask_via_stability and not self.training:
-            masks, iou_pred = self._dynamic_multimask_via_stability(masks, iou_pred)
-        else:
-            masks, iou_pred = masks[:, 0:1, :, :], iou_pred[:, 0:1]
-
+        masks, iou_pred = self.select_masks(masks, iou_pred, multimask_output)
         if multimask_output and self.use_multimask_token_for_obj_ptr:
             sam_tokens_out = mask_tokens_out[:, 1:]
         else:
             # The video model tracks with the single-mask token, whatever was asked for.
             sam_tokens_out = mask_tokens_out[:, 0:1]
         return masks, iou_pred, sam_tokens_out, object_score_logits
+
+    def select_masks(
+        self, masks: torch.Tensor, iou_pred: torch.Tensor, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All four tokens' masks [B, 4, H, W] and IoUs [B, 4] -> the three candidates, or the single-mask answer."""
+        if multimask_output:
+            return masks[:, 1:, :, :], iou_pred[:, 1:]
+        if self.dynamic_multimask_via_stability and not self.training:
+            return self._dynamic_multimask_via_stability(masks, iou_pred)
+        return masks[:, 0:1, :, :], iou_pred[:, 0:1]
 
     def output_tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
         """[object-score token,] IoU token, mask tokens, then the prompts: sparse [B, N, C] -> [B, s + 1 + K + N, C]."""
@@ -115,8 +120,6 @@ class MaskDecoder(SamMaskDecoder):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """All mask tokens: masks [B, 4, 256, 256], iou_pred [B, 4], mask tokens [B, 4, C], object scores [B, 1]."""
         tokens = self.output_tokens(sparse_prompt_embeddings)
-        first = 1 if self.pred_obj_scores else 0
-
         if repeat_image:
             src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0)
         else:
@@ -130,10 +133,38 @@ class MaskDecoder(SamMaskDecoder):
         batch, channels, height, width = src.shape
 
         hs, src = self.transformer(src, pos_src, tokens)
+        src = src.transpose(1, 2).reshape(batch, channels, height, width)
+        return self._heads(hs, src, high_res_features)
+
+    def predict_masks_shared_image(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        high_res_features: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """predict_masks for B prompts [B, N, C] on one image [1, C, h, w] with one dense embedding [1, C, h, w]
+        (no mask inputs), equal up to float rounding: the two-way transformer runs folded (SAM's
+        folded_decoder), projecting on the token side instead of once per prompt over every image token."""
+        tokens = self.output_tokens(sparse_prompt_embeddings)
+        batch = tokens.shape[0]
+        _, channels, height, width = image_embeddings.shape
+        image = (image_embeddings + dense_prompt_embeddings)[0].flatten(1).t()
+        pe = image_pe[0].flatten(1).t()
+        hs, keys = folded_two_way_transformer(self.transformer, image, pe, tokens)
+        if keys.dim() == 2:  # the same image tokens for every prompt
+            keys = keys.unsqueeze(0).expand(batch, -1, -1)
+        src = keys.transpose(1, 2).reshape(batch, channels, height, width)
+        return self._heads(hs, src, high_res_features)
+
+    def _heads(
+        self, hs: torch.Tensor, src: torch.Tensor, high_res_features: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The transformer's tokens [B, T, C] and image [B, C, h, w] -> masks, IoUs, mask tokens, object scores."""
+        first = 1 if self.pred_obj_scores else 0
         iou_token_out = hs[:, first, :]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
-
-        src = src.transpose(1, 2).reshape(batch, channels, height, width)
         upscaled = self.upscale(src, high_res_features)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1

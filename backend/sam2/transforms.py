@@ -5,8 +5,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..sam.amg import remove_small_regions
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -68,20 +66,30 @@ class SAM2Transforms:
         return F.interpolate(masks, tuple(int(s) for s in orig_hw), mode="bilinear", align_corners=False)
 
     def _fill_holes_and_sprinkles(self, masks: torch.Tensor) -> torch.Tensor:
+        """Both region kinds are found on the masks as given (as Meta's): 8-connected background regions of at
+        most max_hole_area pixels become foreground (threshold + 10), foreground regions of at most
+        max_sprinkle_area pixels background (threshold - 10)."""
         out = masks.clone()
-        planes = out.view(-1, *out.shape[-2:])
-        for plane in planes:
+        for plane in out.view(-1, *out.shape[-2:]):
             foreground = (plane > self.mask_threshold).cpu().numpy()
             if self.max_hole_area > 0:
-                # remove_small_regions drops regions smaller than its threshold; holes of area <= max fill here.
-                filled, changed = remove_small_regions(foreground, self.max_hole_area + 1, mode="holes")
-                if changed:
-                    holes = torch.from_numpy(filled & ~foreground).to(plane.device)
-                    plane[holes] = self.mask_threshold + 10.0
-                    foreground = filled
+                holes = torch.from_numpy(_small_regions(~foreground, self.max_hole_area)).to(plane.device)
+                plane[holes] = self.mask_threshold + 10.0
             if self.max_sprinkle_area > 0:
-                kept, changed = remove_small_regions(foreground, self.max_sprinkle_area + 1, mode="islands")
-                if changed:
-                    sprinkles = torch.from_numpy(foreground & ~kept).to(plane.device)
-                    plane[sprinkles] = self.mask_threshold - 10.0
+                sprinkles = torch.from_numpy(_small_regions(foreground, self.max_sprinkle_area)).to(plane.device)
+                plane[sprinkles] = self.mask_threshold - 10.0
         return out
+
+
+def _small_regions(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """The pixels of the 8-connected regions of a bool mask [H, W] with at most max_area pixels."""
+    # Imported here so that only hole filling needs scipy (as remove_small_regions).
+    from scipy import ndimage
+
+    regions, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(regions.ravel(), minlength=count + 1)
+    small = sizes <= max_area
+    small[0] = False
+    return small[regions]

@@ -68,15 +68,18 @@ def encode_embedding(embedding: np.ndarray, fmt: str = DEFAULT_FORMAT) -> bytes:
     return header + payload
 
 
-def quantize_int8(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel int8: returns scales float32 [C] and values int8 [C, H, W]."""
+def quantize_int8(array: np.ndarray, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8: returns scales float32 [C] and values int8 [C, H, W] in [-levels, levels].
+
+    Fewer levels than 127 read back the same way (value = q * scale) and compress better under gzip.
+    """
     channels = array.shape[0]
     peaks = np.abs(array.reshape(channels, -1)).max(axis=1)
-    scales = (peaks / 127.0).astype(np.float32)
+    scales = (peaks / float(levels)).astype(np.float32)
     # An all-zero channel keeps scale 0; dividing by 1 there keeps q = 0 without a warning.
     divisors = np.where(scales > 0, scales, 1.0).astype(np.float32)
     quantized = np.rint(array / divisors[:, None, None])
-    return scales, np.clip(quantized, -127, 127).astype(np.int8)
+    return scales, np.clip(quantized, -levels, levels).astype(np.int8)
 
 
 def parse_header(data: bytes) -> tuple[str, tuple[int, int, int]]:
@@ -115,7 +118,8 @@ def decode_embedding(data: bytes) -> np.ndarray:
 #
 # A 16-byte bundle header: magic ``SAME``, u8 version (2), u8 tensor count (3), u16 reserved, u64 reserved. Then
 # per tensor, in SAM2_TENSORS order, a 16-byte header laid out as version 1's (its version byte 2; dtype codes
-# 0 float32, 1 float16, 2 int8 and 3 int4) and its payload. int4: C float32 per-channel scales, then C*H*W
+# 0 float32, 1 float16, 2 int8 and 3 int4) and its payload. int8 records may use fewer levels (int7: +/-63,
+# int6: +/-31; read back alike). int4: C float32 per-channel scales, then C*H*W
 # signed 4-bit values two to a byte (the even index in the low nibble), value = q * scale[c],
 # scale = max|x_c| / 7 (symmetric).
 
@@ -125,6 +129,8 @@ SAM2_TENSORS = ("image_embed", "high_res_feats_0", "high_res_feats_1")
 SAM2_SHAPES = {"image_embed": (256, 64, 64), "high_res_feats_0": (32, 256, 256), "high_res_feats_1": (64, 128, 128)}
 TENSOR_FORMATS = {"f32": 0, "f16": 1, "int8": 2, "int4": 3}
 TENSOR_FORMAT_NAMES = {code: name for name, code in TENSOR_FORMATS.items()}
+# int8 records quantized to fewer levels (63, 31): read back as int8 (same dtype code), smaller under gzip.
+NARROW_INT8 = {"int7": 63, "int6": 31}
 # Wire names of SAM 2 bundles -> the format of each tensor (image_embed, high_res_feats_0, high_res_feats_1).
 # Figures behind the default: docs/benchmarks.md ("SAM 2 wire"), tests/benchmarks/bench_sam2_wire.py.
 SAM2_FORMATS = {
@@ -133,8 +139,10 @@ SAM2_FORMATS = {
     "int8": ("int8", "int8", "int8"),
     "int8-int4": ("int8", "int4", "int8"),
     "int8-int4-int4": ("int8", "int4", "int4"),
+    "int8-int7": ("int8", "int7", "int8"),
+    "int7": ("int7", "int7", "int7"),
 }
-SAM2_DEFAULT_FORMAT = "int8-int4"
+SAM2_DEFAULT_FORMAT = "int8-int7"
 
 
 def tensor_size(shape: tuple[int, int, int], fmt: str) -> int:
@@ -142,7 +150,7 @@ def tensor_size(shape: tuple[int, int, int], fmt: str) -> int:
     if fmt == "int4":
         channels, height, width = shape
         return HEADER_BYTES + 4 * channels + (channels * height * width + 1) // 2
-    return encoded_size(shape, fmt)
+    return encoded_size(shape, "int8" if fmt in NARROW_INT8 else fmt)
 
 
 def sam2_encoded_size(fmt: str) -> int:
@@ -180,10 +188,14 @@ def dequantize_int4(scales: np.ndarray, packed: np.ndarray, shape: tuple[int, in
 
 def _encode_tensor(array: np.ndarray, fmt: str) -> bytes:
     channels, height, width = array.shape
-    header = HEADER.pack(MAGIC, BUNDLE_VERSION, TENSOR_FORMATS[fmt], 0, channels, height, width, 0)
+    dtype = TENSOR_FORMATS["int8" if fmt in NARROW_INT8 else fmt]
+    header = HEADER.pack(MAGIC, BUNDLE_VERSION, dtype, 0, channels, height, width, 0)
     if fmt == "int4":
         scales, packed = quantize_int4(array)
         return header + scales.astype("<f4").tobytes() + packed.tobytes()
+    if fmt in NARROW_INT8:
+        scales, quantized = quantize_int8(array, NARROW_INT8[fmt])
+        return header + scales.astype("<f4").tobytes() + quantized.tobytes()
     # f32, f16 and int8 payloads are version 1's.
     return header + encode_embedding(array, fmt)[HEADER_BYTES:]
 

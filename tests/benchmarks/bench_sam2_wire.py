@@ -28,12 +28,12 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from reference_data import REFERENCE_DIR  # noqa: E402
 
-from backend.sam2 import SAM2ImagePredictor, build_sam2  # noqa: E402
+from backend.sam2 import SAM2AutomaticMaskGenerator, SAM2ImagePredictor, build_sam2  # noqa: E402
 from backend.services import codec  # noqa: E402
 
 TARGET_MEAN_IOU = 0.99
 TARGET_GZIP_BYTES = 3_000_000
-TENSOR_FORMATS = ("f16", "int8", "int4")
+TENSOR_FORMATS = ("int4",)  # int8 of each is in the "int8" bundle; f16 keeps masks (IoU 1.0000 on image_embed)
 NAMES = dict(zip(codec.SAM2_TENSORS, ("image_embed", "high_res_feat_s0", "high_res_feat_s1"), strict=True))
 
 
@@ -55,9 +55,13 @@ def masks_for(predictor: SAM2ImagePredictor, features: dict, hw, points, boxes) 
         },
         hw,
     )
-    point_masks, _, _ = predictor.predict(point_coords=points, point_labels=np.ones(points.shape[:2]))
+    # Points decode the shared-image way, as everything mode does (equal to predict() within 1e-5, twice as fast).
+    generator = SAM2AutomaticMaskGenerator.__new__(SAM2AutomaticMaskGenerator)
+    generator.predictor, generator.multimask_output = predictor, True
+    coords = predictor._transforms.transform_coords(torch.from_numpy(points), normalize=True, orig_hw=hw)
+    point_masks, _, _ = generator._predict_points(coords, torch.ones(points.shape[:2], dtype=torch.int))
     box_masks, _, _ = predictor.predict(box=boxes, multimask_output=False)
-    return np.concatenate([point_masks.reshape(-1, *hw), box_masks.reshape(-1, *hw)]) > 0
+    return np.concatenate([point_masks.numpy().reshape(-1, *hw), box_masks.reshape(-1, *hw)]) > 0
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,7 +74,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=int, default=8, help="points per side (default 8: 64 points)")
     parser.add_argument("--boxes", type=int, default=16)
-    parser.add_argument("--images", nargs="*", default=["dog.jpg", "truck.jpg"])
+    parser.add_argument("--images", nargs="*", default=["dog.jpg"])
+    parser.add_argument("--skip", nargs="*", default=[], help="bundles not to measure")
+    parser.add_argument("--no-tensors", action="store_true", help="only the bundles")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -94,7 +100,7 @@ def main() -> int:
         )
 
         print("one tensor quantized, the others float32: mean IoU / min IoU / raw bytes / gzip bytes")
-        for name in codec.SAM2_TENSORS:
+        for name in [] if args.no_tensors else codec.SAM2_TENSORS:
             for fmt in TENSOR_FORMATS:
                 record = codec._encode_tensor(f32[name], fmt)
                 formats = tuple(fmt if n == name else "f32" for n in codec.SAM2_TENSORS)
@@ -110,7 +116,7 @@ def main() -> int:
                 )
 
         print("bundles: mean IoU / min IoU / raw bytes / gzip bytes")
-        for fmt in codec.SAM2_FORMATS:
+        for fmt in [f for f in codec.SAM2_FORMATS if f not in ("f32", "f16", *args.skip)]:
             wire = codec.encode_sam2_features(f32, fmt)
             decoded = codec.decode_sam2_features(wire)
             ious = iou(masks_for(predictor, decoded, hw, points, boxes), reference)
