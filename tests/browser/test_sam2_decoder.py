@@ -14,7 +14,7 @@ from backend_fixtures import SMALL_PHOTO, photo, small_sam2
 from browser_helpers import ConsoleWatch, static_server
 
 from backend.sam2 import SAM2ImagePredictor
-from backend.services.codec import encode_sam2_features
+from backend.services.codec import SAM2_DEFAULT_FORMAT, encode_sam2_features
 from backend.services.decoders import prepare_decoders
 
 # The fp32 decoders on float32 features compute the predictor's logits up to float rounding (and lowres's tanh
@@ -43,7 +43,7 @@ def sam2_case(tmp_path_factory):
     decoders = prepare_decoders(model, "small-sam2-seed0-test", tmp_path_factory.mktemp("sam2-decoders"))
     for decoder in decoders:
         (files / f"{decoder['name']}.onnx").write_bytes(decoder["path"].read_bytes())
-    for fmt in ("f32", "int8-int4"):
+    for fmt in ("f32", SAM2_DEFAULT_FORMAT):
         (files / f"features-{fmt}.bin").write_bytes(encode_sam2_features(features, fmt))
     (files / "index.html").write_text("<!doctype html><link rel=icon href=data:,><title>SAM 2 decoder</title>")
     with static_server({"/sam2-test/": files}) as url:
@@ -130,7 +130,7 @@ PROMPTS = [
     [
         ("lowres", "f32", EXACT_AGREEMENT),
         ("official", "f32", EXACT_AGREEMENT),
-        ("lowres-quantized", "int8-int4", DEFAULT_AGREEMENT),
+        ("lowres-quantized", SAM2_DEFAULT_FORMAT, DEFAULT_AGREEMENT),
     ],
 )
 def test_sam2_masks_in_chromium_equal_the_predictors(sam2_page, sam2_case, decoder, wire, agreement):
