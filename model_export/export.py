@@ -22,16 +22,19 @@ def use_approximate_gelu(model: nn.Module) -> None:
             module.approximate = "tanh"
 
 
-def example_inputs(model: SamDecoderParts, variant: str, num_points: int = 5) -> dict[str, torch.Tensor]:
-    """Random inputs with the decoder's shapes: image embedding [1, C, h, w], N points, mask [1, 1, 4h, 4w]."""
+def example_inputs(
+    model: SamDecoderParts, variant: str, num_points: int = 5, num_prompts: int = 1
+) -> dict[str, torch.Tensor]:
+    """Random inputs with the decoder's shapes: image embedding [1, C, h, w], num_prompts (lowres only) prompts
+    of N points, mask [1, 1, 4h, 4w]."""
     embed_dim = model.prompt_encoder.embed_dim
     embed_size = tuple(model.prompt_encoder.image_embedding_size)
     mask_input_size = [4 * x for x in embed_size]
     generator = torch.Generator().manual_seed(0)
     inputs = {
         "image_embeddings": torch.randn(1, embed_dim, *embed_size, generator=generator),
-        "point_coords": torch.randint(0, 1024, (1, num_points, 2), generator=generator).to(torch.float32),
-        "point_labels": torch.randint(0, 4, (1, num_points), generator=generator).to(torch.float32),
+        "point_coords": torch.randint(0, 1024, (num_prompts, num_points, 2), generator=generator).to(torch.float32),
+        "point_labels": torch.randint(0, 4, (num_prompts, num_points), generator=generator).to(torch.float32),
         "mask_input": torch.randn(1, 1, *mask_input_size, generator=generator),
         "has_mask_input": torch.tensor([1], dtype=torch.float32),
         "orig_im_size": torch.tensor([1500, 2250], dtype=torch.float32),
@@ -87,7 +90,8 @@ def export_decoder(
     """
     Write the decoder graph of `model` (a Sam) to `output` as one self-contained ONNX file.
 
-    Only the number of points (axis 1 of point_coords and point_labels) is dynamic. The file appears
+    Only the number of points (axis 1 of point_coords and point_labels) is dynamic, and for lowres the number
+    of prompts (axis 0 of the prompts and outputs; of the mask inputs, 1 or that number). The file appears
     atomically: it is written beside `output` under a temporary name and renamed.
     """
     output = Path(output)
@@ -95,8 +99,20 @@ def export_decoder(
     if gelu_approximate:
         use_approximate_gelu(parts)
     wrapper = onnx_wrapper(parts, variant, return_single_mask, use_stability_score, return_extra_metrics).eval()
-    inputs = example_inputs(parts, variant)
     dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    if variant == "lowres":
+        # Traced with two prompts, so no size of the prompt axis is taken for a constant.
+        inputs = example_inputs(parts, variant, num_prompts=2)
+        dynamic_axes = {
+            "point_coords": {0: "num_prompts", 1: "num_points"},
+            "point_labels": {0: "num_prompts", 1: "num_points"},
+            "mask_input": {0: "num_masks"},
+            "has_mask_input": {0: "num_masks"},
+            "iou_predictions": {0: "num_prompts"},
+            "low_res_masks": {0: "num_prompts"},
+        }
+    else:
+        inputs = example_inputs(parts, variant)
     with atomic_write(output) as tmp_path, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=UserWarning)

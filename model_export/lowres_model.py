@@ -10,11 +10,15 @@ from .onnx_model import PromptEmbedder, SamDecoderParts
 
 class SamLowResOnnxModel(nn.Module):
     """
-    Prompt encoder + mask decoder returning every candidate's low-resolution logits; the client upsamples.
+    Prompt encoder + mask decoder for B prompts on one image, returning every candidate's low-resolution
+    logits; the client upsamples.
 
-    Inputs: image_embeddings [1, 256, 64, 64], point_coords [1, N, 2], point_labels [1, N],
-    mask_input [1, 1, 256, 256], has_mask_input [1].
-    Outputs: iou_predictions [1, 4], low_res_masks [1, 4, 256, 256] (index 0 the single-mask token).
+    Inputs: image_embeddings [1, 256, 64, 64], point_coords [B, N, 2], point_labels [B, N],
+    mask_input [M, 1, 256, 256], has_mask_input [M], where M is 1 (no prompt has a mask: zeros and 0) or B
+    (each prompt's own mask and flag).
+    Outputs: iou_predictions [B, 4], low_res_masks [B, 4, 256, 256] (index 0 the single-mask token).
+    Prompts of one run have the same number of points N (a padding point is a token, and changes the masks);
+    each prompt's outputs are those of its own run with B = 1.
     """
 
     def __init__(self, model: SamDecoderParts) -> None:
@@ -32,14 +36,15 @@ class SamLowResOnnxModel(nn.Module):
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse_embedding = self.prompts.embed_points(point_coords, point_labels)
-        dense_embedding = self.prompts.embed_masks(mask_input, has_mask_input)
+        dense_embedding = self.prompts.embed_masks_per_prompt(mask_input, has_mask_input)
         _, _, height, width = image_embeddings.shape
         # Computed in the graph from the prompt encoder's 2 x 128 frequencies rather than stored as a 4 MB
         # constant: onnxruntime folds it once when the session is created (the file shrinks by 4 MB).
         image_pe = pixel_rows(self.prompts.prompt_encoder.get_dense_pe())
-        tokens, image_tokens = self.decoder(pixel_rows(image_embeddings + dense_embedding), image_pe, sparse_embedding)
+        # [M, h * w, C]: one set of image rows shared by every prompt unless mask prompts make them differ.
+        image = (image_embeddings + dense_embedding).flatten(2).transpose(1, 2)
+        tokens, image_tokens = self.decoder.forward_batch(image, image_pe, sparse_embedding)
         iou_predictions = self.decoder.predict_iou(tokens, ALL_MASKS)
         hyper_in = self.decoder.hypernetworks(tokens, ALL_MASKS)
-        image_rows = image_tokens if image_tokens.dim() == 2 else image_tokens[0]
-        low_res_masks = self.decoder.upscale(image_rows, hyper_in[0], height, width)
-        return iou_predictions, low_res_masks.unsqueeze(0)
+        low_res_masks = self.decoder.upscale_batch(image_tokens, hyper_in, height, width)
+        return iou_predictions, low_res_masks

@@ -3,7 +3,7 @@
 The traced graph computes dense = has_mask_input * mask_downscaling(mask_input) + (1 - has_mask_input) *
 no_mask_embed on every run: two strided convolutions, two layer norms and a 1x1 convolution to 256 x 64 x 64,
 then a blend, for a mask that is absent on almost every decode (hovers and clicks; only refinement sends one).
-After the rewrite that computation is the If's then-branch, taken when has_mask_input != 0; the else-branch
+After the rewrite that computation is the If's then-branch, taken when any has_mask_input != 0; the else-branch
 is the no-mask embedding itself, [1, C, 1, 1], which the blend equals exactly at has_mask_input == 0 and
 which the following Add broadcasts over the image. Outputs are unchanged for every input.
 """
@@ -71,7 +71,11 @@ def skip_mask_branch_without_mask(
     zero = numpy_helper.from_array(np.zeros(1, np.float32), "has_mask_input_zero")
     graph.initializer.append(zero)
     condition = [
-        helper.make_node("Equal", ["has_mask_input", zero.name], ["has_no_mask_input"], name="mask_branch/Equal"),
+        # One flag per prompt: the branch runs when any prompt has a mask.
+        helper.make_node(
+            "ReduceMax", ["has_mask_input"], ["max_has_mask_input"], name="mask_branch/ReduceMax", keepdims=0
+        ),
+        helper.make_node("Equal", ["max_has_mask_input", zero.name], ["has_no_mask_input"], name="mask_branch/Equal"),
         helper.make_node("Not", ["has_no_mask_input"], ["has_a_mask_input"], name="mask_branch/Not"),
         helper.make_node(
             "If", ["has_a_mask_input"], [dense], name="mask_branch/If", then_branch=then_branch, else_branch=else_branch

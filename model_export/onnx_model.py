@@ -47,6 +47,14 @@ class PromptEmbedder(nn.Module):
         no_mask_embedding = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         return mask_embedding + (1 - has_mask_input) * no_mask_embedding
 
+    def embed_masks_per_prompt(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """mask_input [M, 1, 256, 256], has_mask_input [M] (one flag per prompt, or M = 1 for all)
+        -> dense embeddings [M, C, 64, 64]; a prompt flagged 0 gets exactly the no-mask embedding."""
+        has_mask_input = has_mask_input.reshape(-1, 1, 1, 1)
+        mask_embedding = has_mask_input * self.prompt_encoder.mask_downscaling(mask_input)
+        no_mask_embedding = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return mask_embedding + (1 - has_mask_input) * no_mask_embedding
+
 
 def resize_longest_image_size(input_image_size: torch.Tensor, longest_side: int) -> torch.Tensor:
     """(H, W) float tensor -> the (h, w) int64 size after resizing the longest side to longest_side."""

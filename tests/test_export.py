@@ -205,20 +205,29 @@ def client_upsample(low_res: np.ndarray, input_size, original_size) -> np.ndarra
 
 
 @pytest.mark.parametrize("name", ["official", "lowres", "official-quantized", "lowres-quantized"])
-def test_graph_interface_and_only_points_axis_dynamic(decoders, name):
+def test_graph_interface_and_only_prompt_axes_dynamic(decoders, name):
     graph = onnx.load(str(decoders[name]["path"])).graph
     interface = decoders[name]["interface"]
     initializers = {i.name for i in graph.initializer}
     inputs = {i.name: i for i in graph.input if i.name not in initializers}
-    expected = {
-        "image_embeddings": [1, 256, 64, 64],
-        "point_coords": [1, "num_points", 2],
-        "point_labels": [1, "num_points"],
-        "mask_input": [1, 1, 256, 256],
-        "has_mask_input": [1],
-    }
     if interface == "official":
-        expected["orig_im_size"] = [2]
+        expected = {
+            "image_embeddings": [1, 256, 64, 64],
+            "point_coords": [1, "num_points", 2],
+            "point_labels": [1, "num_points"],
+            "mask_input": [1, 1, 256, 256],
+            "has_mask_input": [1],
+            "orig_im_size": [2],
+        }
+    else:
+        # Any number of prompts in one run; mask inputs for none of them (1) or each (num_masks == num_prompts).
+        expected = {
+            "image_embeddings": [1, 256, 64, 64],
+            "point_coords": ["num_prompts", "num_points", 2],
+            "point_labels": ["num_prompts", "num_points"],
+            "mask_input": ["num_masks", 1, 256, 256],
+            "has_mask_input": ["num_masks"],
+        }
     shapes = {
         name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] for name, value in inputs.items()
     }
@@ -251,6 +260,85 @@ def test_any_number_of_points_runs(decoders, own, num_points):
     assert official[1].shape == (1, 4) and lowres[0].shape == (1, 4)
     np.testing.assert_allclose(lowres[1], official[2], atol=LOGIT_TOL)
     np.testing.assert_allclose(lowres[0], official[1], atol=LOGIT_TOL)
+
+
+@pytest.mark.parametrize("name", ["lowres", "lowres-quantized"])
+def test_many_prompts_in_one_run_equal_their_own_runs(decoders, predictor, own, name):
+    """Boxes, clicks and box + click prompts (3 tokens each), some with a mask prompt, in one lowres run: each
+    prompt's candidates and scores are those of its own run (the image side before the first image-to-token
+    attention is shared; nothing of one prompt reaches another)."""
+    h, w = own["image_hw"]
+    rng = np.random.default_rng(3)
+    prompts = []
+    for i in range(6):
+        x, y = rng.uniform([0.2 * w, 0.2 * h], [0.8 * w, 0.8 * h])
+        if i % 3 == 0:
+            prompt = {"points": [[x, y], [x + 40, y + 30]], "labels": [1, 0]}
+        elif i % 3 == 1:
+            prompt = {"points": [[x, y]], "labels": [1], "box": [x - 120, y - 90, x + 100, y + 80]}
+        else:
+            prompt = {"points": [[x, y], [x - 50, y + 10]], "labels": [1, 1]}
+        prompts.append(onnx_prompt(predictor, prompt))
+    graph = session(decoders[name]["path"])
+    image = {"image_embeddings": own["embedding"]}
+    one_by_one = [graph.run(None, {**image, **feeds}) for feeds in prompts]
+    assert len({f["point_coords"].shape for f in prompts}) == 1  # same token count: one batch
+    batch = {
+        "point_coords": np.concatenate([f["point_coords"] for f in prompts]),
+        "point_labels": np.concatenate([f["point_labels"] for f in prompts]),
+        **no_mask_input(),
+    }
+    scores, low_res = graph.run(None, {**image, **batch})
+    assert scores.shape == (6, 4) and low_res.shape == (6, 4, 256, 256)
+    for b, (single_scores, single_low_res) in enumerate(one_by_one):
+        np.testing.assert_allclose(scores[b], single_scores[0], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(low_res[b], single_low_res[0], atol=1e-4, rtol=0)
+        assert ((low_res[b] > 0) == (single_low_res[0] > 0)).all()
+    assert not np.allclose(low_res[0], low_res[1])  # the prompts differ, so the check is not vacuous
+
+    # Mask prompts for some: mask_input and has_mask_input then have one entry per prompt.
+    masks = np.stack([one_by_one[(b + 1) % 6][1][0, 0:1] for b in range(6)]).astype(np.float32)
+    flags = np.array([1, 0, 1, 1, 0, 0], np.float32)
+    scores, low_res = graph.run(None, {**image, **batch, "mask_input": masks, "has_mask_input": flags})
+    for b in range(6):
+        feeds = {**prompts[b]}
+        if flags[b]:
+            feeds.update(mask_input=masks[b : b + 1], has_mask_input=np.ones(1, np.float32))
+        single_scores, single_low_res = graph.run(None, {**image, **feeds})
+        np.testing.assert_allclose(scores[b], single_scores[0], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(low_res[b], single_low_res[0], atol=1e-4, rtol=0)
+        if not flags[b]:
+            np.testing.assert_array_equal(low_res[b], one_by_one[b][1][0])
+    assert not np.allclose(low_res[0], one_by_one[0][1][0])  # the mask prompt did change prompt 0's masks
+
+
+def test_folded_batch_methods_equal_metas_mask_decoder_in_torch(model, own):
+    """FoldedMaskDecoder.forward_batch + upscale_batch (what the lowres graph traces) in torch: B prompts, shared
+    image rows or one per prompt, against MaskDecoder.predict_masks prompt by prompt."""
+    from backend.sam.folded_decoder import ALL_MASKS, FoldedMaskDecoder, pixel_rows
+
+    decoder, prompt_encoder = model.mask_decoder, model.prompt_encoder
+    folded = FoldedMaskDecoder(decoder)
+    embedding = torch.as_tensor(own["embedding"])
+    rng = np.random.default_rng(5)
+    coords = torch.as_tensor(rng.uniform(0, 1024, (3, 2, 2)), dtype=torch.float32)
+    labels = torch.tensor([[1, -1], [2, 3], [1, 0]])
+    masks = torch.as_tensor(rng.standard_normal((3, 1, 256, 256)), dtype=torch.float32)
+    with torch.no_grad():
+        sparse, no_mask = prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        _, with_mask = prompt_encoder(points=None, boxes=None, masks=masks)
+        image_pe = prompt_encoder.get_dense_pe()
+        for dense in (no_mask[:1], with_mask):
+            image = (embedding + dense).flatten(2).transpose(1, 2)
+            tokens, image_tokens = folded.forward_batch(image, pixel_rows(image_pe), sparse)
+            low_res = folded.upscale_batch(image_tokens, folded.hypernetworks(tokens, ALL_MASKS), 64, 64)
+            scores = folded.predict_iou(tokens, ALL_MASKS)
+            for b in range(3):
+                expected, expected_scores = decoder.predict_masks(
+                    embedding, image_pe, sparse[b : b + 1], dense[min(b, len(dense) - 1)][None]
+                )
+                torch.testing.assert_close(low_res[b], expected[0], atol=1e-4, rtol=0)
+                torch.testing.assert_close(scores[b], expected_scores[0], atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- parity: reference arrays

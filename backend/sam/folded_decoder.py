@@ -15,7 +15,8 @@ move each projection onto the token side by associativity:
   is applied to the token values before attention: sum_h attn_h (v_h W_o,h^T).
 
 Before the first image-to-token attention every prompt sees the same image, so the image side stays one
-[h * w, C] tensor shared by a batch of prompts. The output upscaling runs channels-last (pixels as rows), so
+[h * w, C] tensor shared by a batch of prompts (forward_batch / upscale_batch: the same with broadcasting ops
+only, for the lowres ONNX graph of any number of prompts). The output upscaling runs channels-last (pixels as rows), so
 its layer norm works on contiguous channels and the only layout change is the final one of the logits.
 """
 
@@ -56,6 +57,13 @@ class FoldedMaskDecoder(nn.Module):
             weight, bias = _transposed_conv_2x2_as_matmul(conv)
             self.register_buffer(f"{name}_weight", weight)
             self.register_buffer(f"{name}_bias", bias)
+        # For upscale_batch's ONNX form: conv1 with each output pixel's mean over its channels taken out (the
+        # layer norm's centring, done by the weights), conv2 halved (GELU's factor 1/2, exact in floats).
+        centred = [t.view(*t.shape[:-1], 4, conv1.out_channels) for t in _transposed_conv_2x2_as_matmul(conv1)]
+        centred = [(t - t.mean(dim=-1, keepdim=True)).flatten(-2) for t in centred]
+        self.register_buffer("conv1_centred_weight", centred[0].contiguous())
+        self.register_buffer("conv1_centred_bias", centred[1].contiguous())
+        self.register_buffer("conv2_halved_weight", self.conv2_weight * 0.5)
 
     @staticmethod
     def supports(mask_decoder: nn.Module) -> bool:
@@ -116,6 +124,52 @@ class FoldedMaskDecoder(nn.Module):
         # Output row 4i + 2a + c, column 4j + 2b + d.
         logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
         return logits.reshape(-1, 4 * height, 4 * width)
+
+    def forward_batch(
+        self, image: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer for B prompts with broadcasting only: image [1 or B, h * w, C], image_pe
+        [h * w, C], sparse [B, N, C] -> tokens [B, T, C], image tokens [B, h * w, C].
+
+        One traced graph then serves any number of prompts, each with or without its own image rows (a mask
+        prompt changes them); see broadcast_two_way_transformer.
+        """
+        tokens = self.mask_decoder.output_tokens(sparse_prompt_embeddings)
+        return broadcast_two_way_transformer(self.mask_decoder.transformer, image, image_pe, tokens)
+
+    def upscale_batch(
+        self, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """upscale for B prompts at once: image_tokens [B, h * w, C], hyper_in [B, k, C / 8] -> [B, k, 4h, 4w].
+
+        The upscaling is per pixel, so the B prompts' pixels are one [B * h * w, C] matrix through both layers.
+        """
+        conv1, norm, act1, conv2, act2 = self.mask_decoder.output_upscaling
+        batch, _, channels = image_tokens.shape
+        if _plain_gelus(act1, act2):
+            return self._upscale_batch_folded(image_tokens, hyper_in, height, width)
+        x = torch.addmm(self.conv1_bias, image_tokens.reshape(-1, channels), self.conv1_weight)
+        x = _activation(act1, _image_layer_norm(norm, x.view(-1, conv1.out_channels)))
+        x = torch.addmm(self.conv2_bias, x, self.conv2_weight).view(batch, -1, conv2.out_channels)
+        logits = hyper_in @ _activation(act2, x).transpose(1, 2)  # [B, k, h * w * 16]
+        # Output row 4i + 2a + c, column 4j + 2b + d.
+        logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(batch, -1, 4 * height, 4 * width)
+
+    def _upscale_batch_folded(
+        self, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """upscale_batch as exported: the layer norm's centring is in conv1's weights and each GELU's factor 1/2
+        in the next product (conv2's weights, the hypernetwork weights), four fewer passes over the 1-2 M
+        upscaled features per prompt. Equal to upscale_batch up to float rounding."""
+        conv1, norm, _, conv2, _ = self.mask_decoder.output_upscaling
+        batch, _, channels = image_tokens.shape
+        centred = torch.addmm(self.conv1_centred_bias, image_tokens.reshape(-1, channels), self.conv1_centred_weight)
+        x = _doubled_gelu(_centred_layer_norm(norm, centred.view(-1, conv1.out_channels)))
+        x = torch.addmm(self.conv2_bias, x, self.conv2_halved_weight).view(batch, -1, conv2.out_channels)
+        logits = (hyper_in * 0.5) @ _doubled_gelu(x).transpose(1, 2)  # [B, k, h * w * 16]
+        logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(batch, -1, 4 * height, 4 * width)
 
 
 def pixel_rows(x: torch.Tensor) -> torch.Tensor:
@@ -234,6 +288,61 @@ def folded_two_way_transformer(
     attn_out = token_to_image_attention(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
     queries = transformer.norm_final_attn(queries + attn_out)
     return queries, keys
+
+
+def broadcast_two_way_transformer(
+    transformer: nn.Module, image: torch.Tensor, pe: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """folded_two_way_transformer written with broadcasting ops only, for one graph of any batch size.
+
+    image [1 or B, h * w, C] (1: shared by every prompt), pe [h * w, C], tokens [B, T, C] -> tokens [B, T, C]
+    and image tokens [B, h * w, C]. Each prompt's rows are computed as in its own run: the prompts meet only
+    in the shared image rows of the first block, which every prompt reads unchanged.
+    """
+    queries, keys = tokens, image
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + tokens
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        keys_with_pe = keys + pe
+        attn_out = token_to_image_attention(layer.cross_attn_token_to_image, queries + tokens, keys_with_pe, keys)
+        queries = layer.norm2(queries + attn_out)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        attn_out = broadcast_image_to_token_attention(
+            layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries, keys
+        )
+        keys = _image_layer_norm(layer.norm4, attn_out)
+    attn_out = token_to_image_attention(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
+    queries = transformer.norm_final_attn(queries + attn_out)
+    return queries, keys
+
+
+def broadcast_image_to_token_attention(
+    attention: nn.Module,
+    image_queries: torch.Tensor,
+    tokens: torch.Tensor,
+    token_values: torch.Tensor,
+    residual: torch.Tensor,
+) -> torch.Tensor:
+    """image_to_token_attention with image_queries and residual [1 or B, h * w, C], broadcast over the B
+    prompts of tokens, token_values [B, T, C] -> [B, h * w, C]; plain MatMul and Add, which ONNX broadcasts."""
+    heads = attention.num_heads
+    q_weight, q_bias = _head_weights(attention.q_proj, heads)
+    batch, num_tokens, channels = tokens.shape
+    head_dim = q_weight.shape[1]
+    scale = 1.0 / math.sqrt(head_dim)
+    k = attention.k_proj(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, heads, T, d]
+    v = attention.v_proj(token_values).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
+    folded_k = ((k @ q_weight) * scale).reshape(batch, heads * num_tokens, channels)
+    key_bias = ((k @ q_bias.unsqueeze(-1)) * scale).reshape(batch, heads * num_tokens, 1)
+    logits = folded_k @ image_queries.transpose(1, 2) + key_bias  # [B, heads * T, h * w]
+    attn = _softmax_over_tokens(logits.view(batch, heads, num_tokens, -1)).view(batch, heads * num_tokens, -1)
+    o_weight = attention.out_proj.weight.view(channels, heads, head_dim).permute(1, 2, 0)  # [heads, d, C]
+    folded_v = (v @ o_weight).reshape(batch, heads * num_tokens, channels) + attention.out_proj.bias / heads
+    return attn.transpose(1, 2) @ folded_v + residual
 
 
 def _head_weights(linear: nn.Linear, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,6 +471,25 @@ def _activation(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return act(x)
     inner = x * (x * x * _GELU_TANH_B + _GELU_TANH_A)
     return x * (torch.tanh(inner) + 1.0) * 0.5
+
+
+def _plain_gelus(*acts: nn.Module) -> bool:
+    """In an ONNX export, whether every act is an exact GELU (which upscale_batch writes out in tanh form)."""
+    return torch.onnx.is_in_onnx_export() and all(
+        isinstance(act, nn.GELU) and act.approximate == "none" for act in acts
+    )
+
+
+def _doubled_gelu(x: torch.Tensor) -> torch.Tensor:
+    """2 GELU(x) in its tanh form, x (1 + tanh(x (A + B x^2))) (see _activation): the caller halves the next
+    product's weights instead, one element-wise pass fewer."""
+    return x * (torch.tanh(x * (x * x * _GELU_TANH_B + _GELU_TANH_A)) + 1.0)
+
+
+def _centred_layer_norm(norm: nn.Module, centred: torch.Tensor) -> torch.Tensor:
+    """norm over the last axis of rows that already have mean 0 (_image_layer_norm minus the centring)."""
+    scale = torch.reciprocal(torch.sqrt((centred * centred).mean(dim=-1, keepdim=True) + norm.eps))
+    return centred * scale * norm.weight + norm.bias
 
 
 def _transposed_conv_2x2_as_matmul(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -165,6 +165,12 @@ def main() -> int:
         help="onnxruntime-web dist directory (default: the pinned one in web/node_modules)",
     )
     parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="also time, for each lowres decoder, 1 box and this many boxes in one run (interleaved)",
+    )
+    parser.add_argument(
         "--sam2",
         nargs="*",
         metavar="DECODER",
@@ -213,9 +219,10 @@ def main() -> int:
             "image_hw": image_hw,
             "models": {name: f"/models/{name}.onnx" for name in names} | {n: f"/bench/{n}.onnx" for n in sam2_names},
             "sam2": bool(sam2_names),
-            "interfaces": {name: name.split("-")[0] for name in names},
+            "interfaces": {name: "official" if "official" in name else "lowres" for name in names},
             "prompts": with_sam2_coords(bench_prompts(image_hw), image_hw),
             "profile": args.profile,
+            "batch": args.batch,
         }
         params["interfaces"].update({n: "sam2-official" if "official" in n else "sam2-lowres" for n in sam2_names})
         names += sam2_names
@@ -265,6 +272,15 @@ def main() -> int:
             f"{name:18s} {sizes[name]:>11,} B   median run {m['runMs']:7.1f} ms   prompt->mask {m['totalMs']:7.1f} ms"
             f"   speed-up over {baseline}: run {b['runMs'] / m['runMs']:.2f}x, prompt->mask "
             f"{b['totalMs'] / m['totalMs']:.2f}x"
+        )
+    for name in names:
+        if f"{name} 1 box" not in medians:
+            continue
+        one, many = medians[f"{name} 1 box"], medians[f"{name} {args.batch} boxes"]
+        print(
+            f"{name}: 1 box {one['totalMs']:.1f} ms, {args.batch} boxes in one run {many['totalMs']:.1f} ms "
+            f"(prompt->masks; run {one['runMs']:.1f} / {many['runMs']:.1f} ms): "
+            f"{many['totalMs'] / one['totalMs']:.2f}x one box"
         )
     for name in names[1:]:
         ious = [a["iou"] for a in result["agreement"] if a["decoder"] == name]

@@ -85,8 +85,42 @@ async function decode(name, prompt) {
   return { runMs: t1 - t0, totalMs: t2 - t0, mask, k };
 }
 
+/**
+ * `count` box prompts in one run of a lowres-interface decoder, prompt -> a binary mask per box (candidate 0,
+ * as for a box). The boxes are the benchmark's box prompt shifted, so each is its own prompt.
+ */
+async function decodeBoxes(name, count) {
+  const [[x0, y0], [x1, y1]] = params.prompts.find((p) => p.labels[0] === 2).coords;
+  const coords = new Float32Array(count * 4);
+  for (let b = 0; b < count; b++) coords.set([x0 + 7 * b, y0 + 5 * b, x1 - 3 * b, y1 - 6 * b], 4 * b);
+  const f = {
+    image_embeddings: new ort.Tensor("float32", embedding, [1, 256, 64, 64]),
+    point_coords: new ort.Tensor("float32", coords, [count, 2, 2]),
+    point_labels: new ort.Tensor("float32", new Float32Array(2 * count).map((_, i) => 2 + (i % 2)), [count, 2]),
+    mask_input: new ort.Tensor("float32", new Float32Array(256 * 256), [1, 1, 256, 256]),
+    has_mask_input: new ort.Tensor("float32", new Float32Array([0]), [1]),
+  };
+  const t0 = performance.now();
+  const out = await sessions[name].run(f);
+  const t1 = performance.now();
+  const masks = [];
+  for (let b = 0; b < count; b++) {
+    masks.push(maskFromLowRes(out.low_res_masks.data.subarray(4 * b * 65536, (4 * b + 1) * 65536), inputSize, [H, W]));
+  }
+  const t2 = performance.now();
+  for (const t of Object.values(out)) t.dispose?.();
+  return { runMs: t1 - t0, totalMs: t2 - t0 };
+}
+
 const names = Object.keys(params.models);
-const times = Object.fromEntries(names.map((n) => [n, { runMs: [], totalMs: [] }]));
+// With --batch B, each lowres decoder also decodes 1 box and B boxes in one run, in the same interleaving.
+// Graphs exported before the prompt axis was dynamic refuse two prompts: they are left out.
+const batched = [];
+for (const n of params.batch > 1 ? names.filter((m) => params.interfaces[m] === "lowres") : []) {
+  if (await decodeBoxes(n, 2).then(() => true, () => false)) batched.push(n);
+}
+const series = [...names, ...batched.flatMap((n) => [`${n} 1 box`, `${n} ${params.batch} boxes`])];
+const times = Object.fromEntries(series.map((n) => [n, { runMs: [], totalMs: [] }]));
 const agreement = [];
 const prompts = params.prompts;
 for (let w = 0; w < params.warmup; w++) for (const n of names) await decode(n, prompts[w % prompts.length]);
@@ -98,6 +132,14 @@ for (let i = 0; i < params.decodes; i++) {
     results[n] = await decode(n, prompt);
     times[n].runMs.push(results[n].runMs);
     times[n].totalMs.push(results[n].totalMs);
+  }
+  for (const n of i % 2 === 0 ? batched : [...batched].reverse()) {
+    const pair = [[`${n} 1 box`, 1], [`${n} ${params.batch} boxes`, params.batch]];
+    for (const [key, count] of i % 2 === 0 ? pair : pair.reverse()) {
+      const r = await decodeBoxes(n, count);
+      times[key].runMs.push(r.runMs);
+      times[key].totalMs.push(r.totalMs);
+    }
   }
   if (i < prompts.length) {
     // Every decoder's mask against the first one's (the official fp32 graph) of the same model family.

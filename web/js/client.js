@@ -67,6 +67,17 @@ export class SamClient {
   }
 
   /**
+   * Masks for many independent prompts on the open image (e.g. a text query's boxes), in as few decoder runs
+   * as the decoder allows; see DecoderClient.decodeMany. Prompts are in the image's pixels; masks are at its
+   * size unless options.outSize says otherwise. Each prompt's candidates equal those of its own decode.
+   * @returns {Promise<{results: Array<{scores, lowRes, candidates, best, masks}>, runs, decodeMs, postMs}>}
+   */
+  decodeMany(prompts, options = {}) {
+    if (!this.editor.ready || !this.image) return Promise.reject(new Error("Open an image first."));
+    return this.decoder.decodeMany(prompts, { outSize: this.image.uploadSize, ...options });
+  }
+
+  /**
    * Uploads the prepared image, downloads its embedding into the worker; the editor is ready after.
    * @param {object} options {format: "f16"|"int8"|"f32" (else the server's choice)}
    * @returns {Promise<{info, embedding, uploadMs, dtype}|null>} the server's answer, the embedding download

@@ -54,7 +54,7 @@ export class DecoderClient {
       this.onProgress(message);
       return;
     }
-    if (message.type === "result") {
+    if (message.type === "result" || message.type === "results") {
       // User Timing entries of the worker's session.run and upsampling, for benchmarks and profiling.
       const now = performance.now();
       performance.measure("sam:decode", { start: now - message.decodeMs - message.postMs, duration: message.decodeMs });
@@ -128,6 +128,23 @@ export class DecoderClient {
     const result = await this.#request({ type: "decode", ...prompt, allMasks: true });
     this.lastDecodeMs = result.decodeMs;
     return result;
+  }
+
+  /**
+   * Decodes many independent prompts on the image in as few runs as the decoder allows (the lowres graphs:
+   * one run for all prompts with the same number of points, e.g. all boxes; the image side is computed once
+   * per run). Each prompt's candidates equal those of its own decode(). Committed, in order with decode().
+   * prompts: [{points: [{x, y, label}], box: [x0, y0, x1, y1]|null, maskInput: Float32Array|null,
+   * multimask?: bool}] in image pixels; options {outSize: [H, W], multimask: the default for prompts that do
+   * not say (false: the single-mask token, as for a box), allMasks: every candidate's mask (else the best's)}.
+   * Resolves with {results: [{scores, lowRes, candidates, best, masks}] in the prompts' order, runs,
+   * decodeMs, postMs}.
+   */
+  async decodeMany(prompts, { outSize, multimask = false, allMasks = false }) {
+    this.generation++;
+    this.pendingHover = null;
+    const answer = await this.#request({ type: "decode-many", prompts, multimask, outSize, allMasks });
+    return { results: answer.results, runs: answer.runs, decodeMs: answer.decodeMs, postMs: answer.postMs };
   }
 
   /** Asks for a hover preview; onResult(result) runs unless the preview went stale first. */

@@ -38,6 +38,12 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
   onStatus("Loading the decoder…", null);
   // The versioned onnxruntime-web path is cached immutably (no revalidation on a repeat visit).
   const info = await decoder.init(new URL(apiUrl(entry.url, server), location.href).href, backend, threads, model.ort_version);
-  const runsOn = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${plural(info.threads, "thread")}`;
+  let runsOn = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${plural(info.threads, "thread")}`;
+  if (info.engineMs) {
+    // The worker timed both engines and kept the faster (decoder-worker.js, backend "auto").
+    const { webgpu, wasm } = info.engineMs;
+    const [mine, other] = info.provider === "webgpu" ? [webgpu, wasm] : [wasm, webgpu];
+    runsOn += ` (faster here than ${info.provider === "webgpu" ? "WebAssembly" : "WebGPU"}: ${Math.round(mine)} against ${Math.round(other)} ms a decode)`;
+  }
   return { model, entry, info, runsOn };
 }

@@ -7,9 +7,10 @@
 //               embedding {buffer: ArrayBuffer (wire format), imageSize: [H, W]}
 //               decode {id, points: [{x, y, label}], box: [x0,y0,x1,y1]|null, maskInput: Float32Array|null,
 //                       multimask: bool, outSize: [H, W], allMasks: bool}
+//               decode-many {id, prompts: [{points, box, maskInput, multimask?}], multimask, outSize, allMasks}
 //               upsample {id, lowRes: Float32Array, outSize: [H, W]}
 // Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, result {...},
-//               mask {...}, error {id?, stage, message}
+//               results {results: [result per prompt], runs, decodeMs, postMs}, mask {...}, error {id?, stage, message}
 
 import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
@@ -29,6 +30,7 @@ let imageTensors = null; // the image's decoder inputs by name (SAM 1: image_emb
 let imageSize = null; // [H, W] of the encoded image
 let inputSize = null; // [h, w] of that image inside the 1024 frame, or STRETCHED (SAM 2)
 let emptyMask = null;
+let batchable = false; // the graph decodes many prompts in one run (its prompt axis is dynamic)
 
 async function fetchWithProgress(url, stage) {
   const response = await fetch(url);
@@ -80,23 +82,38 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
       fallbackReason = `WebGPU could not run the decoder (${error.message}); using WebAssembly.`;
     }
   }
-  if (!session) {
-    session = await ort.InferenceSession.create(model, {
-      executionProviders: ["wasm"],
-      graphOptimizationLevel: "all",
-      logSeverityLevel: 3,
-    });
-  }
+  const wasmSession = () => ort.InferenceSession.create(model, {
+    executionProviders: ["wasm"],
+    graphOptimizationLevel: "all",
+    logSeverityLevel: 3,
+  });
+  if (!session) session = await wasmSession();
   usesOrigImSize = session.inputNames.includes("orig_im_size");
   sam2 = isSam2Decoder(session);
+  const promptAxis = session.inputMetadata?.find((m) => m.name === "point_coords")?.shape?.[0];
+  batchable = !usesOrigImSize && typeof promptAxis === "string";
   emptyMask = new ort.Tensor("float32", new Float32Array(LOW_RES_PLANE), [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
-  const warmupMs = await warmUp();
+  const warmupMs = await warmUp(session);
+  let engineMs = null;
+  if (provider === "webgpu" && backend === "auto") {
+    // WebGPU is not faster on every machine (an integrated or emulated GPU, a busy one): a few decodes on
+    // each engine, and the faster one stays. Only when the engine was left to the page.
+    const wasm = await wasmSession();
+    await warmUp(wasm);
+    engineMs = { webgpu: await medianDecodeMs(session), wasm: await medianDecodeMs(wasm) };
+    const keep = engineMs.wasm < engineMs.webgpu ? wasm : session;
+    await (keep === wasm ? session : wasm).release?.();
+    if (keep === wasm) provider = "wasm";
+    session = keep;
+  }
   return {
     type: "ready",
     provider,
+    engineMs,
     threads: provider === "wasm" ? ort.env.wasm.numThreads : null,
     crossOriginIsolated: isolated,
     interface: sam2 ? sam2Interface(session) : usesOrigImSize ? "official" : "lowres",
+    batchable,
     inputNames: session.inputNames,
     outputNames: session.outputNames,
     modelBytes: model.byteLength,
@@ -110,8 +127,30 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
  * One throw-away decode while the image is still uploading and encoding: the first run of a session
  * allocates its buffers (and compiles shaders on WebGPU), which would otherwise delay the first hover.
  */
-async function warmUp() {
+async function warmUp(target) {
   const started = performance.now();
+  try {
+    const outputs = await target.run(warmUpFeeds());
+    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+  } catch {
+    return null; // a real decode will report the problem in words
+  }
+  return performance.now() - started;
+}
+
+/** The median time of a few decodes of a click on an empty embedding (the engines' race at start-up). */
+async function medianDecodeMs(target, runs = 3) {
+  const times = [];
+  for (let i = 0; i < runs; i++) {
+    const started = performance.now();
+    const outputs = await target.run(warmUpFeeds());
+    times.push(performance.now() - started);
+    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+  }
+  return times.sort((a, b) => a - b)[runs >> 1];
+}
+
+function warmUpFeeds() {
   const feeds = {
     ...zeroImageFeeds(ort, session),
     point_coords: new ort.Tensor("float32", Float32Array.of(512, 512, 0, 0), [1, 2, 2]),
@@ -120,13 +159,7 @@ async function warmUp() {
     has_mask_input: new ort.Tensor("float32", Float32Array.of(0), [1]),
   };
   if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.of(1024, 1024), [2]);
-  try {
-    const outputs = await session.run(feeds);
-    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
-  } catch {
-    return null; // a real decode will report the problem in words
-  }
-  return performance.now() - started;
+  return feeds;
 }
 
 function setEmbedding({ buffer, imageSize: size }) {
@@ -143,8 +176,8 @@ function setEmbedding({ buffer, imageSize: size }) {
   return { type: "embedding-ready", dtype, dims, inputSize, parseMs: performance.now() - started };
 }
 
-/** Decoder inputs for the prompts, in the order Meta's SamOnnxModel expects them. */
-function promptTensors(points, box) {
+/** A prompt's tokens in the model's frame: its points, then a box's two corners or one padding point. */
+function promptTokens({ points = [], box = null }) {
   const coords = [];
   const labels = [];
   for (const p of points) {
@@ -161,45 +194,65 @@ function promptTensors(points, box) {
     coords.push(0, 0);
     labels.push(-1);
   }
-  const n = labels.length;
-  return {
-    point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
-    point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n]),
-  };
+  return { coords, labels };
 }
 
-async function decode({ id, points, box, maskInput, multimask, outSize, allMasks }) {
-  if (!session) throw new Error("The decoder is not loaded yet.");
-  if (!imageTensors) throw new Error("No image embedding has arrived yet.");
-  if (!points.length && !box) throw new Error("Add a point or a box first.");
+/**
+ * One session run for prompts with the same number of tokens (a padding token would change the masks), in
+ * the order Meta's SamOnnxModel expects the inputs. Mask prompts: none (one empty mask, flag 0) or one mask
+ * and flag per prompt (zeros and 0 for the prompts without).
+ */
+async function runPrompts(prompts) {
+  const count = prompts.length;
+  const tokens = prompts.map(promptTokens);
+  const n = tokens[0].labels.length;
+  const coords = new Float32Array(count * n * 2);
+  const labels = new Float32Array(count * n);
+  tokens.forEach((t, b) => {
+    coords.set(t.coords, b * n * 2);
+    labels.set(t.labels, b * n);
+  });
   const feeds = {
     ...imageTensors,
-    ...promptTensors(points, box),
-    mask_input: maskInput
-      ? new ort.Tensor("float32", sam2 ? clampedMaskInput(maskInput) : maskInput, [1, 1, LOW_RES_SIDE, LOW_RES_SIDE])
-      : emptyMask,
-    has_mask_input: new ort.Tensor("float32", Float32Array.of(maskInput ? 1 : 0), [1]),
+    point_coords: new ort.Tensor("float32", coords, [count, n, 2]),
+    point_labels: new ort.Tensor("float32", labels, [count, n]),
+    mask_input: emptyMask,
+    has_mask_input: new ort.Tensor("float32", Float32Array.of(0), [1]),
   };
+  if (prompts.some((p) => p.maskInput)) {
+    const masks = new Float32Array(count * LOW_RES_PLANE);
+    const flags = new Float32Array(count);
+    prompts.forEach((p, b) => {
+      if (!p.maskInput) return;
+      masks.set(sam2 ? clampedMaskInput(p.maskInput) : p.maskInput, b * LOW_RES_PLANE);
+      flags[b] = 1;
+    });
+    feeds.mask_input = new ort.Tensor("float32", masks, [count, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
+    feeds.has_mask_input = new ort.Tensor("float32", flags, [count]);
+  }
   if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.from(imageSize), [2]);
   const started = performance.now();
   const outputs = await session.run(feeds);
-  const decodeMs = performance.now() - started;
+  return { outputs, runMs: performance.now() - started };
+}
 
-  const scores = Float32Array.from(outputs.iou_predictions.data);
-  const lowRes = Float32Array.from((sam2 ? unclampedLogits(outputs) : outputs.low_res_masks).data);
-  const k = scores.length;
+/** Prompt b's candidates of a run's outputs: {scores, lowRes (copies), candidates, best, masks}. */
+function promptResult(outputs, b, { multimask, outSize, allMasks }) {
+  const k = outputs.iou_predictions.dims[1];
+  const scores = Float32Array.from(outputs.iou_predictions.data.subarray(b * k, (b + 1) * k));
+  const logits = sam2 ? unclampedLogits(outputs) : outputs.low_res_masks;
+  const lowRes = Float32Array.from(logits.data.subarray(b * k * LOW_RES_PLANE, (b + 1) * k * LOW_RES_PLANE));
   if (sam2 && !multimask) applySingleMaskFallback(lowRes, scores, LOW_RES_PLANE);
   // With four outputs, index 0 is the single-mask token and 1..3 the three ambiguity masks (as in Meta's predictor).
   const candidates = k === 1 ? [0] : multimask ? [1, 2, 3] : [0];
   let best = candidates[0];
   for (const c of candidates) if (scores[c] > scores[best]) best = c;
-
-  const postStarted = performance.now();
   const wanted = allMasks ? candidates : [best];
   const sameSize = outSize[0] === imageSize[0] && outSize[1] === imageSize[1];
   const masks = {};
   for (const c of wanted) {
     if (usesOrigImSize && outputs.masks && sameSize) {
+      // The official interface runs one prompt at a time (b = 0).
       const [, , h, w] = outputs.masks.dims;
       const plane = h * w;
       masks[c] = threshold(outputs.masks.data.subarray(c * plane, (c + 1) * plane));
@@ -207,14 +260,55 @@ async function decode({ id, points, box, maskInput, multimask, outSize, allMasks
       masks[c] = maskFromLowRes(lowResPlane(lowRes, c), inputSize, outSize);
     }
   }
+  return { scores, lowRes, candidates, best, masks };
+}
+
+function checkReady(prompts) {
+  if (!session) throw new Error("The decoder is not loaded yet.");
+  if (!imageTensors) throw new Error("No image embedding has arrived yet.");
+  if (prompts.some((p) => !p.points?.length && !p.box)) throw new Error("Add a point or a box first.");
+}
+
+const transferOf = (result) => [result.lowRes.buffer, ...Object.values(result.masks).map((m) => m.buffer)];
+
+async function decode({ id, points, box, maskInput, multimask, outSize, allMasks }) {
+  const prompt = { points, box, maskInput };
+  checkReady([prompt]);
+  const { outputs, runMs: decodeMs } = await runPrompts([prompt]);
+  const postStarted = performance.now();
+  const result = promptResult(outputs, 0, { multimask, outSize, allMasks });
   for (const name of Object.keys(outputs)) outputs[name].dispose?.();
-  const transfer = [lowRes.buffer, ...Object.values(masks).map((m) => m.buffer)];
+  return [{ type: "result", id, ...result, outSize, decodeMs, postMs: performance.now() - postStarted }, transferOf(result)];
+}
+
+/**
+ * Many independent prompts on the image, as few runs as the graph allows: prompts with the same number of
+ * tokens share one run when the graph has a prompt axis (the lowres graphs), else one run each. Each prompt's
+ * candidates equal those of its own decode. prompts: [{points, box, maskInput, multimask?}].
+ */
+async function decodeMany({ id, prompts, multimask = false, outSize, allMasks = true }) {
+  if (!Array.isArray(prompts) || !prompts.length) throw new Error("Give at least one prompt.");
+  checkReady(prompts);
+  const groups = new Map(); // token count -> prompt indices
+  prompts.forEach((p, i) => {
+    const key = batchable ? promptTokens(p).labels.length : `single ${i}`;
+    groups.set(key, [...(groups.get(key) || []), i]);
+  });
+  const results = new Array(prompts.length);
+  let decodeMs = 0, postMs = 0;
+  for (const indices of groups.values()) {
+    const { outputs, runMs } = await runPrompts(indices.map((i) => prompts[i]));
+    decodeMs += runMs;
+    const postStarted = performance.now();
+    indices.forEach((i, b) => {
+      results[i] = promptResult(outputs, b, { multimask: prompts[i].multimask ?? multimask, outSize, allMasks });
+    });
+    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+    postMs += performance.now() - postStarted;
+  }
   return [
-    {
-      type: "result", id, scores, lowRes, candidates, best, masks, outSize,
-      decodeMs, postMs: performance.now() - postStarted,
-    },
-    transfer,
+    { type: "results", id, results, outSize, runs: groups.size, decodeMs, postMs },
+    results.flatMap(transferOf),
   ];
 }
 
@@ -223,7 +317,7 @@ function upsample({ id, lowRes, outSize }) {
   return [{ type: "mask", id, mask, outSize }, [mask.buffer]];
 }
 
-const handlers = { init, embedding: setEmbedding, decode, upsample };
+const handlers = { init, embedding: setEmbedding, decode, "decode-many": decodeMany, upsample };
 
 // Messages are handled one at a time, in order: the session is not re-entrant.
 let queue = Promise.resolve();

@@ -1,0 +1,168 @@
+"""Many prompts in one decoder run, through the page's decoder client (DecoderClient.decodeMany).
+
+Real server (seeded random MobileSAM), real Chromium, the default lowres-quantized decoder in its worker.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+import requests
+from backend_fixtures import SMALL_PHOTO, photo_jpeg, vit_t_model
+
+pytestmark = pytest.mark.timeout(300)
+
+# Five boxes and a click (2 tokens each: a box's corners, or the point and the padding point: one run) and a
+# two-point prompt (3 tokens: a second run), in pixels of the 800x534 photo; the last box carries the click's
+# best low-res logits as a mask prompt.
+BOXES = [[80, 60, 420, 380], [300, 120, 760, 500], [20, 20, 200, 200], [400, 250, 700, 520], [150, 90, 640, 450]]
+CLICKS = [[[420, 250]], [[200, 120], [260, 150]]]
+
+DECODE_MANY = """async ({boxes, clicks, embeddingUrl, size}) => {
+  const { DecoderClient } = await import(new URL("js/decoder/decoder-client.js", location.href));
+  const { startDecoder } = await import(new URL("js/decoder/decoder-startup.js", location.href));
+  const decoder = new DecoderClient();
+  const { info } = await startDecoder(decoder, { backend: "wasm" });
+  const embedding = await (await fetch(embeddingUrl)).arrayBuffer();
+  await decoder.setEmbedding(embedding, size);
+  const clickPrompts = clicks.map((points) => ({ points: points.map(([x, y]) => ({ x, y, label: 1 })), box: null,
+                                                maskInput: null, multimask: points.length === 1 }));
+  const first = await decoder.decode({ ...clickPrompts[0], outSize: size });
+  const refine = Float32Array.from(first.lowRes.subarray(first.best * 65536, (first.best + 1) * 65536));
+  const prompts = [
+    ...boxes.map((box, i) => ({ points: [], box, maskInput: i === boxes.length - 1 ? refine : null })),
+    ...clickPrompts,
+  ];
+  const many = await decoder.decodeMany(prompts, { outSize: size, allMasks: true });
+  const bits = (mask) => {
+    const packed = new Uint8Array(Math.ceil(mask.length / 8));
+    for (let i = 0; i < mask.length; i++) if (mask[i]) packed[i >> 3] |= 128 >> (i & 7);
+    let text = "";
+    for (let i = 0; i < packed.length; i += 8192) text += String.fromCharCode(...packed.subarray(i, i + 8192));
+    return btoa(text);
+  };
+  const alone = [];
+  for (const prompt of prompts) alone.push(await decoder.decode({ ...prompt, multimask: prompt.multimask ?? false, outSize: size }));
+  decoder.terminate();
+  return {
+    batchable: info.batchable,
+    runs: many.runs,
+    results: many.results.map((r, i) => ({
+      best: r.best,
+      aloneBest: alone[i].best,
+      scores: Array.from(r.scores),
+      aloneScores: Array.from(alone[i].scores),
+      maxLowResDiff: r.lowRes.reduce((m, v, j) => Math.max(m, Math.abs(v - alone[i].lowRes[j])), 0),
+      sameMasks: r.candidates.every((c) => r.masks[c].every((v, j) => v === alone[i].masks[c][j])),
+      mask: bits(r.masks[r.best]),
+    })),
+  };
+}"""
+
+
+def unpack(text: str, shape) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))
+    return bits[: shape[0] * shape[1]].reshape(shape).astype(bool)
+
+
+def test_decode_many_runs_boxes_together_and_equals_their_own_decodes(page, live_server, tmp_path):
+    from backend.sam import SamPredictor
+    from backend.services.codec import decode_embedding
+
+    image_path = tmp_path / "cat.jpg"
+    image_path.write_bytes(photo_jpeg(*SMALL_PHOTO).read_bytes())
+    info = requests.post(live_server.url + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
+    size = [info["height"], info["width"]]
+    page.goto(live_server.url + "?backend=wasm")
+    answer = page.evaluate(
+        DECODE_MANY,
+        {
+            "boxes": BOXES,
+            "clicks": CLICKS,
+            "embeddingUrl": live_server.url + f"api/embeddings/{info['id']}?format=f32",
+            "size": size,
+        },
+    )
+    assert answer["batchable"] is True
+    assert answer["runs"] == 2  # the boxes and the click in one run, the two-point prompt in another
+    for i, result in enumerate(answer["results"]):
+        assert result["sameMasks"], i
+        assert result["best"] == result["aloneBest"], i
+        np.testing.assert_allclose(result["scores"], result["aloneScores"], atol=1e-5)
+        assert result["maxLowResDiff"] < 1e-4, (i, result["maxLowResDiff"])
+
+    # And they are the masks of Meta's API on the server's embedding.
+    predictor = SamPredictor(vit_t_model())
+    body = requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content
+    predictor.set_embedding(decode_embedding(body), tuple(size))
+    for box, result in zip(BOXES[:-1], answer["results"], strict=False):
+        masks, _, _ = predictor.predict(box=np.array(box), multimask_output=False)
+        assert (unpack(result["mask"], size) == masks[0]).mean() >= 0.99
+    masks, scores, _ = predictor.predict(np.array(CLICKS[0]), np.array([1]), multimask_output=True)
+    assert (unpack(answer["results"][-2]["mask"], size) == masks[int(np.argmax(scores))]).mean() >= 0.99
+    masks, _, _ = predictor.predict(np.array(CLICKS[1]), np.array([1, 1]), multimask_output=False)
+    assert (unpack(answer["results"][-1]["mask"], size) == masks[0]).mean() >= 0.99
+
+
+WEBGPU_AGAINST_WASM = """async ({embeddingUrl, size, boxes}) => {
+  const { DecoderClient } = await import(new URL("js/decoder/decoder-client.js", location.href));
+  const { startDecoder } = await import(new URL("js/decoder/decoder-startup.js", location.href));
+  const embedding = await (await fetch(embeddingUrl)).arrayBuffer();
+  const answers = {};
+  for (const backend of ["webgpu", "wasm", "auto"]) {
+    const decoder = new DecoderClient();
+    const { info, runsOn } = await startDecoder(decoder, { backend });
+    await decoder.setEmbedding(embedding.slice(0), size);
+    const prompts = boxes.map((box) => ({ points: [], box, maskInput: null }));
+    const { results, runs } = await decoder.decodeMany(prompts, { outSize: size });
+    console.log(`decode-many on ${backend}: ${info.provider}`);
+    answers[backend] = { provider: info.provider, engineMs: info.engineMs, runsOn, runs,
+                         lowRes: results.map((r) => Array.from(r.lowRes.subarray(0, 65536))),
+                         masks: results.map((r) => Array.from(r.masks[0])) };
+    decoder.terminate();
+  }
+  return answers;
+}"""
+
+
+@pytest.mark.webgpu
+@pytest.mark.timeout(900)
+def test_webgpu_decodes_many_prompts_like_wasm_and_auto_keeps_the_faster_engine(
+    playwright_instance, live_server, tmp_path
+):
+    """WebGPU in headless Chromium is SwiftShader (a CPU emulation): the same graph's masks as WASM, and with
+    the engine left to the page ("auto") both are timed and the faster kept (WASM, against an emulated GPU)."""
+    from browser_helpers import CHROMIUM, WEBGPU_ARGS
+
+    image_path = tmp_path / "cat.jpg"
+    image_path.write_bytes(photo_jpeg(*SMALL_PHOTO).read_bytes())
+    info = requests.post(live_server.url + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
+    size = [info["height"], info["width"]]
+    browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_ARGS)
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(880_000)
+        page.goto(live_server.url + "?backend=wasm")
+        answers = page.evaluate(
+            WEBGPU_AGAINST_WASM,
+            {
+                "embeddingUrl": live_server.url + f"api/embeddings/{info['id']}?format=f32",
+                "size": size,
+                "boxes": BOXES[:2],
+            },
+        )
+    finally:
+        browser.close()
+    gpu, cpu, auto = answers["webgpu"], answers["wasm"], answers["auto"]
+    assert (gpu["provider"], cpu["provider"]) == ("webgpu", "wasm")
+    assert gpu["runs"] == cpu["runs"] == 1
+    for b in range(2):
+        np.testing.assert_allclose(gpu["lowRes"][b], cpu["lowRes"][b], atol=2e-3)
+        assert np.mean(np.array(gpu["masks"][b]) == np.array(cpu["masks"][b])) >= 0.999
+    timed = auto["engineMs"]
+    assert timed and timed["webgpu"] > 0 and timed["wasm"] > 0
+    faster = "wasm" if timed["wasm"] < timed["webgpu"] else "webgpu"
+    assert auto["provider"] == faster
+    assert "faster here than" in auto["runsOn"]
