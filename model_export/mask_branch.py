@@ -13,11 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def skip_mask_branch_without_mask(model, no_mask_embedding: np.ndarray) -> None:
+def skip_mask_branch_without_mask(
+    model, no_mask_embedding: np.ndarray, embedding_input: str = "image_embeddings"
+) -> None:
     """Rewrite an onnx ModelProto in place (see the module docstring).
 
-    The branch is found by its anchor, the Add of the ``image_embeddings`` input and the dense embedding: every
-    node the dense embedding depends on moves into the then-branch. no_mask_embedding: [1, C, 1, 1] float32.
+    The branch is found by its anchor, the Add of the embedding_input (SAM 2: ``image_embed``) and the dense
+    embedding: every node the dense embedding depends on moves into the then-branch. no_mask_embedding:
+    [1, C, 1, 1] float32.
     Raises ValueError when the graph does not have that shape (nothing is changed then).
     """
     from onnx import TensorProto, helper, numpy_helper
@@ -25,12 +28,12 @@ def skip_mask_branch_without_mask(model, no_mask_embedding: np.ndarray) -> None:
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     anchor = next(
-        (n for n in graph.node if n.op_type == "Add" and "image_embeddings" in n.input),
+        (n for n in graph.node if n.op_type == "Add" and embedding_input in n.input),
         None,
     )
     if anchor is None:
-        raise ValueError("no Add of image_embeddings and the dense embedding in this graph")
-    dense = next(name for name in anchor.input if name != "image_embeddings")
+        raise ValueError(f"no Add of {embedding_input} and the dense embedding in this graph")
+    dense = next(name for name in anchor.input if name != embedding_input)
 
     branch: list = []
     pending = [dense]

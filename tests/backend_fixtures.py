@@ -243,3 +243,27 @@ class FakeEncoder:
             embedding[:, 0, 0] = np.arange(256, dtype=np.float32) / 256.0
             out.append((embedding, input_size))
         return out
+
+
+# A SAM 2.1 with a reduced Hiera trunk (fast to encode; its decoder is full size) for the SAM 2 decoder tests.
+SMALL_SAM2_CONFIG = {
+    "base": "sam2.1_hiera_t",
+    "trunk": {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 2, 1], "global_att_blocks": [3]},
+    "neck": {"backbone_channel_list": [64, 32, 16, 8]},
+}
+# Random weights make token 0's masks unstable everywhere; scaled up, some prompts keep it, so both branches of
+# the single-mask stability fallback are seen (as in the reference data).
+SMALL_SAM2_TOKEN0_SCALE = 10.0
+
+
+def small_sam2():
+    """The seeded SMALL_SAM2_CONFIG model (seed 0), token 0's hypernetwork scaled by SMALL_SAM2_TOKEN0_SCALE."""
+    import torch
+
+    from backend.sam2 import build_sam2
+
+    torch.manual_seed(0)
+    model = build_sam2(SMALL_SAM2_CONFIG)
+    with torch.no_grad():
+        model.sam_mask_decoder.output_hypernetworks_mlps[0].layers[-1].weight.mul_(SMALL_SAM2_TOKEN0_SCALE)
+    return model

@@ -1,7 +1,7 @@
 """web/js/mask-math.js under Node: the binary mask the client paints equals Meta's postprocessing.
 
 maskFromLowRes (the folded two-resize filter with its threshold) must give exactly upsampleLogits(...) > 0,
-and both must agree with Sam.postprocess_masks.
+and both must agree with Sam.postprocess_masks; for SAM 2's STRETCHED frame, with SAM2Transforms.postprocess_masks.
 """
 
 import json
@@ -46,13 +46,8 @@ CASES = [
 ]
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not installed")
-@pytest.mark.parametrize("case", range(len(CASES)))
-def test_mask_from_low_res_equals_the_thresholded_upsampling_and_meta(tmp_path, case):
-    input_size, original_size = CASES[case]
-    low_res = blob_logits(case, noise=0.7 if case % 2 else 0.05)  # speckled (random weights) or smooth
-    if case == 0:
-        low_res[100:140, 60:200] = 0.0  # exact zeros: not > 0, so never inside
+def run_mask_math(tmp_path, low_res: np.ndarray, input_size, original_size) -> tuple[np.ndarray, np.ndarray, dict]:
+    """maskFromLowRes and upsampleLogits of low_res under Node: mask [H, W] u8, logits [H, W], timings."""
     logits_file = tmp_path / "low.f32"
     low_res.tofile(logits_file)
     result = subprocess.run(
@@ -62,15 +57,42 @@ def test_mask_from_low_res_equals_the_thresholded_upsampling_and_meta(tmp_path, 
         timeout=120,
         check=True,
     )
-    timings = json.loads(result.stdout)
     H, W = original_size
     fast = np.fromfile(tmp_path / "out.fast.u8", np.uint8).reshape(H, W)
     logits = np.fromfile(tmp_path / "out.logits.f32", np.float32).reshape(H, W)
     assert 0.05 < fast.mean() < 0.95  # a real mask with edges, not a trivial one
     np.testing.assert_array_equal(fast, (logits > 0).astype(np.uint8))
+    return fast, logits, json.loads(result.stdout)
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_mask_from_low_res_equals_the_thresholded_upsampling_and_meta(tmp_path, case):
+    input_size, original_size = CASES[case]
+    low_res = blob_logits(case, noise=0.7 if case % 2 else 0.05)  # speckled (random weights) or smooth
+    if case == 0:
+        low_res[100:140, 60:200] = 0.0  # exact zeros: not > 0, so never inside
+    fast, logits, timings = run_mask_math(tmp_path, low_res, input_size, original_size)
     expected = meta_postprocess(low_res, input_size, original_size) > 0
     assert (fast.astype(bool) == expected).mean() > 0.9999
     np.testing.assert_allclose(logits, meta_postprocess(low_res, input_size, original_size), atol=1e-5)
     print(
         f"{input_size} -> {original_size}: maskFromLowRes {timings['fastMs']:.2f} ms, upsampleLogits {timings['logitsMs']:.2f} ms"
     )
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+@pytest.mark.parametrize("original_size", [(534, 800), (1280, 720), (96, 96), (1023, 961)])
+def test_stretched_frame_upsamples_as_sam2(tmp_path, original_size):
+    """SAM 2 (STRETCHED): one bilinear resize 256 -> image, as SAM2Transforms.postprocess_masks; no crop."""
+    from backend.sam2.transforms import SAM2Transforms
+
+    low_res = blob_logits(sum(original_size), noise=0.7)
+    fast, logits, _ = run_mask_math(tmp_path, low_res, ("stretched", "stretched"), original_size)
+    expected = (
+        SAM2Transforms(resolution=1024, mask_threshold=0.0)
+        .postprocess_masks(torch.from_numpy(low_res)[None, None], original_size)[0, 0]
+        .numpy()
+    )
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    assert (fast.astype(bool) == (expected > 0)).mean() > 0.9999

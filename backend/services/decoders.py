@@ -15,6 +15,8 @@ from pathlib import Path
 import torch.nn as nn
 
 from model_export import EXPORTER_VERSION, QUANTIZATION_RECIPES, export_decoder, quantize_decoder
+from model_export.sam2_lowres_model import export_sam2_lowres_decoder
+from model_export.sam2_model import export_sam2_decoder
 
 from ..runtime.files import file_lock
 
@@ -40,6 +42,26 @@ QUANTIZED_OPS = {
     "QLinearConv",
     "DequantizeLinear",
 }
+
+
+# A SAM 2 model's decoders have the same names; their interfaces take SAM 2's three image tensors
+# (model_export/sam2_model.py, sam2_lowres_model.py), which the client feeds from the version-2 wire format.
+SAM2_INTERFACES = {"official": "sam2-official", "lowres": "sam2-lowres"}
+
+
+def is_sam2(model: nn.Module) -> bool:
+    """Whether model is a SAM 2 image model (backend.sam2's SAM2Base: Meta's sam_* module names)."""
+    return hasattr(model, "sam_mask_decoder")
+
+
+def export_built_in(model: nn.Module, path: Path, variant: str) -> None:
+    """Writes the built-in decoder `variant` ("official" or "lowres") of a SAM or SAM 2 model to path."""
+    if not is_sam2(model):
+        export_decoder(model, path, variant=variant)
+    elif variant == "lowres":
+        export_sam2_lowres_decoder(model, path)
+    else:
+        export_sam2_decoder(model, path)
 
 
 class DecoderFileError(ValueError):
@@ -75,7 +97,8 @@ def describe(name: str, path: Path, interface: str, quantized: bool) -> dict:
 
 
 def inspect_decoder(path: Path) -> dict:
-    """Interface ("official" or "lowres") and quantization of an ONNX decoder file, from its graph."""
+    """Interface ("official", "lowres", "sam2-official" or "sam2-lowres") and quantization of an ONNX decoder
+    file, from its graph."""
     import onnx
 
     path = Path(path)
@@ -87,12 +110,19 @@ def inspect_decoder(path: Path) -> dict:
         raise DecoderFileError(f"custom decoder {path} is not a readable ONNX model: {exc}") from exc
     inputs = {i.name for i in model.graph.input} - {init.name for init in model.graph.initializer}
     outputs = [o.name for o in model.graph.output]
-    needed = {"image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"}
+    sam2 = {"image_embed", "high_res_feats_0", "high_res_feats_1"} <= inputs
+    needed = {"point_coords", "point_labels", "mask_input", "has_mask_input"} | (
+        {"image_embed"} if sam2 else {"image_embeddings"}
+    )
     if not needed <= inputs:
         raise DecoderFileError(
             f"custom decoder {path} is not a SAM decoder: its inputs {sorted(inputs)} lack {sorted(needed - inputs)}"
         )
-    if "masks" in outputs and "orig_im_size" in inputs:
+    if sam2 and {"masks", "iou_predictions", "low_res_masks"} <= set(outputs):
+        interface = "sam2-official"
+    elif sam2 and {"iou_predictions", "low_res_masks"} <= set(outputs):
+        interface = "sam2-lowres"
+    elif "masks" in outputs and "orig_im_size" in inputs:
         interface = "official"
     elif "low_res_masks" in outputs and "iou_predictions" in outputs:
         interface = "lowres"
@@ -114,12 +144,18 @@ def prepare_decoders(
     """
     Export (once per weights_id and exporter version) and list the decoders the client may download.
 
-    Returns dicts {name, path, bytes, sha256, interface: "official" | "lowres", quantized}: lowres,
+    Returns dicts {name, path, bytes, sha256, interface, quantized}: lowres,
     lowres-quantized, official (fp32, 4 masks), official-quantized, then custom_decoder (a user's ONNX file,
-    e.g. from Meta's exporter) as "custom" when given. Files are written under a temporary name and renamed,
+    e.g. from Meta's exporter) as "custom" when given. Interfaces are "official" | "lowres", or for a SAM 2
+    model (is_sam2) "sam2-official" | "sam2-lowres" (SAM2_INTERFACES). Files are written under a temporary name and renamed,
     under a lock, so processes starting together neither clash nor serve half-written files.
     """
     custom = inspect_decoder(custom_decoder) if custom_decoder is not None else None
+    if custom is not None and custom["interface"].startswith("sam2-") != is_sam2(model):
+        raise DecoderFileError(
+            f"custom decoder {custom_decoder} has the {custom['interface']} interface, which does not fit this "
+            f"{'SAM 2' if is_sam2(model) else 'SAM'} model's embeddings"
+        )
     directory = Path(cache_dir) / cache_key(weights_id)
     paths = {name: directory / f"{name}.onnx" for name in BUILT_IN}
     if not all(path.is_file() for path in paths.values()):
@@ -132,9 +168,11 @@ def prepare_decoders(
                     quantize_decoder(paths[source], paths[name], **QUANTIZATION_RECIPES[recipe])
                     continue
                 log.info("exporting the %s decoder to %s", name, paths[name])
-                export_decoder(model, paths[name], variant=interface)
+                export_built_in(model, paths[name], interface)
+    interfaces = SAM2_INTERFACES if is_sam2(model) else {name: name for name in SAM2_INTERFACES}
     decoders = [
-        describe(name, paths[name], interface, recipe is not None) for name, (interface, recipe, _) in BUILT_IN.items()
+        describe(name, paths[name], interfaces[interface], recipe is not None)
+        for name, (interface, recipe, _) in BUILT_IN.items()
     ]
     if custom is not None:
         decoders.append(describe("custom", Path(custom_decoder), custom["interface"], custom["quantized"]))

@@ -12,6 +12,10 @@ over --baseline. A decode is prompt -> binary mask at image size, as the web cli
 then for the official interface a threshold of the chosen full-size mask, for lowres the client's upsampling
 (web/js/mask-math.js). The decode's cost is independent of the weights (random or real), only of the graph.
 The files compared are the ones the server serves (backend.services.decoders.prepare_decoders).
+
+--sam2 also exports SAM 2.1's decoders (a seeded random sam2.1_hiera_t, torch.manual_seed(0)) and times them as
+sam2-<name> on seeded random features, the same image points in SAM 2's stretched frame, the worker's
+post-processing (web/js/decoder/sam2-inputs.js); their masks are compared with the first sam2-* decoder's.
 """
 
 import argparse
@@ -87,6 +91,31 @@ def bench_model(name: str):
     return model, embedding, meta["image_hw"]
 
 
+def sam2_bench_inputs(tmp: Path, image_hw) -> tuple[Path, bytes]:
+    """(directory of SAM 2.1's served decoders, its three seeded random feature tensors as float32 bytes)."""
+    import torch
+
+    from backend.sam2 import build_sam2
+    from backend.services.decoders import prepare_decoders
+
+    torch.manual_seed(0)
+    model = build_sam2("sam2.1_hiera_t")
+    models_dir = prepare_decoders(model, "bench-sam2.1-random", tmp / "cache-sam2")[0]["path"].parent
+    rng = np.random.default_rng(0)
+    shapes = [(256, 64, 64), (32, 256, 256), (64, 128, 128)]
+    return models_dir, b"".join(rng.standard_normal(shape).astype(np.float32).tobytes() for shape in shapes)
+
+
+def with_sam2_coords(prompts: list, image_hw) -> list:
+    """Each prompt with sam2Coords: its points (in SAM 1's resized frame) in SAM 2's stretched 1024 x 1024 one."""
+    h, w = image_hw
+    scale = 1024 / max(h, w)
+    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    for prompt in prompts:
+        prompt["sam2Coords"] = [[x * 1024 / new_w, y * 1024 / new_h] for x, y in prompt["coords"]]
+    return prompts
+
+
 def bench_prompts(image_hw) -> list:
     """Clicks, a box and box + point in the 1024 frame (as the client sends them)."""
     h, w = image_hw
@@ -142,6 +171,12 @@ def main() -> int:
         default=0,
         help="also time, for each lowres decoder, 1 box and this many boxes in one run (interleaved)",
     )
+    parser.add_argument(
+        "--sam2",
+        nargs="*",
+        metavar="DECODER",
+        help="also time SAM 2.1's decoders of these names as sam2-<name> (default with no names: lowres-quantized)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     parser.add_argument(
         "--profile",
@@ -171,17 +206,27 @@ def main() -> int:
         data_dir = tmp / "data"
         data_dir.mkdir()
         (data_dir / "embedding.f32").write_bytes(embedding.tobytes())
+        sam2_names = [f"sam2-{name}" for name in (args.sam2 or ["lowres-quantized"])] if args.sam2 is not None else []
+        if sam2_names:
+            sam2_dir, features = sam2_bench_inputs(tmp, image_hw)
+            (data_dir / "sam2_features.f32").write_bytes(features)
+            for name in sam2_names:
+                (data_dir / f"{name}.onnx").write_bytes((sam2_dir / f"{name[5:]}.onnx").read_bytes())
+                sizes[name] = (data_dir / f"{name}.onnx").stat().st_size
         params = {
             "threads": args.threads,
             "decodes": args.decodes,
             "warmup": args.warmup,
             "image_hw": image_hw,
-            "models": {name: f"/models/{name}.onnx" for name in names},
+            "models": {name: f"/models/{name}.onnx" for name in names} | {n: f"/bench/{n}.onnx" for n in sam2_names},
+            "sam2": bool(sam2_names),
             "interfaces": {name: "official" if "official" in name else "lowres" for name in names},
-            "prompts": bench_prompts(image_hw),
+            "prompts": with_sam2_coords(bench_prompts(image_hw), image_hw),
             "profile": args.profile,
             "batch": args.batch,
         }
+        params["interfaces"].update({n: "sam2-official" if "official" in n else "sam2-lowres" for n in sam2_names})
+        names += sam2_names
         (data_dir / "params.json").write_text(json.dumps(params))
         for name in ("decoder_bench.html", "decoder_bench.js"):
             (data_dir / name).write_bytes((BENCH_DIR / name).read_bytes())
@@ -240,7 +285,9 @@ def main() -> int:
         )
     for name in names[1:]:
         ious = [a["iou"] for a in result["agreement"] if a["decoder"] == name]
-        print(f"mask IoU of {name} vs {names[0]}, worst of {len(ious)} prompts: {min(ious):.5f}")
+        first = next(n for n in names if n.startswith("sam2-") == name.startswith("sam2-"))
+        if ious:
+            print(f"mask IoU of {name} vs {first}, worst of {len(ious)} prompts: {min(ious):.5f}")
     if args.profile:
         print_profile(console)
     return 0

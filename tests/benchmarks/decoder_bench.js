@@ -3,7 +3,8 @@
 // official: session.run + threshold of the chosen full-size mask (mask-math.js threshold); lowres: session.run + upsample and
 // threshold of the chosen low-res logits with the client's own mask-math.js.
 import * as ort from "/ort/ort.wasm.min.mjs";
-import { maskFromLowRes, resizedSize, compareMasks, threshold } from "/web/js/mask-math.js";
+import { STRETCHED, maskFromLowRes, resizedSize, compareMasks, threshold } from "/web/js/mask-math.js";
+import { applySingleMaskFallback, unclampedLogits } from "/web/js/decoder/sam2-inputs.js";
 
 const params = await (await fetch("/bench/params.json")).json();
 const status = (text) => { document.getElementById("status").textContent = text; };
@@ -15,6 +16,18 @@ ort.env.logLevel = "error";
 const [H, W] = params.image_hw;
 const inputSize = resizedSize(H, W);
 const embedding = new Float32Array(await (await fetch("/bench/embedding.f32")).arrayBuffer());
+// SAM 2 decoders (interfaces sam2-*) take three image tensors, stored one after the other.
+const SAM2_DIMS = { image_embed: [1, 256, 64, 64], high_res_feats_0: [1, 32, 256, 256], high_res_feats_1: [1, 64, 128, 128] };
+const sam2Features = {};
+if (params.sam2) {
+  const all = new Float32Array(await (await fetch("/bench/sam2_features.f32")).arrayBuffer());
+  let offset = 0;
+  for (const [name, dims] of Object.entries(SAM2_DIMS)) {
+    const count = dims.reduce((a, b) => a * b);
+    sam2Features[name] = new ort.Tensor("float32", all.subarray(offset, offset + count), dims);
+    offset += count;
+  }
+}
 const sessionOptions = { executionProviders: ["wasm"], graphOptimizationLevel: "all", enableProfiling: Boolean(params.profile) };
 const sessions = {};
 const loadMs = {};
@@ -24,11 +37,12 @@ for (const [name, url] of Object.entries(params.models)) {
   loadMs[name] = performance.now() - t0;
 }
 
-function feeds(prompt, withOrigSize) {
+function feeds(prompt, withOrigSize, sam2 = false) {
   const n = prompt.labels.length;
   const f = {
-    image_embeddings: new ort.Tensor("float32", embedding, [1, 256, 64, 64]),
-    point_coords: new ort.Tensor("float32", Float32Array.from(prompt.coords.flat()), [1, n, 2]),
+    ...(sam2 ? sam2Features : { image_embeddings: new ort.Tensor("float32", embedding, [1, 256, 64, 64]) }),
+    // SAM 2 prompts are the same image points in its stretched frame.
+    point_coords: new ort.Tensor("float32", Float32Array.from((sam2 ? prompt.sam2Coords : prompt.coords).flat()), [1, n, 2]),
     point_labels: new ort.Tensor("float32", Float32Array.from(prompt.labels), [1, n]),
     mask_input: new ort.Tensor("float32", new Float32Array(256 * 256), [1, 1, 256, 256]),
     has_mask_input: new ort.Tensor("float32", new Float32Array([0]), [1]),
@@ -48,12 +62,19 @@ function chosenIndex(iou, multimask) {
 async function decode(name, prompt) {
   const iface = params.interfaces[name];
   const t0 = performance.now();
-  const out = await sessions[name].run(feeds(prompt, iface === "official"));
+  const sam2 = iface.startsWith("sam2");
+  const out = await sessions[name].run(feeds(prompt, iface === "official", sam2));
   const t1 = performance.now();
   const iou = out.iou_predictions.data;
   const k = chosenIndex(iou, prompt.multimask);
   let mask;
-  if (iface === "official") {
+  if (sam2) {
+    // As the worker: unclamped logits, the single-mask fallback, one bilinear resize to the image.
+    const logits = Float32Array.from(unclampedLogits(out).data);
+    const scores = Float32Array.from(iou);
+    if (!prompt.multimask) applySingleMaskFallback(logits, scores, 65536);
+    mask = maskFromLowRes(logits.subarray(k * 65536, (k + 1) * 65536), STRETCHED, [H, W]);
+  } else if (iface === "official") {
     // The client's own threshold (web/js/mask-math.js), as the worker applies it to the official graph.
     mask = threshold(out.masks.data.subarray(k * H * W, (k + 1) * H * W));
   } else {
@@ -121,9 +142,10 @@ for (let i = 0; i < params.decodes; i++) {
     }
   }
   if (i < prompts.length) {
-    // Every decoder's mask against the first one's (the official fp32 graph).
-    for (const n of names.slice(1)) {
-      const [a, b] = [results[names[0]], results[n]];
+    // Every decoder's mask against the first one's (the official fp32 graph) of the same model family.
+    const first = (n) => names.find((m) => m.startsWith("sam2") === n.startsWith("sam2"));
+    for (const n of names.filter((m) => m !== first(m))) {
+      const [a, b] = [results[first(n)], results[n]];
       agreement.push({ prompt: i, decoder: n, k: [a.k, b.k], ...compareMasks(a.mask, b.mask) });
     }
   }

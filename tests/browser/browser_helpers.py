@@ -4,11 +4,14 @@ reading what the page shows (mask overlay, prompt markers)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import numpy as np
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ORT_DIST = REPO_ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -237,3 +241,46 @@ def first_mask_on_a_gallery_image(page, server, query: str = "backend=wasm") -> 
     assert page.evaluate("document.body.dataset.image") == "ready", page.inner_text("#error-text")
     wait_for_a_mask(page)
     return resource_transfers(page)
+
+
+class StaticFiles(http.server.SimpleHTTPRequestHandler):
+    """Files under URL prefixes (``routes``: prefix -> directory), cross-origin isolated like the app."""
+
+    routes: dict[str, Path] = {}
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript",
+        ".js": "text/javascript",
+        ".wasm": "application/wasm",
+    }
+
+    def translate_path(self, path: str) -> str:
+        path = path.split("?", 1)[0]
+        for prefix, directory in self.routes.items():
+            target = (directory / path[len(prefix) :]).resolve()
+            if path.startswith(prefix) and (directory.resolve() in target.parents or target == directory.resolve()):
+                return str(target)
+        return "/nonexistent"
+
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_server(routes: dict[str, Path]):
+    """The page's modules without the app: /js/ (web/js), /vendor/ort/ (onnxruntime-web) and ``routes``;
+    yields the base URL (ending with a slash)."""
+    handler = type(
+        "Routes", (StaticFiles,), {"routes": {"/js/": REPO_ROOT / "web" / "js", "/vendor/ort/": ORT_DIST, **routes}}
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()

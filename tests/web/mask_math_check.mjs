@@ -1,13 +1,14 @@
 // Runs web/js/mask-math.js on logits from a file, for tests/test_mask_math.py:
-//   node mask_math_check.mjs LOGITS.f32 h w H W OUT_PREFIX
+//   node mask_math_check.mjs LOGITS.f32 h w H W OUT_PREFIX   (h w: the image in the 1024 frame, or
+//   "stretched stretched" for SAM 2's frame)
 // writes OUT_PREFIX.fast.u8 (maskFromLowRes), OUT_PREFIX.logits.f32 (upsampleLogits) and prints timings.
 import { readFileSync, writeFileSync } from "node:fs";
-import { maskFromLowRes, upsampleLogits } from "../../web/js/mask-math.js";
+import { STRETCHED, maskFromLowRes, upsampleLogits } from "../../web/js/mask-math.js";
 
 const [file, h, w, H, W, prefix] = process.argv.slice(2);
 const bytes = readFileSync(file);
 const lowRes = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-const inputSize = [Number(h), Number(w)];
+const inputSize = h === STRETCHED ? STRETCHED : [Number(h), Number(w)];
 const outSize = [Number(H), Number(W)];
 const time = (f) => {
   const times = [];

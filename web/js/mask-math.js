@@ -1,6 +1,8 @@
 // Geometry shared by the page and the decoder worker: the resize-longest-side frame of the model and
 // the upsampling of 256x256 low-res logits to image pixels, computed exactly like Meta's
-// Sam.postprocess_masks (F.interpolate bilinear, align_corners=False, twice).
+// Sam.postprocess_masks (F.interpolate bilinear, align_corners=False, twice). SAM 2 stretches the image over
+// the whole square instead (STRETCHED): points scale per axis, and logits go to the image in one bilinear
+// resize, as SAM2Transforms.postprocess_masks.
 
 export const MODEL_SIDE = 1024;
 export const LOW_RES_SIDE = 256;
@@ -15,8 +17,15 @@ export function resizedSize(h, w, side = MODEL_SIDE) {
   return [Math.floor(h * scale + 0.5), Math.floor(w * scale + 0.5)];
 }
 
-/** Point [x, y] in image pixels of an [h, w] image mapped into the model's 1024 frame. */
-export function toModelFrame([x, y], [h, w]) {
+/** The `inputSize` of an image that SAM 2 stretched over the whole 1024 x 1024 frame (no padding). */
+export const STRETCHED = "stretched";
+
+/**
+ * Point [x, y] in image pixels of an [h, w] image mapped into the model's 1024 frame: resized longest side
+ * (SAM 1), or with `inputSize` STRETCHED each axis scaled on its own (SAM 2: x * 1024 / w, y * 1024 / h).
+ */
+export function toModelFrame([x, y], [h, w], inputSize = null) {
+  if (inputSize === STRETCHED) return [x * (MODEL_SIDE / w), y * (MODEL_SIDE / h)];
   const [newH, newW] = resizedSize(h, w);
   return [x * (newW / w), y * (newH / h)];
 }
@@ -97,6 +106,31 @@ function foldedTable(crop, outSize) {
   return table;
 }
 
+/** A single bilinear resize 256 -> outSize (a STRETCHED image), in foldedTable's layout. */
+function directTable(outSize) {
+  const key = `direct:${outSize}`;
+  let table = tableCache.get(key);
+  if (table) return table;
+  const { i0, i1, w0, w1 } = resizeTable(LOW_RES_SIDE, outSize);
+  const index = new Int32Array(outSize * 2);
+  const weight = new Float32Array(outSize * 2);
+  for (let i = 0; i < outSize; i++) {
+    index[2 * i] = i0[i];
+    index[2 * i + 1] = i1[i];
+    weight[2 * i] = w0[i];
+    weight[2 * i + 1] = w1[i];
+  }
+  table = { taps: 2, index, weight, first: 0, last: LOW_RES_SIDE - 1 };
+  tableCache.set(key, table);
+  return table;
+}
+
+/** The [vertical, horizontal] filters from low-res logits to an [H, W] image with the given inputSize. */
+function filters(inputSize, [H, W]) {
+  if (inputSize === STRETCHED) return [directTable(H), directTable(W)];
+  return [foldedTable(inputSize[0], H), foldedTable(inputSize[1], W)];
+}
+
 /**
  * Horizontal pass: low-res rows [first, last] -> rows of W values (the others, outside the image's part
  * of the 1024 frame, are left at 0 and never read).
@@ -124,7 +158,8 @@ function foldRows(lowRes, { taps, index, weight }, first = 0, last = LOW_RES_SID
 /**
  * Upsamples one low-res logit map to an image.
  * @param {Float32Array} lowRes 256*256 logits (row-major)
- * @param {number[]} inputSize [h, w] of the image inside the 1024 frame (resizedSize of the encoded image)
+ * @param {number[]|string} inputSize [h, w] of the image inside the 1024 frame (resizedSize of the encoded
+ *   image), or STRETCHED
  * @param {number[]} outSize [H, W] of the wanted mask
  * @returns {Float32Array} H*W logits, row-major
  */
@@ -132,10 +167,11 @@ export function upsampleLogits(lowRes, inputSize, outSize) {
   return verticalPass(lowRes, inputSize, outSize, false);
 }
 
-function verticalPass(lowRes, [h, w], [H, W], binary) {
-  const { taps, index, weight, first, last } = foldedTable(h, H);
+function verticalPass(lowRes, inputSize, [H, W], binary) {
+  const [vertical, horizontal] = filters(inputSize, [H, W]);
+  const { taps, index, weight, first, last } = vertical;
   // Only the low-res rows under the image are read (a landscape photo covers 3/4 of them).
-  const rows = foldRows(lowRes, foldedTable(w, W), first, last);
+  const rows = foldRows(lowRes, horizontal, first, last);
   const out = binary ? new Uint8Array(H * W) : new Float32Array(H * W);
   for (let i = 0, k = 0; i < H; i++, k += taps) {
     const o = i * W;

@@ -12,8 +12,9 @@
 // Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, result {...},
 //               results {results: [result per prompt], runs, decodeMs, postMs}, mask {...}, error {id?, stage, message}
 
-import { decodeEmbedding } from "./embedding.js";
-import { LOW_RES_PLANE, LOW_RES_SIDE, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "../mask-math.js";
+import { decodeFeatures } from "./embedding.js";
+import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
+import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "../mask-math.js";
 import { readBody } from "../read-body.js";
 
 /** Where onnxruntime-web's files are: the versioned path is cached immutably, the plain one revalidated. */
@@ -24,9 +25,10 @@ function ortDir(version) {
 let ort = null;
 let session = null;
 let usesOrigImSize = false;
-let embeddingTensor = null;
+let sam2 = false; // a SAM 2 decoder (sam2-inputs.js)
+let imageTensors = null; // the image's decoder inputs by name (SAM 1: image_embeddings; SAM 2: three)
 let imageSize = null; // [H, W] of the encoded image
-let inputSize = null; // [h, w] of that image inside the 1024 frame
+let inputSize = null; // [h, w] of that image inside the 1024 frame, or STRETCHED (SAM 2)
 let emptyMask = null;
 let batchable = false; // the graph decodes many prompts in one run (its prompt axis is dynamic)
 
@@ -87,6 +89,7 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
   });
   if (!session) session = await wasmSession();
   usesOrigImSize = session.inputNames.includes("orig_im_size");
+  sam2 = isSam2Decoder(session);
   const promptAxis = session.inputMetadata?.find((m) => m.name === "point_coords")?.shape?.[0];
   batchable = !usesOrigImSize && typeof promptAxis === "string";
   emptyMask = new ort.Tensor("float32", new Float32Array(LOW_RES_PLANE), [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
@@ -109,7 +112,7 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
     engineMs,
     threads: provider === "wasm" ? ort.env.wasm.numThreads : null,
     crossOriginIsolated: isolated,
-    interface: usesOrigImSize ? "official" : "lowres",
+    interface: sam2 ? sam2Interface(session) : usesOrigImSize ? "official" : "lowres",
     batchable,
     inputNames: session.inputNames,
     outputNames: session.outputNames,
@@ -149,7 +152,7 @@ async function medianDecodeMs(target, runs = 3) {
 
 function warmUpFeeds() {
   const feeds = {
-    image_embeddings: new ort.Tensor("float32", new Float32Array(256 * 64 * 64), [1, 256, 64, 64]),
+    ...zeroImageFeeds(ort, session),
     point_coords: new ort.Tensor("float32", Float32Array.of(512, 512, 0, 0), [1, 2, 2]),
     point_labels: new ort.Tensor("float32", Float32Array.of(1, -1), [1, 2]),
     mask_input: emptyMask,
@@ -161,10 +164,15 @@ function warmUpFeeds() {
 
 function setEmbedding({ buffer, imageSize: size }) {
   const started = performance.now();
-  const { data, dims, dtype } = decodeEmbedding(buffer);
-  embeddingTensor = new ort.Tensor("float32", data, dims);
+  const { tensors, dtype, sam2: isSam2 } = decodeFeatures(buffer);
+  if (session && isSam2 !== sam2) {
+    throw new Error(`The embedding is ${isSam2 ? "SAM 2" : "SAM 1"}'s but the decoder ${sam2 ? "SAM 2" : "SAM 1"}'s.`);
+  }
+  imageTensors = {};
+  for (const [name, { data, dims }] of Object.entries(tensors)) imageTensors[name] = new ort.Tensor("float32", data, dims);
   imageSize = size;
-  inputSize = resizedSize(size[0], size[1]);
+  inputSize = isSam2 ? STRETCHED : resizedSize(size[0], size[1]);
+  const dims = Object.values(tensors)[0].dims;
   return { type: "embedding-ready", dtype, dims, inputSize, parseMs: performance.now() - started };
 }
 
@@ -173,14 +181,16 @@ function promptTokens({ points = [], box = null }) {
   const coords = [];
   const labels = [];
   for (const p of points) {
-    coords.push(...toModelFrame([p.x, p.y], imageSize));
+    coords.push(...toModelFrame([p.x, p.y], imageSize, inputSize));
     labels.push(p.label);
   }
   if (box) {
-    coords.push(...toModelFrame([box[0], box[1]], imageSize), ...toModelFrame([box[2], box[3]], imageSize));
+    coords.push(...toModelFrame([box[0], box[1]], imageSize, inputSize), ...toModelFrame([box[2], box[3]], imageSize, inputSize));
     labels.push(2, 3);
-  } else {
-    // Without a box the prompt encoder expects a padding point (0, 0) labelled -1.
+  }
+  // Without a box the prompt encoder expects a padding point (0, 0) labelled -1; SAM 2's predictor passes a
+  // box as two points, so it always gets one.
+  if (!box || sam2) {
     coords.push(0, 0);
     labels.push(-1);
   }
@@ -203,7 +213,7 @@ async function runPrompts(prompts) {
     labels.set(t.labels, b * n);
   });
   const feeds = {
-    image_embeddings: embeddingTensor,
+    ...imageTensors,
     point_coords: new ort.Tensor("float32", coords, [count, n, 2]),
     point_labels: new ort.Tensor("float32", labels, [count, n]),
     mask_input: emptyMask,
@@ -214,7 +224,7 @@ async function runPrompts(prompts) {
     const flags = new Float32Array(count);
     prompts.forEach((p, b) => {
       if (!p.maskInput) return;
-      masks.set(p.maskInput, b * LOW_RES_PLANE);
+      masks.set(sam2 ? clampedMaskInput(p.maskInput) : p.maskInput, b * LOW_RES_PLANE);
       flags[b] = 1;
     });
     feeds.mask_input = new ort.Tensor("float32", masks, [count, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
@@ -230,7 +240,9 @@ async function runPrompts(prompts) {
 function promptResult(outputs, b, { multimask, outSize, allMasks }) {
   const k = outputs.iou_predictions.dims[1];
   const scores = Float32Array.from(outputs.iou_predictions.data.subarray(b * k, (b + 1) * k));
-  const lowRes = Float32Array.from(outputs.low_res_masks.data.subarray(b * k * LOW_RES_PLANE, (b + 1) * k * LOW_RES_PLANE));
+  const logits = sam2 ? unclampedLogits(outputs) : outputs.low_res_masks;
+  const lowRes = Float32Array.from(logits.data.subarray(b * k * LOW_RES_PLANE, (b + 1) * k * LOW_RES_PLANE));
+  if (sam2 && !multimask) applySingleMaskFallback(lowRes, scores, LOW_RES_PLANE);
   // With four outputs, index 0 is the single-mask token and 1..3 the three ambiguity masks (as in Meta's predictor).
   const candidates = k === 1 ? [0] : multimask ? [1, 2, 3] : [0];
   let best = candidates[0];
@@ -253,7 +265,7 @@ function promptResult(outputs, b, { multimask, outSize, allMasks }) {
 
 function checkReady(prompts) {
   if (!session) throw new Error("The decoder is not loaded yet.");
-  if (!embeddingTensor) throw new Error("No image embedding has arrived yet.");
+  if (!imageTensors) throw new Error("No image embedding has arrived yet.");
   if (prompts.some((p) => !p.points?.length && !p.box)) throw new Error("Add a point or a box first.");
 }
 

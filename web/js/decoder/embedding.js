@@ -1,9 +1,13 @@
-// Reads the embedding wire format of backend/services/codec.py (docs/ARCHITECTURE.md):
-// a 16-byte little-endian header ("SAME", version, dtype, C, H, W), then float32 / float16 / int8 values.
+// Reads the embedding wire format of backend/services/codec.py (docs/ARCHITECTURE.md).
+// Version 1 (SAM 1): a 16-byte little-endian header ("SAME", version, dtype, C, H, W), then float32 / float16 /
+// int8 values. Version 2 (SAM 2): a 16-byte bundle header ("SAME", 2, tensor count), then one such record per
+// tensor (image_embed, high_res_feats_0, high_res_feats_1), each with its own dtype, int4 among them.
 
 const MAGIC = "SAME";
 const HEADER_BYTES = 16;
-export const DTYPE_NAMES = { 0: "float32", 1: "float16", 2: "int8" };
+export const DTYPE_NAMES = { 0: "float32", 1: "float16", 2: "int8", 3: "int4" };
+// The tensors of a version-2 bundle, in order, named as the SAM 2 decoders' inputs.
+export const SAM2_TENSORS = ["image_embed", "high_res_feats_0", "high_res_feats_1"];
 
 let halfTable = null;
 
@@ -26,55 +30,117 @@ function halfToFloatTable() {
 
 export class EmbeddingFormatError extends Error {}
 
+function magicAt(buffer, offset) {
+  return String.fromCharCode(...new Uint8Array(buffer, offset, 4));
+}
+
+/** Payload bytes of a record of `count` values in `channels` channels with dtype code `dtypeCode`. */
+function payloadBytes(dtypeCode, channels, count) {
+  return [count * 4, count * 2, channels * 4 + count, channels * 4 + Math.ceil(count / 2)][dtypeCode];
+}
+
 /**
- * Decodes one embedding.
- * @param {ArrayBuffer} buffer the HTTP body of GET /api/embeddings/<id>
- * @returns {{data: Float32Array, dims: number[], dtype: string}} data is C*H*W floats in C,H,W order;
- *   dims is [1, C, H, W] as the decoder's image_embeddings input expects.
+ * One tensor record at `offset`: its header (whose version byte must be `version`) and payload.
+ * @returns {{data: Float32Array, dims: number[], dtype: string, end: number}} end: the offset after it
  */
-export function decodeEmbedding(buffer) {
-  if (!(buffer instanceof ArrayBuffer) || buffer.byteLength < HEADER_BYTES) {
+function decodeRecord(buffer, offset, version, exact) {
+  if (buffer.byteLength < offset + HEADER_BYTES) {
     throw new EmbeddingFormatError("The embedding is too short to hold its header.");
   }
-  const view = new DataView(buffer);
-  const magic = String.fromCharCode(...new Uint8Array(buffer, 0, 4));
-  if (magic !== MAGIC) throw new EmbeddingFormatError(`The embedding does not start with "${MAGIC}".`);
-  const version = view.getUint8(4);
-  if (version !== 1) throw new EmbeddingFormatError(`Embedding format version ${version} is not supported.`);
+  const view = new DataView(buffer, offset);
+  if (magicAt(buffer, offset) !== MAGIC) throw new EmbeddingFormatError(`The embedding does not start with "${MAGIC}".`);
+  if (view.getUint8(4) !== version) {
+    throw new EmbeddingFormatError(`Embedding format version ${view.getUint8(4)} is not supported.`);
+  }
   const dtypeCode = view.getUint8(5);
   const channels = view.getUint16(8, true);
   const height = view.getUint16(10, true);
   const width = view.getUint16(12, true);
   const count = channels * height * width;
   const plane = height * width;
-  const data = new Float32Array(count);
-
-  const expect = (bytes) => {
-    if (buffer.byteLength !== HEADER_BYTES + bytes) {
-      throw new EmbeddingFormatError(
-        `The embedding has ${buffer.byteLength} bytes; ${HEADER_BYTES + bytes} were expected.`);
-    }
-  };
-  if (dtypeCode === 0) {
-    expect(count * 4);
-    // The payload starts at byte 16, so a Float32Array view is aligned; copying detaches it from the buffer.
-    data.set(new Float32Array(buffer, HEADER_BYTES, count));
-  } else if (dtypeCode === 1) {
-    expect(count * 2);
-    const table = halfToFloatTable();
-    const halves = new Uint16Array(buffer, HEADER_BYTES, count);
-    for (let i = 0; i < count; i++) data[i] = table[halves[i]];
-  } else if (dtypeCode === 2) {
-    expect(channels * 4 + count);
-    const scales = new Float32Array(buffer, HEADER_BYTES, channels);
-    const values = new Int8Array(buffer, HEADER_BYTES + channels * 4, count);
-    for (let c = 0; c < channels; c++) {
-      const scale = scales[c];
-      const offset = c * plane;
-      for (let i = 0; i < plane; i++) data[offset + i] = values[offset + i] * scale;
-    }
-  } else {
+  if (!(dtypeCode in DTYPE_NAMES) || (version === 1 && dtypeCode === 3)) {
     throw new EmbeddingFormatError(`Unknown embedding dtype code ${dtypeCode}.`);
   }
-  return { data, dims: [1, channels, height, width], dtype: DTYPE_NAMES[dtypeCode] };
+  const start = offset + HEADER_BYTES;
+  const end = start + payloadBytes(dtypeCode, channels, count);
+  if (exact ? buffer.byteLength !== end : buffer.byteLength < end) {
+    throw new EmbeddingFormatError(`The embedding has ${buffer.byteLength} bytes; ${end} were expected.`);
+  }
+  const data = new Float32Array(count);
+  if (dtypeCode === 0) {
+    // Copied through bytes: a record inside a bundle need not start 4-byte aligned.
+    new Uint8Array(data.buffer).set(new Uint8Array(buffer, start, count * 4));
+  } else if (dtypeCode === 1) {
+    const table = halfToFloatTable();
+    // A typed-array view needs 2-byte alignment (always so for version 1, whose payload starts at byte 16).
+    const halves = start % 2 === 0 ? new Uint16Array(buffer, start, count) : new Uint16Array(buffer.slice(start, start + 2 * count));
+    for (let i = 0; i < count; i++) data[i] = table[halves[i]];
+  } else {
+    const scales = new Float32Array(channels);
+    new Uint8Array(scales.buffer).set(new Uint8Array(buffer, start, channels * 4));
+    const valuesStart = start + channels * 4;
+    if (dtypeCode === 2) {
+      const values = new Int8Array(buffer, valuesStart, count);
+      for (let c = 0; c < channels; c++) {
+        const scale = scales[c];
+        const o = c * plane;
+        for (let i = 0; i < plane; i++) data[o + i] = values[o + i] * scale;
+      }
+    } else {
+      // int4: two signed values a byte, the even index in the low nibble.
+      const packed = new Uint8Array(buffer, valuesStart, Math.ceil(count / 2));
+      for (let c = 0; c < channels; c++) {
+        const scale = scales[c];
+        const o = c * plane;
+        for (let i = o; i < o + plane; i++) {
+          const nibble = i & 1 ? packed[i >> 1] >> 4 : packed[i >> 1] & 0x0f;
+          data[i] = (nibble > 7 ? nibble - 16 : nibble) * scale;
+        }
+      }
+    }
+  }
+  return { data, dims: [1, channels, height, width], dtype: DTYPE_NAMES[dtypeCode], end };
+}
+
+/**
+ * Decodes one SAM 1 embedding (version 1).
+ * @param {ArrayBuffer} buffer the HTTP body of GET /api/embeddings/<id>
+ * @returns {{data: Float32Array, dims: number[], dtype: string}} data is C*H*W floats in C,H,W order;
+ *   dims is [1, C, H, W] as the decoder's image_embeddings input expects.
+ */
+export function decodeEmbedding(buffer) {
+  if (!(buffer instanceof ArrayBuffer)) throw new EmbeddingFormatError("The embedding is too short to hold its header.");
+  const { data, dims, dtype } = decodeRecord(buffer, 0, 1, true);
+  return { data, dims, dtype };
+}
+
+/**
+ * Decodes a version-1 embedding or a version-2 SAM 2 bundle into the decoder's image inputs.
+ * @returns {{tensors: Object<string, {data: Float32Array, dims: number[]}>, dtype: string, sam2: boolean}}
+ *   tensors by decoder input name (image_embeddings, or SAM2_TENSORS); dtype e.g. "int8" or "int8/int4/int8"
+ */
+export function decodeFeatures(buffer) {
+  if (!(buffer instanceof ArrayBuffer) || buffer.byteLength < HEADER_BYTES) {
+    throw new EmbeddingFormatError("The embedding is too short to hold its header.");
+  }
+  const version = new DataView(buffer).getUint8(4);
+  if (version !== 2) {
+    const { data, dims, dtype } = decodeEmbedding(buffer);
+    return { tensors: { image_embeddings: { data, dims } }, dtype, sam2: false };
+  }
+  if (magicAt(buffer, 0) !== MAGIC) throw new EmbeddingFormatError(`The embedding does not start with "${MAGIC}".`);
+  const count = new DataView(buffer).getUint8(5);
+  if (count !== SAM2_TENSORS.length) {
+    throw new EmbeddingFormatError(`A SAM 2 embedding holds ${SAM2_TENSORS.length} tensors, not ${count}.`);
+  }
+  const tensors = {};
+  const dtypes = [];
+  let offset = HEADER_BYTES;
+  SAM2_TENSORS.forEach((name, i) => {
+    const record = decodeRecord(buffer, offset, 2, i === SAM2_TENSORS.length - 1);
+    tensors[name] = { data: record.data, dims: record.dims };
+    dtypes.push(record.dtype);
+    offset = record.end;
+  });
+  return { tensors, dtype: dtypes.join("/"), sam2: true };
 }

@@ -1,0 +1,105 @@
+"""
+The fast browser decoder for SAM 2: backend.sam2.folded_decoder behind the public SAM 2 inputs, low-res logits out.
+
+Inputs as sam2_model.py's official graph (image_embed, high_res_feats_0, high_res_feats_1, point_coords,
+point_labels, mask_input, has_mask_input); outputs iou_predictions [1, 4] and low_res_masks [1, 4, 256, 256]
+(token 0 the single mask, 1..3 the candidates), as SAM 1's lowres graph. The client upsamples and applies the
+single-mask stability fallback. The logits are not clamped, so an upsampled mask equals SAM2ImagePredictor's
+(which upsamples before it clamps); the +/-32 clamp is applied to the mask input instead, which gives the same
+mask prompt as feeding back the predictor's clamped logits.
+"""
+
+import types
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from backend.runtime.files import atomic_write
+from backend.sam.folded_decoder import ALL_MASKS, pixel_rows
+from backend.sam2.folded_decoder import Sam2FoldedMaskDecoder
+from backend.sam2.sam2_image_predictor import LOW_RES_LOGIT_LIMIT
+
+from .mask_branch import skip_mask_branch_without_mask
+from .onnx_model import PromptEmbedder, SamDecoderParts
+from .sam2_model import SAM2_INPUT_NAMES, sam2_example_inputs
+
+SAM2_LOWRES_OUTPUT_NAMES = ("iou_predictions", "low_res_masks")
+
+
+def sam2_decoder_parts(model: nn.Module) -> SamDecoderParts:
+    """Float32 CPU copies of a SAM2Base's prompt encoder and mask decoder, in SamDecoderParts' fields."""
+    return SamDecoderParts(
+        types.SimpleNamespace(
+            prompt_encoder=model.sam_prompt_encoder, mask_decoder=model.sam_mask_decoder, mask_threshold=0.0
+        )
+    )
+
+
+class SAM2LowResOnnxModel(nn.Module):
+    """Prompt embedding + SAM 2's mask decoder computed the folded way (module docstring)."""
+
+    def __init__(self, model: SamDecoderParts) -> None:
+        super().__init__()
+        self.decoder = Sam2FoldedMaskDecoder(model.mask_decoder)
+        self.prompts = PromptEmbedder(model.prompt_encoder, model.image_size)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        image_embed: torch.Tensor,
+        high_res_feats_0: torch.Tensor,
+        high_res_feats_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse_embedding = self.prompts.embed_points(point_coords, point_labels)
+        mask_input = torch.clamp(mask_input, -LOW_RES_LOGIT_LIMIT, LOW_RES_LOGIT_LIMIT)
+        dense_embedding = self.prompts.embed_masks(mask_input, has_mask_input)
+        _, _, height, width = image_embed.shape
+        # Computed in the graph from the prompt encoder's frequencies (folded once per session), as SAM 1's.
+        image_pe = pixel_rows(self.prompts.prompt_encoder.get_dense_pe())
+        tokens, image_tokens = self.decoder(pixel_rows(image_embed + dense_embedding), image_pe, sparse_embedding)
+        iou_predictions = self.decoder.predict_iou(tokens, ALL_MASKS)
+        hyper_in = self.decoder.hypernetworks(tokens, ALL_MASKS)
+        image_rows = image_tokens if image_tokens.dim() == 2 else image_tokens[0]
+        high_res_features = [high_res_feats_0, high_res_feats_1]
+        low_res_masks = self.decoder.upscale(image_rows, hyper_in[0], height, width, high_res_features)
+        return iou_predictions, low_res_masks.unsqueeze(0)
+
+
+def export_sam2_lowres_decoder(model: nn.Module, output: str | Path, opset: int = 17) -> Path:
+    """Writes the lowres decoder of `model` (a SAM2Base) to `output` (one ONNX file, atomically); only the number
+    of points is dynamic, and the mask-prompt branch is skipped without a mask (model_export/mask_branch.py)."""
+    import onnx
+
+    output = Path(output)
+    parts = sam2_decoder_parts(model)
+    wrapper = SAM2LowResOnnxModel(parts).eval()
+    inputs = sam2_example_inputs()
+    dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    with atomic_write(output) as tmp_path, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        with open(tmp_path, "wb") as f:
+            torch.onnx.export(
+                wrapper,
+                tuple(inputs.values()),
+                f,
+                export_params=True,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=list(SAM2_INPUT_NAMES),
+                output_names=list(SAM2_LOWRES_OUTPUT_NAMES),
+                dynamic_axes=dynamic_axes,
+                dynamo=False,
+            )
+        graph = onnx.load(str(tmp_path))
+        no_mask = parts.prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).numpy()
+        skip_mask_branch_without_mask(graph, no_mask, embedding_input="image_embed")
+        onnx.save(graph, str(tmp_path))
+    return output
