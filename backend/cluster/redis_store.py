@@ -201,14 +201,26 @@ def _encode(entry: CachedEmbedding) -> bytes:
         "model_key": entry.model_key,
         "encode_ms": entry.encode_ms,
     }
-    return json.dumps(header).encode() + b"\n" + embedding.tobytes()
+    parts = [embedding.tobytes()]
+    if entry.high_res_feats:  # SAM 2: its two high-resolution maps follow the image embedding.
+        features = [np.ascontiguousarray(f, dtype=np.float32) for f in entry.high_res_feats]
+        header["high_res_shapes"] = [list(f.shape) for f in features]
+        parts += [f.tobytes() for f in features]
+    return json.dumps(header).encode() + b"\n" + b"".join(parts)
 
 
 def _decode(value: bytes) -> CachedEmbedding:
     newline = value.index(b"\n")
     header = json.loads(value[:newline])
-    embedding = np.frombuffer(value, dtype=np.float32, offset=newline + 1).reshape(header["shape"])
+    offset = newline + 1
+    arrays = []
+    for shape in [header["shape"], *header.get("high_res_shapes", [])]:
+        count = int(np.prod(shape))
+        arrays.append(np.frombuffer(value, dtype=np.float32, count=count, offset=offset).reshape(shape))
+        offset += 4 * count
+    embedding, *high_res_feats = arrays
     return CachedEmbedding(
+        high_res_feats=tuple(high_res_feats),
         embedding=embedding,
         original_size=tuple(header["original_size"]),
         input_size=tuple(header["input_size"]),

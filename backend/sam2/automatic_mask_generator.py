@@ -92,11 +92,13 @@ class SAM2AutomaticMaskGenerator:
         self.multimask_output = multimask_output
 
     @torch.no_grad()
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+    def generate(self, image: np.ndarray, features: dict | None = None) -> list[dict[str, Any]]:
         """Masks for the whole HxWx3 uint8 RGB image: one dict per mask with segmentation (per output_mode),
-        area, bbox (XYWH), predicted_iou, point_coords ([[x, y]]), stability_score and crop_box (XYWH)."""
+        area, bbox (XYWH), predicted_iou, point_coords ([[x, y]]), stability_score and crop_box (XYWH).
+        ``features``: the whole image's features as ``SAM2ImagePredictor.set_features`` takes them (e.g. from a
+        cache), used for the first crop layer instead of encoding ``image`` again."""
         image = check_image(image)
-        mask_data = self._generate_masks(image)
+        mask_data = self._generate_masks(image, features)
         if len(mask_data) == 0:
             return []
         if self.min_mask_region_area > 0:
@@ -122,12 +124,12 @@ class SAM2AutomaticMaskGenerator:
             for idx, segmentation in enumerate(segmentations)
         ]
 
-    def _generate_masks(self, image: np.ndarray) -> MaskData:
+    def _generate_masks(self, image: np.ndarray, features: dict | None = None) -> MaskData:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         data = MaskData()
         for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
-            data.cat(self._process_crop(image, crop_box, layer_idx, orig_size))
+            data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, features if layer_idx == 0 else None))
         if len(crop_boxes) > 1 and len(data) > 0:
             # Between crops prefer masks from smaller crops.
             scores = 1 / box_area(data["crop_boxes"])
@@ -142,12 +144,20 @@ class SAM2AutomaticMaskGenerator:
         return data
 
     def _process_crop(
-        self, image: np.ndarray, crop_box: list[int], crop_layer_idx: int, orig_size: tuple[int, ...]
+        self,
+        image: np.ndarray,
+        crop_box: list[int],
+        crop_layer_idx: int,
+        orig_size: tuple[int, ...],
+        features: dict | None = None,
     ) -> MaskData:
         x0, y0, x1, y1 = crop_box
         cropped_im = image[y0:y1, x0:x1, :]
         cropped_im_size = cropped_im.shape[:2]
-        self.predictor.set_image(cropped_im)
+        if features is not None:  # The whole image (layer 0), already encoded.
+            self.predictor.set_features(features, cropped_im_size)
+        else:
+            self.predictor.set_image(cropped_im)
 
         points_scale = np.array(cropped_im_size)[None, ::-1]
         points_for_image = self.point_grids[crop_layer_idx] * points_scale

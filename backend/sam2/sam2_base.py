@@ -5,9 +5,14 @@ The video-only modules (memory attention, memory encoder, object pointers, tempo
 `VIDEO_ONLY_PREFIXES` lists the checkpoint keys they own, which loading skips.
 """
 
+import contextlib
+import logging
+import os
+
 import torch
 import torch.nn as nn
 
+from ..runtime import encoder_paths
 from .image_encoder import ImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -26,6 +31,13 @@ VIDEO_ONLY_PREFIXES: tuple[str, ...] = (
     "obj_ptr_tpos_proj",
     "mask_downsample",
 )
+
+
+logger = logging.getLogger(__name__)
+
+# The encoder paths of SAM 2's Hiera (SAM_PRECISION): exact fp32, or bf16 autocast. SAM 1's fused / int8 kernels
+# are written for its ViT and TinyViT blocks.
+SAM2_PRECISIONS = ("fp32", "bf16")
 
 
 def is_video_only_key(key: str) -> bool:
@@ -100,10 +112,47 @@ class SAM2Base(nn.Module):
             backbone_out["backbone_fpn"][1] = self.sam_mask_decoder.conv_s1(backbone_out["backbone_fpn"][1])
         return backbone_out
 
+    @property
+    def precision(self) -> str:
+        """ "fp32" or "bf16": how the image encoder computes (``set_precision``)."""
+        return getattr(self, "_precision", "fp32")
+
+    @property
+    def encoder_path(self) -> str:
+        """The path in use in words, e.g. "bf16 + fused attention" (Hiera's attention is always fused SDPA)."""
+        return encoder_paths.LABELS[self.precision]
+
+    def set_precision(self, precision: str = "auto", cache_dir: str | os.PathLike | None = None) -> str:
+        """Choose how the image encoder computes; returns "fp32" or "bf16".
+
+        "fp32" is Meta's formulation. "bf16": the encoder (trunk, neck, high-res projections) under bf16
+        autocast; its outputs are float32 again. "auto": bf16 where the device computes bf16 natively (CUDA with
+        bf16, CPUs with AVX512-BF16 or AMX), else fp32. ``cache_dir`` is unused (no measurement is needed).
+        Prompt encoder and decoder stay fp32.
+        """
+        if precision == "auto":
+            device_type = self.device.type
+            caps = encoder_paths.detect(device_type)
+            native = caps.cuda_bf16 if device_type == "cuda" else caps.native_bf16
+            precision = "bf16" if native else "fp32"
+            logger.info("encoder path auto -> %s on %s", precision, caps.describe())
+        if precision not in SAM2_PRECISIONS:
+            raise ValueError(f"SAM 2's encoder runs {' or '.join(SAM2_PRECISIONS)} (or auto), not {precision!r}")
+        self._precision = precision
+        return precision
+
     def image_features(self, img_batch: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """What the decoder needs of a normalised batch [B, 3, 1024, 1024]: {"image_embed": [B, 256, 64, 64]
-        (no_mem_embed added), "high_res_feats": [feat_s0 [B, 32, 256, 256], feat_s1 [B, 64, 128, 128]]}."""
-        backbone_out = self.forward_image(img_batch)
+        (no_mem_embed added), "high_res_feats": [feat_s0 [B, 32, 256, 256], feat_s1 [B, 64, 128, 128]]}, float32
+        on every encoder path."""
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            backbone_out = self.forward_image(img_batch)
+        backbone_out["backbone_fpn"] = [f.float() for f in backbone_out["backbone_fpn"]]
         feature_maps = backbone_out["backbone_fpn"][-self.num_feature_levels :]
         image_embed = feature_maps[-1]
         if self.directly_add_no_mem_embed:

@@ -34,10 +34,14 @@ class SAM2ImagePredictor:
     @torch.no_grad()
     def set_image(self, image: np.ndarray) -> None:
         """Encodes an HxWx3 uint8 RGB image and keeps its features."""
-        check_image(image)
         self.reset_predictor()
-        input_image = self._transforms(image)[None].to(self.device)
+        input_image = self.transform_image(image)[None].to(self.device)
         self.set_features(self.model.image_features(input_image), image.shape[:2])
+
+    def transform_image(self, image: np.ndarray) -> torch.Tensor:
+        """An HxWx3 uint8 RGB image as the encoder takes it: normalised [3, 1024, 1024] float32 on the CPU."""
+        check_image(image)
+        return self._transforms(image)
 
     def set_features(
         self,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from flask import Blueprint, Request, Response, current_app, jsonify, request
@@ -44,7 +45,9 @@ def upload_image():
     entry = result.entry
     shape = list(entry.embedding.shape)
     height, width = entry.original_size
-    fmt = codec.DEFAULT_FORMAT
+    wire = wire_formats(entry.is_sam2)
+    fmt = wire.default
+    tensors = {"tensors": {n: list(a.shape) for n, a in entry.wire_features().items()}} if entry.is_sam2 else {}
     return jsonify(
         id=result.image_id,
         width=width,
@@ -55,10 +58,11 @@ def upload_image():
         weights=state.weights.weights,
         embedding_url=f"/api/embeddings/{result.image_id}?format={fmt}",
         format=fmt,
-        dtype=codec.DTYPES[fmt],
+        dtype=wire.dtype(fmt),
         shape=shape,
-        bytes=codec.encoded_size(tuple(shape), fmt),
-        formats={name: codec.encoded_size(tuple(shape), name) for name in codec.FORMATS},
+        **tensors,
+        bytes=wire.size(shape, fmt),
+        formats={name: wire.size(shape, name) for name in wire.names},
         encode_ms=round(entry.encode_ms, 1),
         wait_ms=round(result.wait_ms, 1),
         batch_size=result.batch_size,
@@ -72,26 +76,25 @@ def get_embedding(image_id: str):
     state = app_state()
     if not is_valid_key(image_id):
         raise ApiError(400, "malformed_id", "image ids are 32 lowercase hexadecimal characters")
-    fmt = request.args.get("format", codec.DEFAULT_FORMAT)
-    if fmt not in codec.FORMATS:
-        raise ApiError(400, "unknown_format", f"format must be one of {', '.join(codec.FORMATS)}, not {shorten(fmt)!r}")
+    wire = wire_formats(model_family(state.weights.model_type) != "sam")
+    fmt = request.args.get("format", wire.default)
+    if fmt not in wire.names:
+        raise ApiError(400, "unknown_format", f"format must be one of {', '.join(wire.names)}, not {shorten(fmt)!r}")
     entry = state.encoder.embedding(image_id)
     if entry is None:
         raise ApiError(
             404, "unknown_id", "no embedding with this id (unknown, or evicted from the cache): upload the image again"
         )
 
-    body, gzipped = state.compressed.get(
-        image_id, fmt, accepts_gzip(), lambda: codec.encode_embedding(entry.embedding, fmt)
-    )
-    etag = f"{image_id}-v{codec.VERSION}-{fmt}" + ("-gz" if gzipped else "")
+    body, gzipped = state.compressed.get(image_id, fmt, accepts_gzip(), lambda: wire.encode(entry, fmt))
+    etag = f"{image_id}-v{wire.version}-{fmt}" + ("-gz" if gzipped else "")
     headers = {
         "Cache-Control": IMMUTABLE,
         "ETag": f'"{etag}"',
         "Vary": "Accept-Encoding",
         "X-Embedding-Format": fmt,
         "X-Embedding-Shape": ",".join(str(v) for v in entry.embedding.shape),
-        "X-Uncompressed-Length": str(codec.encoded_size(entry.embedding.shape, fmt)),
+        "X-Uncompressed-Length": str(wire.size(entry.embedding.shape, fmt)),
         "Access-Control-Expose-Headers": "Content-Length, X-Uncompressed-Length, X-Embedding-Format, X-Embedding-Shape",
     }
     if client_has(etag):
@@ -106,6 +109,7 @@ def get_embedding(image_id: str):
 @api.get("/model")
 def model_info():
     state = app_state()
+    wire = wire_formats(model_family(state.weights.model_type) != "sam")
     return jsonify(
         model_type=state.weights.model_type,
         model_family=model_family(state.weights.model_type),
@@ -119,11 +123,44 @@ def model_info():
         decoders=[public_decoder(d) for d in state.decoders.decoders],
         default_decoder=state.decoders.default,
         decoder_error=state.decoders.error,
-        embedding_formats=list(codec.FORMATS),
-        default_embedding_format=codec.DEFAULT_FORMAT,
+        embedding_formats=list(wire.names),
+        default_embedding_format=wire.default,
         ort_version=state.ort_version,
         text=current_app.extensions[TEXT].status() if TEXT in current_app.extensions else {"loaded": False},
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class WireFormats:
+    """The embedding formats of one model family (docs/ARCHITECTURE.md): SAM 1's single tensor (version 1) or
+    SAM 2's bundle of three (version 2)."""
+
+    version: int
+    names: tuple[str, ...]
+    default: str
+    sam2: bool
+
+    def size(self, shape, fmt: str) -> int:
+        return codec.sam2_encoded_size(fmt) if self.sam2 else codec.encoded_size(tuple(shape), fmt)
+
+    def dtype(self, fmt: str) -> str:
+        """Value types as web/js/decoder/embedding.js names them ("int8/int8/int8" for a bundle)."""
+        if not self.sam2:
+            return codec.DTYPES[fmt]
+        return "/".join("int8" if t in codec.NARROW_INT8 else codec.DTYPES.get(t, t) for t in codec.SAM2_FORMATS[fmt])
+
+    def encode(self, entry, fmt: str) -> bytes:
+        if self.sam2:
+            return codec.encode_sam2_features(entry.wire_features(), fmt)
+        return codec.encode_embedding(entry.embedding, fmt)
+
+
+SAM1_WIRE = WireFormats(codec.VERSION, tuple(codec.FORMATS), codec.DEFAULT_FORMAT, sam2=False)
+SAM2_WIRE = WireFormats(codec.BUNDLE_VERSION, tuple(codec.SAM2_FORMATS), codec.SAM2_DEFAULT_FORMAT, sam2=True)
+
+
+def wire_formats(sam2: bool) -> WireFormats:
+    return SAM2_WIRE if sam2 else SAM1_WIRE
 
 
 @api.get("/gallery")

@@ -26,7 +26,7 @@ from ..integrations import Toolkit, register_integrations
 from ..services.cache import EmbeddingCache
 from ..services.decoders import choose_decoders, given_decoders
 from ..services.encoder import EncoderService
-from ..services.everything import EverythingService, resolver_from_encoder
+from ..services.everything import EverythingService, resolver_from_encoder, sam2_generator_factory
 from ..services.gallery import Gallery
 from ..services.memory import PixelBudget
 from ..services.model_runner import prepare_model, resolve_device
@@ -67,19 +67,22 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         model, weights_info = load_model(settings)
     elif weights_info is None:
         weights_info = WeightsInfo(settings.canonical_model_type, "real", "injected", None, "model given to create_app")
-    if model_family(weights_info.model_type) != "sam":
-        # The SAM 2 model, its checkpoints and its predictor exist (backend.sam2); the page's decoder and the
-        # embedding wire format are still SAM 1's (issue #24), so a SAM 2 server would serve wrong masks.
+    sam2 = model_family(weights_info.model_type) != "sam"
+    if sam2 and settings.ray_address and encode_batch is None:
+        # The Ray Serve replicas (backend/cluster/serve_encoder.py) return SAM 1's single embedding.
         raise ConfigError(
-            f"SAM_MODEL_TYPE={weights_info.model_type} cannot be served yet: the page decodes SAM 1 embeddings only. "
-            "Use backend.sam2's SAM2ImagePredictor / SAM2AutomaticMaskGenerator in Python, or a SAM 1 model type"
+            f"SAM_MODEL_TYPE={weights_info.model_type} cannot use SAM_RAY_ADDRESS yet: the Ray Serve encoder "
+            "returns SAM 1 embeddings only. Unset SAM_RAY_ADDRESS to encode SAM 2 in this process"
         )
     device = resolve_device(settings.device)
     if decoders is None:  # Exported from the CPU fp32 model, before it moves to its device.
         offered = choose_decoders(model, weights_info.weights_id, settings.decoder, settings.decoders_dir)
     else:
         offered = given_decoders(decoders, settings.decoder)
-    precision = prepare_model(model, device, settings.precision, cache_dir=settings.data_dir)
+    try:
+        precision = prepare_model(model, device, settings.precision, cache_dir=settings.data_dir)
+    except ValueError as error:  # A path this model family does not have (SAM 2: fp32, bf16, auto).
+        raise ConfigError(f"SAM_PRECISION={settings.precision}: {error}") from None
     logger.info("serving %s (%s weights) on %s in %s", weights_info.model_type, weights_info.weights, device, precision)
 
     store, job_store = _stores(settings)
@@ -105,6 +108,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         on_cluster["generator_factory"] = cluster_generator_factory(
             replica_settings(settings), num_gpus=1 if image_encoder.identity["device"].startswith("cuda") else 0
         )
+    if sam2:
+        on_cluster["generator_factory"] = sam2_generator_factory
     everything = EverythingService(
         resolver_from_encoder(encoder),
         max_concurrent=settings.everything_jobs,

@@ -162,7 +162,8 @@ class BatchQueue:
         self.largest_batch = max(self.largest_batch, len(live))
         self._seconds_per_image = 0.7 * self._seconds_per_image + 0.3 * (elapsed_ms / 1000 / len(live))
         logger.info("encoded %d image(s) in %.0f ms", len(live), elapsed_ms)
-        for job, (embedding, input_size) in zip(live, encoded, strict=True):
+        for job, (embedding, input_size, *high_res_feats) in zip(live, encoded, strict=True):
             job.pixels = None  # Free the image as soon as possible.
             size = (int(input_size[0]), int(input_size[1]))
-            job.future.set_result(EncodedImage(embedding, size, elapsed_ms, len(live)))
+            high_res = tuple(high_res_feats[0]) if high_res_feats else ()
+            job.future.set_result(EncodedImage(embedding, size, elapsed_ms, len(live), high_res))

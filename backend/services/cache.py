@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.files import atomic_write
+from .codec import SAM2_TENSORS
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +45,32 @@ def is_valid_key(key: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class CachedEmbedding:
-    """``embedding``: float32 [256, 64, 64]. Sizes are (H, W): the upload's, and after resize-longest-side."""
+    """``embedding``: float32 [256, 64, 64] (SAM 2's image_embed). Sizes are (H, W): the upload's, and after
+    resize-longest-side (SAM 2 stretches every image to 1024 x 1024). ``high_res_feats``: SAM 2's feat_s0
+    [32, 256, 256] and feat_s1 [64, 128, 128]; empty for SAM 1."""
 
     embedding: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     model_key: str
     encode_ms: float = 0.0
+    high_res_feats: tuple[np.ndarray, ...] = ()
 
     @property
     def nbytes(self) -> int:
-        return int(self.embedding.nbytes)
+        return int(self.embedding.nbytes) + sum(int(f.nbytes) for f in self.high_res_feats)
+
+    @property
+    def is_sam2(self) -> bool:
+        return bool(self.high_res_feats)
+
+    def wire_features(self) -> dict[str, np.ndarray]:
+        """SAM 2's three tensors by their wire names (``codec.SAM2_TENSORS``)."""
+        return dict(zip(SAM2_TENSORS, (self.embedding, *self.high_res_feats), strict=True))
+
+    def predictor_features(self) -> dict:
+        """SAM 2's features as ``SAM2ImagePredictor.set_features`` takes them (a batch axis of 1)."""
+        return {"image_embed": self.embedding[None], "high_res_feats": [f[None] for f in self.high_res_feats]}
 
 
 class EmbeddingCache:
@@ -149,6 +165,10 @@ class EmbeddingCache:
                     model_key=np.asarray(entry.model_key),
                     encode_ms=np.asarray(entry.encode_ms, dtype=np.float64),
                     checksum=np.asarray(_checksum(entry)),
+                    **{
+                        f"high_res_feats_{i}": f.astype(np.float32, copy=False)
+                        for i, f in enumerate(entry.high_res_feats)
+                    },
                 )
             self._prune_disk()
         except OSError as error:
@@ -186,6 +206,11 @@ class EmbeddingCache:
                     input_size=tuple(int(v) for v in data["input_size"]),
                     model_key=str(data["model_key"]),
                     encode_ms=float(data["encode_ms"]),
+                    high_res_feats=tuple(
+                        np.ascontiguousarray(data[name], dtype=np.float32)
+                        for name in ("high_res_feats_0", "high_res_feats_1")
+                        if name in data
+                    ),
                 )
                 stored_checksum = str(data["checksum"])
             if stored_checksum != _checksum(entry):
@@ -204,5 +229,7 @@ def _checksum(entry: CachedEmbedding) -> str:
     """sha256 of everything an entry holds, so any changed byte of a cache file is noticed."""
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(entry.embedding, dtype=np.float32).data)
+    for feature in entry.high_res_feats:
+        digest.update(np.ascontiguousarray(feature, dtype=np.float32).data)
     digest.update(repr((tuple(entry.original_size), tuple(entry.input_size), entry.model_key)).encode("utf-8"))
     return digest.hexdigest()

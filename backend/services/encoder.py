@@ -177,6 +177,7 @@ class EncoderService:
             input_size=encoded.input_size,
             model_key=self.model_key,
             encode_ms=encoded.encode_ms,
+            high_res_feats=encoded.high_res_feats,
         )
         self.images_encoded += 1
         try:

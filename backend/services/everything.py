@@ -63,7 +63,7 @@ def resolver_from_encoder(
         image = image_store(image_id) if image_store is not None else None
         return EverythingSource(
             model=encoder_service.model,
-            embedding=entry.embedding,
+            embedding=entry.predictor_features() if entry.is_sam2 else entry.embedding,
             original_size=tuple(entry.original_size),
             input_size=tuple(entry.input_size),
             image=image,
@@ -154,6 +154,27 @@ def default_generator_factory(model: torch.nn.Module, params: dict[str, Any]):
     from ..sam.automatic import SamAutomaticMaskGenerator
 
     return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+
+
+class _Sam2Everything:
+    """``SAM2AutomaticMaskGenerator`` behind SamAutomaticMaskGenerator's ``generate(image, image_embedding,
+    progress)``: ``image_embedding`` is SAM 2's cached features (``CachedEmbedding.predictor_features``)."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+
+    def generate(self, image: np.ndarray, image_embedding=None, progress=None) -> list[dict[str, Any]]:
+        annotations = self.generator.generate(image, features=image_embedding)
+        if progress is not None:
+            progress(1.0)
+        return annotations
+
+
+def sam2_generator_factory(model: torch.nn.Module, params: dict[str, Any]):
+    """Everything mode on SAM 2 / 2.1: backend.sam2's generator, on the features the upload cached."""
+    from ..sam2 import SAM2AutomaticMaskGenerator
+
+    return _Sam2Everything(SAM2AutomaticMaskGenerator(model, output_mode="coco_rle", **params))
 
 
 class EverythingService:
@@ -287,9 +308,11 @@ class EverythingService:
             if image is None:
                 # Layer 0 only needs the image's size: its embedding stands in for the pixels.
                 image = np.broadcast_to(np.zeros((1, 1, 3), dtype=np.uint8), (h, w, 3))
-            embedding = torch.as_tensor(np.asarray(source.embedding, dtype=np.float32))
-            if embedding.ndim == 3:
-                embedding = embedding[None]
+            embedding = source.embedding
+            if not isinstance(embedding, dict):  # SAM 2's features are a dict, as set_features takes them.
+                embedding = torch.as_tensor(np.asarray(embedding, dtype=np.float32))
+                if embedding.ndim == 3:
+                    embedding = embedding[None]
             annotations = generator.generate(
                 image, image_embedding=embedding, progress=lambda p: self._progress(job_id, p), **extra
             )

@@ -47,12 +47,14 @@ class EncoderClosed(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class EncodedImage:
     """One image's encoder output: ``embedding`` float32 [256, 64, 64], ``input_size`` (h, w) after
-    resize-longest-side, ``encode_ms`` the wall time of its forward pass, ``batch_size`` images in that pass."""
+    resize-longest-side, ``encode_ms`` the wall time of its forward pass, ``batch_size`` images in that pass.
+    SAM 2 adds ``high_res_feats`` (feat_s0 [32, 256, 256], feat_s1 [64, 128, 128]); SAM 1 leaves it empty."""
 
     embedding: np.ndarray
     input_size: tuple[int, int]
     encode_ms: float
     batch_size: int
+    high_res_feats: tuple[np.ndarray, ...] = ()
 
 
 class EmbeddingStore(Protocol):

@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-# (embedding float32 [256, 64, 64], input_size (h, w)) for each image of a batch.
-EncodedBatch = list[tuple[np.ndarray, tuple[int, int]]]
+# (embedding float32 [256, 64, 64], input_size (h, w)) for each image of a batch; SAM 2 adds a third item, its
+# high-resolution features (feat_s0 [32, 256, 256], feat_s1 [64, 128, 128]).
+EncodedBatch = list[tuple[np.ndarray, tuple[int, int]] | tuple[np.ndarray, tuple[int, int], tuple[np.ndarray, ...]]]
 BatchEncoder = Callable[[Sequence[np.ndarray]], EncodedBatch]
 
 
@@ -57,6 +58,8 @@ def encode_images(model: torch.nn.Module, images: Sequence[np.ndarray]) -> Encod
     Same preprocessing as ``SamPredictor.set_image``: resize longest side to the model's image size, normalise,
     zero-pad bottom/right. Returns float32 [256, 64, 64] embeddings on the CPU with each resized (h, w).
     """
+    if is_sam2(model):
+        return encode_sam2_images(model, images)
     from ..sam.transforms import ResizeLongestSide
 
     transform = ResizeLongestSide(model.image_size)
@@ -73,3 +76,35 @@ def encode_images(model: torch.nn.Module, images: Sequence[np.ndarray]) -> Encod
         embeddings = model.image_encoder(torch.stack(inputs, dim=0))
     embeddings = embeddings.float().cpu().numpy()
     return [(np.ascontiguousarray(embeddings[i]), input_sizes[i]) for i in range(len(images))]
+
+
+def is_sam2(model: torch.nn.Module | None) -> bool:
+    """Whether ``model`` is a SAM 2 / 2.1 (``backend.sam2.SAM2Base``)."""
+    from ..sam2.sam2_base import SAM2Base
+
+    return isinstance(model, SAM2Base)
+
+
+def encode_sam2_images(model: torch.nn.Module, images: Sequence[np.ndarray]) -> EncodedBatch:
+    """SAM 2's features of uint8 RGB images [H, W, 3] in one forward pass, as ``SAM2ImagePredictor.set_image``
+    computes them (its transforms, then ``SAM2Base.image_features``). Each image is stretched over the whole
+    1024 x 1024 frame, so its input_size is (1024, 1024)."""
+    from ..sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model)
+    batch = torch.stack(
+        [predictor.transform_image(image if image.flags.writeable else image.copy()) for image in images], dim=0
+    ).to(model.device)
+    with torch.inference_mode():
+        features = model.image_features(batch)
+    image_embed = features["image_embed"].float().cpu().numpy()
+    high_res = [f.float().cpu().numpy() for f in features["high_res_feats"]]
+    side = int(model.image_size)
+    return [
+        (
+            np.ascontiguousarray(image_embed[i]),
+            (side, side),
+            tuple(np.ascontiguousarray(f[i]) for f in high_res),
+        )
+        for i in range(len(images))
+    ]

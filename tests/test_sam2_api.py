@@ -1,0 +1,238 @@
+"""The server on SAM 2.1 (issue #24): an upload's embedding is SAM2ImagePredictor's three tensors in the version-2
+wire format, the stores keep all three, and everything mode is SAM2AutomaticMaskGenerator on the cached features.
+
+The seeded small SAM 2.1 (backend_fixtures.small_sam2) stands in for sam2.1_hiera_t: same decoder and wire shapes,
+a reduced Hiera trunk that encodes in well under a second.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+
+import numpy as np
+import pytest
+from backend_fixtures import SMALL_PHOTO, photo_jpeg, read_rgb, small_sam2
+
+from backend.config import ConfigError
+from backend.sam.amg import coco_decode_rle, rle_to_mask
+from backend.sam2 import SAM2AutomaticMaskGenerator, SAM2ImagePredictor
+from backend.services import codec
+from backend.services.cache import CachedEmbedding, EmbeddingCache
+from backend.services.weights import WeightsInfo
+
+SAM2_WEIGHTS = WeightsInfo("sam2.1_hiera_t", "random", "small-sam2-seed0-api-test", None, "seeded small SAM 2.1")
+# Thresholds off: the random model's masks are low-scored and overlap; every one is compared.
+SMALL_RUN = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+
+
+@pytest.fixture(scope="module")
+def sam2_model():
+    return small_sam2()
+
+
+@pytest.fixture(scope="module")
+def sam2_app(sam2_model, tmp_path_factory):
+    from backend.server.app import create_app
+
+    app = create_app(
+        {
+            "model": sam2_model,
+            "weights_info": SAM2_WEIGHTS,
+            "decoders": [],
+            "data_dir": str(tmp_path_factory.mktemp("sam2-data")),
+            "device": "cpu",
+            "precision": "fp32",
+            "secret": "test-secret",
+            "TESTING": True,
+        }
+    )
+    yield app
+    app.extensions["sam"].encoder.close()
+    app.extensions["everything"].close()
+
+
+@pytest.fixture(scope="module")
+def uploaded(sam2_app, sam2_model):
+    client = sam2_app.test_client()
+    response = client.post("/api/images", data=photo_jpeg(*SMALL_PHOTO).read_bytes(), content_type="image/jpeg")
+    assert response.status_code == 200, response.get_json()
+    predictor = SAM2ImagePredictor(sam2_model)
+    predictor.set_image(read_rgb(photo_jpeg(*SMALL_PHOTO)))
+    return response.get_json(), predictor
+
+
+def _predictor_wire_features(predictor) -> dict[str, np.ndarray]:
+    features = predictor._features
+    return dict(
+        zip(
+            codec.SAM2_TENSORS,
+            [t[0].numpy() for t in (features["image_embed"], *features["high_res_feats"])],
+            strict=True,
+        )
+    )
+
+
+def test_the_upload_answer_names_the_sam2_bundle(uploaded):
+    info, _ = uploaded
+    assert info["model_family"] == "sam2.1"
+    assert info["format"] == codec.SAM2_DEFAULT_FORMAT == "int8-int7"
+    assert info["embedding_url"].endswith(f"?format={codec.SAM2_DEFAULT_FORMAT}")
+    assert info["bytes"] == codec.sam2_encoded_size(codec.SAM2_DEFAULT_FORMAT)
+    assert info["tensors"] == {name: list(shape) for name, shape in codec.SAM2_SHAPES.items()}
+    assert info["input_size"] == [1024, 1024]  # stretched, not resized longest side
+    assert set(info["formats"]) == set(codec.SAM2_FORMATS)
+
+
+@pytest.mark.parametrize("fmt", ["f32", "int8-int7", "f16"])
+def test_the_embedding_decodes_to_the_predictors_features(sam2_app, uploaded, fmt):
+    info, predictor = uploaded
+    response = sam2_app.test_client().get(f"/api/embeddings/{info['id']}?format={fmt}")
+    assert response.status_code == 200
+    assert response.headers["X-Embedding-Format"] == fmt
+    body = response.data
+    assert len(body) == codec.sam2_encoded_size(fmt) == int(response.headers["X-Uncompressed-Length"])
+    got = codec.decode_sam2_features(body)
+    for name, want in _predictor_wire_features(predictor).items():
+        peak = np.abs(want).max(axis=(1, 2), keepdims=True)
+        # Rounding of each record: none (f32), half an int step of the channel's scale (int8: peak/127, int7:
+        # peak/63), or float16's relative 2^-11.
+        tensor_fmt = dict(zip(codec.SAM2_TENSORS, codec.SAM2_FORMATS[fmt], strict=True))[name]
+        bound = {"f32": 1e-6 * peak, "int8": peak / 127 * 0.51, "int7": peak / 63 * 0.51}.get(tensor_fmt)
+        if bound is None:
+            bound = np.abs(want) * 2.0**-10 + 1e-7
+        assert np.all(np.abs(got[name] - want) <= bound), name
+
+
+def test_a_sam1_format_name_the_bundle_lacks_is_400(sam2_app, uploaded):
+    info, _ = uploaded
+    response = sam2_app.test_client().get(f"/api/embeddings/{info['id']}?format=int5")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "unknown_format"
+
+
+def test_the_gzipped_bundle_is_the_same_bytes_smaller(sam2_app, uploaded):
+    # The <= 3 MB default is measured on real features (docs/benchmarks.md, "SAM 2 wire"); random weights'
+    # features compress less.
+    info, _ = uploaded
+    client = sam2_app.test_client()
+    plain = client.get(info["embedding_url"]).data
+    response = client.get(info["embedding_url"], headers={"Accept-Encoding": "gzip"})
+    assert response.headers.get("Content-Encoding") == "gzip"
+    assert len(response.data) < len(plain)
+    assert gzip.decompress(response.data) == plain
+
+
+def test_api_model_names_the_family_and_its_formats(sam2_app):
+    body = sam2_app.test_client().get("/api/model").get_json()
+    assert body["model_family"] == "sam2.1"
+    assert body["embedding_formats"] == list(codec.SAM2_FORMATS)
+    assert body["default_embedding_format"] == "int8-int7"
+    assert body["precision"] == "fp32"
+
+
+def test_everything_mode_is_sam2s_generator_on_the_cached_features(sam2_app, uploaded):
+    info, predictor = uploaded
+    client = sam2_app.test_client()
+    encoded_before = sam2_app.extensions["sam"].encoder.images_encoded
+    response = client.post(f"/api/images/{info['id']}/everything", json=SMALL_RUN)
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["job_id"]
+    deadline = time.monotonic() + 120
+    while (body := client.get(f"/api/everything/{job_id}").get_json())["status"] not in ("done", "error"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert body["status"] == "done", body
+    assert sam2_app.extensions["sam"].encoder.images_encoded == encoded_before  # no second encode
+
+    generator = SAM2AutomaticMaskGenerator(predictor.model, output_mode="uncompressed_rle", **SMALL_RUN)
+    image = read_rgb(photo_jpeg(*SMALL_PHOTO))
+    expected = generator.generate(image)
+    annotations = body["result"]["annotations"]
+    assert len(annotations) == len(expected) >= 4
+    for got, want in zip(annotations, expected, strict=True):
+        assert np.array_equal(rle_to_mask(coco_decode_rle(got["segmentation"])), rle_to_mask(want["segmentation"]))
+        assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], abs=1e-5)
+        assert got["bbox"] == want["bbox"]
+
+
+def test_the_disk_cache_keeps_all_three_tensors(tmp_path):
+    rng = np.random.default_rng(0)
+    entry = CachedEmbedding(
+        embedding=rng.standard_normal((256, 64, 64), dtype=np.float32),
+        original_size=(534, 800),
+        input_size=(1024, 1024),
+        model_key="m",
+        high_res_feats=tuple(
+            rng.standard_normal(codec.SAM2_SHAPES[n], dtype=np.float32) for n in codec.SAM2_TENSORS[1:]
+        ),
+    )
+    key = "0" * 32
+    EmbeddingCache(1 << 30, disk_dir=tmp_path).put(key, entry)
+    read = EmbeddingCache(1 << 30, disk_dir=tmp_path).get(key)  # a fresh process: from the disk
+    assert read is not None and read.is_sam2
+    for name, array in entry.wire_features().items():
+        assert np.array_equal(read.wire_features()[name], array)
+    assert read.nbytes == 4 * (256 * 64 * 64 + 32 * 256 * 256 + 64 * 128 * 128)
+
+
+def test_sam2_on_the_ray_encoder_is_refused_clearly(sam2_model, tmp_path):
+    from backend.server.app import create_app
+
+    with pytest.raises(ConfigError, match="Ray Serve encoder returns SAM 1 embeddings only"):
+        create_app(
+            {
+                "model": sam2_model,
+                "weights_info": SAM2_WEIGHTS,
+                "decoders": [],
+                "data_dir": str(tmp_path),
+                "ray_address": "ray://127.0.0.1:1",
+                "TESTING": True,
+            }
+        )
+
+
+def test_an_encoder_path_hiera_lacks_is_a_config_error(tmp_path):
+    from backend.server.app import create_app
+
+    with pytest.raises(ConfigError, match="SAM_PRECISION=int8"):
+        create_app(
+            {
+                "model": small_sam2(),
+                "weights_info": SAM2_WEIGHTS,
+                "decoders": [],
+                "data_dir": str(tmp_path),
+                "precision": "int8",
+                "TESTING": True,
+            }
+        )
+
+
+def test_the_redis_value_keeps_all_three_tensors():
+    from backend.cluster.redis_store import _decode, _encode
+
+    rng = np.random.default_rng(1)
+    features = tuple(rng.standard_normal(codec.SAM2_SHAPES[n], dtype=np.float32) for n in codec.SAM2_TENSORS)
+    entry = CachedEmbedding(features[0], (534, 800), (1024, 1024), "m", 12.5, high_res_feats=features[1:])
+    read = _decode(_encode(entry))
+    assert read.original_size == (534, 800) and read.input_size == (1024, 1024)
+    for name, array in entry.wire_features().items():
+        assert np.array_equal(read.wire_features()[name], array)
+
+
+def test_bf16_features_stay_close_to_fp32(sam2_model):
+    from backend.services.model_runner import encode_images
+
+    image = read_rgb(photo_jpeg(*SMALL_PHOTO))
+    sam2_model.set_precision("fp32")
+    (exact,) = encode_images(sam2_model, [image])
+    try:
+        assert sam2_model.set_precision("bf16") == "bf16"
+        assert sam2_model.encoder_path == "bf16 + fused attention"
+        (bf16,) = encode_images(sam2_model, [image])
+    finally:
+        sam2_model.set_precision("fp32")
+    for want, got in zip([exact[0], *exact[2]], [bf16[0], *bf16[2]], strict=True):
+        assert got.dtype == np.float32
+        cosine = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
+        assert 0.99 < cosine < 1.0
