@@ -44,7 +44,7 @@ class Config:
     model_type: str = setting(
         "vit_b",
         "model to serve: `vit_b`, `vit_l`, `vit_h` (= `default`), `vit_t` (MobileSAM); SAM 2.1 `sam2.1_hiera_t`, "
-        "`_s`, `_b+`, `_l` and SAM 2 `sam2_hiera_*` (download and load only: the page cannot serve them yet)",
+        "`_s`, `_b+`, `_l` and SAM 2 `sam2_hiera_*`",
     )
     checkpoint: str | None = setting(
         None,
@@ -69,9 +69,12 @@ class Config:
         "CPUs with native bf16 (AVX512-BF16/AMX); on other CPUs, int8 or fp32 (vit_b/l/h, with VNNI) or fused or fp32 "
         "(vit_t) as measured at first start and cached in `$SAM_DATA_DIR/encoder_paths.json`; else fp32), `fp32` "
         "(exact), `fused` (fp32 with oneDNN fused conv/GELU kernels, CPU), `int8` (int8 linear layers, CPU), `bf16`, "
-        "`fp16`; all with fused attention",
+        "`fp16`; all with fused attention. SAM 2's Hiera runs `fp32` or `bf16` (`auto`: bf16 where native, else fp32)",
     )
-    cache_bytes: int = setting(512 * 1024 * 1024, "in-memory embedding cache bound in bytes (one embedding is 4 MiB)")
+    cache_bytes: int = setting(
+        512 * 1024 * 1024,
+        "in-memory embedding cache bound in bytes (one embedding is 4 MiB; SAM 2's three tensors 16 MiB)",
+    )
     disk_cache_dir: str | None = setting(
         None,
         "also keep embeddings in this directory (survives restarts, shared by workers); uploads themselves are never written",
