@@ -236,3 +236,17 @@ def test_bf16_features_stay_close_to_fp32(sam2_model):
         assert got.dtype == np.float32
         cosine = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
         assert 0.99 < cosine < 1.0
+
+
+def test_the_annotation_tools_masks_are_sam2s_predictors(sam2_app, uploaded):
+    from backend.integrations.toolkit import Prompt, predict_mask
+
+    info, predictor = uploaded
+    click = np.array([[420.0, 250.0]])
+    with sam2_app.app_context():
+        entry = sam2_app.extensions["sam"].encoder.embedding(info["id"])
+        mask, score = predict_mask(entry, Prompt(points=click, labels=np.array([1])))
+    masks, scores, _ = predictor.predict(click, np.array([1]), multimask_output=True)
+    best = int(np.argmax(scores))
+    assert mask.dtype == bool and np.array_equal(mask, masks[best].astype(bool))
+    assert score == pytest.approx(float(scores[best]), abs=1e-6)

@@ -75,6 +75,12 @@ def invoke():
     _check_box(body.get("obj_bbox"))
     data = base64_bytes(body.get("image"), "image", toolkit().config.max_upload_bytes)
     result, _ = embed_image(data)
+    if result.entry.is_sam2:  # CVAT's plug-in decodes SAM 1's single embedding with SAM 1's decoder.
+        raise ToolError(
+            409,
+            "model_not_supported",
+            "CVAT's Segment Anything plug-in decodes SAM 1 embeddings; this server runs SAM 2 (use a SAM 1 model type)",
+        )
     embedding = np.ascontiguousarray(result.entry.embedding, dtype="<f4").reshape(1, 256, 64, 64)
     return jsonify(blob=base64.b64encode(embedding.tobytes()).decode("ascii"))
 

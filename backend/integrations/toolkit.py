@@ -133,11 +133,18 @@ class Prompt:
 def predict_mask(entry: CachedEmbedding, prompt: Prompt) -> tuple[np.ndarray, float]:
     """The best mask (bool [H, W] at the original size) and its predicted IoU for ``prompt`` on a cached image:
     ``SamPredictor`` on the cached embedding, so the mask is the one the model gives for that prompt (several
-    masks for one click, the best kept, as SAM's own demos do; one mask for several points or a box)."""
-    from ..sam import SamPredictor
+    masks for one click, the best kept, as SAM's own demos do; one mask for several points or a box).
+    On SAM 2 / 2.1, ``SAM2ImagePredictor`` on the cached features."""
+    if entry.is_sam2:
+        from ..sam2 import SAM2ImagePredictor
 
-    predictor = SamPredictor(toolkit().encoder.model)
-    predictor.set_embedding(entry.embedding, tuple(entry.original_size), tuple(entry.input_size))
+        predictor = SAM2ImagePredictor(toolkit().encoder.model)
+        predictor.set_features(entry.predictor_features(), tuple(entry.original_size))
+    else:
+        from ..sam import SamPredictor
+
+        predictor = SamPredictor(toolkit().encoder.model)
+        predictor.set_embedding(entry.embedding, tuple(entry.original_size), tuple(entry.input_size))
     has_points = prompt.points is not None and len(prompt.points) > 0
     ambiguous = prompt.box is None and has_points and len(prompt.points) == 1
     masks, scores, _ = predictor.predict(
@@ -147,4 +154,4 @@ def predict_mask(entry: CachedEmbedding, prompt: Prompt) -> tuple[np.ndarray, fl
         multimask_output=ambiguous,
     )
     best = int(np.argmax(scores))
-    return masks[best], float(scores[best])
+    return masks[best].astype(bool, copy=False), float(scores[best])  # SAM2ImagePredictor's masks are 0/1 floats

@@ -155,9 +155,12 @@ export async function runPython(script, args = []) {
   if (code !== 0) throw new Error(`${script} exited (${code}):\n${stderr}`);
 }
 
-/** predictor_oracle.py as a child: `ask(request)` resolves with its answer (see that file for the fields). */
-export async function startOracle() {
-  const child = spawn(python(), [path.join(REPO_ROOT, "tests", "firefox", "predictor_oracle.py")], {
+/**
+ * predictor_oracle.py as a child: `ask(request)` resolves with its answer (see that file for the fields).
+ * `args`: the oracle's arguments, e.g. ["sam2.1_hiera_t"] for the server's seeded random SAM 2.1.
+ */
+export async function startOracle(args = []) {
+  const child = spawn(python(), [path.join(REPO_ROOT, "tests", "firefox", "predictor_oracle.py"), ...args], {
     cwd: REPO_ROOT,
     env: pythonEnv(),
     stdio: ["pipe", "pipe", "pipe"],

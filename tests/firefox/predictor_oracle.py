@@ -1,6 +1,7 @@
 """The torch SamPredictor as an oracle for the Firefox suite: one JSON request per stdin line, one answer line.
 
-It runs the server's own fallback model (backend.services.weights.random_model(): seeded random vit_t, fp32) on the
+It runs the server's own fallback model (backend.services.weights.random_model(): seeded random vit_t, fp32; with a
+model type argument, e.g. `sam2.1_hiera_t`, that type's seeded random model and SAM2ImagePredictor) on the
 image the browser uploaded, decoded as the server decodes it, so a mask the browser shows or exports can be
 compared with Meta's predictor API for the same prompt without the browser suite holding any Python.
 
@@ -34,11 +35,17 @@ def shown_mask(shown: dict) -> np.ndarray:
 
 
 class Oracle:
-    def __init__(self) -> None:
+    def __init__(self, model_type: str | None = None) -> None:
         from backend.sam import SamPredictor
-        from backend.services.weights import random_model
+        from backend.sam2 import SAM2ImagePredictor
+        from backend.services.weights import model_family, random_model
 
-        self.predictor = SamPredictor(random_model().eval())
+        if model_type is None:
+            self.predictor = SamPredictor(random_model().eval())
+        elif model_family(model_type) == "sam":
+            self.predictor = SamPredictor(random_model(model_type).eval())
+        else:
+            self.predictor = SAM2ImagePredictor(random_model(model_type).eval())
         self.image: str | None = None
 
     def answer(self, request: dict) -> dict:
@@ -55,7 +62,7 @@ class Oracle:
             multimask_output=bool(request.get("multimask", False)),
         )
         best = int(np.argmax(scores))
-        expected = masks[best]
+        expected = masks[best].astype(bool)  # SAM2ImagePredictor's masks are 0/1 floats
         shown = shown_mask(request["shown"])
         if shown.shape != expected.shape:
             return {"error": f"the browser's mask is {list(shown.shape)}, the predictor's {list(expected.shape)}"}
@@ -69,7 +76,7 @@ class Oracle:
 
 
 def main() -> None:
-    oracle = Oracle()
+    oracle = Oracle(sys.argv[1] if len(sys.argv) > 1 else None)
     print("ready", flush=True)
     for line in sys.stdin:
         if not line.strip():
