@@ -223,13 +223,13 @@ class SamAutomaticMaskGenerator:
     def _batch_sizes(self, n_points: int, streaming: bool) -> list[int]:
         """How many points each batch of a crop decodes.
 
-        Streaming, the first two batches are a quarter and a half of points_per_batch (multiples of 4), so the
-        first masks come out sooner. Batch sizes that are multiples of 4 give the same bits as full batches on
+        Streaming, the first batches are a 16th, a quarter and a half of points_per_batch (multiples of 4, at
+        least 4), so the first masks come out sooner. Batch sizes that are multiples of 4 give the same bits as full batches on
         the CPU (the GEMM kernels' row blocking), so the result does not depend on the split.
         """
         sizes: list[int] = []
         if streaming:
-            for size in (self.points_per_batch // 4, self.points_per_batch // 2):
+            for size in (self.points_per_batch // 16, self.points_per_batch // 4, self.points_per_batch // 2):
                 size -= size % 4
                 if size >= 4 and sum(sizes) + size < n_points:
                     sizes.append(size)
