@@ -17,7 +17,7 @@ export const UNFINISHED = "unfinished";
  * per "progress"; resolves with the job's last event ({status, result?, message?}). The server sends a
  * reconnecting stream its updates again from the start: applying them is idempotent (see #apply).
  */
-function followEvents(eventsUrl, { onMasks, onProgress, signal }) {
+export function followEvents(eventsUrl, { onMasks, onProgress, signal }) {
   return new Promise((resolve, reject) => {
     const source = new EventSource(eventsUrl);
     const close = () => source.close();
