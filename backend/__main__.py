@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     deploy.add_argument("--model-type", choices=MODEL_TYPES, default=None, help="overrides SAM_MODEL_TYPE")
     deploy.add_argument("--checkpoint", default=None, help="a checkpoint path that every replica's node can read")
 
-    from .batch_amg import add_arguments as add_amg_arguments
+    from .cluster.batch_amg import add_arguments as add_amg_arguments
 
     add_amg_arguments(commands.add_parser("amg", help="label images in everything mode (scripts/amg.py outputs)"))
 
@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "deploy-encoder":
             return _deploy_encoder(args)
         if args.command == "amg":
-            from .batch_amg import main as amg_main
+            from .cluster.batch_amg import main as amg_main
 
             return amg_main(args)
         if args.command == "config-table":
             print(config_table(), end="")
             return 0
         if args.command == "nginx-config":
-            from .front import nginx_config
+            from .server.front import nginx_config
 
             print(
                 nginx_config(Config.from_env(), listen=args.listen, upstream=args.upstream, prefix=args.prefix), end=""
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from .server.app import create_app
 
     overrides = {}
     if args.model_type:
@@ -100,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _deploy_encoder(args: argparse.Namespace) -> int:
     try:
-        from . import serve_encoder
+        from .cluster import serve_encoder
     except ImportError:
         print("error: deploy-encoder needs Ray Serve: pip install '.[cluster]'", file=sys.stderr)
         return 2
@@ -152,7 +152,7 @@ def _deploy_encoder(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from .weights import CHECKPOINTS, WeightsError, download
+    from .services.weights import CHECKPOINTS, WeightsError, download
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = Config.from_env(overrides={"model_type": args.model_type} if args.model_type else None)

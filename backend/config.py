@@ -20,9 +20,9 @@ from typing import Any
 
 import limits
 
-from .decoders import BUILT_IN as _BUILT_IN_DECODERS
-from .encoder_paths import PRECISIONS
+from .runtime.encoder_paths import PRECISIONS
 from .sam.build import MODEL_TYPES  # One home: the registry of model builders.
+from .services.decoders import BUILT_IN as _BUILT_IN_DECODERS
 
 DECODER_CHOICES = tuple(_BUILT_IN_DECODERS)  # One home: the decoders the server exports.
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"

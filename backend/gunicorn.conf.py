@@ -21,7 +21,7 @@ except ConfigError as _error:
     raise SystemExit(2) from None
 
 bind = f"0.0.0.0:{_settings.port}"
-wsgi_app = "backend.app:create_app()"
+wsgi_app = "backend.server.app:create_app()"
 worker_class = "gthread"
 workers = _settings.workers
 threads = _settings.threads
@@ -46,7 +46,7 @@ def on_starting(server):
     """In the master, before any worker: fetch the checkpoint once (workers would race for it) and create
     the shared secret, so every worker reads the same files."""
     from backend.config import Config
-    from backend.weights import WeightsError, ensure_checkpoint
+    from backend.services.weights import WeightsError, ensure_checkpoint
 
     config = Config.from_env()
     config.resolve_secret()
@@ -69,7 +69,7 @@ def post_fork(server, worker):
     to the memory a burst of large images freed (fewer arenas, large buffers mmapped)."""
     import torch
 
-    from backend.memory import tune_malloc
+    from backend.services.memory import tune_malloc
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     tune_malloc()
@@ -78,7 +78,7 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     """On SIGTERM, first cancel what is queued (everything jobs, waiting encodes) so in-flight requests end
     at once and the worker exits promptly instead of after the graceful timeout."""
-    from backend.app import shutdown
+    from backend.server.app import shutdown
 
     graceful_exit = signal.getsignal(signal.SIGTERM)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from backend.files import atomic_write
+from backend.runtime.files import atomic_write
 
 from .lowres_model import SamLowResOnnxModel
 from .mask_branch import skip_mask_branch_without_mask

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.files import atomic_write
+from backend.runtime.files import atomic_write
 
 # Kept in float16 by the weight-only recipe (the rest of the weights is int8), the parts where int8 rounding
 # costs the most mask IoU per byte saved (measured on vit_b random weights, docs/benchmarks.md "## Decoder"):
@@ -32,7 +32,7 @@ HALF_MARKERS = (
 # Weights smaller than this stay float32: they are a few kB in all.
 MIN_QUANTIZED_ELEMENTS = 4096
 
-# The recipes backend/decoders.py builds its quantized files with (keyword arguments of quantize_decoder).
+# The recipes backend/services/decoders.py builds its quantized files with (keyword arguments of quantize_decoder).
 QUANTIZATION_RECIPES = {
     "meta": {"weight_only": False},
     "weight-only": {"weight_only": True, "half": HALF_MARKERS},

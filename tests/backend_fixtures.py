@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from backend.weights import WeightsInfo
+from backend.services.weights import WeightsInfo
 
 # A SAM with a reduced ViT encoder (the prompt encoder and mask decoder at full size): fast enough to export and
 # run everything mode in tests. The same shape as the reference data's reduced model.
@@ -41,11 +41,11 @@ REDUCED_VIT_CONFIG: dict[str, Any] = dict(
 
 @functools.cache
 def vit_t_model():
-    """The seeded random vit_t the server falls back to (``backend.weights.random_model``), exact fp32, CPU."""
+    """The seeded random vit_t the server falls back to (``backend.services.weights.random_model``), exact fp32, CPU."""
     import torch
 
-    from backend.model_runner import prepare_model
-    from backend.weights import random_model
+    from backend.services.model_runner import prepare_model
+    from backend.services.weights import random_model
 
     model = random_model()
     prepare_model(model, torch.device("cpu"), "fp32")
@@ -57,7 +57,7 @@ def vit_t_checkpoint() -> Path:
     """``vit_t_model()``'s weights as a checkpoint file (for the CLI, gunicorn and the browser tests' server)."""
     import torch
 
-    from backend.weights import random_model
+    from backend.services.weights import random_model
 
     path = session_data_dir() / "checkpoints" / "vit_t_seed0.pth"
     path.parent.mkdir(exist_ok=True)
@@ -175,7 +175,7 @@ def vit_t_app(**settings: Any) -> Iterator[Any]:
 
     settings override the config; the encoder's threads are closed on exit.
     """
-    from backend.app import create_app
+    from backend.server.app import create_app
 
     config = {
         "model": vit_t_model(),

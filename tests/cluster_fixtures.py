@@ -88,10 +88,10 @@ def tiny_checkpoint(folder: Path):
 
 
 def vit_t_checkpoint(folder: Path) -> Path:
-    """The seeded random vit_t of backend.weights as a checkpoint file (for the command line)."""
+    """The seeded random vit_t of backend.services.weights as a checkpoint file (for the command line)."""
     import torch
 
-    from backend.weights import random_model
+    from backend.services.weights import random_model
 
     path = folder / "vit_t_random.pth"
     if not path.exists():

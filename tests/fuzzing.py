@@ -129,7 +129,7 @@ def fuzz_app(data_dir: str):
     import torch
     from backend_fixtures import FakeEncoder
 
-    from backend.app import create_app
+    from backend.server.app import create_app
 
     app = create_app(
         {

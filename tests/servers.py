@@ -105,7 +105,7 @@ def gunicorn(workdir: Path, **env: str) -> Iterator[Server]:
 def nginx_front(workdir: Path, upstream: Server, **env: str) -> Iterator[Server]:
     """The generated nginx front on a free loopback port, proxying to ``upstream``."""
     from backend.config import Config
-    from backend.front import nginx_config
+    from backend.server.front import nginx_config
 
     port = free_port()
     prefix = workdir / "nginx"

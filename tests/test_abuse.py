@@ -301,7 +301,7 @@ def test_a_damaged_cache_file_is_a_miss_then_deleted_and_the_image_encoded_again
         "/README.md",
         "/vendor/ort/../package.json",
         "/vendor/ort/ort.node.min.js",
-        "/js/../../backend/app.py",
+        "/js/../../backend/server/app.py",
     ],
 )
 def test_only_the_allow_listed_files_are_served(servers, path):

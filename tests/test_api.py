@@ -24,8 +24,8 @@ from backend_fixtures import (
 )
 from PIL import Image
 
-from backend import codec
-from backend.app import create_app
+from backend.server.app import create_app
+from backend.services import codec
 
 
 @pytest.fixture(scope="module")
@@ -438,7 +438,7 @@ def test_healthz_reports_ok_and_encoder_state(tmp_path):
 def test_static_files_are_gzipped_only_when_it_pays(tmp_path):
     import gzip
 
-    from backend.static import ORT_DIST_DIR
+    from backend.server.static import ORT_DIST_DIR
 
     client = fake_app(tmp_path).test_client()
     raw = (ORT_DIST_DIR / "ort-wasm-simd-threaded.wasm").read_bytes()
@@ -460,7 +460,7 @@ def test_static_files_are_gzipped_only_when_it_pays(tmp_path):
     )
     plain.close()
     # Content gzip would not shrink by 10% (random bytes) is sent as it is.
-    from backend.compression import StaticGzip as _StaticGzip
+    from backend.server.compression import StaticGzip as _StaticGzip
 
     noise = tmp_path / "noise.js"
     noise.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())

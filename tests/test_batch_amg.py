@@ -25,7 +25,7 @@ from cluster_fixtures import (
 )
 from PIL import Image
 
-from backend import batch_amg
+from backend.cluster import batch_amg
 from backend.sam import SamAutomaticMaskGenerator
 from backend.sam.amg import coco_decode_rle, rle_to_mask
 from backend.sam.build import build_sam

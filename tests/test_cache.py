@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from backend.cache import CachedEmbedding, EmbeddingCache, image_key, is_valid_key
+from backend.services.cache import CachedEmbedding, EmbeddingCache, image_key, is_valid_key
 
 MIB = 1024 * 1024
 
@@ -127,7 +127,7 @@ def test_a_damaged_disk_entry_is_a_miss_and_is_deleted(tmp_path, damage, caplog)
         )
         raw = bytearray(buffer.getvalue())
     path.write_bytes(bytes(raw))
-    with caplog.at_level("WARNING", logger="backend.cache"):
+    with caplog.at_level("WARNING", logger="backend.services.cache"):
         assert cache.get(key(5)) is None
     assert not path.exists() and "unreadable disk cache entry" in caplog.text
     cache.put(key(5), stored)  # Encoded again: written afresh and readable.

@@ -25,7 +25,7 @@ from cluster_fixtures import (
     vit_t_checkpoint,
 )
 
-from backend import codec
+from backend.services import codec
 
 pytestmark = pytest.mark.cluster
 
@@ -101,7 +101,7 @@ def _photo(index: int) -> bytes:
 
 def _single_process_embedding(model_settings, data: bytes) -> tuple[str, bytes]:
     """The same upload answered by one process encoding in-process, with the replicas' one thread."""
-    from backend.app import create_app
+    from backend.server.app import create_app
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -132,9 +132,9 @@ def test_an_upload_on_a_is_served_by_b_byte_identical_to_single_process(web_a, w
 
 def _local_everything(model_settings, embedding: np.ndarray, size: tuple[int, int], params: dict) -> list[dict]:
     from backend.config import Config
-    from backend.model_runner import prepare_model, resolve_device
     from backend.sam import SamAutomaticMaskGenerator
-    from backend.weights import load_model
+    from backend.services.model_runner import prepare_model, resolve_device
+    from backend.services.weights import load_model
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

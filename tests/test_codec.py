@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from backend import codec
+from backend.services import codec
 
 
 @pytest.fixture(scope="module")

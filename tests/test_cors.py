@@ -1,4 +1,4 @@
-"""Cross-origin headers (backend/cors.py) through Flask's test client: CORS only for the listed origins, never
+"""Cross-origin headers (backend/server/cors.py) through Flask's test client: CORS only for the listed origins, never
 with credentials, preflights, CORP relaxed only on the embeddable paths, the app's own page unchanged."""
 
 import hashlib
@@ -7,9 +7,9 @@ import pytest
 import torch
 from backend_fixtures import FakeEncoder, distinct_image, image_bytes
 
-from backend.app import create_app
 from backend.config import Config, ConfigError
-from backend.weights import WeightsInfo
+from backend.server.app import create_app
+from backend.services.weights import WeightsInfo
 
 HOST = "http://127.0.0.1:8123"
 OTHER = "http://127.0.0.1:8124"

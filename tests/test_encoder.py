@@ -9,11 +9,11 @@ import pytest
 import torch
 from backend_fixtures import WIDE_PHOTO, FakeEncoder, distinct_image, photo, predictor_for, vit_t_model
 
-from backend.cache import EmbeddingCache
-from backend.encoder import EncoderService
-from backend.interfaces import EncoderBusy, EncodeTimeout
-from backend.model_runner import DeviceError, encode_images, resolve_device
 from backend.sam import SamPredictor
+from backend.services.cache import EmbeddingCache
+from backend.services.encoder import EncoderService
+from backend.services.interfaces import EncoderBusy, EncodeTimeout
+from backend.services.model_runner import DeviceError, encode_images, resolve_device
 
 GIB = 1024**3
 

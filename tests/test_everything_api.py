@@ -11,11 +11,11 @@ from backend_fixtures import SMALL_PHOTO, model_embedding, photo, photo_jpeg, re
 from backend_fixtures import reduced_sam as build_reduced_sam
 from flask import Flask
 
-from backend.everything import EverythingSource
-from backend.everything_routes import create_everything_blueprint
 from backend.sam.amg import coco_decode_rle, rle_to_mask
 from backend.sam.automatic import SamAutomaticMaskGenerator
 from backend.sam.transforms import ResizeLongestSide
+from backend.server.everything_routes import create_everything_blueprint
+from backend.services.everything import EverythingSource
 
 DOG_HW = (534, 800)
 SMALL_RUN = {
@@ -267,9 +267,9 @@ def test_events_stream_progress_then_the_result():
 
 
 def test_everything_through_the_real_app_uses_the_uploaded_images_embedding(reduced_sam, tmp_path):
-    from backend.app import create_app
-    from backend.everything import resolver_from_encoder
-    from backend.weights import WeightsInfo
+    from backend.server.app import create_app
+    from backend.services.everything import resolver_from_encoder
+    from backend.services.weights import WeightsInfo
 
     app = create_app(
         {

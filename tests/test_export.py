@@ -1,4 +1,4 @@
-"""ONNX decoder export (model_export) and the decoder files the backend serves (backend.decoders).
+"""ONNX decoder export (model_export) and the decoder files the backend serves (backend.services.decoders).
 
 On the seeded reduced ViT: onnxruntime outputs against the project's torch predictor on a photo (everywhere),
 and against the reference implementation's stored arrays (the parity tests, marked ``reference``).
@@ -25,8 +25,8 @@ from backend_fixtures import (
     reference_case,
 )
 
-from backend.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
 from backend.sam import SamPredictor
+from backend.services.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
 from model_export import EXPORTER_VERSION, export_decoder
 from model_export.__main__ import main as export_main
 
@@ -503,7 +503,7 @@ def test_cli_help_documents_meta_flags():
         assert flag in out.stdout
 
 
-# ---------------------------------------------------------------- backend.decoders
+# ---------------------------------------------------------------- backend.services.decoders
 
 
 def test_prepare_decoders_lists_hashes_and_reuses_cache(decoders, model, tmp_path):
@@ -550,7 +550,7 @@ def test_custom_decoder_interface_is_detected(decoders, model, single_mask_decod
 CONCURRENT_EXPORT = """
 import json, sys
 from pathlib import Path
-from backend.decoders import prepare_decoders
+from backend.services.decoders import prepare_decoders
 from backend.sam import build_sam
 config_file = Path(sys.argv[1])
 spec = json.loads(config_file.read_text())

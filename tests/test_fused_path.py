@@ -7,12 +7,12 @@ import pytest
 import torch
 from skimage import data
 
-from backend import encoder_paths
+from backend.runtime import encoder_paths
 from backend.sam import SamPredictor
 from backend.sam.fused_kernels import FUSED_MODULES, FusedConv2dBN, FusedMBConv, LinearGELU, fused_supported
 from backend.sam.int8_linear import Int8Linear, int8_supported
 from backend.sam.tiny_vit import TinyViT
-from backend.weights import random_model
+from backend.services.weights import random_model
 
 pytestmark = pytest.mark.skipif(not fused_supported(), reason="this torch has no oneDNN fused kernels")
 

@@ -25,7 +25,7 @@ from backend_fixtures import (
     vit_t_model,
 )
 
-from backend import codec
+from backend.services import codec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.images import ImageError, decode_image
+from backend.services.images import ImageError, decode_image
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.images import decode_image
-from backend.memory import OverBudget, PixelBudget
 from backend.sam.transforms import ResizeLongestSide
+from backend.services.images import decode_image
+from backend.services.memory import OverBudget, PixelBudget
 
 
 def encoded(image: Image.Image, fmt: str, **params) -> bytes:

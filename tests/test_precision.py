@@ -8,8 +8,8 @@ import pytest
 import torch
 from skimage import data
 
-from backend import encoder_paths
-from backend.encoder_paths import Capabilities, choose
+from backend.runtime import encoder_paths
+from backend.runtime.encoder_paths import Capabilities, choose
 from backend.sam import SamPredictor, build_sam
 from backend.sam.fused_kernels import FUSED_MODULES, InplaceGELU
 from backend.sam.int8_linear import Int8Linear
@@ -244,7 +244,7 @@ def test_int8_path_within_the_accuracy_bounds(small_sam):
 
 
 def test_auto_measures_a_real_model_on_a_vnni_cpu(small_sam, tmp_path, caplog):
-    caplog.set_level("INFO", logger="backend.encoder_paths")
+    caplog.set_level("INFO", logger="backend.runtime.encoder_paths")
     choice = encoder_paths.auto_choice(small_sam, tmp_path, caps=VNNI)
     assert choice.precision in ("int8", "fp32")
     assert set(choice.measured) == {"int8", "fp32"} and choice.measured["fp32"]["cosine"] == pytest.approx(1.0)
@@ -291,8 +291,8 @@ def test_banded_relative_position_mask_matches_the_reference(monkeypatch):
 
 
 def test_api_reports_the_encoder_path(small_sam, tmp_path):
-    from backend.app import create_app
-    from backend.weights import WeightsInfo
+    from backend.server.app import create_app
+    from backend.services.weights import WeightsInfo
 
     app = create_app(
         {

@@ -1,6 +1,6 @@
 """The default browser decoder (lowres-quantized) and embedding format: small, and masks that match fp32 torch.
 
-vit_b with seeded random weights; the embedding is the seeded random vit_t's (backend.weights.random_model) of
+vit_b with seeded random weights; the embedding is the seeded random vit_t's (backend.services.weights.random_model) of
 scikit-image's astronaut. Masks are compared as the web client makes them: low-res logits upsampled to the
 image (bilinear, half-pixel centres), thresholded at 0.
 """
@@ -12,10 +12,10 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from backend import codec
-from backend.decoders import prepare_decoders
 from backend.sam import SamPredictor, sam_model_registry
-from backend.weights import random_model
+from backend.services import codec
+from backend.services.decoders import prepare_decoders
+from backend.services.weights import random_model
 
 # Meta's quantized export of the official vit_b checkpoint (scripts/export_onnx_model.py --quantize-out).
 META_VIT_B_QUANTIZED_BYTES = 4_727_763
@@ -89,7 +89,7 @@ def torch_masks(predictor: SamPredictor, prompt: dict, embedding: torch.Tensor |
 
 
 def onnx_feeds(predictor: SamPredictor, prompt: dict) -> dict:
-    """The lowres graph's inputs for one prompt, as web/js/decoder-worker.js builds them."""
+    """The lowres graph's inputs for one prompt, as web/js/decoder/decoder-worker.js builds them."""
     hw = predictor.original_size
     if "point" in prompt:
         coords = np.concatenate([predictor.transform.apply_coords(np.array([prompt["point"]]), hw), [[0.0, 0.0]]])

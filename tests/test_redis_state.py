@@ -10,14 +10,14 @@ import pytest
 from backend_fixtures import FakeEncoder, distinct_image, image_bytes
 from cluster_fixtures import RedisServer
 
-from backend.cache import CachedEmbedding
 from backend.config import ConfigError
-from backend.jobs import CANCELLED, DONE, RUNNING, EverythingJob, TooManyJobs
+from backend.services.cache import CachedEmbedding
+from backend.services.jobs import CANCELLED, DONE, RUNNING, EverythingJob, TooManyJobs
 
 pytestmark = pytest.mark.cluster
 redis = pytest.importorskip("redis", reason="the cluster extra is not installed (pip install '.[cluster]')")
 
-from backend import redis_store  # noqa: E402
+from backend.cluster import redis_store  # noqa: E402
 
 
 @pytest.fixture
@@ -83,8 +83,8 @@ def test_redis_mode_refuses_to_start_without_a_shared_secret(redis_server):
 
 
 def _app(url: str, tmp_path):
-    from backend.app import create_app
-    from backend.weights import WeightsInfo
+    from backend.server.app import create_app
+    from backend.services.weights import WeightsInfo
 
     return create_app(
         {

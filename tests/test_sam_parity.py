@@ -11,7 +11,7 @@ from PIL import Image
 
 from backend.sam import SamPredictor, build_sam, sam_model_registry
 from backend.sam.transforms import ResizeLongestSide
-from backend.weights import random_model
+from backend.services.weights import random_model
 
 EMBEDDING_ATOL = 1e-3
 LOGITS_ATOL = 1e-3
@@ -172,7 +172,7 @@ def test_every_prompt_matches_reference(case):
 
 
 def test_the_servers_random_vit_t_is_the_reference_checkpoint(reference_dir):
-    """backend.weights.random_model(), which the other tests and the random-weights server use, has exactly the
+    """backend.services.weights.random_model(), which the other tests and the random-weights server use, has exactly the
     weights the reference vit_t outputs were made with."""
     state = torch.load(reference_dir / "vit_t_seed0.pth", map_location="cpu", weights_only=True)
     ours = random_model().state_dict()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from backend.sam.build import build_mobile_sam_encoder
 from backend.sam.tiny_vit import Attention, Conv2d_BN, TinyViT
-from backend.weights import random_model
+from backend.services.weights import random_model
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)

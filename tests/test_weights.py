@@ -10,11 +10,11 @@ import pytest
 import torch
 from backend_fixtures import free_port, vit_t_checkpoint
 
-from backend import weights
 from backend.__main__ import main
 from backend.config import Config
 from backend.sam import sam_model_registry
-from backend.weights import WeightsError, download, load_model
+from backend.services import weights
+from backend.services.weights import WeightsError, download, load_model
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 3 * 1024 * 1024 + 123, dtype=np.uint8).tobytes()
 

@@ -21,7 +21,7 @@ export default [
     },
   },
   {
-    files: ["js/decoder-worker.js"],
+    files: ["js/decoder/decoder-worker.js"],
     languageOptions: { globals: { ...globals.worker } },
   },
 ];

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import encoder_paths
-from ..encoder_paths import PRECISIONS
+from ..runtime import encoder_paths
+from ..runtime.encoder_paths import PRECISIONS
 from . import fused_kernels
 from .int8_linear import Int8Linear, int8_supported, keep_float_for, quantize_linears, restore_linears
 from .mask_decoder import MaskDecoder

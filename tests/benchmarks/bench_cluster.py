@@ -1,6 +1,6 @@
 """Benchmark past one machine: batch AMG images/min locally vs on Ray Data (and, with --encoder, Serve replicas).
 
-AMG: the same folder of images (scikit-image photos, downscaled) labelled by `backend.batch_amg.run` with the
+AMG: the same folder of images (scikit-image photos, downscaled) labelled by `backend.cluster.batch_amg.run` with the
 seeded random vit_t (the real MobileSAM architecture), permissive thresholds so masks survive, in three
 configurations, interleaved, each repeated --repeats times into fresh output folders; the median per
 configuration:
@@ -11,7 +11,7 @@ configuration:
 
 Ray's figures include the actors' start (model load) but not the cluster's.
 
-Encoder (--encoder): images/s of the Serve encoder deployment (backend/serve_encoder.py, the vit_t above)
+Encoder (--encoder): images/s of the Serve encoder deployment (backend/cluster/serve_encoder.py, the vit_t above)
 with 1 and 2 replicas of one thread each, alternating (the deployment is rescaled in place), a burst of
 --burst concurrent requests each time, after one warm-up round; the ratio 2/1 is the figure.
 
@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from cluster_fixtures import RAY_ENV, started_ray_head, vit_t_checkpoint, write_images  # noqa: E402
 
-from backend import batch_amg  # noqa: E402
+from backend.cluster import batch_amg  # noqa: E402
 from backend.sam import sam_model_registry  # noqa: E402
 
 PERMISSIVE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.6, stability_score_offset=0.01, box_nms_thresh=0.7)
@@ -74,7 +74,7 @@ def encoder_replica_ratio(address: str, checkpoint: Path, burst: int, repeats: i
     import numpy as np
     from ray import serve
 
-    from backend import serve_encoder
+    from backend.cluster import serve_encoder
     from backend.config import Config
 
     config = Config.from_env(

@@ -11,7 +11,7 @@ and feeds a seeded random embedding. Prints each decoder's median time per decod
 over --baseline. A decode is prompt -> binary mask at image size, as the web client needs it: session.run,
 then for the official interface a threshold of the chosen full-size mask, for lowres the client's upsampling
 (web/js/mask-math.js). The decode's cost is independent of the weights (random or real), only of the graph.
-The files compared are the ones the server serves (backend.decoders.prepare_decoders).
+The files compared are the ones the server serves (backend.services.decoders.prepare_decoders).
 """
 
 import argparse
@@ -153,7 +153,7 @@ def main() -> int:
         tmp = Path(tmp)
         models_dir = args.models_dir
         if models_dir is None:
-            from backend.decoders import prepare_decoders
+            from backend.services.decoders import prepare_decoders
 
             models_dir = prepare_decoders(model, f"bench-{args.model}", tmp / "cache")[0]["path"].parent
         names = list(args.decoders)

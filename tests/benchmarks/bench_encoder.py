@@ -51,7 +51,7 @@ from PIL import Image  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from backend import encoder_paths  # noqa: E402
+from backend.runtime import encoder_paths  # noqa: E402
 from backend.sam import SamPredictor, sam_model_registry  # noqa: E402
 from tests.reference_data import REFERENCE_DIR  # noqa: E402
 

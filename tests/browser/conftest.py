@@ -1,7 +1,7 @@
 """Browser tests: Debian Chromium driven by Playwright against the real Flask server.
 
 The server runs as a subprocess (`python -m backend serve`) on a free loopback port with the seeded random
-MobileSAM (backend.weights.random_model, saved as a checkpoint file), fp32 encoder, no network (or SAM_BROWSER_TEST_URL names a
+MobileSAM (backend.services.weights.random_model, saved as a checkpoint file), fp32 encoder, no network (or SAM_BROWSER_TEST_URL names a
 running one with that checkpoint). Every test page fails the test on any console error or uncaught
 exception. Helpers shared with the benchmarks live in browser_helpers.py.
 """

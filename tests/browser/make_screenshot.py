@@ -7,7 +7,7 @@ Saves the screenshots of the README into docs/: the app for its three audiences.
 
     .venv/bin/python tests/browser/make_screenshot.py [--url http://127.0.0.1:5000/] [--image PATH] [--out DIR]
 
-Starts the real server with the seeded random MobileSAM (backend.weights.random_model) unless --url is given
+Starts the real server with the seeded random MobileSAM (backend.services.weights.random_model) unless --url is given
 (with random weights the masks do not follow objects; run it against a server with real weights for a nicer
 picture). The default image is scikit-image's cat photo, enlarged to 800x534.
 """

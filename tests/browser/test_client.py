@@ -61,7 +61,7 @@ def large_photo_path(tmp_path_factory):
 
 def server_predictor(predictor, live_server, image_path):
     """The torch predictor holding the server's embedding (f32) of the image."""
-    from backend.codec import decode_embedding
+    from backend.services.codec import decode_embedding
 
     info = requests.post(live_server.url + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
     body = requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content
@@ -377,7 +377,7 @@ def test_official_decoder_interface_gives_the_same_mask(page, live_server, photo
 def test_large_image_is_downscaled_before_upload_and_exports_at_full_size(
     page, live_server, large_photo_path, predictor
 ):
-    from backend.codec import decode_embedding
+    from backend.services.codec import decode_embedding
 
     open_app(page, live_server)
     with page.expect_response(lambda r: r.url.endswith("/api/images") and r.request.method == "POST") as answer:
@@ -629,8 +629,8 @@ def test_keyboard_only_prompting(ready_page):
 
 
 def test_every_embedding_format_decodes_in_the_browser(page, live_server, photo_path):
-    """web/js/embedding.js against the server's codec: f16 and int8 within their rounding of f32."""
-    from backend.codec import decode_embedding
+    """web/js/decoder/embedding.js against the server's codec: f16 and int8 within their rounding of f32."""
+    from backend.services.codec import decode_embedding
 
     open_app(page, live_server)
     info = requests.post(live_server.url + "api/images", files={"image": photo_path.open("rb")}, timeout=120).json()

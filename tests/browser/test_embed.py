@@ -1,7 +1,7 @@
 """Embedding in other web tools, with two origins: a host page on one loopback port embeds the app served on
 another (the `<sam-segmenter>` element and the `/embed` iframe protocol), plainly and cross-origin isolated.
 
-The app runs on its seeded random weights (no checkpoint, no network: ``backend.weights.random_model()``);
+The app runs on its seeded random weights (no checkpoint, no network: ``backend.services.weights.random_model()``);
 masks are compared with the torch ``SamPredictor`` of the same weights holding the server's own embedding.
 The host pages are served by a tiny http.server in this process, with or without COOP/COEP.
 """
@@ -132,7 +132,7 @@ def app(host, data_dir):
 @pytest.fixture(scope="module")
 def predictor():
     from backend.sam import SamPredictor
-    from backend.weights import random_model
+    from backend.services.weights import random_model
 
     return SamPredictor(random_model().eval())
 
@@ -141,7 +141,7 @@ def predictor():
 def expected(predictor, app):
     """``expected(points, labels, box, multimask)`` -> (masks, scores) of the torch predictor on the server's
     own f32 embedding of the test image."""
-    from backend.codec import decode_embedding
+    from backend.services.codec import decode_embedding
 
     buffer = io.BytesIO()
     Image.fromarray(coffee_pixels()).save(buffer, format="PNG")

@@ -1,6 +1,6 @@
 """The torch SamPredictor as an oracle for the Firefox suite: one JSON request per stdin line, one answer line.
 
-It runs the server's own fallback model (backend.weights.random_model(): seeded random vit_t, fp32) on the
+It runs the server's own fallback model (backend.services.weights.random_model(): seeded random vit_t, fp32) on the
 image the browser uploaded, decoded as the server decodes it, so a mask the browser shows or exports can be
 compared with Meta's predictor API for the same prompt without the browser suite holding any Python.
 
@@ -36,14 +36,14 @@ def shown_mask(shown: dict) -> np.ndarray:
 class Oracle:
     def __init__(self) -> None:
         from backend.sam import SamPredictor
-        from backend.weights import random_model
+        from backend.services.weights import random_model
 
         self.predictor = SamPredictor(random_model().eval())
         self.image: str | None = None
 
     def use_image(self, path: str) -> None:
         """Embeds the image at `path` (decoded as the server decodes it) unless it is the one embedded."""
-        from backend.images import decode_image
+        from backend.services.images import decode_image
 
         if path != self.image:
             self.predictor.set_image(decode_image(Path(path).read_bytes()).pixels)

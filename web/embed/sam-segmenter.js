@@ -9,7 +9,7 @@
 import { renderCandidates } from "../js/candidates.js";
 import { SamClient } from "../js/client.js";
 import { colorFor } from "../js/colors.js";
-import { UnknownDecoderError } from "../js/decoder-startup.js";
+import { UnknownDecoderError } from "../js/decoder/decoder-startup.js";
 import { cocoAnnotation } from "../js/exports.js";
 import { KeyboardCursor } from "../js/keyboard.js";
 import { lowResPlane, maskStats, resizeMaskNearest } from "../js/mask-math.js";

@@ -4,8 +4,8 @@
 // on its own.
 
 import { apiUrl, fetchEmbedding } from "./api.js";
-import { DecoderClient } from "./decoder-client.js";
-import { startDecoder } from "./decoder-startup.js";
+import { DecoderClient } from "./decoder/decoder-client.js";
+import { startDecoder } from "./decoder/decoder-startup.js";
 import { SegmentEditor } from "./editor.js";
 import { formatBytes } from "./format.js";
 import { prepareImage } from "./image-input.js";

@@ -15,7 +15,7 @@ function measureToPaint(name, eventTime) {
 
 export class SegmentEditor {
   /**
-   * @param {import("./decoder-client.js").DecoderClient} decoder
+   * @param {import("./decoder/decoder-client.js").DecoderClient} decoder
    * @param {object} handlers all optional:
    *   onChange() the prompts, the chosen mask or the undo state changed (redraw the controls and the overlay);
    *   onPreview() only the hover preview changed (redraw the overlay);

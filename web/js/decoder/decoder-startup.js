@@ -1,0 +1,43 @@
+// Decoder start-up: asks the server for its model, picks the decoder file and opens it in the worker.
+
+import { apiUrl, fetchModelInfo } from "../api.js";
+import { formatBytes, plural } from "../format.js";
+
+/** A decoder name the server does not offer (its message lists the ones it does). */
+export class UnknownDecoderError extends Error {}
+
+/**
+ * @param {import("./decoder-client.js").DecoderClient} decoder
+ * @param {object} options {decoder: a name from /api/model (else the server's default), backend:
+ *   "auto"|"wasm"|"webgpu", threads: WASM threads (0: automatic), server: the app's URL when not this page's}
+ * @param {(text: string, progress?: number|null) => void} onStatus
+ * @returns {Promise<{model, entry, info, runsOn: string}>} /api/model, the chosen decoder entry, the worker's
+ *   answer ({provider, threads, interface, modelBytes, fallbackReason}) and where it runs in plain words
+ */
+export async function startDecoder(decoder, { decoder: wanted = null, backend = "auto", threads = 0, server = null } = {}, onStatus = () => {}) {
+  let model;
+  try {
+    model = await fetchModelInfo({ server });
+  } catch (error) {
+    onStatus("The server did not describe its model.");
+    throw error;
+  }
+  const entry = wanted
+    ? model.decoders.find((d) => d.name === wanted)
+    : model.decoders.find((d) => d.name === model.default_decoder) || model.decoders[0];
+  if (wanted && !entry) {
+    // Refused before anything is downloaded (not after fetching the default in its place).
+    const names = model.decoders.map((d) => d.name).join(", ");
+    throw new UnknownDecoderError(`The server has no decoder named "${wanted}" (it offers: ${names}).`);
+  }
+  if (!entry) throw new Error("The server offers no decoder model.");
+  decoder.onProgress = ({ stage, loaded, total }) => {
+    if (stage === "restart") onStatus(`The decoder got stuck while starting; starting it again (attempt ${loaded + 1} of ${total})…`, null);
+    if (stage === "model") onStatus(`Loading the decoder… ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}`, total ? loaded / total : null);
+  };
+  onStatus("Loading the decoder…", null);
+  // The versioned onnxruntime-web path is cached immutably (no revalidation on a repeat visit).
+  const info = await decoder.init(new URL(apiUrl(entry.url, server), location.href).href, backend, threads, model.ort_version);
+  const runsOn = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${plural(info.threads, "thread")}`;
+  return { model, entry, info, runsOn };
+}

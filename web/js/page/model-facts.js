@@ -1,0 +1,20 @@
+// Shows what the server runs: the visitor's demo-model note (operator details behind "details") and Settings' facts.
+
+import { formatBytes } from "../format.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** @param {object} started startDecoder's answer {model, entry, info, runsOn} */
+export function showModelFacts({ model, entry, info, runsOn }) {
+  if (model.weights === "random") {
+    // One short line for a visitor; the operator's details (paths, the command to fix it) behind "details".
+    $("weights-details").textContent = model.weights_message || "This server runs a model with random weights.";
+    $("weights-banner").hidden = false;
+    console.info(`Segment Anything: ${$("weights-details").textContent}`);
+  }
+  $("weights-close").addEventListener("click", () => { $("weights-banner").hidden = true; });
+  $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)})`;
+  $("fact-provider").textContent = runsOn;
+  document.body.dataset.decoder = "ready";
+  document.body.dataset.provider = info.provider;
+}
