@@ -125,7 +125,9 @@ def open_app(driver, server, query: str = "backend=wasm") -> None:
     """Loads the app and waits until the decoder is ready."""
     driver.get(server.url + (f"?{query}" if query else ""))
     watch_page(driver)
-    state = wait_js(driver, "['ready', 'error'].includes(document.body.dataset.decoder) && document.body.dataset.decoder")
+    state = wait_js(
+        driver, "['ready', 'error'].includes(document.body.dataset.decoder) && document.body.dataset.decoder"
+    )
     assert state == "ready", f"the decoder failed: {text(driver, '#error-text')}"
 
 

@@ -55,9 +55,14 @@ export class DecoderClient {
       return;
     }
     if (message.type === "result") {
-      // User Timing entries of the worker's session.run and upsampling, for benchmarks and profiling.
+      // User Timing entries of the worker's session.run and upsampling, for benchmarks and profiling; a decode's
+      // entry also tells how much WebAssembly memory the decoder holds after it (bench_memory.py reads it).
       const now = performance.now();
-      performance.measure("sam:decode", { start: now - message.decodeMs - message.postMs, duration: message.decodeMs });
+      performance.measure("sam:decode", {
+        start: now - message.decodeMs - message.postMs,
+        duration: message.decodeMs,
+        detail: { wasmMemoryBytes: message.wasmMemoryBytes },
+      });
       performance.measure("sam:upsample", { start: now - message.postMs, duration: message.postMs });
     }
     const waiter = this.waiting.get(message.id);

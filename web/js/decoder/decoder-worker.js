@@ -14,6 +14,7 @@
 import { decodeEmbedding } from "./embedding.js";
 import { LOW_RES_PLANE, LOW_RES_SIDE, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "../mask-math.js";
 import { readBody } from "../read-body.js";
+import { capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
 
 /** Where onnxruntime-web's files are: the versioned path is cached immutably, the plain one revalidated. */
 function ortDir(version) {
@@ -53,6 +54,23 @@ async function init({ heartbeatMs = 0, ...options }) {
   }
 }
 
+/**
+ * Why WebAssembly threads cannot run here, in a visitor's words, or null when they can. Threads share memory
+ * through SharedArrayBuffer, which browsers only give to cross-origin isolated pages (COOP + COEP); some give
+ * none even then (WebKitGTK 2.50, the engine of Safari, is isolated yet has no SharedArrayBuffer).
+ */
+function whyOneThread(isolated) {
+  if (!isolated) {
+    return "The decoder runs on one thread, so masks take longer to appear: this page is not cross-origin isolated " +
+      "(COOP and COEP headers), and browsers give SharedArrayBuffer, which threads need, only to isolated pages.";
+  }
+  if (typeof SharedArrayBuffer !== "function") {
+    return "The decoder runs on one thread, so masks take longer to appear: this browser gives the page no " +
+      "SharedArrayBuffer, which WebAssembly threads need, although the page is cross-origin isolated.";
+  }
+  return null;
+}
+
 async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersion = null }) {
   const started = performance.now();
   const ORT_DIR = ortDir(ortVersion);
@@ -63,11 +81,12 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
   // ORT warns (on console.error) when shape ops stay on the CPU beside WebGPU: expected, not a user's problem.
   ort.env.logLevel = "error";
   ort.env.wasm.proxy = false; // this is already a worker
-  // Threads need SharedArrayBuffer, which browsers only give to cross-origin isolated pages (COOP + COEP).
   const isolated = self.crossOriginIsolated === true;
+  const singleThreadReason = whyOneThread(isolated);
   const wanted = threads > 0 ? threads : Math.min(4, navigator.hardwareConcurrency || 1);
-  ort.env.wasm.numThreads = isolated ? Math.max(1, wanted) : 1;
+  ort.env.wasm.numThreads = singleThreadReason ? 1 : Math.max(1, wanted);
   const model = await fetchWithProgress(modelUrl, "model");
+  capSharedMemory(decoderMemoryBytes(model.byteLength)); // before onnxruntime creates its memory
   let provider = "wasm";
   let fallbackReason = null;
   if (tryWebgpu) {
@@ -93,10 +112,12 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
     provider,
     threads: provider === "wasm" ? ort.env.wasm.numThreads : null,
     crossOriginIsolated: isolated,
+    singleThreadReason: provider === "wasm" ? singleThreadReason : null,
     interface: usesOrigImSize ? "official" : "lowres",
     inputNames: session.inputNames,
     outputNames: session.outputNames,
     modelBytes: model.byteLength,
+    wasmMemory: decoderMemoryUse(),
     loadMs: performance.now() - started,
     warmupMs,
     fallbackReason,
@@ -201,7 +222,7 @@ async function decode({ id, points, box, maskInput, multimask, outSize, allMasks
   return [
     {
       type: "result", id, scores, lowRes, candidates, best, masks, outSize,
-      decodeMs, postMs: performance.now() - postStarted,
+      decodeMs, postMs: performance.now() - postStarted, wasmMemoryBytes: decoderMemoryUse()?.bytes ?? null,
     },
     transfer,
   ];
