@@ -24,6 +24,7 @@ Prints one JSON line per engine; exits 1 if an engine breaks a bound.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -147,7 +148,11 @@ class ChromiumEngine:
 
         self._playwright = sync_playwright().start()
         # Eager measurement: measureUserAgentSpecificMemory answers at once instead of at the next collection.
-        args = [*CHROMIUM_ARGS, "--enable-blink-features=ForceEagerMeasureMemory"]
+        args = [
+            *CHROMIUM_ARGS,
+            "--enable-blink-features=ForceEagerMeasureMemory",
+            "--disable-features=BackForwardCache",
+        ]
         self._browser = self._playwright.chromium.launch(executable_path=CHROMIUM, args=args)
         self._page = self._browser.new_page(viewport={"width": 1280, "height": 900})
         self._page.set_default_timeout(WAIT_S * 1000)
@@ -166,10 +171,10 @@ class ChromiumEngine:
 class WebKitEngine:
     name = "webkit"
 
-    def __init__(self, display: str) -> None:
+    def __init__(self, display: str | None = None, driver=None) -> None:
         from webkit_helpers import launch_webkit
 
-        self._driver = launch_webkit(display)
+        self._driver = driver or launch_webkit(display)
 
     def goto(self, url: str) -> None:
         self._driver.get(url)
@@ -197,8 +202,16 @@ class FirefoxEngine:
             'user_pref("browser.startup.homepage_override.mstone", "ignore");\n'
         )
         self._process = subprocess.Popen(
-            [os.environ.get("FIREFOX", "/usr/bin/firefox-esr"), "--headless", "--no-remote", "--profile",
-             self._profile, "--remote-debugging-port", "0", "about:blank"],
+            [
+                os.environ.get("FIREFOX", "/usr/bin/firefox-esr"),
+                "--headless",
+                "--no-remote",
+                "--profile",
+                self._profile,
+                "--remote-debugging-port",
+                "0",
+                "about:blank",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -215,7 +228,9 @@ class FirefoxEngine:
         self._next_id = 0
         self._command("session.new", {"capabilities": {}})
         self._context = self._command("browsingContext.getTree", {})["contexts"][0]["context"]
-        self._command("browsingContext.setViewport", {"context": self._context, "viewport": {"width": 1280, "height": 900}})
+        self._command(
+            "browsingContext.setViewport", {"context": self._context, "viewport": {"width": 1280, "height": 900}}
+        )
 
     def _command(self, method: str, params: dict) -> dict:
         self._next_id += 1
@@ -240,10 +255,8 @@ class FirefoxEngine:
         return json.loads(result["result"]["value"])
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the connection may close before the answer
             self._command("browser.close", {})
-        except Exception:  # the connection closes with the browser
-            pass
         self._socket.close()
         try:
             self._process.wait(timeout=20)
@@ -308,9 +321,7 @@ def measure(engine, app_url: str, excluded_roots: tuple[int, ...], images: int =
     with PeakSampler(excluded_roots) as sampler:
         sampler.peak = 0
         engine.goto(app_url + "?backend=wasm")
-        engine.run(
-            _js("await until(() => ['ready', 'error'].includes(document.body.dataset.decoder), 'the decoder');")
-        )
+        engine.run(_js("await until(() => ['ready', 'error'].includes(document.body.dataset.decoder), 'the decoder');"))
         runs_on = engine.run("return document.getElementById('fact-provider').textContent")
         engine.run(_js(OPEN_IMAGE_JS, 0))
         wasm_bytes = None

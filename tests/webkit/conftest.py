@@ -17,7 +17,11 @@ import pytest
 import requests
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "browser"), str(TESTS / "firefox")]  # LiveServer; the Firefox suite's torch oracle
+sys.path[:0] = [
+    str(TESTS / "browser"),
+    str(TESTS / "firefox"),
+    str(TESTS / "benchmarks"),
+]  # LiveServer, the torch oracle, bench_memory
 
 from backend_fixtures import vit_t_checkpoint  # noqa: E402
 from browser_helpers import LiveServer  # noqa: E402

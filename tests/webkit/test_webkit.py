@@ -280,3 +280,22 @@ def test_the_sam_segmenter_element_works_on_a_page_of_another_origin(driver, liv
     objects = wait_js(driver, "document.getElementById('sam').getObjects()", "the kept object")
     assert len(objects) == 1
     assert objects[0]["segmentation"] == best_rle
+
+
+def test_memory_returns_near_its_level_after_twenty_images_and_the_decoder_memory_fits_the_model(driver, live_server):
+    """Issue #26: a long session on a phone must not grow until the tab is killed (bench_memory.py's flow)."""
+    from bench_memory import GROWTH_BOUND_MB, WebKitEngine, measure
+
+    figures = measure(WebKitEngine(driver=driver), live_server.url, (live_server.process.pid,), images=20)
+    print(figures)
+    assert figures["growth_mb"] <= GROWTH_BOUND_MB, figures
+    # The decoder's shared WASM memory may grow to twice its model plus 192 MiB, not onnxruntime's 4 GiB.
+    decoder = driver.execute_script(
+        "return [document.getElementById('fact-decoder').textContent, "
+        "performance.getEntriesByName('sam:decode').at(-1).detail.wasmMemoryBytes]"
+    )
+    model_mb, limit_mb = map(
+        float, re.search(r", ([\d.]+) MB, WebAssembly memory up to ([\d.]+) MB", decoder[0]).groups()
+    )
+    assert abs(limit_mb - (2 * model_mb + 192)) < 0.1, decoder  # the page's MB are MiB
+    assert 16 * 2**20 < decoder[1] <= limit_mb * 2**20, decoder  # it grew past the glue's 16 MiB, within the limit

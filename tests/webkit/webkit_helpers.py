@@ -60,7 +60,10 @@ def launch_webkit(display: str):
         raise RuntimeError(f"WebKitWebDriver not found at {WEBKIT_DRIVER}: install webkit2gtk-driver (make webkit)")
     options = Options()
     options.add_argument("--automation")
-    service = Service(executable_path=WEBKIT_DRIVER, env={**os.environ, "DISPLAY": display})
+    # Xvfb has no GPU: WebKitGTK would composite with Mesa's software OpenGL (llvmpipe), which no phone or Mac
+    # does and which costs each page process about 60 MB and much CPU; it paints without that layer instead.
+    env = {**os.environ, "DISPLAY": display, "WEBKIT_DISABLE_COMPOSITING_MODE": "1"}
+    service = Service(executable_path=WEBKIT_DRIVER, env=env)
     driver = webdriver.WebKitGTK(options=options, service=service)
     driver.set_window_size(1280, 900)
     driver.set_script_timeout(WAIT_S)

@@ -99,7 +99,8 @@ export class DecoderClient {
       }); // armed by the worker's first message: a worker still loading its own scripts is not stuck
       try {
         const info = await Promise.race([request, stalled]);
-        if (lastAttempt && threads !== 1 && info.provider === "wasm") {
+        // (A decoder that runs on one thread anyway has its own reason, singleThreadReason.)
+        if (lastAttempt && threads !== 1 && info.provider === "wasm" && !info.singleThreadReason) {
           info.fallbackReason ??= "The decoder's WebAssembly threads did not start; it runs on one thread.";
         }
         return { ...info, restarts: attempt - 1 };

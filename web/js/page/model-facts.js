@@ -14,7 +14,8 @@ export function showModelFacts({ model, entry, info, runsOn }) {
     console.info(`Segment Anything: ${$("weights-details").textContent}`);
   }
   $("weights-close").addEventListener("click", () => { $("weights-banner").hidden = true; });
-  $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)})`;
+  const memory = info.wasmMemory ? `, WebAssembly memory up to ${formatBytes(info.wasmMemory.maximumBytes)}` : "";
+  $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)}${memory})`;
   $("fact-provider").textContent = runsOn;
   // Where threads cannot run the page says so and why (slower masks are otherwise a mystery).
   if (info.singleThreadReason) {
