@@ -312,7 +312,7 @@ def test_only_the_allow_listed_files_are_served(servers, path):
 
 
 def test_the_clients_files_are_served(front):
-    for path in ("/", "/js/main.js", "/css/app.css", "/vendor/ort/ort.wasm.min.mjs"):
+    for path in ("/", "/js/page/main.js", "/css/app.css", "/vendor/ort/ort.wasm.min.mjs"):
         assert call(front, "GET", path).status == 200, path
 
 

@@ -28,11 +28,14 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+# tests/ by its folder, not as a package: a wheel may ship a top-level `tests` package that would shadow it.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from reference_data import REFERENCE_DIR  # noqa: E402
 
 from backend.sam import SamPredictor, build_sam, sam_model_registry  # noqa: E402
 from backend.services import codec  # noqa: E402
 from backend.services.model_runner import encode_images, prepare_model  # noqa: E402
-from tests.reference_data import REFERENCE_DIR  # noqa: E402
 
 TARGET_MEAN_IOU = 0.99
 FORMATS = ("f16", "int8")

@@ -27,11 +27,12 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+# tests/ by its folder, not as a package: a wheel may ship a top-level `tests` package that would shadow it.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT / "tests" / "browser"))
 
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-
-from tests.reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
+from reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORT_DIST = REPO_ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"

@@ -50,10 +50,13 @@ from PIL import Image  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+# tests/ by its folder, not as a package: a wheel may ship a top-level `tests` package that would shadow it.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from reference_data import REFERENCE_DIR  # noqa: E402
 
 from backend.runtime import encoder_paths  # noqa: E402
 from backend.sam import SamPredictor, sam_model_registry  # noqa: E402
-from tests.reference_data import REFERENCE_DIR  # noqa: E402
 
 # The plain reference formulation, fp32: Meta's for vit_b..h (explicit softmax attention), MobileSAM's for
 # vit_t (explicit softmax attention, BatchNorm after each convolution, NCHW input).

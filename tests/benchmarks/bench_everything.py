@@ -36,12 +36,15 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+# tests/ by its folder, not as a package: a wheel may ship a top-level `tests` package that would shadow it.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 from backend.sam.amg import build_point_grid, coco_encode_rle, mask_to_rle_pytorch, rle_to_mask  # noqa: E402
 from backend.sam.automatic import SamAutomaticMaskGenerator  # noqa: E402
 from backend.sam.build import build_sam, sam_model_registry  # noqa: E402
 from backend.sam.predictor import SamPredictor  # noqa: E402
-from tests.reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 PERMISSIVE = {
     "pred_iou_thresh": 0.0,

@@ -32,11 +32,12 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+# tests/ by its folder, not as a package: a wheel may ship a top-level `tests` package that would shadow it.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
 sys.path.insert(0, str(REPO_ROOT / "tests" / "browser"))
 
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
-
-from tests.reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
+from reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else ../shared/reference)
 
 
 def percentile(values, q):

@@ -20,12 +20,15 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # test_tiny_vit imports backend_fixtures as pytest would
+# tests/ by its folder, not as a package (a wheel may ship a top-level `tests` package that would shadow it);
+# test_tiny_vit imports backend_fixtures as pytest would.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from reference_data import REFERENCE_DIR  # noqa: E402
+from test_tiny_vit import preprocess  # noqa: E402
 
 from backend.sam.build import build_mobile_sam_encoder  # noqa: E402
 from backend.sam.tiny_vit import TinyViT  # noqa: E402
-from tests.reference_data import REFERENCE_DIR  # noqa: E402
-from tests.test_tiny_vit import preprocess  # noqa: E402
 
 PREFIX = "image_encoder."
 

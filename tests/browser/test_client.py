@@ -639,7 +639,7 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, photo_
     )
     result = page.evaluate(
         """async (id) => {
-        const { decodeEmbedding } = await import('/js/embedding.js');
+        const { decodeEmbedding } = await import('/js/decoder/embedding.js');
         const out = {};
         for (const format of ['f32', 'f16', 'int8']) {
             const body = await (await fetch(`/api/embeddings/${id}?format=${format}`)).arrayBuffer();
