@@ -107,7 +107,7 @@ export class SamSegmenter extends HTMLElement {
     return url.href.endsWith("/") ? url.href : `${url.href}/`;
   }
 
-  /** The decoder worker's description once it runs: {provider, threads, crossOriginIsolated, interface, …}. */
+  /** The decoder worker's description once it runs: {provider, threads, crossOriginIsolated, singleThreadReason, interface, wasmMemory, …}. */
   get decoderInfo() {
     return this.#decoderInfo;
   }
