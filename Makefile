@@ -10,7 +10,7 @@ PORT ?= 5000
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup python-deps web-deps system-deps browser nginx firefox firefox-test cluster-deps tool-venvs clean
+.PHONY: demo test lint setup python-deps web-deps system-deps browser nginx firefox firefox-test webkit webkit-test cluster-deps tool-venvs clean
 
 demo: setup
 	$(BIN)/python -m backend serve --host $(HOST) --port $(PORT)
@@ -18,6 +18,7 @@ demo: setup
 test: setup browser lint cluster-deps nginx tool-venvs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory firefox-test
+	$(MAKE) --no-print-directory webkit-test
 
 # ruff (lint + format check, configured in pyproject.toml) for Python; eslint (web/eslint.config.js) for web/.
 lint: setup
@@ -43,10 +44,12 @@ web/node_modules/.package-lock.json: web/package.json web/package-lock.json
 	touch $@
 
 # The Debian packages the tests drive, installed in one apt-get run when any is missing: chromium (the browser
-# tests; Playwright's own browser download is not used), firefox-esr (the Firefox suite), nginx (the buffering
+# tests; Playwright's own browser download is not used), firefox-esr (the Firefox suite), webkit2gtk-driver and
+# xvfb (the WebKit suite: WebKitGTK's WebDriver and the X display it needs), nginx (the buffering
 # front of the abuse tests, started from a generated config on loopback ports), redis-server (the cluster
 # tests). The system services are never used: each test starts its own instance. `make demo` needs none.
-SYSTEM_TOOLS := chromium:chromium firefox-esr:firefox-esr nginx:nginx redis-server:redis-server
+SYSTEM_TOOLS := chromium:chromium firefox-esr:firefox-esr WebKitWebDriver:webkit2gtk-driver Xvfb:xvfb nginx:nginx \
+  redis-server:redis-server
 system-deps:
 	@missing=; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$pkg"; done; \
@@ -55,7 +58,7 @@ system-deps:
 	  echo "installing Debian packages:$$missing"; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; fi
 
-browser nginx firefox: system-deps
+browser nginx firefox webkit: system-deps
 
 # The Firefox suite (tests/firefox): Debian's firefox-esr driven over WebDriver BiDi by puppeteer-core (its own
 # npm project; no geckodriver, no browser download), node's test runner, the real server on random weights.
@@ -65,6 +68,11 @@ tests/firefox/node_modules/.package-lock.json: tests/firefox/package.json tests/
 
 firefox-test: python-deps firefox tests/firefox/node_modules/.package-lock.json
 	cd tests/firefox && SAM_PYTHON=$(abspath $(BIN))/python node --test --test-reporter=spec
+
+# The WebKit suite (tests/webkit, docs/webkit.md): Debian's WebKitGTK, Safari's engine, over its WebKitWebDriver
+# (selenium, from the .[test] extra) on a private Xvfb, the real server on random weights.
+webkit-test: python-deps webkit
+	$(BIN)/python -m pytest tests/webkit
 
 # The cluster tests' real parts (docs/deploy.md): Debian's redis-server and the .[cluster] extra (Ray, redis-py).
 # `make demo` needs neither.

@@ -418,3 +418,88 @@ def test_bad_arguments_get_plain_errors():
         generator.generate(np.zeros((10, 10), dtype=np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         generator.generate(np.zeros((10, 10, 3), dtype=np.float32))
+
+
+# --- streaming: the masks shown while the grid is decoded ---------------------------------------------------------
+
+
+def _apply_updates(updates):
+    """The set a client shows after each update: {id: annotation}; returns the list of those sets."""
+    shown, states = {}, []
+    for added, removed in updates:
+        for mask_id in removed:
+            assert mask_id in shown, f"retracted {mask_id}, which was never shown"
+            del shown[mask_id]
+        for mask_id, annotation in added:
+            assert mask_id not in shown, f"{mask_id} added twice"
+            shown[mask_id] = annotation
+        states.append(dict(shown))
+    return states
+
+
+def _canonical(annotations):
+    return sorted(json.dumps(a, sort_keys=True) for a in annotations)
+
+
+def test_streamed_masks_after_retractions_are_exactly_the_result(reduced_sam, dog, dog_embedding, full_amg):
+    params = {**AMG_PARAMS, "points_per_batch": 16}
+    generator = SamAutomaticMaskGenerator(reduced_sam, output_mode="coco_rle", **params)
+    updates, progress = [], []
+    annotations = generator.generate(
+        dog,
+        image_embedding=dog_embedding,
+        progress=progress.append,
+        on_update=lambda added, removed: updates.append((added, removed)),
+    )
+    states = _apply_updates(updates)
+    assert _canonical(states[-1].values()) == _canonical(annotations)
+    # Masks arrived batch by batch: 64 points in batches of 4, 8, 16, 16, 16 and 4 (NMS keeps every candidate).
+    assert len(progress) == len(updates) == 6
+    sizes = [len(state) for state in states]
+    assert 0 < sizes[0] <= 12 and sizes == sorted(set(sizes)) and sizes[-1] == len(annotations)
+    # The first batch's points are spread over the image, not the top row.
+    first_points = [a["point_coords"][0] for _, a in updates[0][0]]
+    assert len({y for _, y in first_points}) >= 2 and len({x for x, _ in first_points}) >= 2
+    # Streaming changes the order points are decoded in, not the result.
+    plain = SamAutomaticMaskGenerator(reduced_sam, output_mode="coco_rle", **params).generate(
+        dog, image_embedding=dog_embedding
+    )
+    assert len(plain) == len(annotations)
+    for got, want in zip(annotations, plain, strict=True):
+        assert got["point_coords"] == want["point_coords"]
+        assert got["predicted_iou"] == pytest.approx(want["predicted_iou"], abs=1e-5)
+        got_mask = rle_to_mask(coco_decode_rle(got["segmentation"]))
+        assert (got_mask == rle_to_mask(coco_decode_rle(want["segmentation"]))).mean() >= 0.9999
+
+
+def test_streaming_retracts_masks_that_a_later_batch_suppresses_and_keeps_grid_order_ties():
+    # Every point gets the same three squares and scores, so NMS breaks every tie by grid order: a square
+    # shown early is retracted when its neighbour earlier in the grid arrives in a later batch.
+    sam = _stand_in_sam(_SquaresAroundPoint(half_sides=(10.0, 11.0, 120.0), ious=(0.9, 0.95, 0.8)))
+    image = _image(200, 300, [])
+    params = dict(points_per_side=8, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.5)
+    updates = []
+    streamed = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **params).generate(
+        image, on_update=lambda added, removed: updates.append((added, removed))
+    )
+    plain = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **params).generate(image)
+    assert streamed == plain
+    states = _apply_updates(updates)
+    assert sum(len(removed) for _, removed in updates) >= 2
+    assert _canonical(states[-1].values()) == _canonical(plain)
+
+
+def test_streaming_retracts_what_the_cross_crop_nms_removes():
+    sam = _stand_in_sam(_BrightPixels())
+    image = _image(400, 600, [(60, 60, 120, 120)])
+    updates = []
+    generator = _one_point_per_tile(sam)
+    annotations = generator.generate(image, on_update=lambda added, removed: updates.append((added, removed)))
+    states = _apply_updates(updates)
+    # The full-image crop and the tile holding the square both found it; the tile's copy is the result.
+    assert max(len(state) for state in states) >= 2
+    assert updates[-1][1]  # the last update retracts the duplicates
+    (final,) = states[-1].values()
+    (want,) = annotations
+    np.testing.assert_array_equal(final["segmentation"], want["segmentation"])
+    assert final["crop_box"] == want["crop_box"] == [0, 0, 368, 268]

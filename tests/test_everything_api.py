@@ -377,3 +377,31 @@ def test_delete_of_an_unknown_job_is_404_and_a_finished_job_stays_done():
     assert client.delete(f"/api/everything/{job_id}").get_json()["status"] == "done"
     assert _status(client, job_id)["result"]["annotations"]
     service.close()
+
+
+def test_events_stream_each_batchs_masks_and_they_add_up_to_the_result(dog_source):
+    client, service = _client({"dog": dog_source})
+    params = {**SMALL_RUN, "points_per_side": 8}  # batches of 4, 16, 32 and 12 points
+    job_id = client.post("/api/images/dog/everything", json=params).get_json()["job_id"]
+    response = client.get(f"/api/everything/{job_id}/events")
+    blocks = [block for block in response.get_data(as_text=True).split("\n\n") if block.startswith("event:")]
+    events = [(b.split("\n")[0].split(": ", 1)[1], json.loads(b.split("data: ", 1)[1])) for b in blocks]
+    names = [name for name, _ in events]
+    assert names[-1] == "done" and names.count("masks") == 4
+    # Masks come before the job ends, between progress reports, as COCO RLE with their scores.
+    assert names.index("masks") < names.index("progress", names.index("masks"))
+    shown = {}
+    for name, update in events:
+        if name != "masks":
+            continue
+        for mask_id in update["retracted"]:
+            del shown[mask_id]
+        for mask in update["masks"]:
+            assert isinstance(mask["segmentation"]["counts"], str) and isinstance(mask["predicted_iou"], float)
+            shown[mask.pop("id")] = mask
+    final = events[-1][1]["result"]["annotations"]
+    assert sorted(json.dumps(m, sort_keys=True) for m in shown.values()) == sorted(
+        json.dumps(m, sort_keys=True) for m in final
+    )
+    assert "updates" not in client.get(f"/api/everything/{job_id}").get_json()  # polls stay small
+    service.close()

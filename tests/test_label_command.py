@@ -2,6 +2,7 @@
 category per phrase, each mask SamPredictor's box-prompt mask of the detector's box; resumable; bad input exits 2."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -94,3 +95,37 @@ def test_ray_data_labels_the_same_as_a_local_run(images, tmp_path, grounding_din
     assert label(images, local, grounding_dino_folder) == 0
     assert label(images, on_ray, grounding_dino_folder, "--ray-address", ray_address, "--ray-workers", "1") == 0
     assert json.loads((on_ray / "instances.json").read_text()) == json.loads((local / "instances.json").read_text())
+
+
+@pytest.mark.cluster
+def test_no_wait_on_a_full_cluster_exits_3_and_says_what_holds_it(
+    images, tmp_path, grounding_dino_folder, ray_address, capsys
+):
+    import ray
+
+    from backend.cluster.ray_pool import EXIT_CLUSTER_FULL
+
+    ray.init(address=ray_address, log_to_driver=False, configure_logging=False)
+    try:
+
+        @ray.remote
+        class CpuHolder:
+            def ready(self):
+                return True
+
+        # Every CPU free now (other tests' encoder replicas may hold some of the session's cluster).
+        holder = CpuHolder.options(num_cpus=ray.available_resources().get("CPU", 0)).remote()
+        ray.get(holder.ready.remote(), timeout=120)
+        capsys.readouterr()
+        started = time.monotonic()
+        # `label` reuses this process's connection to the cluster (and leaves it open).
+        code = label(images, tmp_path / "out", grounding_dino_folder, "--ray-address", ray_address, "--no-wait")
+        elapsed = time.monotonic() - started
+    finally:
+        ray.shutdown()  # This driver's exit frees the held CPUs.
+    err = capsys.readouterr().err
+    assert code == EXIT_CLUSTER_FULL, err
+    assert elapsed < 30
+    assert "cannot place one actor of 1 CPU: the cluster has 0 of 4 CPU free; held by" in err
+    assert "CpuHolder (job " in err and "not waiting (--no-wait)" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "instances.json").exists()

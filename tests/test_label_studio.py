@@ -42,8 +42,6 @@ LABEL_CONFIG = """<View>
   </RectangleLabels>
 </View>"""
 WIDTH, HEIGHT = SMALL_PHOTO[1]
-# The stand-in detector's box for "cat" (pixels of the 800x534 photo).
-CAT_BOX = (180.0, 120.0, 560.0, 420.0)
 
 DECODE_SCRIPT = """
 import json, sys
@@ -56,23 +54,22 @@ np.save(sys.stdout.buffer, np.stack(masks))
 """
 
 
-@dataclasses.dataclass(frozen=True)
-class StandInGrounder:
-    """Stands in for a text detector of backend/text (none is on main yet): finds "cat" at ``CAT_BOX`` and
-    nothing else, so the pre-annotation path is driven end to end with a known box."""
+@dataclasses.dataclass
+class RecordingGrounder:
+    """A real tiny random Grounding DINO (backend/text, built offline from a transformers config), with every
+    call and answer recorded so the test knows the boxes the server turned into brushes. Its thresholds are
+    opened: random weights score low, and the test needs instances to compare."""
 
-    calls: list
+    grounder: object
+    calls: list = dataclasses.field(default_factory=list)
 
     def __call__(self, pixels: np.ndarray, phrases: list[str]) -> list:
-        self.calls.append((pixels.shape, tuple(phrases)))
+        from backend.text.grounding import GroundingParameters
 
-        @dataclasses.dataclass(frozen=True)
-        class Found:
-            box: tuple
-            score: float
-            label: str
-
-        return [Found(CAT_BOX, 0.9, "cat")] if "cat" in phrases else []
+        params = GroundingParameters(box_threshold=0.0, text_threshold=0.0, max_instances=3)
+        found = self.grounder.ground(pixels, phrases, params)
+        self.calls.append((pixels.shape, tuple(phrases), found))
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +91,16 @@ def studio(ls_python, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def grounder():
-    return StandInGrounder([])
+def grounder(tmp_path_factory):
+    from text_fixtures import build_text_model
+
+    from backend.config import Config
+    from backend.text.weights import load_grounder
+
+    folder = build_text_model(tmp_path_factory.mktemp("grounding-dino"), "grounding-dino")
+    detector, info = load_grounder(Config.from_env({}, {"text_model": str(folder)}))
+    assert info.weights == "real"
+    return RecordingGrounder(detector)
 
 
 @pytest.fixture(scope="module")
@@ -207,14 +212,22 @@ def test_retrieve_predictions_grounds_each_brush_label(studio, project, predicto
     )
     assert action.status_code == 200, action.text
     assert grounder.calls and grounder.calls[-1][1] == ("cat", "dog")
+    found = grounder.calls[-1][2]
+    assert found, "the tiny detector found nothing even with its thresholds opened"
     predictions = session.get(f"{url}/api/predictions", params={"task": project["task"]}, timeout=60).json()
     [prediction] = [p for p in predictions if p["result"]]
-    [brush] = prediction["result"]
-    assert brush["value"]["brushlabels"] == ["Cat"] and prediction["model_version"].startswith("segment-anything-")
-    [got] = decode_with_label_studio_sdk(ls_python, [brush])
-    masks, scores, _ = predictor.predict(box=np.array(CAT_BOX), multimask_output=False)
-    assert 0.0 < masks[0].mean() < 1.0
-    assert (got == masks[0]).mean() >= 0.995
+    brushes = prediction["result"]
+    assert prediction["model_version"].startswith("segment-anything-")
+    expected = []
+    for instance in found:  # The server keeps an instance whose box gives a non-empty mask, in the detector's order.
+        masks, _, _ = predictor.predict(box=np.array(instance.box), multimask_output=False)
+        if masks[0].any():
+            expected.append((masks[0], {"cat": "Cat", "dog": "Dog"}.get(instance.label.strip().lower(), "Cat")))
+    assert len(brushes) == len(expected) >= 1
+    got = decode_with_label_studio_sdk(ls_python, brushes)
+    for brush, mask, (want, label) in zip(brushes, got, expected, strict=True):
+        assert brush["value"]["brushlabels"] == [label]
+        assert (mask == want).mean() >= 0.995
 
 
 def test_a_personal_access_token_fetches_the_images_too(studio, project, predictor):

@@ -171,7 +171,7 @@ def run(
     torch.get_num_threads(), on Ray capped at the CPUs one node has free, so a shared cluster can start):
     float sums are split across threads, so only equal thread counts give byte-identical outputs on CPU.
 
-    ray_address / ray_workers / wait: see ``_label_on_ray``; with ``wait`` False a cluster without room for
+    ray_address / ray_workers / wait: see ``label_on_ray``; with ``wait`` False a cluster without room for
     one model actor raises ray_pool.ClusterFull instead of waiting.
     """
     import torch
@@ -194,8 +194,16 @@ def run(
             threads = int(threads) if threads is not None else torch.get_num_threads()
             results = _label_locally(todo, build_model, amg_kwargs, output_mode, device, threads)
         else:
-            results = _label_on_ray(
-                todo, build_model, amg_kwargs, output_mode, device, threads, ray_address, ray_workers, wait, progress
+            actor_kwargs = dict(build_model=build_model, amg_kwargs=amg_kwargs, output_mode=output_mode, device=device)
+            results = label_on_ray(
+                todo,
+                Labeller,
+                actor_kwargs,
+                threads=threads,
+                address=ray_address,
+                workers=ray_workers,
+                wait=wait,
+                progress=progress,
             )
         for target, result in results:
             if "error" in result:
@@ -392,21 +400,26 @@ def _label_locally(
         torch.set_num_threads(previous)
 
 
-def _label_on_ray(
+def label_on_ray(
     todo: list[Target],
-    build_model: Callable[[], Any],
-    amg_kwargs: dict[str, Any],
-    output_mode: str,
-    device: str | None,
+    actor_class: type,
+    actor_kwargs: dict[str, Any],
+    *,
     threads: int | None,
     address: str,
     workers: int | None,
     wait: bool,
     progress: Progress,
 ) -> Iterator[tuple[Target, dict[str, Any]]]:
-    """Labels on an autoscaling pool of ``Labeller`` actors (ray_pool.map_on_ray): ``threads`` CPUs each (default:
-    ray_pool.threads_per_actor), plus one GPU each when the cluster has GPUs; starts with what is free, says why
-    when nothing is."""
+    """Labels ``todo`` on an autoscaling pool of ``actor_class(**actor_kwargs, threads=threads)`` actors
+    (ray_pool.map_on_ray), the one Ray path of every batch command (``amg``'s ``Labeller``, text ``label``'s
+    ``TextLabeller``; an actor maps a batch of Target rows to rows of ``image_id`` and a pickled result).
+
+    Each actor asks for ``threads`` CPUs (default: ray_pool.threads_per_actor, said on ``progress``) plus one GPU
+    when the cluster has GPUs; the pool starts with what is free and grows up to ``workers``. When not one actor
+    fits, ``progress.waiting`` says why, or ray_pool.ClusterFull is raised if not ``wait``. ``address``: the
+    cluster (``local`` starts one here), unless this process is already connected to one.
+    """
     if not todo:
         return
     import torch
@@ -433,11 +446,9 @@ def _label_on_ray(
         request = ResourceRequest(cpus=threads, gpus=1 if cluster_has_gpus() else 0)
         by_id = {t.image_id: t for t in todo}
         rows = [dataclasses.asdict(t) for t in todo]
-        kwargs = dict(
-            build_model=build_model, amg_kwargs=amg_kwargs, output_mode=output_mode, device=device, threads=threads
-        )
+        kwargs = {**actor_kwargs, "threads": threads}
         for row in map_on_ray(
-            rows, Labeller, kwargs, request=request, workers=workers, wait=wait, on_waiting=progress.waiting
+            rows, actor_class, kwargs, request=request, workers=workers, wait=wait, on_waiting=progress.waiting
         ):
             yield by_id[int(row["image_id"])], pickle.loads(row["result"])
     finally:

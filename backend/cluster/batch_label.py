@@ -3,7 +3,7 @@ phrases, one COCO instance file.
 
     python -m backend label --text "dog,cat" --input DIR --output DIR [--checkpoint C --model-type T]
         [--text-model M] [--box-threshold B] [--text-threshold T] [--max-instances N] [--device D]
-        [--ray-address ADDR|local]
+        [--ray-address ADDR|local [--ray-workers N] [--no-wait]]
 
 The text detector (``SAM_TEXT_MODEL``'s loading: a folder, a hub id, or the random stand-in) finds the boxes,
 SAM (``SamPredictor``, one batched box-prompt run per image) turns each into a mask. The output is
@@ -13,7 +13,9 @@ compressed RLE, plus ``predicted_iou`` (SAM's) and ``score`` (the detector's) pe
 Resumable as ``amg`` is (backend/cluster/batch_amg.py, whose machinery this reuses): each image's annotations
 are kept in ``DIR/images/NAME.json`` as it finishes, a rerun labels only the images without one, and
 ``instances.json`` is rebuilt from them at the end; a run with other settings is refused. With
-``--ray-address`` Ray Data actors (one model pair each) label the images and this process writes the files.
+``--ray-address`` Ray Data actors (one model pair each) label the images and this process writes the files; the
+pool is ``amg``'s (``batch_amg.label_on_ray``): sized from what the cluster has free, saying why when nothing can
+be placed, and ``--no-wait`` exits with code 3 instead of waiting.
 """
 
 from __future__ import annotations
@@ -59,16 +61,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-threshold", type=float, default=None, help="least phrase-token score (default 0.25)")
     parser.add_argument("--max-instances", type=int, default=None, help="most instances per image (default 20)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present, else CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: torch's)")
-    cluster = parser.add_argument_group("Ray")
-    cluster.add_argument("--ray-address", default=None, help="a Ray cluster (ray://head:10001), or `local`")
-    cluster.add_argument("--ray-workers", type=int, default=None, help="model actors (default: cluster CPUs / threads)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per model (default: torch's; on Ray at most the CPUs one node has free)",
+    )
+    from .ray_pool import add_cluster_arguments
+
+    add_cluster_arguments(
+        parser.add_argument_group("Ray"),
+        workers_help="at most this many model actors, each a SAM and a detector (default: as many as the cluster "
+        "can hold, one GPU each when it has GPUs, else --threads CPUs each); the run starts with those that fit in "
+        "what is free",
+    )
 
 
 def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
     """Runs the `label` subcommand; returns the exit code."""
     from ..sam.build import CheckpointError
     from ..text.grounding import BadText, parse_parameters, parse_phrases
+    from .ray_pool import EXIT_CLUSTER_FULL, ClusterFull
 
     stream = sys.stderr if stream is None else stream
     try:
@@ -99,8 +112,12 @@ def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
             threads=args.threads,
             ray_address=args.ray_address,
             ray_workers=args.ray_workers,
+            wait=not args.no_wait,
             stream=stream,
         )
+    except ClusterFull as error:
+        print(f"error: {error}; not waiting (--no-wait)", file=stream)
+        return EXIT_CLUSTER_FULL
     except (BatchError, BadText, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=stream)
         return 2
@@ -149,14 +166,20 @@ def run(
     threads: int | None = None,
     ray_address: str | None = None,
     ray_workers: int | None = None,
+    wait: bool = True,
     stream: IO[str] | None = None,
 ) -> dict[str, int]:
     """Labels every image of ``input_path`` not yet done in ``output_dir`` and writes ``instances.json``.
     ``build_sam``/``build_grounder``: picklable callables returning the Sam (CPU) and the TextGrounder. Returns
-    counts: labelled, skipped (already done), failed (unreadable images; the next run retries them)."""
+    counts: labelled, skipped (already done), failed (unreadable images; the next run retries them).
+
+    threads, ray_address, ray_workers, wait: as for ``amg`` (batch_amg.run): the same threads give the same
+    outputs locally and on Ray; on Ray the default is ray_pool.threads_per_actor, and with ``wait`` False a
+    cluster without room for one actor raises ray_pool.ClusterFull instead of waiting."""
     import torch
 
-    threads = int(threads) if threads is not None else torch.get_num_threads()
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     targets = batch_amg.find_targets(input_path)
     output = Path(output_dir)
     parts = output / PER_IMAGE_DIR
@@ -167,19 +190,21 @@ def run(
         todo = [t for t in targets if not batch_amg.output_path(parts, t, "coco_rle").exists()]
         progress = Progress(len(targets), len(targets) - len(todo), stream)
         counts = {"labelled": 0, "skipped": len(targets) - len(todo), "failed": 0}
-        kwargs = dict(
-            build_sam=build_sam,
-            build_grounder=build_grounder,
-            phrases=phrases,
-            params=params,
-            device=device,
-            threads=threads,
-        )
-        results = (
-            _label_locally(todo, kwargs)
-            if ray_address is None
-            else _label_on_ray(todo, kwargs, ray_address, ray_workers)
-        )
+        kwargs = dict(build_sam=build_sam, build_grounder=build_grounder, phrases=phrases, params=params, device=device)
+        if ray_address is None:
+            threads = int(threads) if threads is not None else torch.get_num_threads()
+            results = _label_locally(todo, {**kwargs, "threads": threads})
+        else:
+            results = batch_amg.label_on_ray(
+                todo,
+                TextLabeller,
+                kwargs,
+                threads=threads,
+                address=ray_address,
+                workers=ray_workers,
+                wait=wait,
+                progress=progress,
+            )
         for target, result in results:
             if "error" in result:
                 counts["failed"] += 1
@@ -269,53 +294,6 @@ def _label_locally(todo: list[Target], kwargs: dict[str, Any]) -> Iterator[tuple
             yield target, labeller.label(target)
     finally:
         torch.set_num_threads(previous)
-
-
-def _label_on_ray(
-    todo: list[Target], kwargs: dict[str, Any], address: str, workers: int | None
-) -> Iterator[tuple[Target, dict[str, Any]]]:
-    """As ``amg`` on Ray: one ``TextLabeller`` per actor, the images as rows, the results back here."""
-    if not todo:
-        return
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise BatchError("--ray-address needs Ray: pip install '.[cluster]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=None if address == "local" else address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        threads = kwargs["threads"]
-        if workers is None:
-            workers = gpus or max(1, int(resources.get("CPU", 1)) // threads)
-        workers = max(1, min(int(workers), len(todo)))
-        by_id = {t.image_id: t for t in todo}
-        rows = [dataclasses.asdict(t) for t in todo]
-        dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            TextLabeller,
-            fn_constructor_kwargs=kwargs,
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=threads,
-            num_gpus=1 if gpus else 0,
-        )
-        for row in dataset.iter_rows():
-            yield by_id[int(row["image_id"])], pickle.loads(row["result"])
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def write_instances(output: Path, targets: list[Target], phrases: list[str]) -> Path:

@@ -3,8 +3,8 @@
 
 The web host's job thread only waits: the task (one CPU, or one GPU when the cluster has GPUs) loads the
 model once per Ray worker process, runs ``SamAutomaticMaskGenerator`` on the embedding the host already has,
-and streams its progress back (a streaming generator task), so polls and server-sent events on any host
-see it move (the job store is Redis). A cancelled job cancels the task at its next progress report.
+and streams its progress and masks back (a streaming generator task), so polls and server-sent events on
+any host see it move (the job store is Redis). A cancelled job cancels the task at its next progress report.
 
 The job shows ``queued`` until the task runs (its first report); while Ray cannot place it (the cluster's CPUs
 held by encoder replicas, batch actors, other jobs), the job's message says so (ray_pool.placement_report).
@@ -48,7 +48,9 @@ class ClusterGenerator:
     def __init__(self, settings: dict[str, Any], params: dict[str, Any], num_gpus: float) -> None:
         self.settings, self.params, self.num_gpus = settings, params, num_gpus
 
-    def generate(self, image: np.ndarray, image_embedding=None, progress=None, waiting=None) -> list[dict[str, Any]]:
+    def generate(
+        self, image: np.ndarray, image_embedding=None, progress=None, waiting=None, on_update=None
+    ) -> list[dict[str, Any]]:
         embedding = None if image_embedding is None else np.asarray(image_embedding, dtype=np.float32)
         # Layer 0 needs only the image's size; the pixels travel only when crops need them.
         pixels = np.ascontiguousarray(image) if self.params.get("crop_n_layers", 0) > 0 else None
@@ -63,6 +65,9 @@ class ClusterGenerator:
                 if kind == "progress":
                     if progress is not None:
                         progress(value)  # May raise (a cancelled job): the finally cancels the task.
+                elif kind == "update":
+                    if on_update is not None:
+                        on_update(*value)
                 else:
                     return value
         finally:
@@ -108,7 +113,12 @@ def _generate_task(settings, params, pixels, shape, embedding):
 
     def work() -> None:
         try:
-            outcome["masks"] = generator.generate(image, image_embedding=tensor, progress=updates.put)
+            outcome["masks"] = generator.generate(
+                image,
+                image_embedding=tensor,
+                progress=lambda fraction: updates.put(("progress", float(fraction))),
+                on_update=lambda added, removed: updates.put(("update", (added, removed))),
+            )
         except BaseException as error:  # Reported to the web host through the stream.
             outcome["error"] = error
         finally:
@@ -116,8 +126,8 @@ def _generate_task(settings, params, pixels, shape, embedding):
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
-    while (fraction := updates.get()) is not None:
-        yield ("progress", float(fraction))
+    while (item := updates.get()) is not None:
+        yield item
     worker.join()
     if "error" in outcome:
         raise outcome["error"]

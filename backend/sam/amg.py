@@ -115,6 +115,26 @@ def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer:
     return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
 
 
+def coverage_order(points: np.ndarray) -> np.ndarray:
+    """An order of grid points [N, 2] in which every prefix is spread over the whole grid.
+
+    Each axis's distinct coordinates are ranked in bit-reversed order (0, 1/2, 1/4, 3/4, ... of the axis), and
+    points are taken by the larger of their two ranks: the first k x k points form a coarse k x k grid over the
+    image, the next ones refine it. Ties keep grid order.
+    """
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ranks = []
+    for axis in range(2):
+        values, position = np.unique(points[:, axis], return_inverse=True)
+        bits = max(1, int(len(values) - 1).bit_length())
+        reversed_bits = np.array([int(f"{i:0{bits}b}"[::-1], 2) for i in range(len(values))])
+        rank_of_value = np.argsort(np.argsort(reversed_bits, kind="stable"), kind="stable")
+        ranks.append(rank_of_value[position.reshape(-1)])
+    level = np.maximum(ranks[0], ranks[1])
+    return np.lexsort((np.arange(len(points)), ranks[0], ranks[1], level))
+
+
 def generate_crop_boxes(
     im_size: tuple[int, ...], n_layers: int, overlap_ratio: float
 ) -> tuple[list[list[int]], list[int]]:

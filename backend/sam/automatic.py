@@ -11,7 +11,6 @@ import torch
 from .amg import (
     MaskData,
     area_from_rle,
-    batch_iterator,
     batched_mask_to_box,
     batched_nms,
     box_area,
@@ -19,6 +18,7 @@ from .amg import (
     build_all_layer_point_grids,
     calculate_stability_score,
     coco_encode_rle,
+    coverage_order,
     generate_crop_boxes,
     is_box_near_crop_edge,
     mask_to_rle_pytorch,
@@ -118,6 +118,7 @@ class SamAutomaticMaskGenerator:
         image: np.ndarray,
         image_embedding: torch.Tensor | None = None,
         progress: Callable[[float], None] | None = None,
+        on_update: "UpdateCallback | None" = None,
     ) -> list[dict[str, Any]]:
         """Masks for the whole image.
 
@@ -125,18 +126,42 @@ class SamAutomaticMaskGenerator:
         computed (e.g. cached by the server); the full-image crop then skips the encoder. progress: called
         with the fraction of prompt batches done (0..1); an exception it raises aborts the run.
 
+        on_update(added, removed): streams the result while it is computed. After each batch of points,
+        ``added`` lists (id, annotation) of masks that are now in the result (the batch's masks that pass the
+        filters and box NMS against the crop's masks so far) and ``removed`` the ids of masks shown before that
+        are not (a later, better duplicate suppressed them). A last call before returning makes the shown set
+        exactly the returned one (cross-crop NMS, small regions). The grid is then decoded in an order that
+        covers the image early (batches of points spread over it, the first ones smaller), and the masks are
+        put back in grid order before NMS, so the result is the one a run without on_update returns.
+
         Returns one dict per mask: segmentation (per output_mode), area (pixels), bbox (XYWH), predicted_iou,
         point_coords ([[x, y]] prompt), stability_score, crop_box (XYWH).
         """
         image = check_image(image)
         self.last_timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
-        mask_data = self._generate_masks(image, image_embedding, progress)
+        stream = _Stream(self, on_update) if on_update is not None else None
+        mask_data = self._generate_masks(image, image_embedding, progress, stream)
 
         started = time.perf_counter()
         if self.min_mask_region_area > 0:
+            before = list(mask_data["rles"])
             mask_data = self.postprocess_small_regions(
                 mask_data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
             )
+            if stream is not None:  # A mask whose holes or islands changed is another mask: a new id.
+                kept_before = {id(rle) for rle in before}
+                mask_data["ids"] = [
+                    i if id(rle) in kept_before else stream.new_id()
+                    for i, rle in zip(mask_data["ids"], mask_data["rles"], strict=True)
+                ]
+        annotations = self._annotations(mask_data)
+        self.last_timings["postprocess"] += time.perf_counter() - started
+        if stream is not None:
+            stream.finish([int(i) for i in mask_data["ids"]], annotations)
+        return annotations
+
+    def _annotations(self, mask_data: MaskData) -> list[dict[str, Any]]:
+        """Rows of mask_data (numpy columns, uncompressed "rles") -> the annotation dicts generate() returns."""
         if self.output_mode == "coco_rle":
             segmentations = [coco_encode_rle(rle) for rle in mask_data["rles"]]
         elif self.output_mode == "binary_mask":
@@ -157,7 +182,6 @@ class SamAutomaticMaskGenerator:
                     "crop_box": box_xyxy_to_xywh(mask_data["crop_boxes"][idx]).tolist(),
                 }
             )
-        self.last_timings["postprocess"] += time.perf_counter() - started
         return annotations
 
     def _generate_masks(
@@ -165,16 +189,21 @@ class SamAutomaticMaskGenerator:
         image: np.ndarray,
         image_embedding: torch.Tensor | None,
         progress: Callable[[float], None] | None,
+        stream: "_Stream | None" = None,
     ) -> MaskData:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
-        total_batches = sum(_n_batches(len(self.point_grids[layer]), self.points_per_batch) for layer in layer_idxs)
-        tracker = _ProgressTracker(total_batches, progress)
+        plans = [self._batch_sizes(len(self.point_grids[layer]), stream is not None) for layer in layer_idxs]
+        tracker = _ProgressTracker(sum(len(plan) for plan in plans), progress)
 
         data = MaskData()
-        for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
+        first_id = 0
+        for crop_box, layer_idx, plan in zip(crop_boxes, layer_idxs, plans, strict=True):
             embedding = image_embedding if layer_idx == 0 else None
-            data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, embedding, tracker))
+            crop_data, first_id = self._process_crop(
+                image, crop_box, layer_idx, orig_size, embedding, tracker, plan, first_id, stream
+            )
+            data.cat(crop_data)
 
         started = time.perf_counter()
         if len(crop_boxes) > 1 and len(data) > 0:
@@ -191,6 +220,25 @@ class SamAutomaticMaskGenerator:
         self.last_timings["postprocess"] += time.perf_counter() - started
         return data
 
+    def _batch_sizes(self, n_points: int, streaming: bool) -> list[int]:
+        """How many points each batch of a crop decodes.
+
+        Streaming, the first batches are a 16th, a quarter and a half of points_per_batch (multiples of 4, at
+        least 4), so the first masks come out sooner. Batch sizes that are multiples of 4 give the same bits as full batches on
+        the CPU (the GEMM kernels' row blocking), so the result does not depend on the split.
+        """
+        sizes: list[int] = []
+        if streaming:
+            for size in (self.points_per_batch // 16, self.points_per_batch // 4, self.points_per_batch // 2):
+                size -= size % 4
+                if size >= 4 and sum(sizes) + size < n_points:
+                    sizes.append(size)
+        done = sum(sizes)
+        while done < n_points:
+            sizes.append(min(self.points_per_batch, n_points - done))
+            done += sizes[-1]
+        return sizes
+
     def _process_crop(
         self,
         image: np.ndarray,
@@ -199,7 +247,14 @@ class SamAutomaticMaskGenerator:
         orig_size: tuple[int, ...],
         image_embedding: torch.Tensor | None,
         tracker: "_ProgressTracker",
-    ) -> MaskData:
+        batch_sizes: list[int],
+        first_id: int,
+        stream: "_Stream | None",
+    ) -> tuple[MaskData, int]:
+        """One crop's masks (after its NMS), and the first mask id left for the next crop.
+
+        Mask ids number the (grid point, mask token) pairs of all crops in grid order.
+        """
         x0, y0, x1, y1 = crop_box
         cropped_im = image[y0:y1, x0:x1, :]
         cropped_im_size = cropped_im.shape[:2]
@@ -215,50 +270,90 @@ class SamAutomaticMaskGenerator:
         self.last_timings["encoder"] += time.perf_counter() - started
 
         points_scale = np.array(cropped_im_size)[None, ::-1]
-        points_for_image = self.point_grids[crop_layer_idx] * points_scale
+        grid = self.point_grids[crop_layer_idx]
+        points_for_image = grid * points_scale
+        order = np.arange(len(grid))
+        if stream is not None:
+            order = coverage_order(grid)
+            stream.crop_ids = set()
 
         data = MaskData()
-        for (points,) in batch_iterator(self.points_per_batch, points_for_image):
-            data.cat(self._process_batch(points, cropped_im_size, crop_box, orig_size))
+        masks_per_point = 0
+        start = 0
+        for size in batch_sizes:
+            indices = order[start : start + size]
+            start += size
+            batch, masks_per_point = self._process_batch(
+                points_for_image[indices], cropped_im_size, crop_box, orig_size
+            )
+            # The id of a (point, mask) pair: its place in grid order, as if the grid were decoded row by row.
+            grid_index = torch.as_tensor(indices, dtype=torch.int64)[batch["pair"] // masks_per_point]
+            batch["ids"] = first_id + grid_index * masks_per_point + batch["pair"] % masks_per_point
+            del batch["pair"]
+            data.cat(batch)
+            if stream is not None:
+                stream.batch_done(data, crop_box, orig_size)
             tracker.advance()
+        next_id = first_id + len(grid) * masks_per_point
 
         started = time.perf_counter()
         if len(data) == 0:
             self.predictor.reset_image()
-            if "low_res" in data:
-                del data["low_res"]
+            for key in ("low_res", "pair"):
+                if key in data:
+                    del data[key]
             data["rles"] = []
-            return data
-        keep = batched_nms(
-            data["boxes"].float(),
-            data["iou_preds"],
-            torch.zeros_like(data["boxes"][:, 0]),
-            iou_threshold=self.box_nms_thresh,
-        )
+            return data, next_id
+        if stream is not None:  # Back in grid order: NMS breaks score ties by it.
+            data.filter(torch.argsort(data["ids"]))
+        keep = self._crop_nms(data)
         data.filter(keep)
         # Run-length encoding is the costliest step per mask, so only NMS survivors are encoded: their
         # full-resolution masks are rebuilt from the kept low-res logits (the same deterministic upsampling).
-        rles: list[dict[str, Any]] = []
-        for start in range(0, len(data), _UPSAMPLE_CHUNK):
-            low_res = torch.stack(data["low_res"][start : start + _UPSAMPLE_CHUNK])
-            rles.extend(self._encode_masks(low_res, crop_box, orig_size))
+        data["rles"] = self._rles(data, crop_box, orig_size, stream)
         del data["low_res"]
-        data["rles"] = rles
         self.predictor.reset_image()
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
         self.last_timings["postprocess"] += time.perf_counter() - started
-        return data
+        return data, next_id
+
+    def _crop_nms(self, data: MaskData) -> torch.Tensor:
+        """Indices of one crop's masks (rows in grid order) that box NMS keeps, by decreasing predicted IoU."""
+        return batched_nms(
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros_like(data["boxes"][:, 0]),
+            iou_threshold=self.box_nms_thresh,
+        )
+
+    def _rles(
+        self, data: MaskData, crop_box: list[int], orig_size: tuple[int, ...], stream: "_Stream | None"
+    ) -> list[dict[str, Any]]:
+        """Uncompressed RLEs (in the full image) of data's rows; the ones already streamed are reused."""
+        known = stream.rles if stream is not None else {}
+        ids = data["ids"].tolist()
+        rles: list[dict[str, Any] | None] = [known.get(i) for i in ids]
+        missing = [row for row, rle in enumerate(rles) if rle is None]
+        for start in range(0, len(missing), _UPSAMPLE_CHUNK):
+            rows = missing[start : start + _UPSAMPLE_CHUNK]
+            low_res = torch.stack([data["low_res"][row] for row in rows])
+            for row, rle in zip(rows, self._encode_masks(low_res, crop_box, orig_size), strict=True):
+                rles[row] = rle
+        return rles
 
     def _process_batch(
         self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int], orig_size: tuple[int, ...]
-    ) -> MaskData:
+    ) -> tuple[MaskData, int]:
         """Decodes one batch of point prompts and keeps the masks that pass the filters.
 
         Predicted IoUs come out of the transformer before any mask: only the (point, mask) pairs that pass
         the IoU filter are upscaled by the decoder and then upsampled to full resolution, exactly as
         predict_torch would, so the surviving masks are the same.
+
+        Returns the kept rows, each with its "pair" (point index * masks per point + mask index, in the
+        batch), and the number of masks per point.
         """
         model = self.predictor.model
         device = self.predictor.device
@@ -278,7 +373,6 @@ class SamAutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             data.filter(data["iou_preds"] > self.pred_iou_thresh)
         pair = data["pair"]
-        del data["pair"]
         # Only the masks that passed the IoU filter are upscaled.
         low_res = decoded.masks(pair // n_masks, pair % n_masks)
         self.last_timings["decoder"] += time.perf_counter() - started
@@ -305,7 +399,7 @@ class SamAutomaticMaskGenerator:
         # A list of rows: concatenating batches then costs nothing, and RLEs are made after NMS.
         data["low_res"] = list(data["low_res"].unbind(0))
         self.last_timings["postprocess"] += time.perf_counter() - started
-        return data
+        return data, n_masks
 
     def _filter_full_resolution(
         self, low_res: torch.Tensor, crop_box: list[int], orig_size: tuple[int, ...]
@@ -396,6 +490,84 @@ def upscale_low_res_logits(
     logits = logits[..., : input_size[0], : input_size[1]]
     size = tuple(int(s) for s in original_size)
     return torch.nn.functional.interpolate(logits, size, mode="bilinear", align_corners=False)[:, 0]
+
+
+# on_update(added: [(id, annotation)], removed: [id]).
+UpdateCallback = Callable[[list[tuple[int, dict[str, Any]]], list[int]], None]
+
+
+class _Stream:
+    """What a streaming generate() has shown so far, and the RLEs it made (the final result reuses them)."""
+
+    def __init__(self, generator: SamAutomaticMaskGenerator, on_update: UpdateCallback) -> None:
+        self.generator = generator
+        self.on_update = on_update
+        self.shown: dict[int, dict[str, Any]] = {}  # id -> annotation, as sent
+        self.rles: dict[int, dict[str, Any]] = {}  # id -> uncompressed RLE in the full image
+        self.crop_ids: set[int] = set()  # the shown ids of the crop being decoded
+        self._next_new_id = -1
+
+    def new_id(self) -> int:
+        """An id for a mask made after decoding (small regions removed): negative, never a pair's."""
+        self._next_new_id -= 1
+        return self._next_new_id + 1
+
+    def batch_done(self, crop_data: MaskData, crop_box: list[int], orig_size: tuple[int, ...]) -> None:
+        """After a batch: shows the crop's masks as its NMS would keep them if the crop ended now."""
+        generator = self.generator
+        started = time.perf_counter()
+        if len(crop_data) == 0:
+            return
+        rows = torch.argsort(crop_data["ids"])  # grid order, as the crop's own NMS sees them
+        boxes = crop_data["boxes"][rows]
+        kept = rows[
+            batched_nms(
+                boxes.float(),
+                crop_data["iou_preds"][rows],
+                torch.zeros_like(boxes[:, 0]),
+                iou_threshold=generator.box_nms_thresh,
+            )
+        ]
+        kept_ids = {int(i) for i in crop_data["ids"][kept]}
+        removed = sorted(self.crop_ids - kept_ids)
+        new_rows = [int(r) for r in kept if int(crop_data["ids"][r]) not in self.crop_ids]
+        added = []
+        if new_rows:
+            subset = MaskData(
+                ids=crop_data["ids"][new_rows],
+                iou_preds=crop_data["iou_preds"][new_rows],
+                points=uncrop_points(crop_data["points"][new_rows], crop_box),
+                stability_score=crop_data["stability_score"][new_rows],
+                boxes=crop_data["boxes"][new_rows],
+                low_res=[crop_data["low_res"][r] for r in new_rows],
+            )
+            subset["rles"] = generator._rles(subset, crop_box, orig_size, self)
+            subset["boxes"] = uncrop_boxes_xyxy(subset["boxes"], crop_box)
+            subset["crop_boxes"] = torch.tensor([crop_box for _ in new_rows])
+            del subset["low_res"]
+            subset.to_numpy()
+            for mask_id, rle, annotation in zip(
+                subset["ids"].tolist(), subset["rles"], generator._annotations(subset), strict=True
+            ):
+                self.rles[mask_id] = rle
+                added.append((mask_id, annotation))
+        generator.last_timings["postprocess"] += time.perf_counter() - started
+        self._send(added, removed)
+        self.crop_ids = kept_ids
+
+    def finish(self, ids: list[int], annotations: list[dict[str, Any]]) -> None:
+        """Makes the shown set exactly the result: retracts what later steps removed, adds what they made."""
+        final = dict(zip(ids, annotations, strict=True))
+        removed = sorted(set(self.shown) - set(final))
+        added = [(i, a) for i, a in final.items() if i not in self.shown]
+        self._send(added, removed)
+
+    def _send(self, added: list[tuple[int, dict[str, Any]]], removed: list[int]) -> None:
+        for mask_id in removed:
+            del self.shown[mask_id]
+        self.shown.update(added)
+        if added or removed:
+            self.on_update(added, removed)
 
 
 class _ProgressTracker:

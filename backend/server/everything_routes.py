@@ -4,7 +4,10 @@ POST /api/images/<image_id>/everything   optional JSON parameters -> 202 {job_id
                                          or multipart {parameters: JSON, image: the uploaded file} when
                                          crop layers need the pixels (the server keeps none after encoding)
 GET  /api/everything/<job_id>            {status, progress, message?, result?}
-GET  /api/everything/<job_id>/events     the same as server-sent events, until the job ends
+GET  /api/everything/<job_id>/events     server-sent events until the job ends: "progress" {status, progress},
+                                         "masks" {masks: [annotation + id], retracted: [id]} as batches of
+                                         points are decoded (applied in order they leave exactly the final
+                                         annotations), then "done" (with the result), "error" or "cancelled"
 """
 
 from __future__ import annotations
@@ -198,10 +201,14 @@ def events(job_id: str):
 
     def stream() -> Iterator[str]:
         seen: tuple[str, float, str | None] = ("", -1.0, None)
+        sent = 0  # updates sent
         while True:
             job = service.get(job_id)
             if job is None:  # Forgotten meanwhile (the store made room).
                 return
+            for update in job.updates[sent:]:
+                yield f"event: masks\ndata: {json.dumps(update)}\n\n"
+            sent = len(job.updates)
             # The message too: a queued job's reason (no room on the cluster) goes out by the next keep-alive.
             current = (job.status, job.progress, job.message)
             if current != seen:

@@ -9,6 +9,7 @@ routes are in backend/server/everything_routes.py.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -290,6 +291,16 @@ class EverythingService:
             raise JobCancelled(job_id)
         self.store.update(job_id, unless=FINISHED, status=QUEUED, message=reason)
 
+    def _stream(self, job_id: str, added: list[tuple[int, dict[str, Any]]], removed: list[int]) -> None:
+        job = self.store.get(job_id)
+        if job is None or job.status == CANCELLED:
+            raise JobCancelled(job_id)
+        update = {
+            "masks": [{"id": int(mask_id), **_annotation_json(annotation)} for mask_id, annotation in added],
+            "retracted": [int(mask_id) for mask_id in removed],
+        }
+        self.store.update(job_id, unless=FINISHED, updates=[*job.updates, update])
+
     def _run(self, job_id: str, source: EverythingSource) -> None:
         started = time.perf_counter()
         job = self.store.get(job_id)
@@ -313,8 +324,15 @@ class EverythingService:
                 embedding = torch.as_tensor(np.asarray(embedding, dtype=np.float32))
                 if embedding.ndim == 3:
                     embedding = embedding[None]
+            streaming = {}
+            if "on_update" in inspect.signature(generator.generate).parameters:
+                streaming["on_update"] = lambda added, removed: self._stream(job_id, added, removed)
             annotations = generator.generate(
-                image, image_embedding=embedding, progress=lambda p: self._progress(job_id, p), **extra
+                image,
+                image_embedding=embedding,
+                progress=lambda p: self._progress(job_id, p),
+                **extra,
+                **streaming,
             )
             result = {
                 "image_id": job.image_id,

@@ -30,6 +30,9 @@ class EverythingJob:
     created: float = dataclasses.field(default_factory=time.time)
     elapsed_ms: float | None = None
     client: str | None = None
+    # The result while it is computed: {"masks": [annotation + "id"], "retracted": [id]} per batch, in order.
+    # Applied one after the other they leave exactly result["annotations"]; the events stream sends them.
+    updates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_json(self, with_result: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {

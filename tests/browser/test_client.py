@@ -538,6 +538,50 @@ def test_everything_mode_shows_all_masks_and_a_click_keeps_one(ready_page, live_
     assert page.inner_text("#everything-button") == "Segment everything"
 
 
+# What the user waits for after clicking "Segment everything" on a 32x32 grid (the embedding cached) before the
+# first masks are on the canvas: the server streams each batch's masks and the first batch is small.
+FIRST_MASKS_MS = 2000
+
+
+def test_everything_mode_draws_masks_as_they_are_found_and_cancel_keeps_them(ready_page, live_server):
+    page = ready_page
+    page.click(".settings summary")
+    page.select_option("#everything-grid", "32")
+    page.fill("#everything-iou", "0")  # every candidate kept: the worst case
+    page.fill("#everything-stability", "0")
+    first_masks_ms = page.evaluate(
+        """() => new Promise((resolve) => {
+            const canvas = document.getElementById('mask-canvas');
+            const context = canvas.getContext('2d');
+            const started = performance.now();
+            document.getElementById('everything-button').click();
+            const check = () => {
+                const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+                for (let i = 3; i < data.length; i += 4) if (data[i]) return resolve(performance.now() - started);
+                requestAnimationFrame(check);
+            };
+            requestAnimationFrame(check);
+        })"""
+    )
+    print(f"first masks drawn {first_masks_ms:.0f} ms after the click (32x32 grid)")
+    # Drawn while the job runs: the overlay still offers Cancel and counts the masks found so far.
+    assert page.locator("#everything-cancel").is_visible()
+    assert first_masks_ms <= FIRST_MASKS_MS
+    page.wait_for_function("/masks? so far/.test(document.getElementById('overlay-text').textContent)")
+    painted = shown_mask(page)
+    page.click("#everything-cancel")
+    page.wait_for_function(
+        "/^Cancelled: unfinished, \\d+ masks? found/.test(document.getElementById('everything-status').textContent)"
+    )
+    kept = int(page.inner_text("#everything-status").split(", ")[1].split()[0])
+    assert kept >= 1 and shown_mask(page).sum() >= painted.sum() > 0
+    # The unfinished masks stay usable: export them, click one to keep it.
+    assert page.locator("#everything-export").is_enabled()
+    assert page.inner_text("#everything-button") == "Hide everything"
+    exported = json.loads(_download(page, "#everything-export")[0])["annotations"]
+    assert len(exported) == kept
+
+
 def _image_file_in_page(page, url: str, name: str):
     """A File of the server's gallery image, made inside the page (for drop and paste events)."""
     return page.evaluate_handle(

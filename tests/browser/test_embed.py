@@ -298,6 +298,48 @@ def test_keep_then_get_objects_gives_back_the_same_mask(open_page, host, host_pa
     page.console_watch.allow.append("Nothing to keep")
 
 
+def test_everything_streams_each_batch_and_resolves_the_servers_final_set(open_page, host, host_pages, app):
+    page = open_page(host_pages["plain"])
+    page.evaluate(OPEN, host.url + "images/coffee.png")
+    options = {"pointsPerSide": 8, "predIouThresh": 0, "stabilityScoreThresh": 0, "boxNmsThresh": 0.7}
+    run = page.evaluate(
+        """async (options) => {
+            const sam = document.getElementById('sam');
+            const progress = [];
+            sam.addEventListener('sam-everything-progress', (event) => progress.push(event.detail));
+            const { masks } = await sam.everything(options);
+            return { masks, progress };
+        }""",
+        options,
+    )
+    progress, masks = run["progress"], run["masks"]
+    # 64 points in batches of 4, 16, 32 and 12: an event for each batch that changed the set, as it came.
+    assert len(progress) >= 2 and [p["progress"] for p in progress] == sorted(p["progress"] for p in progress)
+    for event in progress:
+        assert {m["id"] for m in event["masks"]} >= {m["id"] for m in event["added"]}
+        assert not {m["id"] for m in event["masks"]} & set(event["removed"])
+    counts = sorted(m["rle"]["counts"] for m in masks)
+    assert sorted(m["rle"]["counts"] for m in progress[-1]["masks"]) == counts
+
+    # The final set is the server's job result for the same image and parameters (the same, cached job).
+    buffer = io.BytesIO()
+    Image.fromarray(coffee_pixels()).save(buffer, format="PNG")
+    image_id = requests.post(app.url + "api/images", files={"image": ("c.png", buffer.getvalue())}, timeout=120).json()[
+        "id"
+    ]
+    parameters = {"points_per_side": 8, "pred_iou_thresh": 0, "stability_score_thresh": 0, "box_nms_thresh": 0.7}
+    job = requests.post(app.url + f"api/images/{image_id}/everything", json=parameters, timeout=30).json()
+    assert job["cached"]
+    annotations = requests.get(app.url + job["status_url"].lstrip("/"), timeout=30).json()["result"]["annotations"]
+    assert counts == sorted(a["segmentation"]["counts"] for a in annotations) and len(masks) >= 1
+    first = masks[0]
+    assert decode_rle(first["rle"]).sum() == first["area"] and len(first["bbox"]) == 4 and len(first["point"]) == 2
+
+    bad = settle(page, "(options) => document.getElementById('sam').everything(options)", {"pointz": 3})
+    assert not bad["ok"] and bad["code"] == "bad_options" and "pointsPerSide" in bad["message"]
+    page.console_watch.allow.append("Unknown everything() option")
+
+
 def pixel_position(page, x: float, y: float) -> tuple[float, float]:
     """Viewport coordinates of the centre of image pixel (x, y) inside the element."""
     canvas = page.locator("#sam .stage canvas")

@@ -48,12 +48,16 @@ class Oracle:
             self.predictor = SAM2ImagePredictor(random_model(model_type).eval())
         self.image: str | None = None
 
-    def answer(self, request: dict) -> dict:
+    def use_image(self, path: str) -> None:
+        """Embeds the image at `path` (decoded as the server decodes it) unless it is the one embedded."""
         from backend.services.images import decode_image
 
-        if request["image"] != self.image:
-            self.predictor.set_image(decode_image(Path(request["image"]).read_bytes()).pixels)
-            self.image = request["image"]
+        if path != self.image:
+            self.predictor.set_image(decode_image(Path(path).read_bytes()).pixels)
+            self.image = path
+
+    def answer(self, request: dict) -> dict:
+        self.use_image(request["image"])
         points, labels, box = request.get("points"), request.get("labels"), request.get("box")
         masks, scores, _ = self.predictor.predict(
             point_coords=None if points is None else np.array(points, dtype=np.float32),

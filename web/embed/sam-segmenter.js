@@ -6,14 +6,16 @@
 // started through a same-origin blob: when cross-origin). docs/embedding.md describes the API;
 // web/embed/index.html is the iframe version.
 
+import { apiUrl, cancelEverything, startEverything } from "../js/api.js";
 import { renderCandidates } from "../js/candidates.js";
 import { SamClient } from "../js/client.js";
 import { colorFor } from "../js/colors.js";
 import { UnknownDecoderError } from "../js/decoder/decoder-startup.js";
+import { followEvents } from "../js/everything.js";
 import { cocoAnnotation } from "../js/exports.js";
 import { KeyboardCursor } from "../js/keyboard.js";
 import { lowResPlane, maskStats, resizeMaskNearest } from "../js/mask-math.js";
-import { encodeMask } from "../js/rle.js";
+import { decodeSegmentation, encodeMask } from "../js/rle.js";
 import { StageView } from "../js/stage-view.js";
 import { TextFind } from "../js/text-find.js";
 
@@ -105,7 +107,7 @@ export class SamSegmenter extends HTMLElement {
     return url.href.endsWith("/") ? url.href : `${url.href}/`;
   }
 
-  /** The decoder worker's description once it runs: {provider, threads, crossOriginIsolated, interface, …}. */
+  /** The decoder worker's description once it runs: {provider, threads, crossOriginIsolated, singleThreadReason, interface, wasmMemory, …}. */
   get decoderInfo() {
     return this.#decoderInfo;
   }
@@ -219,6 +221,81 @@ export class SamSegmenter extends HTMLElement {
       masks.push({ rle: encodeMask(mask, [H, W]), score: item.score, iou: item.iou, area, bbox: bbox || [0, 0, 0, 0], label: item.label, box });
     }
     return { masks };
+  }
+
+  /**
+   * Segments everything in the opened image: the server's automatic mask generator on a grid of points, from the
+   * embedding it already has. Options (each optional, the server's defaults otherwise): pointsPerSide (1-64,
+   * default 32), predIouThresh, stabilityScoreThresh, stabilityScoreOffset, boxNmsThresh, minMaskRegionArea, and
+   * signal (an AbortSignal: aborting cancels the job, and the promise rejects with code "cancelled").
+   * While the server decodes the grid, `sam-everything-progress` fires once per batch of points with
+   * {progress (0..1), added: [mask], removed: [id], masks: [mask] (everything found so far)}: masks can be shown
+   * as they come; a later batch may remove (retract) one that a better duplicate replaces. Resolves
+   * {masks: [mask]}, the final set (best predicted IoU first), which equals the last progress event's masks.
+   * A mask: {id, rle: COCO RLE {size, counts} in the opened image's pixels, score (predicted IoU), stability,
+   * area, bbox [x, y, w, h], point [x, y] (its prompt)}.
+   */
+  async everything({ signal = null, ...options } = {}) {
+    try {
+      if (!this.#editor?.ready || !this.#image) throw new SegmenterError("not_open", "Nothing to segment yet: call open() and wait until it resolves.");
+      const image = this.#image;
+      const parameters = everythingParameters(options);
+      const server = this.server;
+      if (signal?.aborted) throw new SegmenterError("cancelled", "The everything job was cancelled before it started.");
+      this.#status("Segmenting everything…");
+      const job = await startEverything(image.id, parameters, null, { server });
+      const shown = new Map(); // id -> mask
+      const stop = new AbortController();
+      const cancel = () => {
+        stop.abort();
+        cancelEverything(job.job_id, { server }).catch(() => {});
+      };
+      signal?.addEventListener("abort", cancel);
+      let progress = 0;
+      let last;
+      try {
+        last = await followEvents(apiUrl(job.events_url, server), {
+          signal: stop.signal,
+          onProgress: (state) => {
+            progress = state.progress ?? progress;
+          },
+          onMasks: ({ masks, retracted }) => {
+            if (this.#image !== image) return;
+            const added = masks.map(({ id, ...annotation }) => this.#everythingMask(annotation, id));
+            for (const id of retracted) shown.delete(id);
+            for (const mask of added) shown.set(mask.id, mask);
+            this.#status(`Segmenting everything: ${shown.size} mask${shown.size === 1 ? "" : "s"} so far…`);
+            this.#emit("sam-everything-progress", { progress, added, removed: retracted, masks: [...shown.values()] });
+          },
+        });
+      } finally {
+        signal?.removeEventListener("abort", cancel);
+      }
+      if (this.#image !== image) throw superseded();
+      if (!last || last.status === "cancelled") throw new SegmenterError("cancelled", "The everything job was cancelled.");
+      if (last.status === "error") throw new SegmenterError("everything_failed", last.message || "The server could not segment everything.");
+      const masks = last.result.annotations.map((annotation) => this.#everythingMask(annotation, null));
+      this.#status(`${masks.length} mask${masks.length === 1 ? "" : "s"} found.`);
+      return { masks };
+    } catch (error) {
+      if (error.status) throw this.#fail(new SegmenterError(error.code || "everything_failed", error.message));
+      throw this.#fail(error);
+    }
+  }
+
+  /** A server annotation (uploaded image's pixels) as everything() gives it (the opened image's pixels). */
+  #everythingMask(annotation, id) {
+    const { originalSize, uploadSize } = this.#image;
+    const mask = {
+      id, rle: annotation.segmentation, score: annotation.predicted_iou, stability: annotation.stability_score,
+      area: annotation.area, bbox: annotation.bbox, point: annotation.point_coords[0],
+    };
+    if (originalSize[0] === uploadSize[0] && originalSize[1] === uploadSize[1]) return mask;
+    const full = resizeMaskNearest(decodeSegmentation(annotation.segmentation), uploadSize, originalSize);
+    const { area, bbox } = maskStats(full, originalSize);
+    const [x, y] = mask.point;
+    const point = [(x * originalSize[1]) / uploadSize[1], (y * originalSize[0]) / uploadSize[0]];
+    return { ...mask, rle: encodeMask(full, originalSize), area, bbox: bbox || [0, 0, 0, 0], point };
   }
 
   /** Keeps the current mask (the object being edited) as an object; resolves its COCO annotation. */
@@ -512,6 +589,28 @@ export class SamSegmenter extends HTMLElement {
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail, bubbles: true, composed: true }));
   }
+}
+
+const EVERYTHING_OPTIONS = {
+  pointsPerSide: "points_per_side",
+  predIouThresh: "pred_iou_thresh",
+  stabilityScoreThresh: "stability_score_thresh",
+  stabilityScoreOffset: "stability_score_offset",
+  boxNmsThresh: "box_nms_thresh",
+  minMaskRegionArea: "min_mask_region_area",
+};
+
+/** everything()'s options -> the server's parameters (it checks their ranges and answers 400 with the reason). */
+function everythingParameters(options) {
+  const parameters = {};
+  for (const [name, value] of Object.entries(options)) {
+    if (!(name in EVERYTHING_OPTIONS)) {
+      throw new SegmenterError("bad_options", `Unknown everything() option ${name}; use ${Object.keys(EVERYTHING_OPTIONS).join(", ")} or signal.`);
+    }
+    if (!Number.isFinite(value)) throw new SegmenterError("bad_options", `everything() option ${name} must be a number.`);
+    parameters[EVERYTHING_OPTIONS[name]] = value;
+  }
+  return parameters;
 }
 
 const superseded = () => new SegmenterError("superseded", "Another image was opened before this one was ready.");

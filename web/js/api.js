@@ -104,11 +104,11 @@ export async function fetchEmbedding(url, onProgress = () => {}) {
 }
 
 /**
- * POST /api/images/<id>/everything: 202 {job_id, status_url}. Crop layers segment tiles of the image's
+ * POST /api/images/<id>/everything: 202 {job_id, status_url, events_url}. Crop layers segment tiles of the image's
  * pixels, which the server does not keep: the image (the uploaded bytes) then goes with the job, as
  * multipart {parameters: JSON, image}.
  */
-export async function startEverything(imageId, parameters = {}, image = null) {
+export async function startEverything(imageId, parameters = {}, image = null, { server = null } = {}) {
   let body = JSON.stringify(parameters);
   const headers = { "Content-Type": "application/json" };
   if (image && parameters.crop_n_layers > 0) {
@@ -119,7 +119,7 @@ export async function startEverything(imageId, parameters = {}, image = null) {
   }
   let response;
   try {
-    response = await fetch(`api/images/${encodeURIComponent(imageId)}/everything`, { method: "POST", headers, body });
+    response = await fetch(apiUrl(`api/images/${encodeURIComponent(imageId)}/everything`, server), { method: "POST", headers, body });
   } catch {
     throw new ApiError("The server cannot be reached.");
   }
@@ -128,10 +128,10 @@ export async function startEverything(imageId, parameters = {}, image = null) {
 }
 
 /** DELETE /api/everything/<job_id>: stops the job on the server (a job already finished is left as it is). */
-export async function cancelEverything(jobId) {
+export async function cancelEverything(jobId, { server = null } = {}) {
   let response;
   try {
-    response = await fetch(`api/everything/${encodeURIComponent(jobId)}`, { method: "DELETE" });
+    response = await fetch(apiUrl(`api/everything/${encodeURIComponent(jobId)}`, server), { method: "DELETE" });
   } catch {
     throw new ApiError("The server cannot be reached.");
   }

@@ -13,6 +13,7 @@ import { lowResPlane, maskStats } from "./mask-math.js";
 export async function decodeBoxes(decoder, boxes, outSize) {
   // One decoder run for all boxes (a box prompt has the same two tokens whatever the box), each mask equal to
   // its own single run's.
+  if (!boxes.length) return [];
   const prompts = boxes.map((box) => ({ points: [], box, maskInput: null, multimask: false }));
   const { results } = await decoder.decodeMany(prompts, { outSize, multimask: false });
   return results.map((result) => ({

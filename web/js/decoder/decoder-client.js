@@ -55,9 +55,14 @@ export class DecoderClient {
       return;
     }
     if (message.type === "result" || message.type === "results") {
-      // User Timing entries of the worker's session.run and upsampling, for benchmarks and profiling.
+      // User Timing entries of the worker's session.run and upsampling, for benchmarks and profiling; a decode's
+      // entry also tells how much WebAssembly memory the decoder holds after it (bench_memory.py reads it).
       const now = performance.now();
-      performance.measure("sam:decode", { start: now - message.decodeMs - message.postMs, duration: message.decodeMs });
+      performance.measure("sam:decode", {
+        start: now - message.decodeMs - message.postMs,
+        duration: message.decodeMs,
+        detail: { wasmMemoryBytes: message.wasmMemoryBytes },
+      });
       performance.measure("sam:upsample", { start: now - message.postMs, duration: message.postMs });
     }
     const waiter = this.waiting.get(message.id);
@@ -94,7 +99,8 @@ export class DecoderClient {
       }); // armed by the worker's first message: a worker still loading its own scripts is not stuck
       try {
         const info = await Promise.race([request, stalled]);
-        if (lastAttempt && threads !== 1 && info.provider === "wasm") {
+        // (A decoder that runs on one thread anyway has its own reason, singleThreadReason.)
+        if (lastAttempt && threads !== 1 && info.provider === "wasm" && !info.singleThreadReason) {
           info.fallbackReason ??= "The decoder's WebAssembly threads did not start; it runs on one thread.";
         }
         return { ...info, restarts: attempt - 1 };

@@ -16,6 +16,7 @@ import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
 import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "../mask-math.js";
 import { readBody } from "../read-body.js";
+import { capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
 
 /** Where onnxruntime-web's files are: the versioned path is cached immutably, the plain one revalidated. */
 function ortDir(version) {
@@ -57,6 +58,23 @@ async function init({ heartbeatMs = 0, ...options }) {
   }
 }
 
+/**
+ * Why WebAssembly threads cannot run here, in a visitor's words, or null when they can. Threads share memory
+ * through SharedArrayBuffer, which browsers only give to cross-origin isolated pages (COOP + COEP); some give
+ * none even then (WebKitGTK 2.50, the engine of Safari, is isolated yet has no SharedArrayBuffer).
+ */
+function whyOneThread(isolated) {
+  if (!isolated) {
+    return "The decoder runs on one thread, so masks take longer to appear: this page is not cross-origin isolated " +
+      "(COOP and COEP headers), and browsers give SharedArrayBuffer, which threads need, only to isolated pages.";
+  }
+  if (typeof SharedArrayBuffer !== "function") {
+    return "The decoder runs on one thread, so masks take longer to appear: this browser gives the page no " +
+      "SharedArrayBuffer, which WebAssembly threads need, although the page is cross-origin isolated.";
+  }
+  return null;
+}
+
 async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersion = null }) {
   const started = performance.now();
   const ORT_DIR = ortDir(ortVersion);
@@ -67,11 +85,12 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
   // ORT warns (on console.error) when shape ops stay on the CPU beside WebGPU: expected, not a user's problem.
   ort.env.logLevel = "error";
   ort.env.wasm.proxy = false; // this is already a worker
-  // Threads need SharedArrayBuffer, which browsers only give to cross-origin isolated pages (COOP + COEP).
   const isolated = self.crossOriginIsolated === true;
+  const singleThreadReason = whyOneThread(isolated);
   const wanted = threads > 0 ? threads : Math.min(4, navigator.hardwareConcurrency || 1);
-  ort.env.wasm.numThreads = isolated ? Math.max(1, wanted) : 1;
+  ort.env.wasm.numThreads = singleThreadReason ? 1 : Math.max(1, wanted);
   const model = await fetchWithProgress(modelUrl, "model");
+  capSharedMemory(decoderMemoryBytes(model.byteLength)); // before onnxruntime creates its memory
   let provider = "wasm";
   let fallbackReason = null;
   if (tryWebgpu) {
@@ -112,11 +131,13 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
     engineMs,
     threads: provider === "wasm" ? ort.env.wasm.numThreads : null,
     crossOriginIsolated: isolated,
+    singleThreadReason: provider === "wasm" ? singleThreadReason : null,
     interface: sam2 ? sam2Interface(session) : usesOrigImSize ? "official" : "lowres",
     batchable,
     inputNames: session.inputNames,
     outputNames: session.outputNames,
     modelBytes: model.byteLength,
+    wasmMemory: decoderMemoryUse(),
     loadMs: performance.now() - started,
     warmupMs,
     fallbackReason,
@@ -278,7 +299,9 @@ async function decode({ id, points, box, maskInput, multimask, outSize, allMasks
   const postStarted = performance.now();
   const result = promptResult(outputs, 0, { multimask, outSize, allMasks });
   for (const name of Object.keys(outputs)) outputs[name].dispose?.();
-  return [{ type: "result", id, ...result, outSize, decodeMs, postMs: performance.now() - postStarted }, transferOf(result)];
+  const postMs = performance.now() - postStarted;
+  const wasmMemoryBytes = decoderMemoryUse()?.bytes ?? null;
+  return [{ type: "result", id, ...result, outSize, decodeMs, postMs, wasmMemoryBytes }, transferOf(result)];
 }
 
 /**
@@ -307,7 +330,7 @@ async function decodeMany({ id, prompts, multimask = false, outSize, allMasks = 
     postMs += performance.now() - postStarted;
   }
   return [
-    { type: "results", id, results, outSize, runs: groups.size, decodeMs, postMs },
+    { type: "results", id, results, outSize, runs: groups.size, decodeMs, postMs, wasmMemoryBytes: decoderMemoryUse()?.bytes ?? null },
     results.flatMap(transferOf),
   ];
 }

@@ -17,6 +17,10 @@ export class EverythingPanel {
     this.handlers = handlers;
     this.hideTimer = null;
     mode.onProgress = (fraction, text) => this.setStatus(text, fraction);
+    mode.onMasks = () => {
+      this.handlers.onLayers(); // each batch's masks are drawn as they come
+      this.refresh();
+    };
     parts.button.addEventListener("click", () => this.toggle());
     parts.cancel.addEventListener("click", () => this.cancel());
     parts.close.addEventListener("click", () => this.#showOverlay(null));
@@ -79,8 +83,8 @@ export class EverythingPanel {
   refresh() {
     const { button, exportButton } = this.parts;
     button.disabled = !this.handlers.image() || this.mode.running;
-    button.textContent = this.mode.active ? "Hide everything" : "Segment everything";
-    exportButton.disabled = !this.mode.active;
+    button.textContent = this.mode.active && !this.mode.running ? "Hide everything" : "Segment everything";
+    exportButton.disabled = !this.mode.active || this.mode.running;
   }
 
   /** Forgets the masks and any job in flight (another image opened). */
@@ -90,12 +94,15 @@ export class EverythingPanel {
     this.refresh();
   }
 
-  /** Stops the job in flight (on the server too). */
+  /** Stops the job in flight (on the server too); the masks found so far stay, as an unfinished result. */
   async cancel() {
     if (!this.mode.running) return;
     try {
-      await this.mode.cancel();
-      this.#outcome("Cancelled: no masks.", 4000);
+      const count = await this.mode.cancel();
+      if (count) {
+        this.#outcome(`Cancelled: unfinished, ${plural(count, "mask")} found before stopping. Hover to highlight one, click to keep it.`);
+      } else this.#outcome("Cancelled: no masks.", 4000);
+      this.handlers.onLayers();
     } catch (error) {
       this.#outcome("");
       this.handlers.onError(error);

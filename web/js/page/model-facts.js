@@ -1,4 +1,5 @@
-// Shows what the server runs: the visitor's demo-model note (operator details behind "details") and Settings' facts.
+// Shows what the server runs: the visitor's demo-model note (operator details behind "details"), the note on
+// a decoder held to one thread, and Settings' facts.
 
 import { formatBytes } from "../format.js";
 
@@ -13,8 +14,16 @@ export function showModelFacts({ model, entry, info, runsOn }) {
     console.info(`Segment Anything: ${$("weights-details").textContent}`);
   }
   $("weights-close").addEventListener("click", () => { $("weights-banner").hidden = true; });
-  $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)})`;
+  const memory = info.wasmMemory ? `, WebAssembly memory up to ${formatBytes(info.wasmMemory.maximumBytes)}` : "";
+  $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)}${memory})`;
   $("fact-provider").textContent = runsOn;
+  // Where threads cannot run the page says so and why (slower masks are otherwise a mystery).
+  if (info.singleThreadReason) {
+    $("threads-text").textContent = info.singleThreadReason;
+    $("threads-banner").hidden = false;
+    $("fact-provider").title = info.singleThreadReason;
+  }
+  $("threads-close").addEventListener("click", () => { $("threads-banner").hidden = true; });
   document.body.dataset.decoder = "ready";
   document.body.dataset.provider = info.provider;
 }
