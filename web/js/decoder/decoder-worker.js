@@ -16,7 +16,7 @@ import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
 import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "../mask-math.js";
 import { readBody } from "../read-body.js";
-import { capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
+import { MAX_PROMPTS_PER_RUN, capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
 
 /** Where onnxruntime-web's files are: the versioned path is cached immutably, the plain one revalidated. */
 function ortDir(version) {
@@ -312,9 +312,13 @@ async function decode({ id, points, box, maskInput, multimask, outSize, allMasks
 async function decodeMany({ id, prompts, multimask = false, outSize, allMasks = true }) {
   if (!Array.isArray(prompts) || !prompts.length) throw new Error("Give at least one prompt.");
   checkReady(prompts);
-  const groups = new Map(); // token count -> prompt indices
+  const groups = new Map(); // "token count/part" -> prompt indices
   prompts.forEach((p, i) => {
-    const key = batchable ? promptTokens(p).labels.length : `single ${i}`;
+    const tokens = batchable ? promptTokens(p).labels.length : `single ${i}`;
+    // A run holds at most MAX_PROMPTS_PER_RUN prompts: the decoder's memory is sized for that many.
+    let part = 0;
+    while ((groups.get(`${tokens}/${part}`) || []).length >= MAX_PROMPTS_PER_RUN) part++;
+    const key = `${tokens}/${part}`;
     groups.set(key, [...(groups.get(key) || []), i]);
   });
   const results = new Array(prompts.length);

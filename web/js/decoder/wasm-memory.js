@@ -12,14 +12,19 @@ const PAGE_BYTES = 65536;
 /** The decoder's memory once onnxruntime created it (null before). */
 let decoderMemory = null;
 
+/** The most prompts one run decodes together (decode-many splits larger groups): each adds its own image tokens
+ * and upscaling to the run's arena, and the memory below is sized for this many. */
+export const MAX_PROMPTS_PER_RUN = 4;
+
 /**
  * The most WebAssembly memory a decoder of `modelBytes` needs: its weights twice (the model bytes are copied
  * in, then unpacked into initializers), the arena of one decode at the largest output (four 1024x1024 float
- * mask planes with their resize buffers), thread stacks, and room for the glue to grow in steps.
+ * mask planes with their resize buffers), thread stacks, and room for the glue to grow in steps; plus 48 MiB
+ * for each further prompt of a batched run (its tokens, attention and upscaling planes).
  */
 export function decoderMemoryBytes(modelBytes) {
   const MIB = 1024 * 1024;
-  const bytes = 2 * modelBytes + 192 * MIB;
+  const bytes = 2 * modelBytes + 192 * MIB + (MAX_PROMPTS_PER_RUN - 1) * 48 * MIB;
   return Math.ceil(bytes / PAGE_BYTES) * PAGE_BYTES;
 }
 
