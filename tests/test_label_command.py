@@ -105,7 +105,11 @@ def test_no_wait_on_a_full_cluster_exits_3_and_says_what_holds_it(
 
     from backend.cluster.ray_pool import EXIT_CLUSTER_FULL
 
-    ray.init(address=ray_address, log_to_driver=False, configure_logging=False)
+    # An earlier in-process `label --ray-address` leaves this process connected (to the same session cluster).
+    connected_here = not ray.is_initialized()
+    if connected_here:
+        ray.init(address=ray_address, log_to_driver=False, configure_logging=False)
+    holder = None
     try:
 
         @ray.remote
@@ -122,7 +126,10 @@ def test_no_wait_on_a_full_cluster_exits_3_and_says_what_holds_it(
         code = label(images, tmp_path / "out", grounding_dino_folder, "--ray-address", ray_address, "--no-wait")
         elapsed = time.monotonic() - started
     finally:
-        ray.shutdown()  # This driver's exit frees the held CPUs.
+        if holder is not None:
+            ray.kill(holder)  # Frees the held CPUs for the tests after this one.
+        if connected_here:
+            ray.shutdown()
     err = capsys.readouterr().err
     assert code == EXIT_CLUSTER_FULL, err
     assert elapsed < 30

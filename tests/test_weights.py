@@ -11,7 +11,7 @@ import torch
 from backend_fixtures import free_port, vit_t_checkpoint
 
 from backend.__main__ import main
-from backend.config import Config, ConfigError
+from backend.config import Config
 from backend.sam import sam_model_registry
 from backend.services import weights
 from backend.services.weights import WeightsError, download, load_model
@@ -151,7 +151,7 @@ def test_cli_downloads_a_sam2_checkpoint_under_its_official_name(file_server, tm
     assert (tmp_path / "sam2.1_hiera_tiny.pt").read_bytes() == PAYLOAD
 
 
-def test_sam2_offline_falls_back_to_seeded_random_sam2_tiny_and_is_not_served_yet(tmp_path):
+def test_sam2_offline_falls_back_to_seeded_random_sam2_tiny_and_is_served(tmp_path):
     from backend.sam2 import SAM2Base
     from backend.server.app import create_app
 
@@ -160,8 +160,8 @@ def test_sam2_offline_falls_back_to_seeded_random_sam2_tiny_and_is_not_served_ye
     assert isinstance(model, SAM2Base)
     assert (info.model_type, info.weights) == ("sam2.1_hiera_t", "random")
     assert "download-weights --model-type sam2.1_hiera_s" in info.message
-    with pytest.raises(ConfigError, match="cannot be served yet"):
-        create_app({"model": model, "weights_info": info, "data_dir": str(tmp_path), "secret": "test-secret"})
+    app = create_app({"model": model, "weights_info": info, "data_dir": str(tmp_path), "secret": "test-secret"})
+    assert app.test_client().get("/api/model").get_json()["model_family"] == "sam2.1"
 
 
 def test_wrong_sized_file_in_weights_dir_is_not_used(tmp_path):
