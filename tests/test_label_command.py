@@ -109,7 +109,7 @@ def test_no_wait_on_a_full_cluster_exits_3_and_says_what_holds_it(
     connected_here = not ray.is_initialized()
     if connected_here:
         ray.init(address=ray_address, log_to_driver=False, configure_logging=False)
-    holder = None
+    holders = []
     try:
 
         @ray.remote
@@ -117,16 +117,26 @@ def test_no_wait_on_a_full_cluster_exits_3_and_says_what_holds_it(
             def ready(self):
                 return True
 
-        # Every CPU free now (other tests' encoder replicas may hold some of the session's cluster).
-        holder = CpuHolder.options(num_cpus=ray.available_resources().get("CPU", 0)).remote()
-        ray.get(holder.ready.remote(), timeout=120)
+        # Every CPU free now (other tests' encoder replicas may hold some of the session's cluster), and any freed
+        # a moment later (an earlier run's actors go away asynchronously): hold until none is free twice in a row.
+        calm = 0
+        deadline = time.monotonic() + 60
+        while calm < 2 and time.monotonic() < deadline:
+            free = ray.available_resources().get("CPU", 0)
+            if free > 0:
+                holders.append(CpuHolder.options(num_cpus=free).remote())
+                ray.get(holders[-1].ready.remote(), timeout=120)
+                calm = 0
+            else:
+                calm += 1
+            time.sleep(1)
         capsys.readouterr()
         started = time.monotonic()
         # `label` reuses this process's connection to the cluster (and leaves it open).
         code = label(images, tmp_path / "out", grounding_dino_folder, "--ray-address", ray_address, "--no-wait")
         elapsed = time.monotonic() - started
     finally:
-        if holder is not None:
+        for holder in holders:
             ray.kill(holder)  # Frees the held CPUs for the tests after this one.
         if connected_here:
             ray.shutdown()
