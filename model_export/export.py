@@ -113,6 +113,35 @@ def export_decoder(
         }
     else:
         inputs = example_inputs(parts, variant)
+    mask_branch = None
+    if variant == "lowres":
+        mask_branch = parts.prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).numpy()
+    trace_to_onnx(
+        wrapper,
+        inputs,
+        output,
+        output_names(variant, return_extra_metrics),
+        dynamic_axes,
+        opset,
+        no_mask_embedding=mask_branch,
+    )
+    return output
+
+
+def trace_to_onnx(
+    wrapper: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    output: Path,
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+    *,
+    no_mask_embedding=None,
+    embedding_input: str = "image_embeddings",
+) -> None:
+    """Traces `wrapper` on `inputs` (their keys are the graph's input names) into one ONNX file at `output`,
+    written atomically. With `no_mask_embedding` ([1, C, 1, 1]), the mask-prompt branch is skipped when no mask
+    is given (mask_branch.py; `embedding_input` names the image embedding the branch adds to)."""
     with atomic_write(output) as tmp_path, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
@@ -129,15 +158,13 @@ def export_decoder(
                 opset_version=opset,
                 do_constant_folding=True,
                 input_names=list(inputs.keys()),
-                output_names=output_names(variant, return_extra_metrics),
+                output_names=output_names,
                 dynamic_axes=dynamic_axes,
                 dynamo=False,
             )
-        if variant == "lowres":
+        if no_mask_embedding is not None:
             import onnx
 
             graph = onnx.load(str(tmp_path))
-            no_mask = parts.prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).numpy()
-            skip_mask_branch_without_mask(graph, no_mask)
+            skip_mask_branch_without_mask(graph, no_mask_embedding, embedding_input=embedding_input)
             onnx.save(graph, str(tmp_path))
-    return output

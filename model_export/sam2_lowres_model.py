@@ -10,20 +10,18 @@ mask prompt as feeding back the predictor's clamped logits.
 """
 
 import types
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from backend.runtime.files import atomic_write
 from backend.sam.folded_decoder import ALL_MASKS, pixel_rows
 from backend.sam2.folded_decoder import Sam2FoldedMaskDecoder
 from backend.sam2.sam2_image_predictor import LOW_RES_LOGIT_LIMIT
 
-from .mask_branch import skip_mask_branch_without_mask
+from .export import trace_to_onnx
 from .onnx_model import PromptEmbedder, SamDecoderParts
-from .sam2_model import SAM2_INPUT_NAMES, sam2_example_inputs
+from .sam2_model import sam2_example_inputs
 
 SAM2_LOWRES_OUTPUT_NAMES = ("iou_predictions", "low_res_masks")
 
@@ -74,32 +72,20 @@ class SAM2LowResOnnxModel(nn.Module):
 def export_sam2_lowres_decoder(model: nn.Module, output: str | Path, opset: int = 17) -> Path:
     """Writes the lowres decoder of `model` (a SAM2Base) to `output` (one ONNX file, atomically); only the number
     of points is dynamic, and the mask-prompt branch is skipped without a mask (model_export/mask_branch.py)."""
-    import onnx
-
     output = Path(output)
     parts = sam2_decoder_parts(model)
     wrapper = SAM2LowResOnnxModel(parts).eval()
     inputs = sam2_example_inputs()
     dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
-    with atomic_write(output) as tmp_path, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        with open(tmp_path, "wb") as f:
-            torch.onnx.export(
-                wrapper,
-                tuple(inputs.values()),
-                f,
-                export_params=True,
-                opset_version=opset,
-                do_constant_folding=True,
-                input_names=list(SAM2_INPUT_NAMES),
-                output_names=list(SAM2_LOWRES_OUTPUT_NAMES),
-                dynamic_axes=dynamic_axes,
-                dynamo=False,
-            )
-        graph = onnx.load(str(tmp_path))
-        no_mask = parts.prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).numpy()
-        skip_mask_branch_without_mask(graph, no_mask, embedding_input="image_embed")
-        onnx.save(graph, str(tmp_path))
+    no_mask = parts.prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).numpy()
+    trace_to_onnx(
+        wrapper,
+        inputs,
+        output,
+        list(SAM2_LOWRES_OUTPUT_NAMES),
+        dynamic_axes,
+        opset,
+        no_mask_embedding=no_mask,
+        embedding_input="image_embed",
+    )
     return output

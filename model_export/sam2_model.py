@@ -11,15 +11,14 @@ back as mask_input. The single-mask stability fallback and the resize to the ima
 """
 
 import copy
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from backend.runtime.files import atomic_write
 from backend.sam2.sam2_image_predictor import LOW_RES_LOGIT_LIMIT
 
+from .export import trace_to_onnx
 from .onnx_model import PromptEmbedder
 
 SAM2_INPUT_NAMES = (
@@ -87,21 +86,5 @@ def export_sam2_decoder(model: nn.Module, output: str | Path, opset: int = 17) -
     wrapper = SAM2OnnxModel(model).eval()
     inputs = sam2_example_inputs()
     dynamic_axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
-    with atomic_write(output) as tmp_path, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        with open(tmp_path, "wb") as f:
-            torch.onnx.export(
-                wrapper,
-                tuple(inputs.values()),
-                f,
-                export_params=True,
-                opset_version=opset,
-                do_constant_folding=True,
-                input_names=list(SAM2_INPUT_NAMES),
-                output_names=list(SAM2_OUTPUT_NAMES),
-                dynamic_axes=dynamic_axes,
-                dynamo=False,
-            )
+    trace_to_onnx(wrapper, inputs, output, list(SAM2_OUTPUT_NAMES), dynamic_axes, opset)
     return output

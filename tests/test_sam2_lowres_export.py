@@ -16,7 +16,8 @@ from backend_fixtures import small_sam2, vit_t_model
 from backend.sam2 import SAM2ImagePredictor
 from backend.services.decoders import DecoderFileError, inspect_decoder, prepare_decoders
 from model_export import QUANTIZATION_RECIPES, quantize_decoder
-from model_export.sam2_lowres_model import SAM2_INPUT_NAMES, SAM2_LOWRES_OUTPUT_NAMES, export_sam2_lowres_decoder
+from model_export.sam2_lowres_model import SAM2_LOWRES_OUTPUT_NAMES, export_sam2_lowres_decoder
+from model_export.sam2_model import SAM2_INPUT_NAMES
 
 IMAGE_HW = (300, 450)
 # GELU is written in its tanh form in the graph: <= 3e-4 from the erf one per feature, up to ~3e-3 in these
