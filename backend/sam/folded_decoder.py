@@ -262,13 +262,19 @@ def decode_points_multimask(
 
 
 def folded_two_way_transformer(
-    transformer: nn.Module, image: torch.Tensor, pe: torch.Tensor, tokens: torch.Tensor
+    transformer: nn.Module,
+    image: torch.Tensor,
+    pe: torch.Tensor,
+    tokens: torch.Tensor,
+    image_to_token=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TwoWayTransformer.forward with image [h * w, C] shared by all prompts, pe [h * w, C], tokens [B, T, C].
 
     Returns tokens [B, T, C] and image tokens [B, h * w, C], or [h * w, C] when they are the same for every
-    prompt (B = 1, or no blocks).
+    prompt (B = 1, or no blocks). ``image_to_token`` replaces ``image_to_token_attention`` (the broadcasting
+    form of broadcast_two_way_transformer).
     """
+    image_to_token = image_to_token or image_to_token_attention
     queries, keys = tokens, image
     for layer in transformer.layers:
         if layer.skip_first_layer_pe:
@@ -281,9 +287,7 @@ def folded_two_way_transformer(
         attn_out = token_to_image_attention(layer.cross_attn_token_to_image, queries + tokens, keys_with_pe, keys)
         queries = layer.norm2(queries + attn_out)
         queries = layer.norm3(queries + layer.mlp(queries))
-        attn_out = image_to_token_attention(
-            layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries, keys
-        )
+        attn_out = image_to_token(layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries, keys)
         keys = _image_layer_norm(layer.norm4, attn_out)
     attn_out = token_to_image_attention(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
     queries = transformer.norm_final_attn(queries + attn_out)
@@ -299,25 +303,7 @@ def broadcast_two_way_transformer(
     and image tokens [B, h * w, C]. Each prompt's rows are computed as in its own run: the prompts meet only
     in the shared image rows of the first block, which every prompt reads unchanged.
     """
-    queries, keys = tokens, image
-    for layer in transformer.layers:
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + tokens
-            queries = queries + layer.self_attn(q=q, k=q, v=queries)
-        queries = layer.norm1(queries)
-        keys_with_pe = keys + pe
-        attn_out = token_to_image_attention(layer.cross_attn_token_to_image, queries + tokens, keys_with_pe, keys)
-        queries = layer.norm2(queries + attn_out)
-        queries = layer.norm3(queries + layer.mlp(queries))
-        attn_out = broadcast_image_to_token_attention(
-            layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries, keys
-        )
-        keys = _image_layer_norm(layer.norm4, attn_out)
-    attn_out = token_to_image_attention(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
-    queries = transformer.norm_final_attn(queries + attn_out)
-    return queries, keys
+    return folded_two_way_transformer(transformer, image, pe, tokens, image_to_token=broadcast_image_to_token_attention)
 
 
 def broadcast_image_to_token_attention(
