@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runtime import heap
 from .amg import (
     MaskData,
     area_from_rle,
@@ -30,6 +31,7 @@ from .amg import (
     uncrop_points,
 )
 from .folded_decoder import decode_point_tokens
+from .mask_extent import mask_extent
 from .predictor import SamPredictor, check_image
 from .sam import Sam
 
@@ -140,7 +142,8 @@ class SamAutomaticMaskGenerator:
         image = check_image(image)
         self.last_timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
         stream = _Stream(self, on_update) if on_update is not None else None
-        mask_data = self._generate_masks(image, image_embedding, progress, stream)
+        with heap.reused_large_buffers():  # batches reallocate the same large tensors: keep them mapped
+            mask_data = self._generate_masks(image, image_embedding, progress, stream)
 
         started = time.perf_counter()
         if self.min_mask_region_area > 0:
@@ -331,16 +334,27 @@ class SamAutomaticMaskGenerator:
     def _rles(
         self, data: MaskData, crop_box: list[int], orig_size: tuple[int, ...], stream: "_Stream | None"
     ) -> list[dict[str, Any]]:
-        """Uncompressed RLEs (in the full image) of data's rows; the ones already streamed are reused."""
+        """Uncompressed RLEs (in the full image) of data's rows; the ones already streamed are reused.
+
+        Rows whose stability score is not known yet (NaN: _filter_by_box) get it here, from the same
+        full-resolution logits.
+        """
         known = stream.rles if stream is not None else {}
         ids = data["ids"].tolist()
         rles: list[dict[str, Any] | None] = [known.get(i) for i in ids]
         missing = [row for row, rle in enumerate(rles) if rle is None]
+        stability = data["stability_score"]
+        for row, mask_id in enumerate(ids):
+            if rles[row] is not None and math.isnan(float(stability[row])):
+                stability[row] = stream.stability[mask_id]
         for start in range(0, len(missing), _UPSAMPLE_CHUNK):
             rows = missing[start : start + _UPSAMPLE_CHUNK]
             low_res = torch.stack([data["low_res"][row] for row in rows])
-            for row, rle in zip(rows, self._encode_masks(low_res, crop_box, orig_size), strict=True):
+            chunk_rles, chunk_stability = self._encode_masks(low_res, crop_box, orig_size)
+            for row, rle, score in zip(rows, chunk_rles, chunk_stability.tolist(), strict=True):
                 rles[row] = rle
+                if math.isnan(float(stability[row])):
+                    stability[row] = score
         return rles
 
     def _process_batch(
@@ -379,27 +393,58 @@ class SamAutomaticMaskGenerator:
 
         started = time.perf_counter()
         data["low_res"] = low_res
-
-        # Full-resolution work in chunks (bounded memory): stability, binarisation, boxes, RLE.
-        keeps, stability, boxes = [], [], []
-        for start in range(0, len(data), _UPSAMPLE_CHUNK):
-            keep, chunk_stability, chunk_boxes = self._filter_full_resolution(
-                data["low_res"][start : start + _UPSAMPLE_CHUNK], crop_box, orig_size
-            )
-            keeps.append(keep)
-            stability.append(chunk_stability)
-            boxes.append(chunk_boxes)
-        if keeps:
-            data.filter(torch.cat(keeps))
-            data["stability_score"] = torch.cat(stability)
-            data["boxes"] = torch.cat(boxes)
+        if self.stability_score_thresh > 0.0:
+            keep, stability, boxes = self._filter_by_stability(data["low_res"], crop_box, orig_size)
         else:
-            data["stability_score"] = torch.zeros(0)
-            data["boxes"] = torch.zeros(0, 4, dtype=torch.int64)
+            keep, stability, boxes = self._filter_by_box(data["low_res"], crop_box, orig_size)
+        data.filter(keep)
+        data["stability_score"] = stability
+        data["boxes"] = boxes
         # A list of rows: concatenating batches then costs nothing, and RLEs are made after NMS.
         data["low_res"] = list(data["low_res"].unbind(0))
         self.last_timings["postprocess"] += time.perf_counter() - started
         return data, n_masks
+
+    def _filter_by_stability(
+        self, low_res: torch.Tensor, crop_box: list[int], orig_size: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Low-res logits [N, 256, 256] of one crop -> which pass the stability and crop-edge filters, with the
+        kept masks' stability scores and XYXY boxes (crop frame). Every mask is upsampled to full resolution,
+        in chunks (bounded memory)."""
+        keeps, stability, boxes = [torch.zeros(0, dtype=torch.bool)], [torch.zeros(0)], [torch.zeros(0, 4)]
+        for start in range(0, len(low_res), _UPSAMPLE_CHUNK):
+            keep, chunk_stability, chunk_boxes = self._filter_full_resolution(
+                low_res[start : start + _UPSAMPLE_CHUNK], crop_box, orig_size
+            )
+            keeps.append(keep)
+            stability.append(chunk_stability)
+            boxes.append(chunk_boxes.to(boxes[0].dtype))
+        return torch.cat(keeps), torch.cat(stability), torch.cat(boxes).long()
+
+    def _filter_by_box(
+        self, low_res: torch.Tensor, crop_box: list[int], orig_size: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """_filter_by_stability when stability does not filter: only the crop-edge filter, on the masks' exact
+        boxes found from the low-res logits (mask_extent), so no mask is upsampled here. The stability scores
+        are NaN: _rles fills them in for the masks NMS keeps, from the full-resolution logits it makes anyway."""
+        model = self.predictor.model
+        orig_h, orig_w = orig_size
+        extent = mask_extent(
+            tuple(low_res.shape[-2:]),
+            model.image_size,
+            tuple(self.predictor.input_size),
+            tuple(self.predictor.original_size),
+        )
+        boxes, exact = extent.boxes(low_res, model.mask_threshold)
+        unsure = torch.nonzero(~exact).flatten()
+        for start in range(0, len(unsure), _UPSAMPLE_CHUNK):  # too close to the threshold to tell: upsample
+            rows = unsure[start : start + _UPSAMPLE_CHUNK]
+            logits = upscale_low_res_logits(
+                model, low_res[rows], self.predictor.input_size, self.predictor.original_size
+            )
+            boxes[rows] = batched_mask_to_box(threshold_masks(logits, model.mask_threshold)).long()
+        keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+        return keep, torch.full((int(keep.sum()),), torch.nan), boxes[keep]
 
     def _filter_full_resolution(
         self, low_res: torch.Tensor, crop_box: list[int], orig_size: tuple[int, ...]
@@ -425,14 +470,16 @@ class SamAutomaticMaskGenerator:
 
     def _encode_masks(
         self, low_res: torch.Tensor, crop_box: list[int], orig_size: tuple[int, ...]
-    ) -> list[dict[str, Any]]:
-        """Low-res logits [N, 256, 256] of one crop -> uncompressed RLEs of the masks in the full image."""
+    ) -> tuple[list[dict[str, Any]], torch.Tensor]:
+        """Low-res logits [N, 256, 256] of one crop -> uncompressed RLEs of the masks in the full image, and
+        their stability scores [N]."""
         model = self.predictor.model
         orig_h, orig_w = orig_size
         logits = upscale_low_res_logits(model, low_res, self.predictor.input_size, self.predictor.original_size)
+        stability = calculate_stability_score(logits, model.mask_threshold, self.stability_score_offset)
         masks = threshold_masks(logits, model.mask_threshold)
         del logits
-        return mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w))
+        return mask_to_rle_pytorch(uncrop_masks(masks, crop_box, orig_h, orig_w)), stability
 
     @staticmethod
     def postprocess_small_regions(mask_data: MaskData, min_area: int, nms_thresh: float) -> MaskData:
@@ -504,6 +551,7 @@ class _Stream:
         self.on_update = on_update
         self.shown: dict[int, dict[str, Any]] = {}  # id -> annotation, as sent
         self.rles: dict[int, dict[str, Any]] = {}  # id -> uncompressed RLE in the full image
+        self.stability: dict[int, float] = {}  # id -> stability score, as sent
         self.crop_ids: set[int] = set()  # the shown ids of the crop being decoded
         self._next_new_id = -1
 
@@ -550,6 +598,7 @@ class _Stream:
                 subset["ids"].tolist(), subset["rles"], generator._annotations(subset), strict=True
             ):
                 self.rles[mask_id] = rle
+                self.stability[mask_id] = annotation["stability_score"]
                 added.append((mask_id, annotation))
         generator.last_timings["postprocess"] += time.perf_counter() - started
         self._send(added, removed)

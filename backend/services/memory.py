@@ -8,17 +8,13 @@ and ``release_memory()`` keep glibc from sitting on what a burst of large images
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import threading
 from collections.abc import Iterator
 
-logger = logging.getLogger(__name__)
+from ..runtime import heap
 
-# glibc mallopt parameters (malloc.h).
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
+logger = logging.getLogger(__name__)
 
 
 class OverBudget(RuntimeError):
@@ -68,32 +64,13 @@ class PixelBudget:
         return {"in_use": self.in_use, "max_pixels": self.max_pixels, "peak": self.peak, "refused": self.refused}
 
 
-def _libc():
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt, libc.malloc_trim  # noqa: B018  # glibc only: musl and others lack them.
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _libc()
-
-
 def tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> bool:
     """Fewer malloc arenas (glibc makes up to 8 per core, each keeping its own freed memory) and a fixed mmap
     threshold, so buffers of a megabyte or more (decoded images, embeddings) go straight back to the system
     when freed. Returns whether glibc took the settings. Call it early in the process (gunicorn post_fork)."""
-    if _LIBC is None:
-        return False
-    ok = _LIBC.mallopt(_M_ARENA_MAX, int(arenas)) == 1
-    return _LIBC.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1 and ok
+    return heap.tune(arenas, mmap_threshold)
 
 
 def release_memory() -> None:
     """Returns the free memory at the top of glibc's heaps to the system (after a large decode)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    heap.trim()
