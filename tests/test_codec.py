@@ -111,7 +111,12 @@ def test_sam2_bundles_round_trip_within_their_step_and_have_their_documented_siz
     assert len(data) == codec.sam2_encoded_size(fmt)
     assert data[:4] == b"SAME" and data[4] == 2 and data[5] == 3
     decoded = codec.decode_sam2_features(data)
-    for name, tensor_fmt in zip(codec.SAM2_TENSORS, codec.SAM2_FORMATS[fmt], strict=True):
+    formats = codec.SAM2_FORMATS[fmt]
+    if fmt in codec.SAM2_LADDERS:
+        fitted, rung = codec.fitted_sam2_features(sam2_features, codec.SAM2_LADDERS[fmt])
+        assert fitted == data
+        formats = codec.SAM2_FORMATS[rung]
+    for name, tensor_fmt in zip(codec.SAM2_TENSORS, formats, strict=True):
         original = sam2_features[name]
         peaks = np.abs(original).max(axis=(1, 2))[:, None, None]
         error = np.abs(decoded[name] - original)
@@ -159,3 +164,20 @@ def test_narrow_int8_records_read_back_as_int8_and_compress_better(sam2_features
         assert narrow[offset + 5] == 2
         offset += codec.tensor_size(codec.SAM2_SHAPES[name], "int7")
     assert len(gzip.compress(narrow, 6)) < 0.9 * len(gzip.compress(wide, 6))
+
+
+def test_a_fitted_bundle_has_the_most_levels_whose_gzip_fits_the_budget(sam2_features):
+    import gzip
+
+    ladder = codec.SAM2_LADDERS["int8-fit"]
+    sizes = [
+        len(gzip.compress(codec.encode_sam2_features(sam2_features, fmt), codec.EMBEDDING_GZIP_LEVEL, mtime=0))
+        for fmt in ladder
+    ]
+    assert sizes == sorted(sizes, reverse=True)  # each rung has fewer levels and gzips smaller
+    for index, fmt in enumerate(ladder):
+        data, chosen = codec.fitted_sam2_features(sam2_features, ladder, budget=sizes[index])
+        assert chosen == fmt and data == codec.encode_sam2_features(sam2_features, fmt)
+        # One byte under a rung's size: the next rung (the last one when none fits).
+        _, chosen = codec.fitted_sam2_features(sam2_features, ladder, budget=sizes[index] - 1)
+        assert chosen == ladder[min(index + 1, len(ladder) - 1)]
