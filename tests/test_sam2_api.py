@@ -256,22 +256,6 @@ def test_the_disk_cache_keeps_all_three_tensors(tmp_path):
     assert read.nbytes == 4 * (256 * 64 * 64 + 32 * 256 * 256 + 64 * 128 * 128)
 
 
-def test_sam2_on_the_ray_encoder_is_refused_clearly(sam2_model, tmp_path):
-    from backend.server.app import create_app
-
-    with pytest.raises(ConfigError, match="Ray Serve encoder returns SAM 1 embeddings only"):
-        create_app(
-            {
-                "model": sam2_model,
-                "weights_info": SAM2_WEIGHTS,
-                "decoders": [],
-                "data_dir": str(tmp_path),
-                "ray_address": "ray://127.0.0.1:1",
-                "TESTING": True,
-            }
-        )
-
-
 def test_an_encoder_path_hiera_lacks_is_a_config_error(tmp_path):
     from backend.server.app import create_app
 
