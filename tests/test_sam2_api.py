@@ -99,15 +99,14 @@ def test_the_embedding_decodes_to_the_predictors_features(sam2_app, uploaded, fm
     if fmt in codec.SAM2_LADDERS:
         # The rung the stored float32 features fit at, and exactly its bytes.
         stored = codec.decode_sam2_features(sam2_app.test_client().get(f"/api/embeddings/{info['id']}?format=f32").data)
-        fitted, rung = codec.fitted_sam2_features(stored, codec.SAM2_LADDERS[fmt])
+        fitted, formats = codec.fitted_sam2_features(stored, codec.SAM2_LADDERS[fmt])
         assert fitted == body
-        formats = codec.SAM2_FORMATS[rung]
     for name, want in _predictor_wire_features(predictor).items():
         peak = np.abs(want).max(axis=(1, 2), keepdims=True)
         # Rounding of each record: none (f32), half an int step of the channel's scale (int8: peak/127, int7:
         # peak/63, int6: peak/31), or float16's relative 2^-11.
         tensor_fmt = dict(zip(codec.SAM2_TENSORS, formats, strict=True))[name]
-        steps = {"int8": 127, **codec.NARROW_INT8}
+        steps = codec.INT8_LEVELS
         bound = 1e-6 * peak if tensor_fmt == "f32" else peak / steps[tensor_fmt] * 0.51 if tensor_fmt in steps else None
         if bound is None:
             bound = np.abs(want) * 2.0**-10 + 1e-7
