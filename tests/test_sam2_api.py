@@ -313,3 +313,68 @@ def test_the_annotation_tools_masks_are_sam2s_predictors(sam2_app, uploaded):
     best = int(np.argmax(scores))
     assert mask.dtype == bool and np.array_equal(mask, masks[best].astype(bool))
     assert score == pytest.approx(float(scores[best]), abs=1e-6)
+
+
+# --- CVAT's SAM 2 function ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam2_cvat_app(sam2_model, tmp_path_factory):
+    from backend.server.app import create_app
+
+    app = create_app(
+        {
+            "model": sam2_model,
+            "weights_info": SAM2_WEIGHTS,
+            "decoders": [],
+            "data_dir": str(tmp_path_factory.mktemp("sam2-cvat")),
+            "device": "cpu",
+            "precision": "fp32",
+            "secret": "test-secret",
+            "cvat": True,
+            "TESTING": True,
+        }
+    )
+    yield app
+    app.extensions["sam"].encoder.close()
+    app.extensions["everything"].close()
+
+
+def test_cvat_lists_its_sam2_function_on_a_sam2_server(sam2_cvat_app):
+    from backend.integrations.cvat import SAM2_FUNCTION_ID
+
+    listing = sam2_cvat_app.test_client().get("/api/functions").get_json()
+    assert list(listing) == [SAM2_FUNCTION_ID]
+    annotations = listing[SAM2_FUNCTION_ID]["metadata"]["annotations"]
+    assert annotations["type"] == "interactor" and int(annotations["min_pos_points"]) == 1
+
+
+def test_cvat_sam2_invocation_answers_sam2_image_predictors_mask(sam2_cvat_app, sam2_model):
+    import base64
+
+    from backend.integrations.cvat import FUNCTION_ID, SAM2_FUNCTION_ID
+
+    jpeg = photo_jpeg(*SMALL_PHOTO).read_bytes()
+    client = sam2_cvat_app.test_client()
+    body = {"image": base64.b64encode(jpeg).decode(), "pos_points": [[400, 260]], "neg_points": []}
+    response = client.post("/api/function_invocations", json=body, headers={"x-nuclio-function-name": SAM2_FUNCTION_ID})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    mask = np.array(response.get_json()["mask"], dtype=np.uint8)
+
+    image = read_rgb(photo_jpeg(*SMALL_PHOTO))
+    predictor = SAM2ImagePredictor(sam2_model)
+    predictor.set_image(image)
+    masks, scores, _ = predictor.predict(point_coords=np.array([[400, 260]]), point_labels=np.array([1]))
+    expected = masks[int(np.argmax(scores))] > 0
+    assert mask.shape == expected.shape == image.shape[:2]
+    assert 0.0 < expected.mean() < 1.0
+    assert np.mean((mask > 0) == expected) >= 0.995
+
+    # SAM 1's function is not offered here, and SAM 2 needs a point.
+    sam1 = client.post("/api/function_invocations", json=body, headers={"x-nuclio-function-name": FUNCTION_ID})
+    assert sam1.status_code == 404 and sam1.get_json()["error"] == "unknown_function"
+    no_point = {**body, "pos_points": []}
+    refused = client.post(
+        "/api/function_invocations", json=no_point, headers={"x-nuclio-function-name": SAM2_FUNCTION_ID}
+    )
+    assert refused.status_code == 400 and refused.get_json()["error"] == "missing_points"
