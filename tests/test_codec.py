@@ -111,7 +111,11 @@ def test_sam2_bundles_round_trip_within_their_step_and_have_their_documented_siz
     assert len(data) == codec.sam2_encoded_size(fmt)
     assert data[:4] == b"SAME" and data[4] == 2 and data[5] == 3
     decoded = codec.decode_sam2_features(data)
-    for name, tensor_fmt in zip(codec.SAM2_TENSORS, codec.SAM2_FORMATS[fmt], strict=True):
+    formats = codec.SAM2_FORMATS[fmt]
+    if fmt in codec.SAM2_LADDERS:
+        fitted, formats = codec.fitted_sam2_features(sam2_features, codec.SAM2_LADDERS[fmt])
+        assert fitted == data
+    for name, tensor_fmt in zip(codec.SAM2_TENSORS, formats, strict=True):
         original = sam2_features[name]
         peaks = np.abs(original).max(axis=(1, 2))[:, None, None]
         error = np.abs(decoded[name] - original)
@@ -120,7 +124,7 @@ def test_sam2_bundles_round_trip_within_their_step_and_have_their_documented_siz
         elif tensor_fmt == "f16":
             assert (error <= 1e-3 * np.abs(original) + 1e-7).all()
         else:
-            levels = {"int8": 127, "int7": 63, "int6": 31, "int4": 7}[tensor_fmt]
+            levels = {**codec.INT8_LEVELS, "int4": 7}[tensor_fmt]
             # Rounding to the nearest level: at most half a step (peak / levels / 2) per value.
             assert (error <= peaks / levels / 2 + 1e-6).all(), name
 
@@ -159,3 +163,39 @@ def test_narrow_int8_records_read_back_as_int8_and_compress_better(sam2_features
         assert narrow[offset + 5] == 2
         offset += codec.tensor_size(codec.SAM2_SHAPES[name], "int7")
     assert len(gzip.compress(narrow, 6)) < 0.9 * len(gzip.compress(wide, 6))
+
+
+def test_a_fitted_bundle_has_the_most_levels_whose_gzip_fits_the_budget(sam2_features):
+    import gzip
+
+    ladder = codec.SAM2_LADDERS["int8-fit"]
+    bundles = [codec.fitted_sam2_features(sam2_features, (rung,))[0] for rung in ladder]
+    sizes = [len(gzip.compress(data, codec.EMBEDDING_GZIP_LEVEL, mtime=0)) for data in bundles]
+    assert sizes == sorted(sizes, reverse=True)  # each rung has fewer levels and gzips smaller
+    for index, rung in enumerate(ladder):
+        data, chosen = codec.fitted_sam2_features(sam2_features, ladder, budget=sizes[index])
+        assert chosen == rung and data == bundles[index]
+        # One byte under a rung's size: the next rung (the last one when none fits).
+        _, chosen = codec.fitted_sam2_features(sam2_features, ladder, budget=sizes[index] - 1)
+        assert chosen == ladder[min(index + 1, len(ladder) - 1)]
+
+
+def test_row_difference_records_read_back_the_int8_values_exactly_and_gzip_smaller_on_smooth_features():
+    import gzip
+
+    rng = np.random.default_rng(2)
+    # Smooth along rows, as feature maps are, with values at both ends of the range (the differences wrap).
+    smooth = {
+        name: np.cumsum(rng.standard_normal(shape), axis=2).astype(np.float32)
+        for name, shape in codec.SAM2_SHAPES.items()
+    }
+    plain = codec.encode_sam2_features(smooth, "int8")
+    rows, _ = codec.fitted_sam2_features(smooth, (("int8d", "int8d", "int8d"),))
+    assert len(rows) == len(plain)
+    offset = codec.BUNDLE_HEADER.size
+    for name in codec.SAM2_TENSORS:
+        assert rows[offset + 5] == 4  # dtype 4 in each record header
+        offset += codec.tensor_size(codec.SAM2_SHAPES[name], "int8")
+    for name, array in codec.decode_sam2_features(rows).items():
+        assert np.array_equal(array, codec.decode_sam2_features(plain)[name]), name
+    assert len(gzip.compress(rows, 1)) < 0.9 * len(gzip.compress(plain, 1))

@@ -134,21 +134,39 @@ def test_official_registry_has_the_published_sizes():
     assert weights.CHECKPOINTS["vit_t"].url.endswith("/mobile_sam.pt")
 
 
-def test_sam2_checkpoints_are_meta_releases_without_a_size_check():
+def test_sam2_checkpoints_are_meta_releases_with_their_sizes():
     assert weights.CHECKPOINTS["sam2.1_hiera_t"].url == (
         "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
     )
     assert weights.CHECKPOINTS["sam2_hiera_b+"].url == (
         "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_base_plus.pt"
     )
-    assert all(weights.CHECKPOINTS[t].size is None for t in weights.MODEL_TYPES if weights.model_family(t) != "sam")
+    sizes = {t: weights.CHECKPOINTS[t].size for t in weights.MODEL_TYPES if weights.model_family(t) != "sam"}
+    assert sizes == {
+        "sam2.1_hiera_t": 156_008_466,
+        "sam2.1_hiera_s": 184_416_285,
+        "sam2.1_hiera_b+": 323_606_802,
+        "sam2.1_hiera_l": 898_083_611,
+        "sam2_hiera_t": 155_906_050,
+        "sam2_hiera_s": None,  # not found published: no size check
+        "sam2_hiera_b+": 323_493_298,
+        "sam2_hiera_l": 897_952_466,
+    }
     assert [weights.model_family(t) for t in ("vit_t", "sam2_hiera_l", "sam2.1_hiera_s")] == ["sam", "sam2", "sam2.1"]
 
 
 def test_cli_downloads_a_sam2_checkpoint_under_its_official_name(file_server, tmp_path):
-    args = ["download-weights", "--model-type", "sam2.1_hiera_t", "--dest", str(tmp_path), "--url", file_server.url]
+    # sam2_hiera_s has no size check, so the test payload is accepted.
+    args = ["download-weights", "--model-type", "sam2_hiera_s", "--dest", str(tmp_path), "--url", file_server.url]
     assert main(args) == 0
-    assert (tmp_path / "sam2.1_hiera_tiny.pt").read_bytes() == PAYLOAD
+    assert (tmp_path / "sam2_hiera_small.pt").read_bytes() == PAYLOAD
+
+
+def test_cli_refuses_a_sam2_download_of_the_wrong_size(file_server, tmp_path, capsys):
+    args = ["download-weights", "--model-type", "sam2.1_hiera_t", "--dest", str(tmp_path), "--url", file_server.url]
+    assert main(args) == 1
+    assert "156008466" in capsys.readouterr().err.replace(",", "")
+    assert not (tmp_path / "sam2.1_hiera_tiny.pt").exists()
 
 
 def test_sam2_offline_falls_back_to_seeded_random_sam2_tiny_and_is_served(tmp_path):

@@ -49,9 +49,15 @@ REPLICA_SETTINGS = (
 )
 
 
+# A replica's answer for one image: embedding, input_size, batch size, encode ms, high-res maps (SAM 2).
+Encoded = tuple[np.ndarray, tuple[int, int], int, float, tuple[np.ndarray, ...]]
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
 class SamEncoder:
-    """One model per replica; ``__call__(image)`` -> (embedding float32 [256, 64, 64], input_size, batch, ms)."""
+    """One model per replica; ``__call__(image)`` -> (embedding float32 [256, 64, 64], input_size, batch, ms,
+    high_res_feats): SAM 2's two high-resolution maps (feat_s0 [32, 256, 256], feat_s1 [64, 128, 128]), () for SAM 1.
+    """
 
     def __init__(self, settings: dict[str, Any], threads: int) -> None:
         import torch
@@ -79,15 +85,18 @@ class SamEncoder:
         }
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def encode_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, tuple[int, int], int, float]]:
+    async def encode_batch(self, images: list[np.ndarray]) -> list[Encoded]:
         started = time.perf_counter()
         # In a thread, so the replica's event loop keeps collecting the next batch meanwhile.
         encoded = await asyncio.get_running_loop().run_in_executor(None, encode_images, self.model, images)
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.batches += 1
-        return [(embedding, size, len(images), elapsed_ms) for embedding, size in encoded]
+        # encode_images gives (embedding, input_size) for SAM 1, plus the high-res maps for SAM 2.
+        return [
+            (item[0], item[1], len(images), elapsed_ms, tuple(item[2]) if len(item) > 2 else ()) for item in encoded
+        ]
 
-    async def __call__(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], int, float]:
+    async def __call__(self, image: np.ndarray) -> Encoded:
         return await self.encode_batch(image)
 
 
@@ -236,7 +245,9 @@ class RemoteEncoder:
         started = time.perf_counter()
         for attempt in range(2):
             try:
-                embedding, input_size, batch, encode_ms = self.handle.remote(pixels).result(timeout_s=self.timeout_s)
+                embedding, input_size, batch, encode_ms, high_res_feats = self.handle.remote(pixels).result(
+                    timeout_s=self.timeout_s
+                )
                 break
             except BackPressureError:
                 raise EncoderBusy("the encoder cluster is at capacity; try again shortly", self.retry_after()) from None
@@ -253,4 +264,5 @@ class RemoteEncoder:
             input_size=(int(input_size[0]), int(input_size[1])),
             encode_ms=float(encode_ms),
             batch_size=int(batch),
+            high_res_feats=tuple(high_res_feats),
         )

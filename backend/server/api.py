@@ -147,7 +147,7 @@ class WireFormats:
         """Value types as web/js/decoder/embedding.js names them ("int8/int8/int8" for a bundle)."""
         if not self.sam2:
             return codec.DTYPES[fmt]
-        return "/".join("int8" if t in codec.NARROW_INT8 else codec.DTYPES.get(t, t) for t in codec.SAM2_FORMATS[fmt])
+        return "/".join("int8" if t in codec.INT8_LEVELS else codec.DTYPES.get(t, t) for t in codec.SAM2_FORMATS[fmt])
 
     def encode(self, entry, fmt: str) -> bytes:
         if self.sam2:

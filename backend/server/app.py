@@ -68,12 +68,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     elif weights_info is None:
         weights_info = WeightsInfo(settings.canonical_model_type, "real", "injected", None, "model given to create_app")
     sam2 = model_family(weights_info.model_type) != "sam"
-    if sam2 and settings.ray_address and encode_batch is None:
-        # The Ray Serve replicas (backend/cluster/serve_encoder.py) return SAM 1's single embedding.
-        raise ConfigError(
-            f"SAM_MODEL_TYPE={weights_info.model_type} cannot use SAM_RAY_ADDRESS yet: the Ray Serve encoder "
-            "returns SAM 1 embeddings only. Unset SAM_RAY_ADDRESS to encode SAM 2 in this process"
-        )
     device = resolve_device(settings.device)
     if decoders is None:  # Exported from the CPU fp32 model, before it moves to its device.
         offered = choose_decoders(model, weights_info.weights_id, settings.decoder, settings.decoders_dir)
@@ -108,7 +102,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         on_cluster["generator_factory"] = cluster_generator_factory(
             replica_settings(settings), num_gpus=1 if image_encoder.identity["device"].startswith("cuda") else 0
         )
-    if sam2:
+    if sam2:  # SAM 2's everything mode runs in this process on the cached features (the cluster's is SAM 1's).
         on_cluster["generator_factory"] = sam2_generator_factory
     everything = EverythingService(
         resolver_from_encoder(encoder),

@@ -10,6 +10,8 @@ from typing import Any
 
 from flask import request
 
+from ..services.codec import EMBEDDING_GZIP_LEVEL
+
 # gzip only when it saves at least this fraction: below that the CPU time and the client's lost progress
 # information (Content-Length then counts compressed bytes) are not worth it.
 MIN_GZIP_SAVING = 0.10
@@ -52,7 +54,7 @@ class BodyCache(GzipCache):
     """Recently served embedding bodies that gzip shrank enough, so they are compressed once, not per request."""
 
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(max_bytes, compresslevel=1)  # Level 6 saves 0.3% more at twice the time.
+        super().__init__(max_bytes, compresslevel=EMBEDDING_GZIP_LEVEL)
 
     def get(self, image_id: str, fmt: str, accept_gzip: bool, make_body) -> tuple[bytes, bool]:
         if not accept_gzip:

@@ -60,12 +60,23 @@ CHECKPOINTS = {
 }
 CHECKPOINTS["default"] = CHECKPOINTS["vit_h"]
 
-# Meta's SAM 2 releases: SAM 2.1 (September 2024) and SAM 2 (July 2024). Their byte sizes are not published where
-# this project could read them, so the size check is skipped (the download still resumes and checks the length
-# the server announces).
+# Meta's SAM 2 releases: SAM 2.1 (September 2024) and SAM 2 (July 2024).
 SAM2_RELEASES = {
     "sam2.1": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/",
     "sam2": "https://dl.fbaipublicfiles.com/segment_anything_2/072824/",
+}
+# Byte sizes of Meta's files, from Git LFS pointers on Hugging Face whose SHA-256 is the one of Meta's own uploads
+# (facebook/sam2-hiera-*, facebook/sam2.1-hiera-*) or is shared by independent mirrors of the release; the
+# commit adding them names each source. sam2_hiera_small.pt's size was not found: its size check is skipped (the
+# download still resumes and checks the length the server announces).
+SAM2_SIZES = {
+    "sam2.1_hiera_tiny.pt": 156_008_466,
+    "sam2.1_hiera_small.pt": 184_416_285,
+    "sam2.1_hiera_base_plus.pt": 323_606_802,
+    "sam2.1_hiera_large.pt": 898_083_611,
+    "sam2_hiera_tiny.pt": 155_906_050,
+    "sam2_hiera_base_plus.pt": 323_493_298,
+    "sam2_hiera_large.pt": 897_952_466,
 }
 
 
@@ -83,7 +94,7 @@ def _add_sam2_checkpoints() -> None:
 
     for model_type, (filename, _) in MODEL_FILES.items():
         url = SAM2_RELEASES[model_family(model_type)] + filename
-        CHECKPOINTS[model_type] = Checkpoint(model_type, url, filename, None)
+        CHECKPOINTS[model_type] = Checkpoint(model_type, url, filename, SAM2_SIZES.get(filename))
 
 
 _add_sam2_checkpoints()

@@ -1,11 +1,13 @@
 """Benchmark of SAM 2's wire: what each of the three tensors needs (f16, int8, int4 per channel), and the bundles.
 
-For the reference data's seeded reduced SAM 2.1 (SAM_REFERENCE_DIR) on its images, each tensor alone is sent
-through one format (the other two stay float32), then each bundle of codec.SAM2_FORMATS; masks are predicted for
-a grid of single points (3 candidates each) and for boxes, and compared by IoU with the masks from the float32
-features (target: mean >= 0.99). Reports bytes on the wire with and without gzip (level 6, as the server).
+For the reference data's seeded reduced SAM 2.1 (SAM_REFERENCE_DIR), or with ``--model random`` the server's
+seeded random sam2.1_hiera_t, on the reference images and the gallery's (scikit-image's samples), each tensor
+alone is sent through one format (the other two stay float32), then each bundle of codec.SAM2_FORMATS; masks are
+predicted for a grid of single points (3 candidates each) and for boxes, and compared by IoU with the masks from
+the float32 features (target: mean >= 0.99). Reports bytes on the wire with and without gzip (the server's level).
 
-    .venv/bin/python tests/benchmarks/bench_sam2_wire.py [--grid 8] [--boxes 16]
+    .venv/bin/python tests/benchmarks/bench_sam2_wire.py [--grid 8] [--boxes 16] [--model reference|random] \
+        [--images dog.jpg chelsea.png ...]
 
 Not collected by pytest (no test_ prefix); exits non-zero if the default bundle misses a target.
 """
@@ -30,6 +32,8 @@ from reference_data import REFERENCE_DIR  # noqa: E402
 
 from backend.sam2 import SAM2AutomaticMaskGenerator, SAM2ImagePredictor, build_sam2  # noqa: E402
 from backend.services import codec  # noqa: E402
+from backend.services.gallery import Gallery  # noqa: E402
+from backend.services.weights import random_model  # noqa: E402
 
 TARGET_MEAN_IOU = 0.99
 TARGET_GZIP_BYTES = 3_000_000
@@ -70,6 +74,21 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union == 0, 1.0, intersection / np.maximum(union, 1))
 
 
+def image_path(name: str) -> Path:
+    """A reference image (dog.jpg, truck.jpg, ...) or a gallery sample (astronaut.png, chelsea.png, ...)."""
+    reference = REFERENCE_DIR / "images" / name
+    if reference.is_file():
+        return reference
+    gallery = Gallery().path(name)
+    if gallery is None:
+        raise SystemExit(f"no image {name!r} in the reference data or the gallery")
+    return gallery
+
+
+def gzip_size(data: bytes) -> int:
+    return len(gzip.compress(data, codec.EMBEDDING_GZIP_LEVEL, mtime=0))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=int, default=8, help="points per side (default 8: 64 points)")
@@ -77,17 +96,27 @@ def main() -> int:
     parser.add_argument("--images", nargs="*", default=["dog.jpg"])
     parser.add_argument("--skip", nargs="*", default=[], help="bundles not to measure")
     parser.add_argument("--no-tensors", action="store_true", help="only the bundles")
+    parser.add_argument(
+        "--model",
+        choices=("reference", "random"),
+        default="reference",
+        help="the reference data's reduced SAM 2.1, or the server's seeded random sam2.1_hiera_t",
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    meta = json.loads((REFERENCE_DIR / "sam2.1_reduced_seed0_dog.json").read_text())
-    model = build_sam2(meta["config"], REFERENCE_DIR / "sam2.1_reduced_seed0.pt")
+    if args.model == "random":
+        model = random_model("sam2.1_hiera_t")
+    else:
+        meta = json.loads((REFERENCE_DIR / "sam2.1_reduced_seed0_dog.json").read_text())
+        model = build_sam2(meta["config"], REFERENCE_DIR / "sam2.1_reduced_seed0.pt")
     predictor = SAM2ImagePredictor(model)
     ok = True
     for image_name in args.images:
-        image = np.array(Image.open(REFERENCE_DIR / "images" / image_name).convert("RGB"))
+        image = np.array(Image.open(image_path(image_name)).convert("RGB"))
         hw = image.shape[:2]
-        predictor.set_image(image)
+        with torch.no_grad():
+            predictor.set_image(image)
         f32 = {
             "image_embed": predictor._features["image_embed"][0].numpy(),
             "high_res_feats_0": predictor._features["high_res_feats"][0][0].numpy(),
@@ -112,7 +141,7 @@ def main() -> int:
                 ious = iou(masks_for(predictor, decoded, hw, points, boxes), reference)
                 print(
                     f"  {name:17s} {fmt:5s} {ious.mean():.4f} / {ious.min():.4f} / {len(record):>9,} / "
-                    f"{len(gzip.compress(record, 6)):>9,}"
+                    f"{gzip_size(record):>9,}"
                 )
 
         print("bundles: mean IoU / min IoU / raw bytes / gzip bytes")
@@ -120,7 +149,7 @@ def main() -> int:
             wire = codec.encode_sam2_features(f32, fmt)
             decoded = codec.decode_sam2_features(wire)
             ious = iou(masks_for(predictor, decoded, hw, points, boxes), reference)
-            zipped = len(gzip.compress(wire, 6))
+            zipped = gzip_size(wire)
             mark = " (default)" if fmt == codec.SAM2_DEFAULT_FORMAT else ""
             print(f"  {fmt:15s} {ious.mean():.4f} / {ious.min():.4f} / {len(wire):>9,} / {zipped:>9,}{mark}")
             if fmt == codec.SAM2_DEFAULT_FORMAT and (ious.mean() < TARGET_MEAN_IOU or zipped > TARGET_GZIP_BYTES):

@@ -22,7 +22,7 @@ import {
 
 // Lossless and under 1024 px, so the server encodes exactly the pixels the oracle decodes.
 const SAMPLE = "coffee.png";
-// The default decoder (weight-only int8) on the default bundle (int8-int7) against the fp32 predictor on
+// The default decoder (weight-only int8) on the default bundle (int8-fit) against the fp32 predictor on
 // float32 features: >= 99 % of pixels (tests/browser/test_sam2_decoder.py).
 const MIN_AGREEMENT = 0.99;
 const OPTIONS = { timeout: 180_000 };
@@ -58,7 +58,7 @@ after(async () => {
 test("on SAM 2.1 a kept click shows SAM2ImagePredictor's mask", OPTIONS, async () => {
   const model = await (await fetch(new URL("api/model", server.url))).json();
   assert.equal(model.model_family, "sam2.1");
-  assert.equal(model.default_embedding_format, "int8-int7");
+  assert.equal(model.default_embedding_format, "int8-fit");
   const session = await openPage(browser);
   try {
     const { page } = session;

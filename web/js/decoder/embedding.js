@@ -1,11 +1,12 @@
 // Reads the embedding wire format of backend/services/codec.py (docs/ARCHITECTURE.md).
 // Version 1 (SAM 1): a 16-byte little-endian header ("SAME", version, dtype, C, H, W), then float32 / float16 /
 // int8 values. Version 2 (SAM 2): a 16-byte bundle header ("SAME", 2, tensor count), then one such record per
-// tensor (image_embed, high_res_feats_0, high_res_feats_1), each with its own dtype, int4 among them.
+// tensor (image_embed, high_res_feats_0, high_res_feats_1), each with its own dtype, int4 among them, and int8
+// sent as differences along each row (dtype 4).
 
 const MAGIC = "SAME";
 const HEADER_BYTES = 16;
-export const DTYPE_NAMES = { 0: "float32", 1: "float16", 2: "int8", 3: "int4" };
+export const DTYPE_NAMES = { 0: "float32", 1: "float16", 2: "int8", 3: "int4", 4: "int8" };
 // The tensors of a version-2 bundle, in order, named as the SAM 2 decoders' inputs.
 export const SAM2_TENSORS = ["image_embed", "high_res_feats_0", "high_res_feats_1"];
 
@@ -36,7 +37,7 @@ function magicAt(buffer, offset) {
 
 /** Payload bytes of a record of `count` values in `channels` channels with dtype code `dtypeCode`. */
 function payloadBytes(dtypeCode, channels, count) {
-  return [count * 4, count * 2, channels * 4 + count, channels * 4 + Math.ceil(count / 2)][dtypeCode];
+  return [count * 4, count * 2, channels * 4 + count, channels * 4 + Math.ceil(count / 2), channels * 4 + count][dtypeCode];
 }
 
 /**
@@ -58,7 +59,7 @@ function decodeRecord(buffer, offset, version, exact) {
   const width = view.getUint16(12, true);
   const count = channels * height * width;
   const plane = height * width;
-  if (!(dtypeCode in DTYPE_NAMES) || (version === 1 && dtypeCode === 3)) {
+  if (!(dtypeCode in DTYPE_NAMES) || (version === 1 && dtypeCode > 2)) {
     throw new EmbeddingFormatError(`Unknown embedding dtype code ${dtypeCode}.`);
   }
   const start = offset + HEADER_BYTES;
@@ -85,6 +86,19 @@ function decodeRecord(buffer, offset, version, exact) {
         const scale = scales[c];
         const o = c * plane;
         for (let i = 0; i < plane; i++) data[o + i] = values[o + i] * scale;
+      }
+    } else if (dtypeCode === 4) {
+      // int8 differences along each row: q[x] = q[x - 1] + d[x] wrapped to int8, q[-1] = 0.
+      const deltas = new Int8Array(buffer, valuesStart, count);
+      for (let c = 0; c < channels; c++) {
+        const scale = scales[c];
+        for (let row = c * plane; row < (c + 1) * plane; row += width) {
+          let q = 0;
+          for (let i = row; i < row + width; i++) {
+            q = ((q + deltas[i]) << 24) >> 24;
+            data[i] = q * scale;
+          }
+        }
       }
     } else {
       // int4: two signed values a byte, the even index in the low nibble.
