@@ -41,6 +41,8 @@ def example_inputs(
     }
     if variant == "lowres":
         del inputs["orig_im_size"]
+        # A corner smaller than the grid, so neither bound is traced as a constant.
+        inputs["valid_tokens"] = torch.tensor([embed_size[0] - 5, embed_size[1] - 3], dtype=torch.int64)
     return inputs
 
 
@@ -109,7 +111,7 @@ def export_decoder(
             "mask_input": {0: "num_masks"},
             "has_mask_input": {0: "num_masks"},
             "iou_predictions": {0: "num_prompts"},
-            "low_res_masks": {0: "num_prompts"},
+            "low_res_masks": {0: "num_prompts", 2: "low_res_rows", 3: "low_res_cols"},
         }
     else:
         inputs = example_inputs(parts, variant)

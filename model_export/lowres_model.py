@@ -15,8 +15,11 @@ class SamLowResOnnxModel(nn.Module):
 
     Inputs: image_embeddings [1, 256, 64, 64], point_coords [B, N, 2], point_labels [B, N],
     mask_input [M, 1, 256, 256], has_mask_input [M], where M is 1 (no prompt has a mask: zeros and 0) or B
-    (each prompt's own mask and flag).
-    Outputs: iou_predictions [B, 4], low_res_masks [B, 4, 256, 256] (index 0 the single-mask token).
+    (each prompt's own mask and flag), valid_tokens [2] int64: the rows and columns (r, c) of the 64 x 64 image
+    tokens whose logits are wanted (64, 64: all; the client asks for those under the image, see
+    web/js/mask-math.js tokenExtent).
+    Outputs: iou_predictions [B, 4], low_res_masks [B, 4, 4r, 4c] (index 0 the single-mask token): the top-left
+    4r x 4c corner of the 256 x 256 logits, equal to that corner of a run with all tokens.
     Prompts of one run have the same number of points N (a padding point is a token, and changes the masks);
     each prompt's outputs are those of its own run with B = 1.
     """
@@ -34,6 +37,7 @@ class SamLowResOnnxModel(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
+        valid_tokens: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse_embedding = self.prompts.embed_points(point_coords, point_labels)
         dense_embedding = self.prompts.embed_masks_per_prompt(mask_input, has_mask_input)
@@ -46,5 +50,5 @@ class SamLowResOnnxModel(nn.Module):
         tokens, image_tokens = self.decoder.forward_batch(image, image_pe, sparse_embedding)
         iou_predictions = self.decoder.predict_iou(tokens, ALL_MASKS)
         hyper_in = self.decoder.hypernetworks(tokens, ALL_MASKS)
-        low_res_masks = self.decoder.upscale_batch(image_tokens, hyper_in, height, width)
+        low_res_masks = self.decoder.upscale_batch(image_tokens, hyper_in, height, width, valid_tokens)
         return iou_predictions, low_res_masks

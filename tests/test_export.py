@@ -78,10 +78,28 @@ def decoders(model, tmp_path_factory):
     return {d["name"]: d for d in prepare_decoders(model, "reduced-seed0", cache_dir)}
 
 
-def session(path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+# The lowres graph's token extent for the whole 64 x 64 grid: all 256 x 256 low-res logits.
+ALL_TOKENS = {"valid_tokens": np.array([64, 64], np.int64)}
+
+
+class Session:
+    """An onnxruntime session on 2 threads whose run() gives a lowres graph every token unless told otherwise."""
+
+    def __init__(self, path) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.takes_extent = "valid_tokens" in {i.name for i in self.session.get_inputs()}
+
+    def run(self, output_names, feeds: dict) -> list[np.ndarray]:
+        return self.session.run(output_names, {**(ALL_TOKENS if self.takes_extent else {}), **feeds})
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def session(path) -> Session:
+    return Session(path)
 
 
 def unpack_bits(bits: np.ndarray, width: int) -> np.ndarray:
@@ -227,6 +245,7 @@ def test_graph_interface_and_only_prompt_axes_dynamic(decoders, name):
             "point_labels": ["num_prompts", "num_points"],
             "mask_input": ["num_masks", 1, 256, 256],
             "has_mask_input": ["num_masks"],
+            "valid_tokens": [2],
         }
     shapes = {
         name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] for name, value in inputs.items()
@@ -310,6 +329,31 @@ def test_many_prompts_in_one_run_equal_their_own_runs(decoders, predictor, own, 
         if not flags[b]:
             np.testing.assert_array_equal(low_res[b], one_by_one[b][1][0])
     assert not np.allclose(low_res[0], one_by_one[0][1][0])  # the mask prompt did change prompt 0's masks
+
+
+@pytest.mark.parametrize("name", ["lowres", "lowres-quantized"])
+def test_lowres_upscales_only_the_tokens_asked_for(decoders, predictor, own, name):
+    """valid_tokens (r, c): low_res_masks [B, 4, 4r, 4c] equal to that corner of a run with every token, for
+    clicks and boxes in one run; the IoU predictions do not change."""
+    h, w = own["image_hw"]
+    prompts = [
+        onnx_prompt(predictor, {"points": [[0.3 * w, 0.4 * h]], "labels": [1], "box": [0.1 * w, 0.1 * h, w, h]}),
+        onnx_prompt(predictor, {"points": [[0.8 * w, 0.7 * h]], "labels": [1], "box": [0, 0, 0.5 * w, 0.9 * h]}),
+    ]
+    feeds = {
+        "image_embeddings": own["embedding"],
+        "point_coords": np.concatenate([f["point_coords"] for f in prompts]),
+        "point_labels": np.concatenate([f["point_labels"] for f in prompts]),
+        **no_mask_input(),
+    }
+    graph = session(decoders[name]["path"])
+    scores, low_res = graph.run(None, {**feeds, **ALL_TOKENS})
+    assert low_res.shape == (2, 4, 256, 256)
+    for rows, cols in [(43, 64), (64, 37), (1, 1)]:
+        corner_scores, corner = graph.run(None, {**feeds, "valid_tokens": np.array([rows, cols], np.int64)})
+        assert corner.shape == (2, 4, 4 * rows, 4 * cols)
+        np.testing.assert_array_equal(corner, low_res[..., : 4 * rows, : 4 * cols])
+        np.testing.assert_array_equal(corner_scores, scores)
 
 
 def test_folded_batch_methods_equal_metas_mask_decoder_in_torch(model, own):
@@ -693,6 +737,7 @@ def test_lowres_runs_the_mask_branch_only_for_a_mask_input(decoders, name, own, 
         "point_coords": np.array([[[300.0, 200.0], [0.0, 0.0]]], np.float32),
         "point_labels": np.array([[1.0, -1.0]], np.float32),
         **no_mask_input(),
+        **ALL_TOKENS,
     }
     without = graph.run(None, feeds)
     with_mask = graph.run(None, {**feeds, "mask_input": without[1][:, :1], "has_mask_input": np.ones(1, np.float32)})

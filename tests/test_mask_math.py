@@ -76,6 +76,11 @@ def test_mask_from_low_res_equals_the_thresholded_upsampling_and_meta(tmp_path, 
     expected = meta_postprocess(low_res, input_size, original_size) > 0
     assert (fast.astype(bool) == expected).mean() > 0.9999
     np.testing.assert_allclose(logits, meta_postprocess(low_res, input_size, original_size), atol=1e-5)
+    # The lowres graph's valid_tokens: the logits of the tokens under the image give every pixel (NaN elsewhere
+    # would show), and for a landscape or portrait image that is fewer than all 64 x 64.
+    cropped = np.fromfile(tmp_path / "out.cropped.f32", np.float32).reshape(original_size)
+    np.testing.assert_array_equal(cropped, logits)
+    assert timings["extent"] == [min(64, -(-(n + 3) // 16)) for n in input_size]
     print(
         f"{input_size} -> {original_size}: maskFromLowRes {timings['fastMs']:.2f} ms, upsampleLogits {timings['logitsMs']:.2f} ms"
     )

@@ -103,6 +103,7 @@ def onnx_feeds(predictor: SamPredictor, prompt: dict) -> dict:
         "point_labels": labels[None].astype(np.float32),
         "mask_input": np.zeros((1, 1, 256, 256), np.float32),
         "has_mask_input": np.zeros(1, np.float32),
+        "valid_tokens": np.array([64, 64], np.int64),  # every token: all 256 x 256 logits
     }
 
 

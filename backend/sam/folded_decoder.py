@@ -129,23 +129,39 @@ class FoldedMaskDecoder(nn.Module):
         self, image: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-way transformer for B prompts with broadcasting only: image [1 or B, h * w, C], image_pe
-        [h * w, C], sparse [B, N, C] -> tokens [B, T, C], image tokens [B, h * w, C].
+        [h * w, C], sparse [B, N, C] -> tokens [B, 1 + num_mask_tokens, C] (the IoU and mask tokens), image
+        tokens [B, h * w, C].
 
         One traced graph then serves any number of prompts, each with or without its own image rows (a mask
         prompt changes them); see broadcast_two_way_transformer.
         """
         tokens = self.mask_decoder.output_tokens(sparse_prompt_embeddings)
-        return broadcast_two_way_transformer(self.mask_decoder.transformer, image, image_pe, tokens)
+        # Only the IoU and mask tokens are read after the transformer: [B, 1 + num_mask_tokens, C] come back.
+        read = 1 + self.mask_decoder.num_mask_tokens
+        return broadcast_two_way_transformer(self.mask_decoder.transformer, image, image_pe, tokens, read)
 
     def upscale_batch(
-        self, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int
+        self,
+        image_tokens: torch.Tensor,
+        hyper_in: torch.Tensor,
+        height: int,
+        width: int,
+        extent: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """upscale for B prompts at once: image_tokens [B, h * w, C], hyper_in [B, k, C / 8] -> [B, k, 4h, 4w].
 
         The upscaling is per pixel, so the B prompts' pixels are one [B * h * w, C] matrix through both layers.
+        extent (rows, cols) [2]: upscale only the top-left rows x cols of the h x w image tokens, giving
+        [B, k, 4 rows, 4 cols], the same logits as that corner of the whole. Each token's 4 x 4 logits depend on
+        that token alone (2x2 stride-2 convolutions, a per-pixel norm and GELUs, a per-pixel product), and a
+        client that crops the padding of the 1024 frame reads only the tokens under the image.
         """
         conv1, norm, act1, conv2, act2 = self.mask_decoder.output_upscaling
         batch, _, channels = image_tokens.shape
+        if extent is not None:
+            corner = image_tokens.reshape(batch, height, width, channels)[:, : extent[0], : extent[1]]
+            height, width = corner.shape[1], corner.shape[2]
+            image_tokens = corner.reshape(batch, -1, channels)
         if _plain_gelus(act1, act2):
             return self._upscale_batch_folded(image_tokens, hyper_in, height, width)
         x = torch.addmm(self.conv1_bias, image_tokens.reshape(-1, channels), self.conv1_weight)
@@ -154,7 +170,7 @@ class FoldedMaskDecoder(nn.Module):
         logits = hyper_in @ _activation(act2, x).transpose(1, 2)  # [B, k, h * w * 16]
         # Output row 4i + 2a + c, column 4j + 2b + d.
         logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
-        return logits.reshape(batch, -1, 4 * height, 4 * width)
+        return logits.reshape(batch, hyper_in.shape[1], 4 * height, 4 * width)
 
     def _upscale_batch_folded(
         self, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int
@@ -169,7 +185,7 @@ class FoldedMaskDecoder(nn.Module):
         x = torch.addmm(self.conv2_bias, x, self.conv2_halved_weight).view(batch, -1, conv2.out_channels)
         logits = (hyper_in * 0.5) @ _doubled_gelu(x).transpose(1, 2)  # [B, k, h * w * 16]
         logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
-        return logits.reshape(batch, -1, 4 * height, 4 * width)
+        return logits.reshape(batch, hyper_in.shape[1], 4 * height, 4 * width)
 
 
 def pixel_rows(x: torch.Tensor) -> torch.Tensor:
@@ -267,12 +283,15 @@ def folded_two_way_transformer(
     pe: torch.Tensor,
     tokens: torch.Tensor,
     image_to_token=None,
+    read: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TwoWayTransformer.forward with image [h * w, C] shared by all prompts, pe [h * w, C], tokens [B, T, C].
 
     Returns tokens [B, T, C] and image tokens [B, h * w, C], or [h * w, C] when they are the same for every
     prompt (B = 1, or no blocks). ``image_to_token`` replaces ``image_to_token_attention`` (the broadcasting
-    form of broadcast_two_way_transformer).
+    form of broadcast_two_way_transformer). With ``read``, only the first ``read`` tokens come back, [B, read,
+    C]: the final token-to-image attention and norm act on each token alone, so the tokens nobody reads (the
+    prompts') skip them.
     """
     image_to_token = image_to_token or image_to_token_attention
     queries, keys = tokens, image
@@ -289,21 +308,25 @@ def folded_two_way_transformer(
         queries = layer.norm3(queries + layer.mlp(queries))
         attn_out = image_to_token(layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries, keys)
         keys = _image_layer_norm(layer.norm4, attn_out)
+    if read is not None:
+        queries, tokens = queries[:, :read], tokens[:, :read]
     attn_out = token_to_image_attention(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
     queries = transformer.norm_final_attn(queries + attn_out)
     return queries, keys
 
 
 def broadcast_two_way_transformer(
-    transformer: nn.Module, image: torch.Tensor, pe: torch.Tensor, tokens: torch.Tensor
+    transformer: nn.Module, image: torch.Tensor, pe: torch.Tensor, tokens: torch.Tensor, read: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """folded_two_way_transformer written with broadcasting ops only, for one graph of any batch size.
 
     image [1 or B, h * w, C] (1: shared by every prompt), pe [h * w, C], tokens [B, T, C] -> tokens [B, T, C]
-    and image tokens [B, h * w, C]. Each prompt's rows are computed as in its own run: the prompts meet only
-    in the shared image rows of the first block, which every prompt reads unchanged.
+    and image tokens [B, h * w, C] (tokens [B, read, C] with ``read``). Each prompt's rows are computed as in its
+    own run: the prompts meet only in the shared image rows of the first block, which every prompt reads unchanged.
     """
-    return folded_two_way_transformer(transformer, image, pe, tokens, image_to_token=broadcast_image_to_token_attention)
+    return folded_two_way_transformer(
+        transformer, image, pe, tokens, image_to_token=broadcast_image_to_token_attention, read=read
+    )
 
 
 def broadcast_image_to_token_attention(

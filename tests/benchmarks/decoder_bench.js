@@ -3,7 +3,7 @@
 // official: session.run + threshold of the chosen full-size mask (mask-math.js threshold); lowres: session.run + upsample and
 // threshold of the chosen low-res logits with the client's own mask-math.js.
 import * as ort from "/ort/ort.wasm.min.mjs";
-import { STRETCHED, maskFromLowRes, resizedSize, compareMasks, threshold } from "/web/js/mask-math.js";
+import { STRETCHED, maskFromLowRes, padLowRes, resizedSize, compareMasks, threshold, tokenExtent } from "/web/js/mask-math.js";
 import { applySingleMaskFallback, unclampedLogits } from "/web/js/decoder/sam2-inputs.js";
 
 const params = await (await fetch("/bench/params.json")).json();
@@ -15,6 +15,10 @@ ort.env.logLevel = "error";
 
 const [H, W] = params.image_hw;
 const inputSize = resizedSize(H, W);
+// The lowres graphs of exporter 6 upscale only the tokens they are given (valid_tokens): a single prompt's
+// decode gets the tokens under the image, as the worker's hovers; batched boxes all of them, as decodeMany.
+const extent = tokenExtent(inputSize);
+const tokens = ([rows, cols]) => new ort.Tensor("int64", BigInt64Array.of(BigInt(rows), BigInt(cols)), [2]);
 const embedding = new Float32Array(await (await fetch("/bench/embedding.f32")).arrayBuffer());
 // SAM 2 decoders (interfaces sam2-*) take three image tensors, stored one after the other.
 const SAM2_DIMS = { image_embed: [1, 256, 64, 64], high_res_feats_0: [1, 32, 256, 256], high_res_feats_1: [1, 64, 128, 128] };
@@ -51,6 +55,8 @@ function feeds(prompt, withOrigSize, sam2 = false) {
   return f;
 }
 
+const takesExtent = (name) => sessions[name].inputNames.includes("valid_tokens");
+
 function chosenIndex(iou, multimask) {
   // Single-mask token (0) for multi-point prompts, else the best of the three ambiguity masks.
   if (!multimask) return 0;
@@ -63,7 +69,9 @@ async function decode(name, prompt) {
   const iface = params.interfaces[name];
   const t0 = performance.now();
   const sam2 = iface.startsWith("sam2");
-  const out = await sessions[name].run(feeds(prompt, iface === "official", sam2));
+  const f = feeds(prompt, iface === "official", sam2);
+  if (takesExtent(name)) f.valid_tokens = tokens(extent);
+  const out = await sessions[name].run(f);
   const t1 = performance.now();
   const iou = out.iou_predictions.data;
   const k = chosenIndex(iou, prompt.multimask);
@@ -78,7 +86,10 @@ async function decode(name, prompt) {
     // The client's own threshold (web/js/mask-math.js), as the worker applies it to the official graph.
     mask = threshold(out.masks.data.subarray(k * H * W, (k + 1) * H * W));
   } else {
-    mask = maskFromLowRes(out.low_res_masks.data.subarray(k * 65536, (k + 1) * 65536), inputSize, [H, W]);
+    // As the worker: a cropped run's logits are laid back into 256 x 256 planes (all four candidates).
+    const [, c, h, w] = out.low_res_masks.dims;
+    const logits = h * w === 65536 ? out.low_res_masks.data : padLowRes(out.low_res_masks.data, c, [h / 4, w / 4]);
+    mask = maskFromLowRes(logits.subarray(k * 65536, (k + 1) * 65536), inputSize, [H, W]);
   }
   const t2 = performance.now();
   for (const t of Object.values(out)) t.dispose?.();
@@ -100,6 +111,7 @@ async function decodeBoxes(name, count) {
     mask_input: new ort.Tensor("float32", new Float32Array(256 * 256), [1, 1, 256, 256]),
     has_mask_input: new ort.Tensor("float32", new Float32Array([0]), [1]),
   };
+  if (takesExtent(name)) f.valid_tokens = tokens([64, 64]);
   const t0 = performance.now();
   const out = await sessions[name].run(f);
   const t1 = performance.now();

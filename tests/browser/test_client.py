@@ -131,9 +131,11 @@ def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_pag
     page.mouse.move(*canvas_point(page, 420, 250))
     page.wait_for_function("performance.getEntriesByName('sam:hover-to-paint').length > 0")
     click_pixel(page, 420, 250)
-    assert page.evaluate("performance.getEntriesByName('sam:decode').length") == 1  # no second decode
     leave_image(page)
     wait_idle(page)
+    # The click showed the preview's decode (its logits only under the image: decoded in full only if a next
+    # prompt feeds them back, see the refinement test below).
+    assert page.evaluate("performance.getEntriesByName('sam:decode').length") == 1
     points = prompt_points(page)
     assert points == [[420, 250, 1]]
     sam = server_predictor(predictor, live_server, photo_path)
@@ -173,6 +175,33 @@ def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predict
     )
     assert agreement(shown_mask(page), masks[0]) >= MIN_AGREEMENT
     assert page.locator("#candidates").is_hidden()  # refinements give one mask
+
+
+def test_a_click_on_a_preview_then_a_refinement_feeds_back_the_whole_low_res_mask(
+    ready_page, predictor, live_server, photo_path
+):
+    """The first click keeps its hover preview (logits under the image only); the second click's mask input is
+    still the predictor's whole 256 x 256 low-res mask of the first (the worker decodes it in full)."""
+    page = ready_page
+    page.mouse.move(*canvas_point(page, 420, 250))
+    page.wait_for_function("performance.getEntriesByName('sam:hover-to-paint').length > 0")
+    click_pixel(page, 420, 250)
+    assert page.evaluate("performance.getEntriesByName('sam:decode').length") == 1  # the preview's
+    click_pixel(page, 200, 120, button="right")
+    leave_image(page)
+    wait_idle(page)
+    assert prompt_points(page) == [[420, 250, 1], [200, 120, 0]]
+    # The first click's whole logits (one more decode), then the refinement (its hover or its click).
+    assert page.evaluate("performance.getEntriesByName('sam:decode').length") >= 3
+    sam = server_predictor(predictor, live_server, photo_path)
+    _, scores, low_res = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
+    masks, _, _ = sam.predict(
+        np.array([[420, 250], [200, 120]]),
+        np.array([1, 0]),
+        mask_input=low_res[int(np.argmax(scores))][None],
+        multimask_output=False,
+    )
+    assert agreement(shown_mask(page), masks[0]) >= MIN_AGREEMENT
 
 
 def test_dragging_draws_a_box_that_matches_the_predictor(ready_page, predictor, live_server, photo_path):

@@ -1,9 +1,11 @@
 // Runs web/js/mask-math.js on logits from a file, for tests/test_mask_math.py:
 //   node mask_math_check.mjs LOGITS.f32 h w H W OUT_PREFIX   (h w: the image in the 1024 frame, or
 //   "stretched stretched" for SAM 2's frame)
-// writes OUT_PREFIX.fast.u8 (maskFromLowRes), OUT_PREFIX.logits.f32 (upsampleLogits) and prints timings.
+// writes OUT_PREFIX.fast.u8 (maskFromLowRes), OUT_PREFIX.logits.f32 (upsampleLogits), OUT_PREFIX.cropped.f32
+// (upsampleLogits of only the tokenExtent corner of the logits, laid back by padLowRes with NaN elsewhere) and
+// prints timings and the extent.
 import { readFileSync, writeFileSync } from "node:fs";
-import { STRETCHED, maskFromLowRes, upsampleLogits } from "../../web/js/mask-math.js";
+import { STRETCHED, maskFromLowRes, padLowRes, tokenExtent, upsampleLogits } from "../../web/js/mask-math.js";
 
 const [file, h, w, H, W, prefix] = process.argv.slice(2);
 const bytes = readFileSync(file);
@@ -24,4 +26,11 @@ const [fast, fastMs] = time(() => maskFromLowRes(lowRes, inputSize, outSize));
 const [logits, logitsMs] = time(() => upsampleLogits(lowRes, inputSize, outSize));
 writeFileSync(`${prefix}.fast.u8`, fast);
 writeFileSync(`${prefix}.logits.f32`, new Uint8Array(logits.buffer));
-console.log(JSON.stringify({ fastMs, logitsMs }));
+// What a cropped lowres run gives the worker: the corner's [4 rows, 4 cols] logits only.
+const extent = tokenExtent(inputSize);
+const [h4, w4] = extent.map((n) => 4 * n);
+const corner = new Float32Array(h4 * w4);
+for (let y = 0; y < h4; y++) corner.set(lowRes.subarray(y * 256, y * 256 + w4), y * w4);
+const cropped = upsampleLogits(padLowRes(corner, 1, extent, NaN), inputSize, outSize);
+writeFileSync(`${prefix}.cropped.f32`, new Uint8Array(cropped.buffer));
+console.log(JSON.stringify({ fastMs, logitsMs, extent }));

@@ -106,15 +106,26 @@ export class SegmentEditor {
     this.lastHoverPixel = [x, y];
     const pixel = { x, y, label: negative ? 0 : 1 };
     const state = this.state;
+    if (state.result?.cropped) {
+      // Its logits are this preview's mask input: first decoded in full (once), then the latest pixel previewed.
+      this.wholeState ??= this.enqueue(() => this.#whole(this.state)).finally(() => { this.wholeState = null; });
+      this.wholeState.then(() => {
+        if (this.lastHoverPixel?.[0] !== x || this.lastHoverPixel?.[1] !== y || this.state.result?.cropped) return;
+        this.lastHoverPixel = null;
+        this.hoverAt(x, y, negative, eventTime);
+      });
+      return;
+    }
     const generation = this.generation;
-    this.decoder.hover(this.#promptFor(state, pixel), (result, error) => {
+    const prompt = this.#promptFor(state, pixel);
+    this.decoder.hover(prompt, (result, error) => {
       if (generation !== this.generation) return;
       if (error) {
         this.#emit("onError", error);
         return;
       }
       // Kept whole: a click on this very pixel reuses the decode instead of running it again.
-      this.hover = { mask: result.masks[result.best], result, pixel, state };
+      this.hover = { mask: result.masks[result.best], result, pixel, state, prompt };
       this.#emit("onDecode", result, result.best, "hover");
       this.#emit("onPreview");
       measureToPaint("sam:hover-to-paint", eventTime);
@@ -141,8 +152,10 @@ export class SegmentEditor {
       this.hover = null;
       this.decoder.cancelHover();
       return this.enqueue(() => {
-        const { result } = hover;
-        this.history.push({ points: [...hover.state.points, hover.pixel], box: hover.state.box, result, chosen: result.best });
+        const { result, prompt } = hover;
+        // prompt: a preview has logits only under the image; #whole decodes it in full when they are fed back.
+        const entry = { points: [...hover.state.points, hover.pixel], box: hover.state.box, result, chosen: result.best };
+        this.history.push(result.cropped ? { ...entry, prompt } : entry);
         this.#settled("sam:click-to-paint", eventTime);
       });
     }
@@ -162,7 +175,7 @@ export class SegmentEditor {
     this.decoder.cancelHover();
     const generation = this.generation;
     return this.enqueue(async () => {
-      const state = this.state;
+      const state = await this.#whole(this.state);
       const next = { ...state, ...change(state) };
       this.#emit("onPrompts", next.points, next.box); // the new marker shows while its decode runs
       try {
@@ -177,7 +190,23 @@ export class SegmentEditor {
     });
   }
 
-  #settled(measure = null, eventTime = null) {
+  /**
+   * The state with its whole 256 x 256 logits: a click that kept its hover preview has them only under the
+   * image (exact for every pixel shown), and a next prompt feeds them back as its mask input, where the
+   * tokens outside the image count too. Decoded once more in full, only when that happens (a kept or
+   * abandoned object never pays it). Runs inside the queue.
+   */
+  async #whole(state) {
+    if (!state.result?.cropped) return state;
+    const result = await this.decoder.decode(state.prompt);
+    if (this.state !== state) return this.state;
+    const whole = { ...state, result };
+    delete whole.prompt;
+    this.history.replace(whole);
+    return this.state;
+  }
+
+    #settled(measure = null, eventTime = null) {
     this.lastHoverPixel = null;
     this.#emit("onChange");
     if (measure) measureToPaint(measure, eventTime);

@@ -106,6 +106,37 @@ function foldedTable(crop, outSize) {
   return table;
 }
 
+/**
+ * The image tokens, [rows, cols] of the decoder's 64 x 64 grid from the top left, whose low-res logits (4 x 4
+ * each) the upsampling to an image of this inputSize can read, whatever the output size: every source of the
+ * 256 -> 1024 resize of the last row and column inside the crop. The lowres graph upscales only those
+ * (its valid_tokens input); SAM 2's stretched frame reads them all.
+ */
+export function tokenExtent(inputSize) {
+  const side = LOW_RES_SIDE / 4;
+  if (inputSize === STRETCHED) return [side, side];
+  const { i1 } = resizeTable(LOW_RES_SIDE, MODEL_SIDE);
+  return inputSize.map((crop) => Math.min(side, Math.floor(i1[crop - 1] / 4) + 1));
+}
+
+/**
+ * Low-res logits of k candidates computed for the top-left [rows, cols] tokens only ([k, 4 rows, 4 cols])
+ * laid into k 256 x 256 planes, with `fill` where nothing was computed (outside the image: the upsampling
+ * never reads it).
+ */
+export function padLowRes(cropped, k, [rows, cols], fill = 0) {
+  const h = 4 * rows, w = 4 * cols;
+  const out = new Float32Array(k * LOW_RES_PLANE);
+  if (fill !== 0) out.fill(fill);
+  for (let c = 0; c < k; c++) {
+    for (let y = 0; y < h; y++) {
+      const from = (c * h + y) * w;
+      out.set(cropped.subarray(from, from + w), c * LOW_RES_PLANE + y * LOW_RES_SIDE);
+    }
+  }
+  return out;
+}
+
 /** A single bilinear resize 256 -> outSize (a STRETCHED image), in foldedTable's layout. */
 function directTable(outSize) {
   const key = `direct:${outSize}`;

@@ -172,7 +172,8 @@ export class DecoderClient {
     this.hoverInFlight = true;
     const generation = this.generation;
     try {
-      const result = await this.#request({ type: "decode", ...prompt, allMasks: false });
+      // Cropped: only the logits under the image are computed (what a preview paints); see editor.point.
+      const result = await this.#request({ type: "decode", ...prompt, allMasks: false, crop: true });
       this.lastDecodeMs = result.decodeMs;
       if (generation === this.generation) onResult(result);
     } catch (error) {

@@ -6,7 +6,8 @@
 //                     heartbeatMs: while starting, post a heartbeat this often (the page's watchdog)}
 //               embedding {buffer: ArrayBuffer (wire format), imageSize: [H, W]}
 //               decode {id, points: [{x, y, label}], box: [x0,y0,x1,y1]|null, maskInput: Float32Array|null,
-//                       multimask: bool, outSize: [H, W], allMasks: bool}
+//                       multimask: bool, outSize: [H, W], allMasks: bool, crop: bool (hovers: logits only
+//                       under the image, see tokenExtent; the result says cropped)}
 //               decode-many {id, prompts: [{points, box, maskInput, multimask?}], multimask, outSize, allMasks}
 //               upsample {id, lowRes: Float32Array, outSize: [H, W]}
 // Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, result {...},
@@ -14,7 +15,7 @@
 
 import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
-import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, resizedSize, threshold, toModelFrame } from "../mask-math.js";
+import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, padLowRes, resizedSize, threshold, toModelFrame, tokenExtent } from "../mask-math.js";
 import { readBody } from "../read-body.js";
 import { MAX_PROMPTS_PER_RUN, capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
 
@@ -32,6 +33,9 @@ let imageSize = null; // [H, W] of the encoded image
 let inputSize = null; // [h, w] of that image inside the 1024 frame, or STRETCHED (SAM 2)
 let emptyMask = null;
 let batchable = false; // the graph decodes many prompts in one run (its prompt axis is dynamic)
+let takesExtent = false; // the lowres graph upscales only the tokens it is given (valid_tokens, exporter 6)
+let allTokens = null; // valid_tokens of every token: committed decodes, whose 256 x 256 logits may be fed back
+let imageExtent = null; // valid_tokens of the tokens under the image: hovers, only painted
 
 async function fetchWithProgress(url, stage) {
   const response = await fetch(url);
@@ -111,6 +115,8 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
   sam2 = isSam2Decoder(session);
   const promptAxis = session.inputMetadata?.find((m) => m.name === "point_coords")?.shape?.[0];
   batchable = !usesOrigImSize && typeof promptAxis === "string";
+  takesExtent = session.inputNames.includes("valid_tokens");
+  allTokens = extentTensor([LOW_RES_SIDE / 4, LOW_RES_SIDE / 4]);
   emptyMask = new ort.Tensor("float32", new Float32Array(LOW_RES_PLANE), [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
   const warmupMs = await warmUp(session);
   let engineMs = null;
@@ -180,8 +186,11 @@ function warmUpFeeds() {
     has_mask_input: new ort.Tensor("float32", Float32Array.of(0), [1]),
   };
   if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.of(1024, 1024), [2]);
+  if (takesExtent) feeds.valid_tokens = allTokens;
   return feeds;
 }
+
+const extentTensor = ([rows, cols]) => new ort.Tensor("int64", BigInt64Array.of(BigInt(rows), BigInt(cols)), [2]);
 
 function setEmbedding({ buffer, imageSize: size }) {
   const started = performance.now();
@@ -193,6 +202,7 @@ function setEmbedding({ buffer, imageSize: size }) {
   for (const [name, { data, dims }] of Object.entries(tensors)) imageTensors[name] = new ort.Tensor("float32", data, dims);
   imageSize = size;
   inputSize = isSam2 ? STRETCHED : resizedSize(size[0], size[1]);
+  imageExtent = extentTensor(tokenExtent(inputSize));
   const dims = Object.values(tensors)[0].dims;
   return { type: "embedding-ready", dtype, dims, inputSize, parseMs: performance.now() - started };
 }
@@ -223,7 +233,7 @@ function promptTokens({ points = [], box = null }) {
  * the order Meta's SamOnnxModel expects the inputs. Mask prompts: none (one empty mask, flag 0) or one mask
  * and flag per prompt (zeros and 0 for the prompts without).
  */
-async function runPrompts(prompts) {
+async function runPrompts(prompts, crop = false) {
   const count = prompts.length;
   const tokens = prompts.map(promptTokens);
   const n = tokens[0].labels.length;
@@ -252,6 +262,7 @@ async function runPrompts(prompts) {
     feeds.has_mask_input = new ort.Tensor("float32", flags, [count]);
   }
   if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.from(imageSize), [2]);
+  if (takesExtent) feeds.valid_tokens = crop ? imageExtent : allTokens;
   const started = performance.now();
   const outputs = await session.run(feeds);
   return { outputs, runMs: performance.now() - started };
@@ -262,7 +273,12 @@ function promptResult(outputs, b, { multimask, outSize, allMasks }) {
   const k = outputs.iou_predictions.dims[1];
   const scores = Float32Array.from(outputs.iou_predictions.data.subarray(b * k, (b + 1) * k));
   const logits = sam2 ? unclampedLogits(outputs) : outputs.low_res_masks;
-  const lowRes = Float32Array.from(logits.data.subarray(b * k * LOW_RES_PLANE, (b + 1) * k * LOW_RES_PLANE));
+  const [, , h, w] = logits.dims;
+  const plane = h * w;
+  const cropped = plane !== LOW_RES_PLANE;
+  const ownLogits = logits.data.subarray(b * k * plane, (b + 1) * k * plane);
+  // A cropped run's logits go back into 256 x 256 planes (zeros outside the image, never read).
+  const lowRes = cropped ? padLowRes(ownLogits, k, [h / 4, w / 4]) : Float32Array.from(ownLogits);
   if (sam2 && !multimask) applySingleMaskFallback(lowRes, scores, LOW_RES_PLANE);
   // With four outputs, index 0 is the single-mask token and 1..3 the three ambiguity masks (as in Meta's predictor).
   const candidates = k === 1 ? [0] : multimask ? [1, 2, 3] : [0];
@@ -281,7 +297,7 @@ function promptResult(outputs, b, { multimask, outSize, allMasks }) {
       masks[c] = maskFromLowRes(lowResPlane(lowRes, c), inputSize, outSize);
     }
   }
-  return { scores, lowRes, candidates, best, masks };
+  return { scores, lowRes, candidates, best, masks, cropped };
 }
 
 function checkReady(prompts) {
@@ -292,10 +308,10 @@ function checkReady(prompts) {
 
 const transferOf = (result) => [result.lowRes.buffer, ...Object.values(result.masks).map((m) => m.buffer)];
 
-async function decode({ id, points, box, maskInput, multimask, outSize, allMasks }) {
+async function decode({ id, points, box, maskInput, multimask, outSize, allMasks, crop = false }) {
   const prompt = { points, box, maskInput };
   checkReady([prompt]);
-  const { outputs, runMs: decodeMs } = await runPrompts([prompt]);
+  const { outputs, runMs: decodeMs } = await runPrompts([prompt], crop);
   const postStarted = performance.now();
   const result = promptResult(outputs, 0, { multimask, outSize, allMasks });
   for (const name of Object.keys(outputs)) outputs[name].dispose?.();
