@@ -5,7 +5,8 @@ Memory of the web client in Chromium, Firefox and WebKit, against the real serve
         [--decodes 10] [--json out.json]
 
 Starts `python -m backend serve` on the seeded random vit_t (fp32, its default decoder), then for each engine
-starts a fresh browser (Debian chromium through Playwright, firefox-esr over WebDriver BiDi, WebKitGTK through
+starts a fresh browser as a user would run it, with a profile on disk (Debian chromium over the DevTools
+protocol, not Playwright: see browser_memory.ChromiumEngine; firefox-esr over WebDriver BiDi; WebKitGTK through
 WebKitWebDriver on a private Xvfb) and measures the proportional set size (PSS: shared pages split between
 the processes that map them) of all the browser's processes, sampled every 100 ms:
 
@@ -13,7 +14,8 @@ the processes that map them) of all the browser's processes, sampled every 100 m
 - peak: the highest sample from opening the app to the end of `--decodes` hover decodes on an 800x600 photo
   (page, decoder worker, onnxruntime's thread workers, GPU and network processes: everything the tab costs);
 - first / last: after the first of `--images` photos opened one after another (each hovered once), and after
-  the last (the lowest sample of the 10 s that follow it, so a pending collection is not counted as growth).
+  the last (each the lowest sample of the 10 s that follow, so a pending collection is not counted as held).
+  Also by kind of process (Chromium's renderer, GPU, network service...), for finding where memory goes.
 
 Bounds (issue #26, what a phone can afford): peak - empty <= 300 MB and last - first <= 50 MB. Also printed:
 the decoder's WebAssembly memory after the decodes (its own figure, from the app's "sam:decode" entries) and,
@@ -39,133 +41,29 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests"), str(REPO_ROOT / "tests" / "browser")]
 sys.path.insert(3, str(REPO_ROOT / "tests" / "webkit"))
 
-MB = 1_000_000
+from browser_memory import (  # noqa: E402 (after the path)
+    HOVER_JS,
+    HOVER_SPOTS,
+    MB,
+    OPEN_IMAGE_JS,
+    WAIT_S,
+    ChromiumEngine,
+    PeakSampler,
+    difference,
+    js,
+    lowest,
+    megabytes,
+    wrapped,
+)
+
 PEAK_BOUND_MB = 300
 GROWTH_BOUND_MB = 50
 SETTLE_S = 10
-WAIT_S = 120
-# Processes in this one's tree that are not the browser: the drivers (Playwright's node is "node-MainThread")
-# and the display.
-NOT_BROWSER = ("node", "Xvfb", "WebKitWebDriver", "python")
-
-# ---------------------------------------------------------------------------------------------- memory
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def _tree(root: int, children: dict[int, list[int]]) -> set[int]:
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        found.add(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _pss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return ""
-
-
-def browser_pss(excluded_roots: tuple[int, ...] = ()) -> int:
-    """PSS in bytes of every process below this one except the servers' trees and the drivers/display."""
-    children = _children()
-    excluded = set().union(*(_tree(root, children) for root in excluded_roots)) if excluded_roots else set()
-    pids = _tree(os.getpid(), children) - excluded - {os.getpid()}
-    return sum(_pss_bytes(pid) for pid in pids if not _name(pid).startswith(NOT_BROWSER))
-
-
-class PeakSampler:
-    """Samples browser_pss every 100 ms in a thread: `peak` and `low` (the lowest since reset_low)."""
-
-    def __init__(self, excluded_roots: tuple[int, ...]) -> None:
-        self.excluded_roots = excluded_roots
-        self.peak = 0
-        self.low = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            value = browser_pss(self.excluded_roots)
-            self.peak = max(self.peak, value)
-            self.low = value if self.low is None else min(self.low, value)
-            self._stop.wait(0.1)
-
-    def reset_low(self) -> None:
-        self.low = None
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ---------------------------------------------------------------------------------------------- engines
-# Each engine is driven through one call: `run(body)` runs `body` (an async JS function body that returns
-# something JSON-serializable) in the page and returns its value, so the flow below is the same everywhere.
-
-
-def _wrapped(body: str) -> str:
-    return f"(async () => JSON.stringify((await (async () => {{ {body} }})()) ?? null))()"
-
-
-class ChromiumEngine:
-    name = "chromium"
-
-    def __init__(self) -> None:
-        from browser_helpers import CHROMIUM, CHROMIUM_ARGS
-        from playwright.sync_api import sync_playwright
-
-        self._playwright = sync_playwright().start()
-        # Eager measurement: measureUserAgentSpecificMemory answers at once instead of at the next collection.
-        args = [
-            *CHROMIUM_ARGS,
-            "--enable-blink-features=ForceEagerMeasureMemory",
-            "--disable-features=BackForwardCache",
-        ]
-        self._browser = self._playwright.chromium.launch(executable_path=CHROMIUM, args=args)
-        self._page = self._browser.new_page(viewport={"width": 1280, "height": 900})
-        self._page.set_default_timeout(WAIT_S * 1000)
-
-    def goto(self, url: str) -> None:
-        self._page.goto(url)
-
-    def run(self, body: str):
-        return json.loads(self._page.evaluate(_wrapped(body)))
-
-    def close(self) -> None:
-        self._browser.close()
-        self._playwright.stop()
+# ChromiumEngine (browser_memory.py) and these two: `run(body)` runs `body` (an async JS function body that
+# returns something JSON-serializable) in the page and returns its value, so the flow below is the same everywhere.
 
 
 class WebKitEngine:
@@ -180,7 +78,9 @@ class WebKitEngine:
         self._driver.get(url)
 
     def run(self, body: str):
-        script = f"const done = arguments[0]; {_wrapped(body)}.then(done, (e) => done(JSON.stringify({{error: String(e)}})));"
+        script = (
+            f"const done = arguments[0]; {wrapped(body)}.then(done, (e) => done(JSON.stringify({{error: String(e)}})));"
+        )
         return json.loads(self._driver.execute_async_script(script))
 
     def close(self) -> None:
@@ -248,7 +148,7 @@ class FirefoxEngine:
     def run(self, body: str):
         result = self._command(
             "script.evaluate",
-            {"expression": _wrapped(body), "awaitPromise": True, "target": {"context": self._context}},
+            {"expression": wrapped(body), "awaitPromise": True, "target": {"context": self._context}},
         )
         if result.get("type") == "exception":
             raise RuntimeError(result["exceptionDetails"].get("text"))
@@ -264,50 +164,11 @@ class FirefoxEngine:
             self._process.kill()
 
 
-# ---------------------------------------------------------------------------------------------- the flow
-
-WAIT_JS = """const until = async (check, what) => {{
-  const deadline = performance.now() + {timeout_ms};
-  while (!check()) {{ if (performance.now() > deadline) throw new Error('timed out waiting for ' + what);
-    await new Promise((r) => setTimeout(r, 50)); }} }};"""
-
-# A photo made in the page (a different one for each seed) chosen with the file picker, as a user would.
-OPEN_IMAGE_JS = """
-const seed = %d;
-const canvas = new OffscreenCanvas(800, 600);
-const context = canvas.getContext('2d');
-for (let i = 0; i < 40; i++) {
-  const r = (k) => Math.abs(Math.sin(seed * 97.13 + i * 13.7 + k)) ;
-  context.fillStyle = `rgb(${255 * r(1) | 0}, ${255 * r(2) | 0}, ${255 * r(3) | 0})`;
-  context.fillRect(r(4) * 700, r(5) * 500, 40 + r(6) * 300, 40 + r(7) * 250);
-}
-const blob = await canvas.convertToBlob({type: 'image/png'});
-const transfer = new DataTransfer();
-transfer.items.add(new File([blob], `photo-${seed}.png`, {type: 'image/png'}));
-const input = document.getElementById('file-input');
-delete document.body.dataset.image;
-input.files = transfer.files;
-input.dispatchEvent(new Event('change', {bubbles: true}));
-await until(() => ['ready', 'error'].includes(document.body.dataset.image), 'the image');
-if (document.body.dataset.image !== 'ready') throw new Error(document.getElementById('error-text').textContent);
-"""
-
-# One hover decode at a pixel: a mouse pointermove on the overlay, then the worker's answer.
-HOVER_JS = """
-const canvas = document.getElementById('mask-canvas');
-const before = performance.getEntriesByName('sam:decode').length;
-const r = canvas.getBoundingClientRect();
-canvas.dispatchEvent(new PointerEvent('pointermove', {bubbles: true, pointerType: 'mouse', pointerId: 1,
-  clientX: r.left + r.width * %f, clientY: r.top + r.height * %f}));
-await until(() => performance.getEntriesByName('sam:decode').length > before, 'a decode');
-return performance.getEntriesByName('sam:decode').at(-1).detail?.wasmMemoryBytes ?? null;
-"""
-
-HOVER_SPOTS = [(0.2 + 0.6 * ((i * 37) % 10) / 10, 0.2 + 0.6 * ((i * 53) % 10) / 10) for i in range(40)]
-
-
-def _js(template: str, *values) -> str:
-    return WAIT_JS.format(timeout_ms=WAIT_S * 1000) + (template % values if values else template)
+def _collect_garbage(engine) -> None:
+    """Where the driver can (Chromium), a full collection before a level is read: what is left is what the app
+    holds, not what the collector has not looked at yet (JavaScriptCore and SpiderMonkey get the 10 s)."""
+    if hasattr(engine, "collect_garbage"):
+        engine.collect_garbage()
 
 
 def measure(engine, app_url: str, excluded_roots: tuple[int, ...], images: int = 20, decodes: int = 10) -> dict:
@@ -316,37 +177,39 @@ def measure(engine, app_url: str, excluded_roots: tuple[int, ...], images: int =
     # then loads into the same process, as it would from a bookmark (an isolated page gets a process of its
     # own, and leaving about:blank would count that page's process twice).
     engine.goto(app_url + "healthz")
-    time.sleep(2)
-    empty = min(browser_pss(excluded_roots) for _ in range(5))
+    time.sleep(3)  # the browser's start-up (its first page's process leaving, caches filling) is over
+    empty = lowest(excluded_roots, 2)
     with PeakSampler(excluded_roots) as sampler:
         sampler.peak = 0
         engine.goto(app_url + "?backend=wasm")
-        engine.run(_js("await until(() => ['ready', 'error'].includes(document.body.dataset.decoder), 'the decoder');"))
+        engine.run(js("await until(() => ['ready', 'error'].includes(document.body.dataset.decoder), 'the decoder');"))
         runs_on = engine.run("return document.getElementById('fact-provider').textContent")
-        engine.run(_js(OPEN_IMAGE_JS, 0))
+        engine.run(js(OPEN_IMAGE_JS, 0))
         wasm_bytes = None
         for spot in HOVER_SPOTS[:decodes]:
-            wasm_bytes = engine.run(_js(HOVER_JS, *spot))
+            wasm_bytes = engine.run(js(HOVER_JS, *spot))
         peak = sampler.peak
         js_memory = None
         if engine.name == "chromium":
             js_memory = engine.run("return (await performance.measureUserAgentSpecificMemory()).bytes")
-        time.sleep(1)
-        first = browser_pss(excluded_roots)
+        _collect_garbage(engine)
+        first = lowest(excluded_roots, SETTLE_S)
         for seed in range(1, images):
-            engine.run(_js(OPEN_IMAGE_JS, seed))
-            engine.run(_js(HOVER_JS, *HOVER_SPOTS[seed % len(HOVER_SPOTS)]))
-        sampler.reset_low()
-        time.sleep(SETTLE_S)
-        last = sampler.low
+            engine.run(js(OPEN_IMAGE_JS, seed))
+            engine.run(js(HOVER_JS, *HOVER_SPOTS[seed % len(HOVER_SPOTS)]))
+        _collect_garbage(engine)
+        last = lowest(excluded_roots, SETTLE_S)
     figures = {
         "engine": engine.name,
         "runs_on": runs_on,
-        "empty_mb": round(empty / MB),
-        "peak_above_empty_mb": round((peak - empty) / MB),
-        "first_image_mb": round(first / MB),
-        "after_images_mb": round(last / MB),
-        "growth_mb": round((last - first) / MB),
+        "empty_mb": megabytes(empty),
+        "peak_above_empty_mb": round((peak - sum(empty.values())) / MB),
+        "first_image_mb": megabytes(first),
+        "after_images_mb": megabytes(last),
+        "growth_mb": round((sum(last.values()) - sum(first.values())) / MB),
+        "peak_by_process_mb": difference(sampler.peak_by_kind, empty),
+        "first_by_process_mb": difference(first, empty),
+        "growth_by_process_mb": difference(last, first),
         "images": images,
         "decoder_wasm_mb": None if wasm_bytes is None else round(wasm_bytes / MB, 1),
         "chromium_js_and_wasm_mb": None if js_memory is None else round(js_memory / MB),

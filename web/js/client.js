@@ -61,6 +61,9 @@ export class SamClient {
     }
     if (token !== this.loadToken) return null;
     if (this.image?.url) URL.revokeObjectURL(this.image.url);
+    // The previous photo's decoded pixels (width × height × 4 bytes, outside the JS heap) go now, not whenever
+    // the collector next looks: a session of many photos on a phone must not pile them up.
+    this.image?.original?.close?.();
     this.image = { ...prepared, url: URL.createObjectURL(blob), id: null, token };
     this.editor.begin(prepared.uploadSize);
     return this.image;

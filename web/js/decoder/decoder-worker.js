@@ -194,6 +194,7 @@ const extentTensor = ([rows, cols]) => new ort.Tensor("int64", BigInt64Array.of(
 
 function setEmbedding({ buffer, imageSize: size }) {
   const started = performance.now();
+  imageTensors = null; // the previous image's inputs may be collected while this one's are unpacked
   const { tensors, dtype, sam2: isSam2 } = decodeFeatures(buffer);
   if (session && isSam2 !== sam2) {
     throw new Error(`The embedding is ${isSam2 ? "SAM 2" : "SAM 1"}'s but the decoder ${sam2 ? "SAM 2" : "SAM 1"}'s.`);

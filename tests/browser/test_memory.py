@@ -1,0 +1,51 @@
+"""The browser's memory bound (issue #26, docs/webkit.md "Memory"), in seconds: tests/benchmarks/bench_memory.py
+measures it in the three engines over 20 photos; this keeps Chromium within it in the suite.
+
+A plain Chromium over the DevTools protocol (browser_memory.ChromiumEngine: not Playwright, whose Network
+domain keeps every download's body in the renderer), its processes' proportional set size (PSS), every
+worker's heap collected before the levels are read, so what is left is what the app holds.
+"""
+
+from __future__ import annotations
+
+import pytest
+from browser_memory import HOVER_JS, HOVER_SPOTS, MB, OPEN_IMAGE_JS, ChromiumEngine, PeakSampler, js, lowest
+
+PEAK_BOUND_MB = 300  # above the empty page, from opening the app to its first photo's decodes
+# The issue's growth bound is 50 MB over 20 photos: 2.6 MB a photo. Over these few photos, each one's embedding
+# sent as float32 (4 MB on the wire, 4 MB of decoder input), keeping any part of every photo's breaks it.
+PHOTOS = 7
+GROWTH_BOUND_MB = 20
+
+
+def _settled(engine: ChromiumEngine) -> int:
+    engine.collect_garbage()
+    return sum(lowest((), 2, root=engine.pid).values())
+
+
+@pytest.fixture
+def chromium():
+    engine = ChromiumEngine()
+    yield engine
+    engine.close()
+
+
+def test_memory_stays_bounded_over_many_photos(chromium, live_server):
+    chromium.goto(live_server.url + "healthz")
+    empty = _settled(chromium)
+    with PeakSampler(root=chromium.pid) as sampler:
+        chromium.goto(live_server.url + "?backend=wasm&format=f32")
+        chromium.run(js("await until(() => document.body.dataset.decoder === 'ready', 'the decoder');"))
+        chromium.run(js(OPEN_IMAGE_JS, 0))
+        for spot in HOVER_SPOTS[:3]:
+            chromium.run(js(HOVER_JS, *spot))
+        peak = sampler.peak
+    first = _settled(chromium)
+    for seed in range(1, PHOTOS + 1):
+        chromium.run(js(OPEN_IMAGE_JS, seed))
+        chromium.run(js(HOVER_JS, *HOVER_SPOTS[seed]))
+    last = _settled(chromium)
+    figures = f"empty {empty / MB:.0f} MB, peak {peak / MB:.0f}, first photo {first / MB:.0f}, after {PHOTOS} more {last / MB:.0f}"
+    print(figures)  # shown with -s
+    assert (peak - empty) / MB <= PEAK_BOUND_MB, figures
+    assert (last - first) / MB <= GROWTH_BOUND_MB, figures
