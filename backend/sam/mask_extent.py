@@ -28,7 +28,7 @@ from torch.nn import functional as F
 # differ only by torch's float32 rounding: at most ~1.5 ulp of the largest value in each of the four 1-D
 # passes, 7e-7 in all; the margin is 14 times that. A value this close to the threshold goes the exact way.
 _MARGIN = 1e-5
-# Rows (or columns) evaluated at once while searching for the first positive one.
+# The most rows (or columns) evaluated at once while searching for the first positive one.
 _BLOCK = 8
 
 
@@ -130,8 +130,11 @@ def _first_positive(
 ) -> int | None:
     """The first of the candidate lines (in the order given) holding a value above threshold: its index,
     -1 if none does, None if a line before it has a value too close to the threshold to decide."""
-    for start in range(0, len(candidates), _BLOCK):
-        block = candidates[start : start + _BLOCK]
+    start, size = 0, 1
+    while start < len(candidates):
+        # Most masks are decided by their first candidate line: start with one, then take more at a time.
+        block = candidates[start : start + size]
+        start, size = start + size, min(2 * size, _BLOCK)
         peaks = evaluate(block).max(axis=1)
         positive = peaks > threshold + margin
         decided = np.flatnonzero(peaks > threshold - margin)
