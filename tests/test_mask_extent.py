@@ -10,6 +10,7 @@ from backend_fixtures import reduced_sam as build_reduced_sam
 
 from backend.sam.amg import batched_mask_to_box
 from backend.sam.automatic import SamAutomaticMaskGenerator, upscale_low_res_logits
+from backend.sam.folded_decoder import decode_point_tokens
 from backend.sam.mask_extent import MaskExtent
 
 
@@ -113,3 +114,15 @@ def test_open_filters_give_the_result_of_upsampling_every_mask(reduced_sam, stre
         assert sorted(json.dumps(a, sort_keys=True) for a in shown.values()) == sorted(
             json.dumps(a, sort_keys=True) for a in got
         )
+
+
+def test_upscaling_only_the_tokens_under_the_image_gives_the_same_logits(reduced_sam):
+    image = photo(*SMALL_PHOTO)
+    embedding = torch.from_numpy(model_embedding(reduced_sam, image))[None]
+    points = torch.rand(8, 1, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([1024.0, 683.0])
+    labels = torch.ones(8, 1, dtype=torch.int)
+    pairs = torch.arange(8).repeat_interleave(3), torch.arange(3).repeat(8)
+    full = decode_point_tokens(reduced_sam, embedding, points, labels).masks(*pairs)
+    part = decode_point_tokens(reduced_sam, embedding, points, labels, extent=(43, 60)).masks(*pairs)
+    assert torch.equal(part[:, :172, :240], full[:, :172, :240])
+    assert part[:, 172:].isnan().all() and part[:, :, 240:].isnan().all()

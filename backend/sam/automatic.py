@@ -380,6 +380,10 @@ class SamAutomaticMaskGenerator:
         transformed = self.predictor.transform.apply_coords(points, im_size)
         in_points = torch.as_tensor(transformed, dtype=torch.float, device=device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
+        # Only the image tokens whose low-res logits post-processing reads are upscaled (4 logits a side each).
+        grid = self.predictor.features.shape[-2:]
+        read = low_res_read(model, (4 * grid[0], 4 * grid[1]), self.predictor.input_size)
+        tokens = (-(-read[0] // 4), -(-read[1] // 4))
         iou_chunks, low_res_chunks = [], []
         for start in range(0, len(in_points), _DECODE_CHUNK):
             decoded = decode_point_tokens(
@@ -387,6 +391,7 @@ class SamAutomaticMaskGenerator:
                 self.predictor.features,
                 in_points[start : start + _DECODE_CHUNK, None, :],
                 in_labels[start : start + _DECODE_CHUNK, None],
+                extent=tokens,
             )
             iou_chunks.append(decoded.iou_pred)
             n_masks = decoded.iou_pred.shape[1]
@@ -528,6 +533,21 @@ class SamAutomaticMaskGenerator:
         return mask_data
 
 
+def low_res_read(model: Sam, low_hw: tuple[int, int], input_size: tuple[int, ...]) -> tuple[int, int]:
+    """The low-res rows and columns upscale_low_res_logits reads (all of them unless the scale to the encoder
+    frame is an integer): the last source index read by the resized image's last pixel (half-pixel centres),
+    plus its right neighbour."""
+    height, width = low_hw
+    scale = model.image_size // height
+    if scale * height != model.image_size or scale * width != model.image_size:
+        return height, width
+
+    def needed(input_len: int, low_len: int) -> int:
+        return min(low_len, int(math.floor((input_len - 0.5) / scale - 0.5)) + 2)
+
+    return needed(input_size[0], height), needed(input_size[1], width)
+
+
 def upscale_low_res_logits(
     model: Sam, low_res: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
 ) -> torch.Tensor:
@@ -541,12 +561,7 @@ def upscale_low_res_logits(
     scale = model.image_size // height
     if scale * height != model.image_size or scale * width != model.image_size:
         return model.postprocess_masks(low_res[:, None], input_size, original_size)[:, 0]
-
-    def needed(input_len: int, low_len: int) -> int:
-        # Last source index read by output pixel input_len - 1 (half-pixel centres), plus its right neighbour.
-        return min(low_len, int(math.floor((input_len - 0.5) / scale - 0.5)) + 2)
-
-    rows, cols = needed(input_size[0], height), needed(input_size[1], width)
+    rows, cols = low_res_read(model, (height, width), input_size)
     logits = torch.nn.functional.interpolate(
         low_res[:, None, :rows, :cols], (rows * scale, cols * scale), mode="bilinear", align_corners=False
     )

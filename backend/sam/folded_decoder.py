@@ -203,17 +203,27 @@ class DecodedPoints:
     """
 
     def __init__(
-        self, iou_pred: torch.Tensor, upscale: Callable[[int, list[int]], torch.Tensor], size: tuple[int, int]
+        self,
+        iou_pred: torch.Tensor,
+        upscale: Callable[[int, list[int]], torch.Tensor],
+        size: tuple[int, int],
+        extent: tuple[int, int] | None = None,
     ) -> None:
-        # upscale(point, mask indices) -> low-res logits [k, 4h, 4w] of that point's masks.
+        # upscale(point, mask indices) -> low-res logits [k, 4 * extent] of that point's masks.
         self.iou_pred = iou_pred
         self._upscale = upscale
         self.size = size
+        self.extent = extent or size
 
     def masks(self, point_index: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
-        """Low-res logits [N, 4h, 4w] of the pairs (point_index[i], mask_index[i]), in the order given."""
+        """Low-res logits [N, 4h, 4w] of the pairs (point_index[i], mask_index[i]), in the order given; outside
+        the token extent they were asked for (decode_point_tokens), NaN."""
         height, width = self.size
+        rows, cols = 4 * self.extent[0], 4 * self.extent[1]
         out = self.iou_pred.new_empty(len(point_index), 4 * height, 4 * width)
+        if (rows, cols) != (4 * height, 4 * width):
+            out[:, rows:] = torch.nan
+            out[:, :rows, cols:] = torch.nan
         point_index = point_index.tolist()
         mask_index = mask_index.tolist()
         start = 0
@@ -222,19 +232,27 @@ class DecodedPoints:
             stop = start
             while stop < len(point_index) and point_index[stop] == point_index[start]:
                 stop += 1
-            out[start:stop] = self._upscale(point_index[start], mask_index[start:stop])
+            out[start:stop, :rows, :cols] = self._upscale(point_index[start], mask_index[start:stop])
             start = stop
         return out
 
 
 def decode_point_tokens(
-    model: nn.Module, features: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+    model: nn.Module,
+    features: torch.Tensor,
+    point_coords: torch.Tensor,
+    point_labels: torch.Tensor,
+    extent: tuple[int, int] | None = None,
 ) -> DecodedPoints:
     """Runs the prompt encoder and the two-way transformer for a batch of point prompts sharing one image.
 
     model: a Sam; features [1, C, h, w]; point_coords [B, N, 2] in the resized frame; point_labels [B, N].
     The three multimask outputs, as mask_decoder(multimask_output=True); a decoder the folded path does not
     know (or several images) runs the reference MaskDecoder at once instead.
+
+    extent (rows, cols): upscale only the image tokens [:rows, :cols], the ones under the image (each token's
+    4x4 low-res logits are its own: its rows of the two 2x2 stride-2 transposed convolutions, the per-pixel
+    norm, GELUs and hypernetwork product), for a caller that reads no logit outside them.
     """
     decoder = model.mask_decoder
     sparse, dense = model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
@@ -254,11 +272,15 @@ def decode_point_tokens(
     tokens, image_tokens = folded(pixel_rows(features + dense[:1]), pixel_rows(image_pe), sparse)
     hyper_in = folded.hypernetworks(tokens)
 
-    def upscale(point: int, indices: list[int]) -> torch.Tensor:
-        rows = image_tokens if image_tokens.dim() == 2 else image_tokens[point]
-        return folded.upscale(rows, hyper_in[point, indices], *size)
+    rows, cols = extent or size
 
-    return DecodedPoints(folded.predict_iou(tokens), upscale, size)
+    def upscale(point: int, indices: list[int]) -> torch.Tensor:
+        pixels = image_tokens if image_tokens.dim() == 2 else image_tokens[point]
+        if (rows, cols) != size:
+            pixels = pixels.view(*size, -1)[:rows, :cols].reshape(rows * cols, -1)
+        return folded.upscale(pixels, hyper_in[point, indices], rows, cols)
+
+    return DecodedPoints(folded.predict_iou(tokens), upscale, size, (rows, cols))
 
 
 def decode_points_multimask(
