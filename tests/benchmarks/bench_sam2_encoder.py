@@ -15,14 +15,18 @@ to fp32's.
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from backend.runtime import encoder_paths
-from backend.services.model_runner import encode_images
-from backend.services.weights import random_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, also when not installed
+
+from backend.runtime import encoder_paths  # noqa: E402
+from backend.services.model_runner import encode_images  # noqa: E402
+from backend.services.weights import random_model  # noqa: E402
 
 
 def photo_like(height: int = 768, width: int = 1024) -> np.ndarray:
