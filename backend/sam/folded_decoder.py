@@ -20,6 +20,7 @@ only, for the lowres ONNX graph of any number of prompts). The output upscaling 
 its layer norm works on contiguous channels and the only layout change is the final one of the logits.
 """
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -121,6 +122,9 @@ class FoldedMaskDecoder(nn.Module):
         # rows (i, j, a, b, c, d): [h * w * 16, C / 8]
         x = _activation(act2, torch.addmm(self.conv2_bias, x, self.conv2_weight).view(-1, conv2.out_channels))
         logits = hyper_in @ x.t()  # [k, h * w * 16]
+        if not torch.onnx.is_in_onnx_export():
+            # One gather by a precomputed order: a 7-d permute copies pairs of floats (8x slower per prompt).
+            return logits.index_select(1, _logit_order(height, width)).view(-1, 4 * height, 4 * width)
         # Output row 4i + 2a + c, column 4j + 2b + d.
         logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
         return logits.reshape(-1, 4 * height, 4 * width)
@@ -186,6 +190,14 @@ class FoldedMaskDecoder(nn.Module):
         logits = (hyper_in * 0.5) @ _doubled_gelu(x).transpose(1, 2)  # [B, k, h * w * 16]
         logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
         return logits.reshape(batch, hyper_in.shape[1], 4 * height, 4 * width)
+
+
+@functools.lru_cache(maxsize=8)
+def _logit_order(height: int, width: int) -> torch.Tensor:
+    """For upscale: where each low-res logit of the [4h, 4w] map sits in the rows (i, j, a, b, c, d) of the
+    two transposed convolutions (output row 4i + 2a + c, column 4j + 2b + d)."""
+    rows = torch.arange(height * width * 16).view(height, width, 2, 2, 2, 2)
+    return rows.permute(0, 2, 4, 1, 3, 5).flatten()
 
 
 def pixel_rows(x: torch.Tensor) -> torch.Tensor:
