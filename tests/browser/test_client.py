@@ -158,13 +158,9 @@ def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_pag
     assert agreement(shown_mask(page), masks[other]) >= MIN_AGREEMENT
 
 
-def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predictor, live_server, photo_path):
-    page = ready_page
-    click_pixel(page, 420, 250)
-    click_pixel(page, 200, 120, button="right")  # right-click: a negative point
-    leave_image(page)
-    wait_idle(page)
-    assert prompt_points(page) == [[420, 250, 1], [200, 120, 0]]
+def _refined_mask(predictor, live_server, photo_path):
+    """The predictor's mask for a click at (420, 250) refined by a negative click at (200, 120), fed back the
+    best candidate's low-res logits of the first, as the page does."""
     sam = server_predictor(predictor, live_server, photo_path)
     _, scores, low_res = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
     masks, _, _ = sam.predict(
@@ -173,7 +169,17 @@ def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predict
         mask_input=low_res[int(np.argmax(scores))][None],
         multimask_output=False,
     )
-    assert agreement(shown_mask(page), masks[0]) >= MIN_AGREEMENT
+    return masks[0]
+
+
+def test_second_click_refines_with_the_previous_low_res_mask(ready_page, predictor, live_server, photo_path):
+    page = ready_page
+    click_pixel(page, 420, 250)
+    click_pixel(page, 200, 120, button="right")  # right-click: a negative point
+    leave_image(page)
+    wait_idle(page)
+    assert prompt_points(page) == [[420, 250, 1], [200, 120, 0]]
+    assert agreement(shown_mask(page), _refined_mask(predictor, live_server, photo_path)) >= MIN_AGREEMENT
     assert page.locator("#candidates").is_hidden()  # refinements give one mask
 
 
@@ -193,15 +199,7 @@ def test_a_click_on_a_preview_then_a_refinement_feeds_back_the_whole_low_res_mas
     assert prompt_points(page) == [[420, 250, 1], [200, 120, 0]]
     # The first click's whole logits (one more decode), then the refinement (its hover or its click).
     assert page.evaluate("performance.getEntriesByName('sam:decode').length") >= 3
-    sam = server_predictor(predictor, live_server, photo_path)
-    _, scores, low_res = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
-    masks, _, _ = sam.predict(
-        np.array([[420, 250], [200, 120]]),
-        np.array([1, 0]),
-        mask_input=low_res[int(np.argmax(scores))][None],
-        multimask_output=False,
-    )
-    assert agreement(shown_mask(page), masks[0]) >= MIN_AGREEMENT
+    assert agreement(shown_mask(page), _refined_mask(predictor, live_server, photo_path)) >= MIN_AGREEMENT
 
 
 def test_dragging_draws_a_box_that_matches_the_predictor(ready_page, predictor, live_server, photo_path):
