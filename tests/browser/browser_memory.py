@@ -1,6 +1,6 @@
 """Memory of the browser running the app: the proportional set size (PSS) of a browser's processes, a plain
 Chromium driven over the DevTools protocol, and the user's steps as page scripts. Shared by
-tests/browser/test_memory.py (the bound, in seconds) and tests/benchmarks/bench_memory.py (every engine, 20 photos).
+tests/browser/test_page_memory.py (the bound, in seconds) and tests/benchmarks/bench_memory.py (every engine, 20 photos).
 """
 
 from __future__ import annotations
