@@ -7,6 +7,7 @@ deploy-encoder`, 1 replica of 1 thread) on the seeded random sam2.1_hiera_t (no 
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -50,17 +51,16 @@ def sam2_encoder(ray_address, tmp_path_factory):
     return ray_address, data_dir
 
 
-def test_a_sam2_upload_is_encoded_by_the_cluster_into_the_three_tensors(sam2_encoder):
-    from backend.server.app import create_app
-    from backend.services.model_runner import encode_images
-    from backend.services.weights import load_model
+def _upload_through_a_web_host(ray_address: str, data_dir: Path, pixels: np.ndarray) -> dict:
+    """An in-process web host with SAM_RAY_ADDRESS: the upload's info and the f32 features it serves."""
+    import ray
 
-    ray_address, data_dir = sam2_encoder
+    from backend.server.app import create_app
+
     app = create_app(
         {**SETTINGS, "SAM_RAY_ADDRESS": ray_address, "SAM_DATA_DIR": str(data_dir / "web"), "decoders": []}
     )
     try:
-        pixels = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
         client = app.test_client()
         upload = client.post("/api/images", data=image_bytes(pixels), content_type="image/png")
         assert upload.status_code == 200, upload.get_json()
@@ -68,14 +68,25 @@ def test_a_sam2_upload_is_encoded_by_the_cluster_into_the_three_tensors(sam2_enc
         assert info["model_family"] == "sam2.1" and info["format"] == codec.SAM2_DEFAULT_FORMAT
         stats = app.extensions["sam"].encoder.stats()
         assert stats["remote"] == "sam-encoder" and stats["images_encoded"] == 1  # by the cluster
-        served = codec.decode_sam2_features(client.get(f"/api/embeddings/{info['id']}?format=f32").data)
+        return codec.decode_sam2_features(client.get(f"/api/embeddings/{info['id']}?format=f32").data)
     finally:
-        import ray
-
         app.extensions["sam"].encoder.close()
         app.extensions["everything"].close()
         # This process is a driver of the session's Ray head: leave before the head stops, or Ray ends the process.
         ray.shutdown()
+
+
+def test_a_sam2_upload_is_encoded_by_the_cluster_into_the_three_tensors(sam2_encoder):
+    from backend.services.model_runner import encode_images
+    from backend.services.weights import load_model
+
+    ray_address, data_dir = sam2_encoder
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    # In a thread of its own, as a server's request thread: in the full suite the browser tests' Playwright
+    # (sync API) leaves its event loop registered as running in the main thread, and Ray Serve's handle refuses
+    # blocking calls from inside a running loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        served = pool.submit(_upload_through_a_web_host, ray_address, data_dir, pixels).result()
 
     # The same model in this process, with the replica's one thread.
     model, weights = load_model(_config())
