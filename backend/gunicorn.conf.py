@@ -69,10 +69,10 @@ def post_fork(server, worker):
     to the memory a burst of large images freed (fewer arenas, large buffers mmapped)."""
     import torch
 
-    from backend.services.memory import tune_malloc
+    from backend.runtime import heap
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    tune_malloc()
+    heap.tune(arenas=2, mmap_threshold=1 << 20)  # buffers of 1 MB or more go straight back when freed
 
 
 def post_worker_init(worker):

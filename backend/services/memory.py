@@ -1,8 +1,8 @@
 """Bounded decoding memory: a process-wide budget of pixels being decoded, and handing freed memory back.
 
 ``PixelBudget.reserve(pixels)`` holds part of the budget while an upload is decoded (the header's pixel
-count, before a pixel is decoded) and raises ``OverBudget`` when the budget stays full; ``tune_malloc()``
-and ``release_memory()`` keep glibc from sitting on what a burst of large images freed.
+count, before a pixel is decoded) and raises ``OverBudget`` when the budget stays full. Handing freed memory
+back to the system is ``backend.runtime.heap``'s job.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-
-from ..runtime import heap
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +60,3 @@ class PixelBudget:
 
     def stats(self) -> dict:
         return {"in_use": self.in_use, "max_pixels": self.max_pixels, "peak": self.peak, "refused": self.refused}
-
-
-def tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> bool:
-    """Fewer malloc arenas (glibc makes up to 8 per core, each keeping its own freed memory) and a fixed mmap
-    threshold, so buffers of a megabyte or more (decoded images, embeddings) go straight back to the system
-    when freed. Returns whether glibc took the settings. Call it early in the process (gunicorn post_fork)."""
-    return heap.tune(arenas, mmap_threshold)
-
-
-def release_memory() -> None:
-    """Returns the free memory at the top of glibc's heaps to the system (after a large decode)."""
-    heap.trim()

@@ -5,10 +5,11 @@ found in the embedding store). Each refusal is an ``UploadRefused`` with the HTT
 
 from __future__ import annotations
 
+from ..runtime import heap
 from .encoder import EncodeResult, EncoderService
 from .images import DecodedImage, ImageError, decode_image
 from .interfaces import EncoderBusy, EncoderClosed, RetryLater
-from .memory import OverBudget, PixelBudget, release_memory
+from .memory import OverBudget, PixelBudget
 from .model_runner import INPUT_SIDE
 
 
@@ -30,7 +31,7 @@ def decode_upload(data: bytes, max_pixels: int, pixel_budget: PixelBudget) -> De
     except OverBudget as error:
         raise UploadRefused(503, "decoder_busy", str(error), {"Retry-After": str(error.retry_after)}) from None
     if decoded.original_size[0] * decoded.original_size[1] > 4 * INPUT_SIDE * INPUT_SIDE:
-        release_memory()  # A large decode just ended: give its memory back now, not at some later malloc.
+        heap.trim()  # A large decode just ended: give its memory back now, not at some later malloc.
     return decoded
 
 
