@@ -33,25 +33,31 @@ def sam2_model():
     return small_sam2()
 
 
-@pytest.fixture(scope="module")
-def sam2_app(sam2_model, tmp_path_factory):
+def _sam2_server(model, data_dir, **settings):
+    """An app serving the small SAM 2.1 on the CPU (settings: more of its configuration); closed after use."""
     from backend.server.app import create_app
 
     app = create_app(
         {
-            "model": sam2_model,
+            "model": model,
             "weights_info": SAM2_WEIGHTS,
             "decoders": [],
-            "data_dir": str(tmp_path_factory.mktemp("sam2-data")),
+            "data_dir": str(data_dir),
             "device": "cpu",
             "precision": "fp32",
             "secret": "test-secret",
             "TESTING": True,
+            **settings,
         }
     )
     yield app
     app.extensions["sam"].encoder.close()
     app.extensions["everything"].close()
+
+
+@pytest.fixture(scope="module")
+def sam2_app(sam2_model, tmp_path_factory):
+    yield from _sam2_server(sam2_model, tmp_path_factory.mktemp("sam2-data"))
 
 
 @pytest.fixture(scope="module")
@@ -320,24 +326,7 @@ def test_the_annotation_tools_masks_are_sam2s_predictors(sam2_app, uploaded):
 
 @pytest.fixture(scope="module")
 def sam2_cvat_app(sam2_model, tmp_path_factory):
-    from backend.server.app import create_app
-
-    app = create_app(
-        {
-            "model": sam2_model,
-            "weights_info": SAM2_WEIGHTS,
-            "decoders": [],
-            "data_dir": str(tmp_path_factory.mktemp("sam2-cvat")),
-            "device": "cpu",
-            "precision": "fp32",
-            "secret": "test-secret",
-            "cvat": True,
-            "TESTING": True,
-        }
-    )
-    yield app
-    app.extensions["sam"].encoder.close()
-    app.extensions["everything"].close()
+    yield from _sam2_server(sam2_model, tmp_path_factory.mktemp("sam2-cvat"), cvat=True)
 
 
 def test_cvat_lists_its_sam2_function_on_a_sam2_server(sam2_cvat_app):
