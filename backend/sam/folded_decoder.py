@@ -294,6 +294,7 @@ def decode_point_tokens(
     point_coords: torch.Tensor,
     point_labels: torch.Tensor,
     extent: tuple[int, int] | None = None,
+    first_block: FirstBlockProducts | None = None,
 ) -> DecodedPoints:
     """Runs the prompt encoder and the two-way transformer for a batch of point prompts sharing one image.
 
@@ -304,6 +305,8 @@ def decode_point_tokens(
     extent (rows, cols): upscale only the image tokens [:rows, :cols], the ones under the image (each token's
     4x4 low-res logits are its own: its rows of the two 2x2 stride-2 transposed convolutions, the per-pixel
     norm, GELUs and hypernetwork product), for a caller that reads no logit outside them.
+
+    first_block: image_first_block(model, features), for a caller that decodes several batches on one image.
     """
     decoder = model.mask_decoder
     sparse, dense = model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
@@ -319,8 +322,7 @@ def decode_point_tokens(
         )
         return DecodedPoints(iou_pred, lambda point, indices: masks[point, indices], size)
     folded = FoldedMaskDecoder(decoder)
-    # Without a mask prompt every prompt's dense embedding is the same "no mask" embedding.
-    tokens, image_tokens = folded(pixel_rows(features + dense[:1]), pixel_rows(image_pe), sparse)
+    tokens, image_tokens = folded(_no_mask_rows(model, features), pixel_rows(image_pe), sparse, first_block)
     hyper_in = folded.hypernetworks(tokens)
 
     rows, cols = extent or size
@@ -332,6 +334,22 @@ def decode_point_tokens(
         return folded.upscale(pixels, hyper_in[point, indices], rows, cols)
 
     return DecodedPoints(folded.predict_iou(tokens), upscale, size, (rows, cols))
+
+
+def image_first_block(model: nn.Module, features: torch.Tensor) -> FirstBlockProducts | None:
+    """The first block's projections of one image's rows without a mask prompt (features [1, C, h, w]), shared
+    by every decode_point_tokens call on it; None where decode_point_tokens does not take the folded path."""
+    decoder = model.mask_decoder
+    if features.shape[0] != 1 or not FoldedMaskDecoder.supports(decoder):
+        return None
+    pe = pixel_rows(model.prompt_encoder.get_dense_pe())
+    return first_block_products(decoder.transformer.layers[0], _no_mask_rows(model, features), pe)
+
+
+def _no_mask_rows(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The image rows every point prompt sees: features [1, C, h, w] plus the "no mask" dense embedding."""
+    no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    return pixel_rows(features + no_mask)
 
 
 def decode_points_multimask(
