@@ -8,9 +8,10 @@ import torch.nn as nn
 
 from backend.runtime.files import atomic_write
 
-from .lowres_model import SamLowResOnnxModel
+from .lowres_model import PER_IMAGE_OUTPUTS, SamLowResOnnxModel
 from .mask_branch import skip_mask_branch_without_mask
 from .onnx_model import SamDecoderParts, SamOnnxModel
+from .per_image_outputs import compute_once_per_image
 
 VARIANTS = ("official", "lowres")
 
@@ -73,7 +74,7 @@ def onnx_wrapper(
 
 def output_names(variant: str, return_extra_metrics: bool = False) -> list[str]:
     if variant == "lowres":
-        return ["iou_predictions", "low_res_masks"]
+        return ["iou_predictions", "low_res_masks", *PER_IMAGE_OUTPUTS]
     if return_extra_metrics:
         return ["masks", "iou_predictions", "stability_scores", "areas", "low_res_masks"]
     return ["masks", "iou_predictions", "low_res_masks"]
@@ -112,6 +113,7 @@ def export_decoder(
             "has_mask_input": {0: "num_masks"},
             "iou_predictions": {0: "num_prompts"},
             "low_res_masks": {0: "num_prompts", 2: "low_res_rows", 3: "low_res_cols"},
+            **{name: {0: "num_masks"} for name in PER_IMAGE_OUTPUTS},
         }
     else:
         inputs = example_inputs(parts, variant)
@@ -126,6 +128,7 @@ def export_decoder(
         dynamic_axes,
         opset,
         no_mask_embedding=mask_branch,
+        per_image_outputs=PER_IMAGE_OUTPUTS if variant == "lowres" else (),
     )
     return output
 
@@ -140,10 +143,12 @@ def trace_to_onnx(
     *,
     no_mask_embedding=None,
     embedding_input: str = "image_embeddings",
+    per_image_outputs: tuple[str, ...] = (),
 ) -> None:
     """Traces `wrapper` on `inputs` (their keys are the graph's input names) into one ONNX file at `output`,
     written atomically. With `no_mask_embedding` ([1, C, 1, 1]), the mask-prompt branch is skipped when no mask
-    is given (mask_branch.py; `embedding_input` names the image embedding the branch adds to)."""
+    is given (mask_branch.py; `embedding_input` names the image embedding the branch adds to). The outputs named
+    in `per_image_outputs` are then computed once per image and fed back (per_image_outputs.py)."""
     with atomic_write(output) as tmp_path, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
@@ -169,4 +174,6 @@ def trace_to_onnx(
 
             graph = onnx.load(str(tmp_path))
             skip_mask_branch_without_mask(graph, no_mask_embedding, embedding_input=embedding_input)
+            if per_image_outputs:
+                compute_once_per_image(graph, list(per_image_outputs))
             onnx.save(graph, str(tmp_path))

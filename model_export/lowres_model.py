@@ -1,11 +1,24 @@
 """The fast browser decoder for export: backend.sam.folded_decoder behind the ONNX inputs, low-res logits out."""
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from backend.sam.folded_decoder import ALL_MASKS, FoldedMaskDecoder, pixel_rows
 
 from .onnx_model import PromptEmbedder, SamDecoderParts
+from .per_image_outputs import CACHED_PREFIX
+
+# Outputs that depend on the image alone (FirstBlockProducts' fields), fed back as inputs "cached_<name>"
+# (per_image_outputs.py).
+PER_IMAGE_OUTPUTS = ("first_block_keys", "first_block_values", "first_block_queries")
+
+
+def per_image_inputs(outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The "cached_<name>" feeds of an exported lowres graph: `outputs` (a previous run's on this image, without a
+    mask input, by output name) or, without them, empty tensors that make the graph compute them."""
+    empty = np.zeros((0, 0, 0, 0), np.float32)
+    return {CACHED_PREFIX + name: empty if outputs is None else outputs[name] for name in PER_IMAGE_OUTPUTS}
 
 
 class SamLowResOnnxModel(nn.Module):
@@ -19,7 +32,10 @@ class SamLowResOnnxModel(nn.Module):
     tokens whose logits are wanted (64, 64: all; the client asks for those under the image, see
     web/js/mask-math.js tokenExtent).
     Outputs: iou_predictions [B, 4], low_res_masks [B, 4, 4r, 4c] (index 0 the single-mask token): the top-left
-    4r x 4c corner of the 256 x 256 logits, equal to that corner of a run with all tokens.
+    4r x 4c corner of the 256 x 256 logits, equal to that corner of a run with all tokens; and PER_IMAGE_OUTPUTS,
+    the first block's projections of the image rows ([M, 8, 16, 4096] keys, [M, 8, 4096, 16] values,
+    [M, 8, 16, 4096] queries). The exported file takes these back as inputs "cached_<name>" on the next runs on
+    the same image (empty, [0, 8, 16, 4096] / [0, 8, 4096, 16], on the first): see per_image_outputs.py.
     Prompts of one run have the same number of points N (a padding point is a token, and changes the masks);
     each prompt's outputs are those of its own run with B = 1.
     """
@@ -38,7 +54,7 @@ class SamLowResOnnxModel(nn.Module):
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
         valid_tokens: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         sparse_embedding = self.prompts.embed_points(point_coords, point_labels)
         dense_embedding = self.prompts.embed_masks_per_prompt(mask_input, has_mask_input)
         _, _, height, width = image_embeddings.shape
@@ -47,8 +63,9 @@ class SamLowResOnnxModel(nn.Module):
         image_pe = pixel_rows(self.prompts.prompt_encoder.get_dense_pe())
         # [M, h * w, C]: one set of image rows shared by every prompt unless mask prompts make them differ.
         image = (image_embeddings + dense_embedding).flatten(2).transpose(1, 2)
-        tokens, image_tokens = self.decoder.forward_batch(image, image_pe, sparse_embedding)
+        first_block = self.decoder.first_block_products(image, image_pe)
+        tokens, image_tokens = self.decoder.forward_batch(image, image_pe, sparse_embedding, first_block)
         iou_predictions = self.decoder.predict_iou(tokens, ALL_MASKS)
         hyper_in = self.decoder.hypernetworks(tokens, ALL_MASKS)
         low_res_masks = self.decoder.upscale_batch(image_tokens, hyper_in, height, width, valid_tokens)
-        return iou_predictions, low_res_masks
+        return iou_predictions, low_res_masks, *first_block

@@ -23,8 +23,8 @@ HALF_MARKERS = (
     "conv2_halved_weight",
     "output_hypernetworks_mlps.0/",
     "/q_proj_2/",
-    "/MatMul_19",
-    "/MatMul_22",
+    "/MatMul_17",
+    "/MatMul_20",
     "/out_proj_2/",
     "output_hypernetworks_mlps.0/layers.2",
     "output_hypernetworks_mlps.1/layers.2",
@@ -104,7 +104,7 @@ def quantize_weights_per_channel(model, half: tuple[str, ...] = ()) -> int:
 
     graph = model.graph
     consumers: dict[str, list] = {}
-    for node in graph.node:
+    for node in _nodes(graph):
         for index, name in enumerate(node.input):
             consumers.setdefault(name, []).append((node, index))
     converted = []
@@ -144,3 +144,12 @@ def quantize_weights_per_channel(model, half: tuple[str, ...] = ()) -> int:
     for node in reversed(converted):
         graph.node.insert(0, node)
     return sum(node.op_type == "Cast" for node in converted)
+
+
+def _nodes(graph):
+    """The graph's nodes and those of its subgraphs (an If's branches read the outer graph's weights)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from _nodes(attribute.g)

@@ -27,7 +27,7 @@ from backend_fixtures import (
 
 from backend.sam import SamPredictor
 from backend.services.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
-from model_export import EXPORTER_VERSION, export_decoder
+from model_export import EXPORTER_VERSION, PER_IMAGE_OUTPUTS, export_decoder, per_image_inputs
 from model_export.__main__ import main as export_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,16 +83,22 @@ ALL_TOKENS = {"valid_tokens": np.array([64, 64], np.int64)}
 
 
 class Session:
-    """An onnxruntime session on 2 threads whose run() gives a lowres graph every token unless told otherwise."""
+    """An onnxruntime session on 2 threads whose run() gives a lowres graph every token and no per-image inputs
+    (it computes them) unless told otherwise, and returns only the outputs a decoder's user reads."""
 
     def __init__(self, path) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.takes_extent = "valid_tokens" in {i.name for i in self.session.get_inputs()}
+        names = {i.name for i in self.session.get_inputs()}
+        self.defaults = {
+            **(ALL_TOKENS if "valid_tokens" in names else {}),
+            **(per_image_inputs() if "cached_first_block_keys" in names else {}),
+        }
+        self.outputs = [o.name for o in self.session.get_outputs() if o.name not in PER_IMAGE_OUTPUTS]
 
     def run(self, output_names, feeds: dict) -> list[np.ndarray]:
-        return self.session.run(output_names, {**(ALL_TOKENS if self.takes_extent else {}), **feeds})
+        return self.session.run(output_names or self.outputs, {**self.defaults, **feeds})
 
     def __getattr__(self, name):
         return getattr(self.session, name)
@@ -246,6 +252,8 @@ def test_graph_interface_and_only_prompt_axes_dynamic(decoders, name):
             "mask_input": ["num_masks", 1, 256, 256],
             "has_mask_input": ["num_masks"],
             "valid_tokens": [2],
+            # A previous run's per-image outputs on this image, or empty ones (see per_image_outputs.py).
+            **{f"cached_{name}": [] for name in PER_IMAGE_OUTPUTS},
         }
     shapes = {
         name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] for name, value in inputs.items()
@@ -255,7 +263,7 @@ def test_graph_interface_and_only_prompt_axes_dynamic(decoders, name):
     assert outputs == (
         ["masks", "iou_predictions", "low_res_masks"]
         if interface == "official"
-        else ["iou_predictions", "low_res_masks"]
+        else ["iou_predictions", "low_res_masks", *PER_IMAGE_OUTPUTS]
     )
     assert opset_of(onnx.load(str(decoders[name]["path"]), load_external_data=False)) == 17
 
@@ -738,6 +746,7 @@ def test_lowres_runs_the_mask_branch_only_for_a_mask_input(decoders, name, own, 
         "point_labels": np.array([[1.0, -1.0]], np.float32),
         **no_mask_input(),
         **ALL_TOKENS,
+        **per_image_inputs(),
     }
     without = graph.run(None, feeds)
     with_mask = graph.run(None, {**feeds, "mask_input": without[1][:, :1], "has_mask_input": np.ones(1, np.float32)})
@@ -748,3 +757,44 @@ def test_lowres_runs_the_mask_branch_only_for_a_mask_input(decoders, name, own, 
     # Every Conv of the graph is in the mask branch, and all of them ran during the second run only.
     assert convolutions and all(e["ts"] > runs[0]["ts"] + runs[0]["dur"] for e in convolutions)
     assert not np.allclose(without[1], with_mask[1])  # the mask prompt did change the masks
+
+
+@pytest.mark.parametrize("name", ["lowres", "lowres-quantized"])
+def test_lowres_projects_the_image_once_and_takes_it_back(decoders, name, own, tmp_path):
+    """The first block's image projections are outputs of the first run on an image; fed back, the next runs skip
+    them (onnxruntime's profiler: none of their nodes runs) and give the same outputs bitwise. A mask prompt
+    changes the image rows, so with one the graph projects its own rows whatever it is given."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / name)
+    path = decoders[name]["path"]
+    graph = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {
+        "image_embeddings": np.asarray(own["embedding"], np.float32),
+        "point_coords": np.array([[[300.0, 200.0], [0.0, 0.0]], [[500.0, 100.0], [0.0, 0.0]]], np.float32),
+        "point_labels": np.array([[1.0, -1.0], [1.0, -1.0]], np.float32),
+        **no_mask_input(),
+        **ALL_TOKENS,
+    }
+    first = dict(
+        zip([o.name for o in graph.get_outputs()], graph.run(None, {**feeds, **per_image_inputs()}), strict=True)
+    )
+    assert [first[name].shape for name in PER_IMAGE_OUTPUTS] == [(1, 8, 16, 4096), (1, 8, 4096, 16), (1, 8, 16, 4096)]
+    again = graph.run(None, {**feeds, **per_image_inputs(first)})
+    events = json.loads(Path(graph.end_profiling()).read_text())
+    for index, expected in enumerate(("iou_predictions", "low_res_masks")):
+        assert np.array_equal(again[index], first[expected])
+    per_image = next(n for n in onnx.load(str(path)).graph.node if n.name == "per_image/If")
+    projections = {n.name for a in per_image.attribute if a.name == "then_branch" for n in a.g.node}
+    assert any("MatMul" in n for n in projections)
+    runs = [e for e in events if e.get("name") == "model_run"]
+    ran = [e for e in events if e.get("cat") == "Node" and e["name"].rsplit("_kernel_time", 1)[0] in projections]
+    assert len(runs) == 2 and ran
+    assert all(e["ts"] < runs[0]["ts"] + runs[0]["dur"] for e in ran)  # the second run projected nothing
+
+    # Mask prompts: given this image's projections or none, the same outputs (each prompt's own rows).
+    masks = {"mask_input": first["low_res_masks"][:, :1], "has_mask_input": np.ones(2, np.float32)}
+    given = graph.run(["low_res_masks"], {**feeds, **masks, **per_image_inputs(first)})[0]
+    computed = graph.run(["low_res_masks"], {**feeds, **masks, **per_image_inputs()})[0]
+    assert np.array_equal(given, computed) and not np.allclose(given, first["low_res_masks"])

@@ -16,6 +16,7 @@ from backend.sam import SamPredictor, sam_model_registry
 from backend.services import codec
 from backend.services.decoders import prepare_decoders
 from backend.services.weights import random_model
+from model_export import per_image_inputs
 
 # Meta's quantized export of the official vit_b checkpoint (scripts/export_onnx_model.py --quantize-out).
 META_VIT_B_QUANTIZED_BYTES = 4_727_763
@@ -104,6 +105,7 @@ def onnx_feeds(predictor: SamPredictor, prompt: dict) -> dict:
         "mask_input": np.zeros((1, 1, 256, 256), np.float32),
         "has_mask_input": np.zeros(1, np.float32),
         "valid_tokens": np.array([64, 64], np.int64),  # every token: all 256 x 256 logits
+        **per_image_inputs(),
     }
 
 
@@ -131,7 +133,7 @@ def test_default_decoder_masks_match_fp32_torch_per_candidate(decoders, predicto
     ious = []
     for prompt in prompts(*predictor.original_size):
         expected = torch_masks(predictor, prompt)
-        _, low_res = session.run(None, onnx_feeds(predictor, prompt))
+        _, low_res = session.run(["iou_predictions", "low_res_masks"], onnx_feeds(predictor, prompt))
         masks = client_masks(predictor, torch.from_numpy(low_res[0]))
         ious.append([mask_iou(masks[k], expected[k]) for k in range(4)])
     ious = np.array(ious)

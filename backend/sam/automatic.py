@@ -30,7 +30,7 @@ from .amg import (
     uncrop_masks,
     uncrop_points,
 )
-from .folded_decoder import decode_point_tokens
+from .folded_decoder import decode_point_tokens, image_first_block
 from .mask_extent import mask_extent
 from .predictor import SamPredictor, check_image
 from .sam import Sam
@@ -385,6 +385,8 @@ class SamAutomaticMaskGenerator:
         read = low_res_read(model, (4 * grid[0], 4 * grid[1]), self.predictor.input_size)
         tokens = (-(-read[0] // 4), -(-read[1] // 4))
         iou_chunks, low_res_chunks = [], []
+        # The first block's image projections are the same for every point: once for all the chunks.
+        first_block = image_first_block(model, self.predictor.features)
         for start in range(0, len(in_points), _DECODE_CHUNK):
             decoded = decode_point_tokens(
                 model,
@@ -392,6 +394,7 @@ class SamAutomaticMaskGenerator:
                 in_points[start : start + _DECODE_CHUNK, None, :],
                 in_labels[start : start + _DECODE_CHUNK, None],
                 extent=tokens,
+                first_block=first_block,
             )
             iou_chunks.append(decoded.iou_pred)
             n_masks = decoded.iou_pred.shape[1]

@@ -16,13 +16,18 @@ move each projection onto the token side by associativity:
 
 Before the first image-to-token attention every prompt sees the same image, so the image side stays one
 [h * w, C] tensor shared by a batch of prompts (forward_batch / upscale_batch: the same with broadcasting ops
-only, for the lowres ONNX graph of any number of prompts). The output upscaling runs channels-last (pixels as rows), so
+only, for the lowres ONNX graph of any number of prompts). That first block's three image-side projections
+(its token-to-image keys and values, its image-to-token queries) are products of those shared rows alone:
+FirstBlockProducts computes them once per image, and each prompt then attends with [heads, T, d] x [heads, d,
+h * w] products instead of [heads * T, C] x [C, h * w] ones (everything mode's chunks; the lowres graph's
+per-image outputs, fed back on the next run). The output upscaling runs channels-last (pixels as rows), so
 its layer norm works on contiguous channels and the only layout change is the final one of the logits.
 """
 
 import functools
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -34,6 +39,22 @@ from .mask_decoder import MaskDecoder
 # Which mask tokens a caller wants: all of them (the lowres graph) or the three ambiguity-aware ones.
 ALL_MASKS = slice(None)
 MULTIMASK = slice(1, None)
+
+
+class FirstBlockProducts(NamedTuple):
+    """The first two-way block's projections of the image rows, per head; M is 1 (the rows every prompt without
+    a mask prompt shares) or one set per prompt.
+
+    keys [M, heads, d, h * w]: (image + pe) W_k^T of the token-to-image attention, transposed (its bias is left
+    out: it adds a constant to each softmax row);
+    values [M, heads, h * w, d]: image W_v^T + b_v;
+    queries [M, heads, d, h * w]: ((image + pe) W_q^T + b_q) / sqrt(d), the image-to-token attention's
+    queries, transposed and scaled.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    queries: torch.Tensor
 
 
 class FoldedMaskDecoder(nn.Module):
@@ -87,15 +108,27 @@ class FoldedMaskDecoder(nn.Module):
         )
 
     def forward(
-        self, image: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+        self,
+        image: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        first_block: FirstBlockProducts | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two-way transformer: image [h * w, C], image_pe [h * w, C], sparse [B, N, C].
+        """The two-way transformer: image [h * w, C], image_pe [h * w, C], sparse [B, N, C]; first_block: that
+        image's first_block_products, when a caller decodes several batches on it.
 
         Returns tokens [B, T, C] (IoU token, mask tokens, prompts) and image tokens [B, h * w, C], or
         [h * w, C] when every prompt sees the same ones (one prompt, or a transformer without blocks).
         """
         tokens = self.mask_decoder.output_tokens(sparse_prompt_embeddings)
-        return folded_two_way_transformer(self.mask_decoder.transformer, image, image_pe, tokens)
+        return folded_two_way_transformer(
+            self.mask_decoder.transformer, image, image_pe, tokens, first_block=first_block
+        )
+
+    def first_block_products(self, image: torch.Tensor, image_pe: torch.Tensor) -> FirstBlockProducts:
+        """The first block's image-side projections of image [h * w, C] or [M, h * w, C] with image_pe [h * w, C]:
+        once per image, for forward / forward_batch's ``first_block``."""
+        return first_block_products(self.mask_decoder.transformer.layers[0], image, image_pe)
 
     def predict_iou(self, tokens: torch.Tensor, masks: slice = MULTIMASK) -> torch.Tensor:
         """Transformer tokens [B, T, C] -> predicted IoUs [B, k] of the selected mask tokens."""
@@ -130,11 +163,15 @@ class FoldedMaskDecoder(nn.Module):
         return logits.reshape(-1, 4 * height, 4 * width)
 
     def forward_batch(
-        self, image: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor
+        self,
+        image: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        first_block: FirstBlockProducts | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two-way transformer for B prompts with broadcasting only: image [1 or B, h * w, C], image_pe
-        [h * w, C], sparse [B, N, C] -> tokens [B, 1 + num_mask_tokens, C] (the IoU and mask tokens), image
-        tokens [B, h * w, C].
+        [h * w, C], sparse [B, N, C], first_block: first_block_products(image, image_pe), [1 or B, ...]
+        -> tokens [B, 1 + num_mask_tokens, C] (the IoU and mask tokens), image tokens [B, h * w, C].
 
         One traced graph then serves any number of prompts, each with or without its own image rows (a mask
         prompt changes them); see broadcast_two_way_transformer.
@@ -142,7 +179,9 @@ class FoldedMaskDecoder(nn.Module):
         tokens = self.mask_decoder.output_tokens(sparse_prompt_embeddings)
         # Only the IoU and mask tokens are read after the transformer: [B, 1 + num_mask_tokens, C] come back.
         read = 1 + self.mask_decoder.num_mask_tokens
-        return broadcast_two_way_transformer(self.mask_decoder.transformer, image, image_pe, tokens, read)
+        return broadcast_two_way_transformer(
+            self.mask_decoder.transformer, image, image_pe, tokens, read, first_block=first_block
+        )
 
     def upscale_batch(
         self,
@@ -255,6 +294,7 @@ def decode_point_tokens(
     point_coords: torch.Tensor,
     point_labels: torch.Tensor,
     extent: tuple[int, int] | None = None,
+    first_block: FirstBlockProducts | None = None,
 ) -> DecodedPoints:
     """Runs the prompt encoder and the two-way transformer for a batch of point prompts sharing one image.
 
@@ -265,6 +305,8 @@ def decode_point_tokens(
     extent (rows, cols): upscale only the image tokens [:rows, :cols], the ones under the image (each token's
     4x4 low-res logits are its own: its rows of the two 2x2 stride-2 transposed convolutions, the per-pixel
     norm, GELUs and hypernetwork product), for a caller that reads no logit outside them.
+
+    first_block: image_first_block(model, features), for a caller that decodes several batches on one image.
     """
     decoder = model.mask_decoder
     sparse, dense = model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
@@ -280,8 +322,7 @@ def decode_point_tokens(
         )
         return DecodedPoints(iou_pred, lambda point, indices: masks[point, indices], size)
     folded = FoldedMaskDecoder(decoder)
-    # Without a mask prompt every prompt's dense embedding is the same "no mask" embedding.
-    tokens, image_tokens = folded(pixel_rows(features + dense[:1]), pixel_rows(image_pe), sparse)
+    tokens, image_tokens = folded(_no_mask_rows(model, features), pixel_rows(image_pe), sparse, first_block)
     hyper_in = folded.hypernetworks(tokens)
 
     rows, cols = extent or size
@@ -293,6 +334,22 @@ def decode_point_tokens(
         return folded.upscale(pixels, hyper_in[point, indices], rows, cols)
 
     return DecodedPoints(folded.predict_iou(tokens), upscale, size, (rows, cols))
+
+
+def image_first_block(model: nn.Module, features: torch.Tensor) -> FirstBlockProducts | None:
+    """The first block's projections of one image's rows without a mask prompt (features [1, C, h, w]), shared
+    by every decode_point_tokens call on it; None where decode_point_tokens does not take the folded path."""
+    decoder = model.mask_decoder
+    if features.shape[0] != 1 or not FoldedMaskDecoder.supports(decoder):
+        return None
+    pe = pixel_rows(model.prompt_encoder.get_dense_pe())
+    return first_block_products(decoder.transformer.layers[0], _no_mask_rows(model, features), pe)
+
+
+def _no_mask_rows(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The image rows every point prompt sees: features [1, C, h, w] plus the "no mask" dense embedding."""
+    no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    return pixel_rows(features + no_mask)
 
 
 def decode_points_multimask(
@@ -318,6 +375,7 @@ def folded_two_way_transformer(
     tokens: torch.Tensor,
     image_to_token=None,
     read: int | None = None,
+    first_block: FirstBlockProducts | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TwoWayTransformer.forward with image [h * w, C] shared by all prompts, pe [h * w, C], tokens [B, T, C].
 
@@ -325,22 +383,33 @@ def folded_two_way_transformer(
     prompt (B = 1, or no blocks). ``image_to_token`` replaces ``image_to_token_attention`` (the broadcasting
     form of broadcast_two_way_transformer). With ``read``, only the first ``read`` tokens come back, [B, read,
     C]: the final token-to-image attention and norm act on each token alone, so the tokens nobody reads (the
-    prompts') skip them.
+    prompts') skip them. With ``first_block`` (first_block_products of image and pe), the first block attends
+    with those per-image projections.
     """
     image_to_token = image_to_token or image_to_token_attention
     queries, keys = tokens, image
-    for layer in transformer.layers:
+    for index, layer in enumerate(transformer.layers):
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + tokens
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        keys_with_pe = keys + pe
-        attn_out = token_to_image_attention(layer.cross_attn_token_to_image, queries + tokens, keys_with_pe, keys)
-        queries = layer.norm2(queries + attn_out)
-        queries = layer.norm3(queries + layer.mlp(queries))
-        attn_out = image_to_token(layer.cross_attn_image_to_token, keys_with_pe, queries + tokens, queries, keys)
+        if index == 0 and first_block is not None:
+            attention = layer.cross_attn_token_to_image
+            attn_out = projected_token_to_image_attention(attention, queries + tokens, first_block)
+            queries = layer.norm2(queries + attn_out)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            attention = layer.cross_attn_image_to_token
+            attn_out = projected_image_to_token_attention(attention, first_block, queries + tokens, queries, keys)
+        else:
+            keys_with_pe = keys + pe
+            attention = layer.cross_attn_token_to_image
+            attn_out = token_to_image_attention(attention, queries + tokens, keys_with_pe, keys)
+            queries = layer.norm2(queries + attn_out)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            attention = layer.cross_attn_image_to_token
+            attn_out = image_to_token(attention, keys_with_pe, queries + tokens, queries, keys)
         keys = _image_layer_norm(layer.norm4, attn_out)
     if read is not None:
         queries, tokens = queries[:, :read], tokens[:, :read]
@@ -350,7 +419,12 @@ def folded_two_way_transformer(
 
 
 def broadcast_two_way_transformer(
-    transformer: nn.Module, image: torch.Tensor, pe: torch.Tensor, tokens: torch.Tensor, read: int | None = None
+    transformer: nn.Module,
+    image: torch.Tensor,
+    pe: torch.Tensor,
+    tokens: torch.Tensor,
+    read: int | None = None,
+    first_block: FirstBlockProducts | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """folded_two_way_transformer written with broadcasting ops only, for one graph of any batch size.
 
@@ -359,7 +433,13 @@ def broadcast_two_way_transformer(
     own run: the prompts meet only in the shared image rows of the first block, which every prompt reads unchanged.
     """
     return folded_two_way_transformer(
-        transformer, image, pe, tokens, image_to_token=broadcast_image_to_token_attention, read=read
+        transformer,
+        image,
+        pe,
+        tokens,
+        image_to_token=broadcast_image_to_token_attention,
+        read=read,
+        first_block=first_block,
     )
 
 
@@ -386,6 +466,73 @@ def broadcast_image_to_token_attention(
     o_weight = attention.out_proj.weight.view(channels, heads, head_dim).permute(1, 2, 0)  # [heads, d, C]
     folded_v = (v @ o_weight).reshape(batch, heads * num_tokens, channels) + attention.out_proj.bias / heads
     return attn.transpose(1, 2) @ folded_v + residual
+
+
+def first_block_products(layer: nn.Module, image: torch.Tensor, pe: torch.Tensor) -> FirstBlockProducts:
+    """The image-side projections of a TwoWayAttentionBlock that sees image rows [h * w, C] or [M, h * w, C]
+    unchanged (the first block), pe [h * w, C] -> FirstBlockProducts, [1 or M, heads, ...]."""
+    if image.dim() == 2:
+        image = image.unsqueeze(0)
+    with_pe = image + pe
+    to_image, to_token = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    keys = _split_heads(with_pe @ to_image.k_proj.weight.t(), to_image.num_heads).transpose(2, 3)
+    values = _split_heads(to_image.v_proj(image), to_image.num_heads)
+    scale = 1.0 / math.sqrt(to_token.q_proj.out_features // to_token.num_heads)
+    queries = F.linear(with_pe, to_token.q_proj.weight * scale, to_token.q_proj.bias * scale)
+    return FirstBlockProducts(keys, values, _split_heads(queries, to_token.num_heads).transpose(2, 3))
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[M, n, heads * d] -> [M, heads, n, d]."""
+    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def _heads_major(x: torch.Tensor) -> torch.Tensor:
+    """[B, heads, T, d] -> [heads, B * T, d]: one matrix per head for a product with a per-image [heads, d, n]."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1, x.shape[-1])
+
+
+def projected_token_to_image_attention(
+    attention: nn.Module, tokens: torch.Tensor, first_block: FirstBlockProducts
+) -> torch.Tensor:
+    """Attention(q=tokens, k=image + pe, v=image) of the first block from its per-image projections:
+    tokens [B, T, C] -> [B, T, C]. Per prompt and head, [T, d] x [d, h * w] and [T, h * w] x [h * w, d]."""
+    heads = attention.num_heads
+    batch, num_tokens, _ = tokens.shape
+    q = attention.q_proj(tokens)
+    head_dim = q.shape[-1] // heads
+    q = q.view(batch, num_tokens, heads, head_dim).transpose(1, 2) * (1.0 / math.sqrt(head_dim))  # [B, heads, T, d]
+    if first_block.keys.shape[0] == 1 and not torch.onnx.is_in_onnx_export():
+        # One image for every prompt: heads-major products, the per-image tensors are not expanded over B.
+        attn = torch.softmax(torch.bmm(_heads_major(q), first_block.keys[0]), dim=-1)
+        out = torch.bmm(attn, first_block.values[0]).view(heads, batch, num_tokens, head_dim).permute(1, 2, 0, 3)
+    else:
+        attn = torch.softmax(q @ first_block.keys, dim=-1)  # [B, heads, T, h * w]
+        out = (attn @ first_block.values).transpose(1, 2)  # [B, T, heads, d]
+    return attention.out_proj(out.reshape(batch, num_tokens, heads * head_dim))
+
+
+def projected_image_to_token_attention(
+    attention: nn.Module,
+    first_block: FirstBlockProducts,
+    tokens: torch.Tensor,
+    token_values: torch.Tensor,
+    residual: torch.Tensor,
+) -> torch.Tensor:
+    """residual + Attention(q=image + pe, k=tokens, v=token_values) of the first block from its per-image
+    queries: tokens, token_values [B, T, C], residual [h * w, C] or [1 or B, h * w, C] -> [B, h * w, C]."""
+    heads = attention.num_heads
+    batch, num_tokens, _ = tokens.shape
+    k = _split_heads(attention.k_proj(tokens), heads)  # [B, heads, T, d]
+    v = _split_heads(attention.v_proj(token_values), heads)
+    pixels = first_block.queries.shape[-1]
+    if first_block.queries.shape[0] == 1 and not torch.onnx.is_in_onnx_export():
+        logits = torch.bmm(_heads_major(k), first_block.queries[0]).view(heads, batch, num_tokens, pixels)
+        attn = torch.softmax(logits, dim=2).transpose(0, 1)
+    else:
+        attn = _softmax_over_tokens(k @ first_block.queries)  # [B, heads, T, h * w]
+    attn = attn.reshape(batch, heads * num_tokens, pixels)
+    return _attend_token_values(attention, attn, v, residual, broadcast=torch.onnx.is_in_onnx_export())
 
 
 def _head_weights(linear: nn.Linear, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -457,9 +604,23 @@ def image_to_token_attention(
     else:
         logits = torch.baddbmm(key_bias, folded_k, image_queries.transpose(1, 2))
     attn = _softmax_over_tokens(logits.view(batch, heads, num_tokens, -1)).view(batch, heads * num_tokens, -1)
+    return _attend_token_values(attention, attn, v, residual)
+
+
+def _attend_token_values(
+    attention: nn.Module, attn: torch.Tensor, v: torch.Tensor, residual: torch.Tensor, broadcast: bool = False
+) -> torch.Tensor:
+    """residual + the image-to-token attention's output: attn [B, heads * T, h * w] (softmax over each head's
+    T), token values v [B, heads, T, d], residual [h * w, C] or [B, h * w, C] -> [B, h * w, C]. The output
+    projection is applied to the token values before they are averaged. broadcast: as plain MatMul and Add,
+    which ONNX broadcasts over a residual [1, h * w, C] shared by B prompts."""
+    batch, heads, num_tokens, head_dim = v.shape
+    channels = attention.out_proj.weight.shape[0]
     o_weight = attention.out_proj.weight.view(channels, heads, head_dim).permute(1, 2, 0)  # [heads, d, C]
     # Each head's attention sums to 1 over T, so a bias / heads on every folded value adds the bias once.
     folded_v = (v @ o_weight).reshape(batch, heads * num_tokens, channels) + attention.out_proj.bias / heads
+    if broadcast:
+        return attn.transpose(1, 2) @ folded_v + residual
     if residual.dim() == 3:
         return torch.baddbmm(residual, attn.transpose(1, 2), folded_v)
     if batch == 1:

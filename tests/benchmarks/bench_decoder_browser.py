@@ -263,6 +263,8 @@ def main() -> int:
         f"threads={result['threads']}, {args.decodes} interleaved decodes each, image {image_hw}"
     )
     print("session load ms: " + ", ".join(f"{k} {v:.0f}" for k, v in result["loadMs"].items()))
+    # The first run on the image (exporter 7's lowres graphs also compute the image projections the later ones reuse).
+    print("first run on the image ms: " + ", ".join(f"{k} {v:.0f}" for k, v in result["firstRunMs"].items()))
     baseline = args.baseline or names[0]
     medians = {}
     for name, series in result["times"].items():
