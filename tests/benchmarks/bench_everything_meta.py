@@ -13,7 +13,10 @@ fresh processes, interleaved (ours, Meta's, ours, ...); the medians and their ra
 shared: read the ratio, and the load average printed with it).
 
     .venv/bin/python tests/benchmarks/bench_everything_meta.py --image truck.jpg [--points-per-side 16]
-        [--repeats 2] [--model vit_b] [--check]
+        [--repeats 2] [--model vit_b] [--check] [--against meta|per-prompt]
+
+--against per-prompt compares with this project's generator projecting the image for the first two-way block
+once per chunk of points instead of once per image (``image_first_block``; before exporter version 7).
 
 --check also asserts that both give the same masks (count, prompts, IoUs within 1e-4, masks >= 99.9% equal).
 Images come from SAM_REFERENCE_DIR/images (benchmarks only). Not collected by pytest.
@@ -168,7 +171,11 @@ def run_one(side: str, model_type: str, image_name: str, points_per_side: int, d
     embedding = torch.load(embedding_path(model_type, image_name))
     torch.set_grad_enabled(False)
     started = time.perf_counter()
-    if side == "ours":
+    if side == "per-prompt":
+        from backend.sam import automatic
+
+        automatic.image_first_block = lambda model, features: None  # every chunk projects the image itself
+    if side in ("ours", "per-prompt"):
         generator = SamAutomaticMaskGenerator(
             model, points_per_side=points_per_side, output_mode="uncompressed_rle", **OPEN_FILTERS
         )
@@ -188,7 +195,8 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--check", action="store_true", help="also compare the two results mask for mask")
-    parser.add_argument("--one", choices=["ours", "meta"], help=argparse.SUPPRESS)
+    parser.add_argument("--against", choices=["meta", "per-prompt"], default="meta")
+    parser.add_argument("--one", choices=["ours", "meta", "per-prompt"], help=argparse.SUPPRESS)
     parser.add_argument("--dump", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -202,10 +210,10 @@ def main() -> None:
         with torch.no_grad():
             predictor.set_image(image)
         torch.save(predictor.get_image_embedding(), cached)
-    times: dict[str, list[float]] = {"ours": [], "meta": []}
+    times: dict[str, list[float]] = {"ours": [], args.against: []}
     dumps = {side: str(cached.with_suffix(f".{side}.json")) for side in times}
     for repeat in range(args.repeats):
-        for side in ("ours", "meta"):
+        for side in times:
             command = [sys.executable, __file__, "--one", side, "--model", args.model, "--image", args.image]
             command += ["--points-per-side", str(args.points_per_side)]
             if args.check and repeat == 0:
@@ -218,17 +226,22 @@ def main() -> None:
                 f"{side}: {result['seconds']:.1f} s, {result['masks']} masks (load average {load_average:.1f})",
                 flush=True,
             )
-    ours, meta = statistics.median(times["ours"]), statistics.median(times["meta"])
+    ours, other = statistics.median(times["ours"]), statistics.median(times[args.against])
+    label = "Meta's formulation" if args.against == "meta" else "projecting the image per chunk"
     print(
         f"{args.model}, {args.image}, {args.points_per_side}x{args.points_per_side} grid, filters opened, "
-        f"median of {args.repeats}: ours {ours:.1f} s, Meta's formulation {meta:.1f} s: x{meta / ours:.2f}"
+        f"median of {args.repeats}: ours {ours:.1f} s, {label} {other:.1f} s: x{other / ours:.2f}"
     )
-    print(json.dumps({"ours_s": times["ours"], "meta_s": times["meta"], "speedup": round(meta / ours, 2)}))
+    print(
+        json.dumps(
+            {"ours_s": times["ours"], f"{args.against}_s": times[args.against], "speedup": round(other / ours, 2)}
+        )
+    )
     if args.check:
         from backend.sam.amg import rle_to_mask
 
         ours_ann = json.loads(Path(dumps["ours"]).read_text())
-        meta_ann = json.loads(Path(dumps["meta"]).read_text())
+        meta_ann = json.loads(Path(dumps[args.against]).read_text())
         assert len(ours_ann) == len(meta_ann), (len(ours_ann), len(meta_ann))
         for a, b in zip(ours_ann, meta_ann, strict=True):
             assert a["point_coords"] == b["point_coords"]
