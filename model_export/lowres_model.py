@@ -4,14 +4,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from backend.sam.folded_decoder import ALL_MASKS, FoldedMaskDecoder, pixel_rows
+from backend.sam.folded_decoder import ALL_MASKS, FirstBlockProducts, FoldedMaskDecoder, pixel_rows
 
 from .onnx_model import PromptEmbedder, SamDecoderParts
 from .per_image_outputs import CACHED_PREFIX
 
 # Outputs that depend on the image alone (FirstBlockProducts' fields), fed back as inputs "cached_<name>"
 # (per_image_outputs.py).
-PER_IMAGE_OUTPUTS = ("first_block_keys", "first_block_values", "first_block_queries")
+PER_IMAGE_OUTPUTS = tuple(f"first_block_{field}" for field in FirstBlockProducts._fields)
 
 
 def per_image_inputs(outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -35,7 +35,7 @@ class SamLowResOnnxModel(nn.Module):
     4r x 4c corner of the 256 x 256 logits, equal to that corner of a run with all tokens; and PER_IMAGE_OUTPUTS,
     the first block's projections of the image rows ([M, 8, 16, 4096] keys, [M, 8, 4096, 16] values,
     [M, 8, 16, 4096] queries). The exported file takes these back as inputs "cached_<name>" on the next runs on
-    the same image (empty, [0, 8, 16, 4096] / [0, 8, 4096, 16], on the first): see per_image_outputs.py.
+    the same image (empty tensors, e.g. [0, 0, 0, 0], on the first: per_image_inputs): see per_image_outputs.py.
     Prompts of one run have the same number of points N (a padding point is a token, and changes the masks);
     each prompt's outputs are those of its own run with B = 1.
     """

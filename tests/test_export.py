@@ -29,6 +29,7 @@ from backend.sam import SamPredictor
 from backend.services.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
 from model_export import EXPORTER_VERSION, PER_IMAGE_OUTPUTS, export_decoder, per_image_inputs
 from model_export.__main__ import main as export_main
+from model_export.per_image_outputs import CACHED_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The reference data allows 1e-3; the graphs match to ~3e-7, and a half-pixel slip in point encoding moves these
@@ -93,7 +94,7 @@ class Session:
         names = {i.name for i in self.session.get_inputs()}
         self.defaults = {
             **(ALL_TOKENS if "valid_tokens" in names else {}),
-            **(per_image_inputs() if "cached_first_block_keys" in names else {}),
+            **(per_image_inputs() if CACHED_PREFIX + PER_IMAGE_OUTPUTS[0] in names else {}),
         }
         self.outputs = [o.name for o in self.session.get_outputs() if o.name not in PER_IMAGE_OUTPUTS]
 
@@ -253,7 +254,7 @@ def test_graph_interface_and_only_prompt_axes_dynamic(decoders, name):
             "has_mask_input": ["num_masks"],
             "valid_tokens": [2],
             # A previous run's per-image outputs on this image, or empty ones (see per_image_outputs.py).
-            **{f"cached_{name}": [] for name in PER_IMAGE_OUTPUTS},
+            **{CACHED_PREFIX + name: [] for name in PER_IMAGE_OUTPUTS},
         }
     shapes = {
         name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] for name, value in inputs.items()

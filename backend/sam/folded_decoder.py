@@ -395,21 +395,19 @@ def folded_two_way_transformer(
             q = queries + tokens
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        if index == 0 and first_block is not None:
-            attention = layer.cross_attn_token_to_image
-            attn_out = projected_token_to_image_attention(attention, queries + tokens, first_block)
-            queries = layer.norm2(queries + attn_out)
-            queries = layer.norm3(queries + layer.mlp(queries))
-            attention = layer.cross_attn_image_to_token
-            attn_out = projected_image_to_token_attention(attention, first_block, queries + tokens, queries, keys)
+        projected = first_block if index == 0 else None
+        keys_with_pe = None if projected is not None else keys + pe
+        to_image, to_token = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        if projected is not None:
+            attn_out = projected_token_to_image_attention(to_image, queries + tokens, projected)
         else:
-            keys_with_pe = keys + pe
-            attention = layer.cross_attn_token_to_image
-            attn_out = token_to_image_attention(attention, queries + tokens, keys_with_pe, keys)
-            queries = layer.norm2(queries + attn_out)
-            queries = layer.norm3(queries + layer.mlp(queries))
-            attention = layer.cross_attn_image_to_token
-            attn_out = image_to_token(attention, keys_with_pe, queries + tokens, queries, keys)
+            attn_out = token_to_image_attention(to_image, queries + tokens, keys_with_pe, keys)
+        queries = layer.norm2(queries + attn_out)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        if projected is not None:
+            attn_out = projected_image_to_token_attention(to_token, projected, queries + tokens, queries, keys)
+        else:
+            attn_out = image_to_token(to_token, keys_with_pe, queries + tokens, queries, keys)
         keys = _image_layer_norm(layer.norm4, attn_out)
     if read is not None:
         queries, tokens = queries[:, :read], tokens[:, :read]

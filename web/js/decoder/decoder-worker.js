@@ -260,7 +260,9 @@ async function runPrompts(prompts, crop = false) {
     mask_input: emptyMask,
     has_mask_input: new ort.Tensor("float32", Float32Array.of(0), [1]),
   };
-  if (prompts.some((p) => p.maskInput)) {
+  // A mask prompt changes the image rows: the graph then projects that prompt's own, and they are not kept.
+  const withMask = prompts.some((p) => p.maskInput);
+  if (withMask) {
     const masks = new Float32Array(count * LOW_RES_PLANE);
     const flags = new Float32Array(count);
     prompts.forEach((p, b) => {
@@ -273,8 +275,6 @@ async function runPrompts(prompts, crop = false) {
   }
   if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.from(imageSize), [2]);
   if (takesExtent) feeds.valid_tokens = crop ? imageExtent : allTokens;
-  // A mask prompt changes the image rows: the graph then projects that prompt's own, and they are not kept.
-  const withMask = prompts.some((p) => p.maskInput);
   const cache = withMask ? null : perImageCache;
   for (const name of perImageOutputs) feeds[`cached_${name}`] = cache?.[name] ?? noPerImageInput;
   const fetches = session.outputNames.filter((name) => !perImageOutputs.includes(name) || (!withMask && !cache));
