@@ -1,6 +1,7 @@
 """web/js/mask-math.js under Node: the binary mask the client paints equals Meta's postprocessing.
 
-maskFromLowRes (the folded two-resize filter with its threshold) must give exactly upsampleLogits(...) > 0,
+maskFromLowRes (the folded two-resize filter with its threshold, filling runs where every source has one
+sign) must give exactly upsampleLogits(...) > 0, on smooth logits and on speckled ones,
 and both must agree with Sam.postprocess_masks; for SAM 2's STRETCHED frame, with SAM2Transforms.postprocess_masks.
 """
 
@@ -84,6 +85,17 @@ def test_mask_from_low_res_equals_the_thresholded_upsampling_and_meta(tmp_path, 
     print(
         f"{input_size} -> {original_size}: maskFromLowRes {timings['fastMs']:.2f} ms, upsampleLogits {timings['logitsMs']:.2f} ms"
     )
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+@pytest.mark.parametrize("case", [0, 2, 5])
+def test_speckled_logits_give_the_same_mask(tmp_path, case):
+    """Logits that change sign everywhere (random weights): maskFromLowRes thresholds the whole upsampling
+    instead of filling runs, and still gives exactly its pixels."""
+    input_size, original_size = CASES[case]
+    low_res = blob_logits(case, noise=6.0)
+    fast, _, _ = run_mask_math(tmp_path, low_res, input_size, original_size)
+    assert (fast.astype(bool) == (meta_postprocess(low_res, input_size, original_size) > 0)).mean() > 0.9999
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
