@@ -11,6 +11,7 @@ from pathlib import Path
 from backend.sam.build import MODEL_TYPES, sam_model_registry
 
 from .export import VARIANTS, example_inputs, export_decoder
+from .quantize import decoder_session_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +120,7 @@ def check_with_onnxruntime(path: Path, model, variant: str) -> list[str]:
     """Run the exported file once in onnxruntime; returns 'name [shape]' lines."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(path), decoder_session_options(), providers=["CPUExecutionProvider"])
     feeds = {name: value.numpy() for name, value in example_inputs(model, variant, num_points=3).items()}
     outputs = session.run(None, feeds)
     return [f"{meta.name} {list(value.shape)}" for meta, value in zip(session.get_outputs(), outputs, strict=True)]

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from backend.sam.folded_decoder import ALL_MASKS, FirstBlockProducts, FoldedMaskDecoder, pixel_rows
+from backend.sam.folded_decoder import ALL_MASKS, FirstBlockProducts, FoldedMaskDecoder
 
 from .onnx_model import PromptEmbedder, SamDecoderParts
 from .per_image_outputs import CACHED_PREFIX
@@ -59,8 +59,9 @@ class SamLowResOnnxModel(nn.Module):
         dense_embedding = self.prompts.embed_masks_per_prompt(mask_input, has_mask_input)
         _, _, height, width = image_embeddings.shape
         # Computed in the graph from the prompt encoder's 2 x 128 frequencies rather than stored as a 4 MB
-        # constant: onnxruntime folds it once when the session is created (the file shrinks by 4 MB).
-        image_pe = pixel_rows(self.prompts.prompt_encoder.get_dense_pe())
+        # constant: onnxruntime folds it once when the session is created (the file shrinks by 4 MB), in the
+        # layout it is read in (no transposed copies held while folding).
+        image_pe = self.prompts.prompt_encoder.get_dense_pe_rows()
         # [M, h * w, C]: one set of image rows shared by every prompt unless mask prompts make them differ.
         image = (image_embeddings + dense_embedding).flatten(2).transpose(1, 2)
         first_block = self.decoder.first_block_products(image, image_pe)

@@ -59,7 +59,7 @@ class SAM2LowResOnnxModel(nn.Module):
         dense_embedding = self.prompts.embed_masks(mask_input, has_mask_input)
         _, _, height, width = image_embed.shape
         # Computed in the graph from the prompt encoder's frequencies (folded once per session), as SAM 1's.
-        image_pe = pixel_rows(self.prompts.prompt_encoder.get_dense_pe())
+        image_pe = self.prompts.prompt_encoder.get_dense_pe_rows()
         tokens, image_tokens = self.decoder(pixel_rows(image_embed + dense_embedding), image_pe, sparse_embedding)
         iou_predictions = self.decoder.predict_iou(tokens, ALL_MASKS)
         hyper_in = self.decoder.hypernetworks(tokens, ALL_MASKS)

@@ -27,7 +27,7 @@ from backend_fixtures import (
 
 from backend.sam import SamPredictor
 from backend.services.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
-from model_export import EXPORTER_VERSION, PER_IMAGE_OUTPUTS, export_decoder, per_image_inputs
+from model_export import EXPORTER_VERSION, PER_IMAGE_OUTPUTS, decoder_session_options, export_decoder, per_image_inputs
 from model_export.__main__ import main as export_main
 from model_export.per_image_outputs import CACHED_PREFIX
 
@@ -88,7 +88,7 @@ class Session:
     (it computes them) unless told otherwise, and returns only the outputs a decoder's user reads."""
 
     def __init__(self, path) -> None:
-        options = ort.SessionOptions()
+        options = decoder_session_options()
         options.intra_op_num_threads = 2
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = {i.name for i in self.session.get_inputs()}
@@ -209,7 +209,7 @@ def test_lowres_image_side_runs_no_fused_norm_or_gelu_kernels(decoders, name, tm
     """onnxruntime-web's LayerNormalization and Gelu kernels are ~2x slower than plain ops on image-sized
     tensors (docs/benchmarks.md "Decoder"): after onnxruntime's own graph optimizations, as the browser runs
     them, only the prompt tokens' 7 layer norms are left fused and no GELU kernel runs."""
-    options = ort.SessionOptions()
+    options = decoder_session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.optimized_model_filepath = str(tmp_path / f"{name}-optimized.onnx")
     ort.InferenceSession(str(decoders[name]["path"]), options, providers=["CPUExecutionProvider"])
@@ -736,7 +736,7 @@ def test_export_leaves_the_served_model_untouched(model, tmp_path):
 @pytest.mark.parametrize("name", ["lowres", "lowres-quantized"])
 def test_lowres_runs_the_mask_branch_only_for_a_mask_input(decoders, name, own, tmp_path):
     """Without a mask prompt (every hover and click) the mask downscaling's convolutions do not run."""
-    options = ort.SessionOptions()
+    options = decoder_session_options()
     options.intra_op_num_threads = 1
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / name)
@@ -765,7 +765,7 @@ def test_lowres_projects_the_image_once_and_takes_it_back(decoders, name, own, t
     """The first block's image projections are outputs of the first run on an image; fed back, the next runs skip
     them (onnxruntime's profiler: none of their nodes runs) and give the same outputs bitwise. A mask prompt
     changes the image rows, so with one the graph projects its own rows whatever it is given."""
-    options = ort.SessionOptions()
+    options = decoder_session_options()
     options.intra_op_num_threads = 1
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / name)

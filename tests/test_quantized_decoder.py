@@ -5,6 +5,10 @@ scikit-image's astronaut. Masks are compared as the web client makes them: low-r
 image (bilinear, half-pixel centres), thresholded at 0.
 """
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -16,7 +20,7 @@ from backend.sam import SamPredictor, sam_model_registry
 from backend.services import codec
 from backend.services.decoders import prepare_decoders
 from backend.services.weights import random_model
-from model_export import per_image_inputs
+from model_export import SESSION_CONFIG, decoder_session_options, per_image_inputs
 
 # Meta's quantized export of the official vit_b checkpoint (scripts/export_onnx_model.py --quantize-out).
 META_VIT_B_QUANTIZED_BYTES = 4_727_763
@@ -124,8 +128,63 @@ def test_default_decoder_is_no_larger_than_metas_quantized_export(decoders):
     assert default["bytes"] < 0.3 * decoders["lowres"]["bytes"]
 
 
+# What creating a session on the default decoder may add to a process at its high-water (MiB): onnxruntime
+# folds the weights back to float32 then, and a WebAssembly memory keeps its high-water for good (docs/webkit.md
+# "Memory"). Exporter version 7 took +79 (each int8 weight a Cast then a Mul, the positional encoding folded
+# through transposed copies); version 8 takes +47.
+SESSION_HIGH_WATER_MIB = 60
+# Run in a fresh process that imports nothing but onnxruntime (torch's import would set a higher mark first).
+HIGH_WATER_SCRIPT = """
+import json, sys
+import onnxruntime as ort
+
+
+def high_water_kib():  # this process's own peak (ru_maxrss would keep the forking parent's across exec)
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1])
+
+
+model = open(sys.argv[1], "rb").read()
+options = ort.SessionOptions()
+for key, value in json.loads(sys.argv[2]).items():
+    options.add_session_config_entry(key, value)
+options.intra_op_num_threads = 1
+options.enable_cpu_mem_arena = False  # onnxruntime-web's defaults
+options.enable_mem_pattern = False
+before = high_water_kib()
+ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+print((high_water_kib() - before) / 1024)
+"""
+
+
+def test_default_decoder_session_is_created_within_its_memory(decoders):
+    """The browser's decoder memory is sized by this high-water: a phone must afford it (issue #26)."""
+    path = str(decoders["lowres-quantized"]["path"])
+    result = subprocess.run(
+        [sys.executable, "-c", HIGH_WATER_SCRIPT, path, json.dumps(SESSION_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    high_water = float(result.stdout.strip())
+    print(f"session creation high-water: +{high_water:.1f} MiB")
+    assert high_water <= SESSION_HIGH_WATER_MIB
+
+
+def test_the_browser_creates_its_sessions_with_the_same_config():
+    """web/js/decoder/session-options.js passes SESSION_CONFIG as onnxruntime-web's `extra` options (a key
+    "a.b" is extra.a.b): without it the browser would dequantize every weight on every run."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "web" / "js" / "decoder" / "session-options.js").read_text()
+    for key, value in SESSION_CONFIG.items():
+        section, name = key.split(".", 1)
+        assert f'{section}: {{ {name}: "{value}" }}' in text, key
+
+
 def test_default_decoder_masks_match_fp32_torch_per_candidate(decoders, predictor, capsys):
-    options = ort.SessionOptions()
+    options = decoder_session_options()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(
         str(decoders["lowres-quantized"]["path"]), options, providers=["CPUExecutionProvider"]

@@ -49,6 +49,10 @@ class PromptEncoder(nn.Module):
         """Positional encoding of the embedding grid: [1, C, H_emb, W_emb]."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
+    def get_dense_pe_rows(self) -> torch.Tensor:
+        """get_dense_pe() as pixel rows, row-major: [H_emb * W_emb, C]."""
+        return self.pe_layer.grid_rows(self.image_embedding_size)
+
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """points [B, N, 2] (x, y in the 1024 frame), labels [B, N] -> [B, N (+1 if pad), C]."""
         points = points + 0.5  # pixel centres
@@ -138,12 +142,20 @@ class PositionEmbeddingRandom(nn.Module):
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         """Encoding of the centres of an H x W grid: [C, H, W]."""
         height, width = size
+        return self.grid_rows(size).view(height, width, -1).permute(2, 0, 1)
+
+    def grid_rows(self, size: tuple[int, int]) -> torch.Tensor:
+        """Encoding of the centres of an H x W grid as pixel rows, row-major: [H * W, C].
+
+        Computed in that layout, so an exported graph that reads pixel rows holds no transposed copy (onnxruntime
+        folds the encoding when a session is created, and keeps every intermediate until it is done).
+        """
+        height, width = size
         matrix = self.positional_encoding_gaussian_matrix
         grid = torch.ones((height, width), device=matrix.device, dtype=matrix.dtype)
         y_embed = (grid.cumsum(dim=0) - 0.5) / height
         x_embed = (grid.cumsum(dim=1) - 0.5) / width
-        encoding = self._pe_encoding(torch.stack([x_embed, y_embed], dim=-1))
-        return encoding.permute(2, 0, 1)
+        return self._pe_encoding(torch.stack([x_embed, y_embed], dim=-1).view(height * width, 2))
 
     def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """coords [B, N, 2] in pixels (x, y) of an image of size (H, W) -> [B, N, C]."""

@@ -5,6 +5,7 @@
 import * as ort from "/ort/ort.wasm.min.mjs";
 import { STRETCHED, maskFromLowRes, padLowRes, resizedSize, compareMasks, threshold, tokenExtent } from "/web/js/mask-math.js";
 import { applySingleMaskFallback, unclampedLogits } from "/web/js/decoder/sam2-inputs.js";
+import { decoderSessionOptions } from "/web/js/decoder/session-options.js";
 
 const params = await (await fetch("/bench/params.json")).json();
 const status = (text) => { document.getElementById("status").textContent = text; };
@@ -32,7 +33,7 @@ if (params.sam2) {
     offset += count;
   }
 }
-const sessionOptions = { executionProviders: ["wasm"], graphOptimizationLevel: "all", enableProfiling: Boolean(params.profile) };
+const sessionOptions = decoderSessionOptions("wasm", { enableProfiling: Boolean(params.profile) });
 const sessions = {};
 const loadMs = {};
 for (const [name, url] of Object.entries(params.models)) {

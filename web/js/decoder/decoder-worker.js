@@ -17,6 +17,7 @@ import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
 import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, padLowRes, resizedSize, threshold, toModelFrame, tokenExtent } from "../mask-math.js";
 import { readBody } from "../read-body.js";
+import { decoderSessionOptions } from "./session-options.js";
 import { MAX_PROMPTS_PER_RUN, capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
 
 /** Where onnxruntime-web's files are: the versioned path is cached immutably, the plain one revalidated. */
@@ -104,17 +105,13 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
   let fallbackReason = null;
   if (tryWebgpu) {
     try {
-      session = await ort.InferenceSession.create(model, { executionProviders: ["webgpu"], logSeverityLevel: 3 });
+      session = await ort.InferenceSession.create(model, decoderSessionOptions("webgpu"));
       provider = "webgpu";
     } catch (error) {
       fallbackReason = `WebGPU could not run the decoder (${error.message}); using WebAssembly.`;
     }
   }
-  const wasmSession = () => ort.InferenceSession.create(model, {
-    executionProviders: ["wasm"],
-    graphOptimizationLevel: "all",
-    logSeverityLevel: 3,
-  });
+  const wasmSession = () => ort.InferenceSession.create(model, decoderSessionOptions("wasm"));
   if (!session) session = await wasmSession();
   usesOrigImSize = session.inputNames.includes("orig_im_size");
   sam2 = isSam2Decoder(session);
