@@ -101,7 +101,10 @@ def test_open_filters_give_the_result_of_upsampling_every_mask(reduced_sam, stre
     on_update = (lambda added, removed: updates.append((added, removed))) if stream else None
     fast = SamAutomaticMaskGenerator(reduced_sam, **params)
     got = fast.generate(image, image_embedding=embedding, on_update=on_update)
-    want = _EveryMaskUpsampled(reduced_sam, **params).generate(image, image_embedding=embedding)
+    # Streamed the same way: a stream decodes in other batches, and on some CPUs (AMX) torch's kernels round a
+    # batch's products differently by its size (1e-7 in the scores, a pixel at a mask's edge).
+    streamed = (lambda added, removed: None) if stream else None
+    want = _EveryMaskUpsampled(reduced_sam, **params).generate(image, image_embedding=embedding, on_update=streamed)
     assert len(want) > 3
     assert [json.dumps(a, sort_keys=True) for a in got] == [json.dumps(a, sort_keys=True) for a in want]
     assert all(a["stability_score"] == a["stability_score"] for a in got)  # filled in: no NaN
