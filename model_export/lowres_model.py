@@ -12,6 +12,9 @@ from .per_image_outputs import CACHED_PREFIX
 # Outputs that depend on the image alone (FirstBlockProducts' fields), fed back as inputs "cached_<name>"
 # (per_image_outputs.py).
 PER_IMAGE_OUTPUTS = tuple(f"first_block_{field}" for field in FirstBlockProducts._fields)
+# The upscaling runs in this many blocks of token rows (FoldedMaskDecoder.upscale_batch): a full-extent decode's
+# high-water in onnxruntime-web's heap is then 69.2 MiB instead of 99.7 (docs/benchmarks.md, exporter version 9).
+UPSCALE_ROW_BLOCKS = 4
 
 
 def per_image_inputs(outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -68,5 +71,7 @@ class SamLowResOnnxModel(nn.Module):
         tokens, image_tokens = self.decoder.forward_batch(image, image_pe, sparse_embedding, first_block)
         iou_predictions = self.decoder.predict_iou(tokens, ALL_MASKS)
         hyper_in = self.decoder.hypernetworks(tokens, ALL_MASKS)
-        low_res_masks = self.decoder.upscale_batch(image_tokens, hyper_in, height, width, valid_tokens)
+        low_res_masks = self.decoder.upscale_batch(
+            image_tokens, hyper_in, height, width, valid_tokens, row_blocks=UPSCALE_ROW_BLOCKS
+        )
         return iou_predictions, low_res_masks, *first_block

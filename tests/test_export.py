@@ -29,6 +29,7 @@ from backend.sam import SamPredictor
 from backend.services.decoders import DecoderFileError, cache_key, inspect_decoder, prepare_decoders, sha256_of
 from model_export import EXPORTER_VERSION, PER_IMAGE_OUTPUTS, decoder_session_options, export_decoder, per_image_inputs
 from model_export.__main__ import main as export_main
+from model_export.lowres_model import UPSCALE_ROW_BLOCKS
 from model_export.per_image_outputs import CACHED_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +217,8 @@ def test_lowres_image_side_runs_no_fused_norm_or_gelu_kernels(decoders, name, tm
     ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
     assert ops.count("LayerNormalization") == 7, ops.count("LayerNormalization")
     assert not {"Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu"} & set(ops)
-    assert ops.count("Tanh") == 2  # the upscaling's two GELUs, in tanh form
+    # The upscaling's two GELUs, in tanh form, once per block of token rows.
+    assert ops.count("Tanh") == 2 * UPSCALE_ROW_BLOCKS
 
 
 def client_upsample(low_res: np.ndarray, input_size, original_size) -> np.ndarray:
@@ -358,7 +360,8 @@ def test_lowres_upscales_only_the_tokens_asked_for(decoders, predictor, own, nam
     graph = session(decoders[name]["path"])
     scores, low_res = graph.run(None, {**feeds, **ALL_TOKENS})
     assert low_res.shape == (2, 4, 256, 256)
-    for rows, cols in [(43, 64), (64, 37), (1, 1)]:
+    # (1, 1), (3, 5), (6, 64): fewer token rows than the upscaling's blocks (UPSCALE_ROW_BLOCKS), or not a multiple.
+    for rows, cols in [(43, 64), (64, 37), (1, 1), (3, 5), (6, 64)]:
         corner_scores, corner = graph.run(None, {**feeds, "valid_tokens": np.array([rows, cols], np.int64)})
         assert corner.shape == (2, 4, 4 * rows, 4 * cols)
         np.testing.assert_array_equal(corner, low_res[..., : 4 * rows, : 4 * cols])

@@ -190,6 +190,7 @@ class FoldedMaskDecoder(nn.Module):
         height: int,
         width: int,
         extent: torch.Tensor | None = None,
+        row_blocks: int = 1,
     ) -> torch.Tensor:
         """upscale for B prompts at once: image_tokens [B, h * w, C], hyper_in [B, k, C / 8] -> [B, k, 4h, 4w].
 
@@ -198,6 +199,9 @@ class FoldedMaskDecoder(nn.Module):
         [B, k, 4 rows, 4 cols], the same logits as that corner of the whole. Each token's 4 x 4 logits depend on
         that token alone (2x2 stride-2 convolutions, a per-pixel norm and GELUs, a per-pixel product), and a
         client that crops the padding of the 1024 frame reads only the tokens under the image.
+        row_blocks (the ONNX form only): upscale the token rows in this many blocks, one after the other, giving
+        the same logits. onnxruntime frees a block's [B * rows * w * 16, C / 8] features before the next, so a
+        decode's high-water (which a WebAssembly memory keeps for good) holds one block's, not the whole map's.
         """
         conv1, norm, act1, conv2, act2 = self.mask_decoder.output_upscaling
         batch, _, channels = image_tokens.shape
@@ -205,6 +209,16 @@ class FoldedMaskDecoder(nn.Module):
             corner = image_tokens.reshape(batch, height, width, channels)[:, : extent[0], : extent[1]]
             height, width = corner.shape[1], corner.shape[2]
             image_tokens = corner.reshape(batch, -1, channels)
+        if row_blocks > 1 and _plain_gelus(act1, act2):
+            # Blocks of whole token rows (possibly none, for fewer rows than blocks), concatenated along the height.
+            rows = image_tokens.reshape(batch, height, width, channels)
+            edges = [height * i // row_blocks for i in range(row_blocks + 1)]
+            blocks = [rows[:, start:end] for start, end in zip(edges[:-1], edges[1:], strict=True)]
+            upscaled = [
+                self._upscale_batch_folded(block.reshape(batch, -1, channels), hyper_in, block.shape[1], width)
+                for block in blocks
+            ]
+            return torch.cat(upscaled, dim=2)
         if _plain_gelus(act1, act2):
             return self._upscale_batch_folded(image_tokens, hyper_in, height, width)
         x = torch.addmm(self.conv1_bias, image_tokens.reshape(-1, channels), self.conv1_weight)
@@ -227,8 +241,10 @@ class FoldedMaskDecoder(nn.Module):
         x = _doubled_gelu(_centred_layer_norm(norm, centred.view(-1, conv1.out_channels)))
         x = torch.addmm(self.conv2_bias, x, self.conv2_halved_weight).view(batch, -1, conv2.out_channels)
         logits = (hyper_in * 0.5) @ _doubled_gelu(x).transpose(1, 2)  # [B, k, h * w * 16]
-        logits = logits.view(-1, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
-        return logits.reshape(batch, hyper_in.shape[1], 4 * height, 4 * width)
+        # The height is the inferred dimension: it is 0 for a block of no token rows (upscale_batch's row_blocks),
+        # and an ONNX Reshape reads a 0 in its shape as "keep the input's dimension".
+        logits = logits.view(batch * hyper_in.shape[1], -1, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(batch, hyper_in.shape[1], -1, 4 * width)
 
 
 @functools.lru_cache(maxsize=8)
