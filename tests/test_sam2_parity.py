@@ -139,6 +139,33 @@ def test_state_dict_matches_the_official_manifest(reference_dir, model_type):
     assert {key.split(".")[0] for key in manifest if key not in ours} <= set(VIDEO_ONLY_PREFIXES)
 
 
+# Scores this close are a tie: the generator orders by score, and float rounding (which differs between CPUs, e.g.
+# with AMX) may order tied annotations either way.
+SCORE_TIE = 1e-5
+
+
+def in_tied_order(annotations: list[dict], expected: list[dict]) -> list[dict]:
+    """expected, with each run of tied scores put in the order of ours (matched by point and area); the rest of
+    the order is the reference's."""
+    ordered = list(expected)
+    start = 0
+    while start < len(ordered):
+        end = start + 1
+        while end < len(ordered) and abs(ordered[end]["predicted_iou"] - ordered[start]["predicted_iou"]) <= SCORE_TIE:
+            end += 1
+        tied = ordered[start:end]
+        for i in range(start, min(end, len(annotations))):
+            key = (annotations[i]["point_coords"], annotations[i]["area"])
+            match = next((ref for ref in tied if (ref["point_coords"], ref["area"]) == key), None)
+            if match is not None:
+                tied.remove(match)
+                ordered[i] = match
+            else:
+                ordered[i] = tied.pop(0)
+        start = end
+    return ordered
+
+
 @pytest.mark.parametrize(
     ("fixture", "expected_count"),
     [("amg_sam2.1_reduced_seed0_dog.json.gz", 108), ("amg_sam2.1_reduced_seed0_dog_m2m.json.gz", 48)],
@@ -151,7 +178,7 @@ def test_everything_mode_matches_annotation_by_annotation(case, reference_dir, f
 
     expected = reference["annotations"]
     assert len(annotations) == len(expected) == expected_count
-    for i, (got, ref) in enumerate(zip(annotations, expected, strict=True)):
+    for i, (got, ref) in enumerate(zip(annotations, in_tied_order(annotations, expected), strict=True)):
         assert np.allclose(got["point_coords"], ref["point_coords"], atol=1e-3), i
         assert got["crop_box"] == ref["crop_box"], i
         assert got["predicted_iou"] == pytest.approx(ref["predicted_iou"], abs=1e-3), i
