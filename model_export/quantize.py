@@ -36,7 +36,7 @@ MIN_QUANTIZED_ELEMENTS = 4096
 
 # Session config entries for the weight-only files: fold their DequantizeLinear nodes at session creation
 # instead of keeping them for onnxruntime's integer-kernel (QDQ) fusions, which these float graphs do not use.
-# web/js/decoder/decoder-worker.js sets the same entry.
+# web/js/decoder/session-options.js sets the same entry for the browser.
 SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 

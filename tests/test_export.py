@@ -89,8 +89,7 @@ class Session:
     (it computes them) unless told otherwise, and returns only the outputs a decoder's user reads."""
 
     def __init__(self, path) -> None:
-        options = decoder_session_options()
-        options.intra_op_num_threads = 2
+        options = decoder_session_options(2)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = {i.name for i in self.session.get_inputs()}
         self.defaults = {
@@ -739,8 +738,7 @@ def test_export_leaves_the_served_model_untouched(model, tmp_path):
 @pytest.mark.parametrize("name", ["lowres", "lowres-quantized"])
 def test_lowres_runs_the_mask_branch_only_for_a_mask_input(decoders, name, own, tmp_path):
     """Without a mask prompt (every hover and click) the mask downscaling's convolutions do not run."""
-    options = decoder_session_options()
-    options.intra_op_num_threads = 1
+    options = decoder_session_options(1)
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / name)
     graph = ort.InferenceSession(str(decoders[name]["path"]), options, providers=["CPUExecutionProvider"])
@@ -768,8 +766,7 @@ def test_lowres_projects_the_image_once_and_takes_it_back(decoders, name, own, t
     """The first block's image projections are outputs of the first run on an image; fed back, the next runs skip
     them (onnxruntime's profiler: none of their nodes runs) and give the same outputs bitwise. A mask prompt
     changes the image rows, so with one the graph projects its own rows whatever it is given."""
-    options = decoder_session_options()
-    options.intra_op_num_threads = 1
+    options = decoder_session_options(1)
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / name)
     path = decoders[name]["path"]

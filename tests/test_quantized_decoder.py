@@ -203,8 +203,7 @@ def test_the_browser_creates_its_sessions_with_the_same_config():
 
 
 def test_default_decoder_masks_match_fp32_torch_per_candidate(decoders, predictor, capsys):
-    options = decoder_session_options()
-    options.intra_op_num_threads = 2
+    options = decoder_session_options(2)
     session = ort.InferenceSession(
         str(decoders["lowres-quantized"]["path"]), options, providers=["CPUExecutionProvider"]
     )
