@@ -700,7 +700,8 @@ def test_keyboard_only_prompting(ready_page):
 
 
 def test_every_embedding_format_decodes_in_the_browser(page, live_server, photo_path):
-    """web/js/decoder/embedding.js against the server's codec: f16 and int8 within their rounding of f32."""
+    """web/js/decoder/embedding.js against the server's codec: f16 and int8 within their rounding of f32, also
+    when written over an earlier embedding's array."""
     from backend.services.codec import decode_embedding
 
     open_app(page, live_server)
@@ -712,11 +713,16 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, photo_
         """async (id) => {
         const { decodeEmbedding } = await import('/js/decoder/embedding.js');
         const out = {};
+        // Each format is written over the previous one's array, as the worker does from image to image.
+        let previous = null;
         for (const format of ['f32', 'f16', 'int8']) {
             const body = await (await fetch(`/api/embeddings/${id}?format=${format}`)).arrayBuffer();
-            const { data, dims, dtype } = decodeEmbedding(body);
-            out[format] = { dims, dtype, values: Array.from(data.subarray(0, 4096)) };
+            const { data, dims, dtype } = decodeEmbedding(body, previous);
+            out[format] = { dims, dtype, reused: data === previous, values: Array.from(data.subarray(0, 4096)) };
+            previous = data;
         }
+        const f32 = await (await fetch(`/api/embeddings/${id}?format=f32`)).arrayBuffer();
+        out.shortReuse = decodeEmbedding(f32, new Float32Array(3)).data.length;
         try { decodeEmbedding(new ArrayBuffer(8)); } catch (error) { out.short = error.message; }
         return out; }""",
         info["id"],
@@ -729,6 +735,9 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, photo_
     step = np.abs(reference.reshape(256, -1)[0]).max() / 127
     assert np.abs(np.float32(result["int8"]["values"]) - flat[:4096]).max() <= step / 2 + 1e-6
     assert "too short" in result["short"]
+    # The previous image's array is written over when it has the length, never a shorter one.
+    assert [result[f]["reused"] for f in ("f32", "f16", "int8")] == [False, True, True]
+    assert result["shortReuse"] == 256 * 64 * 64
 
 
 def test_a_second_image_can_be_chosen_with_a_visible_button_and_starts_clean(ready_page, large_photo_path):

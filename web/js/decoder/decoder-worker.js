@@ -199,9 +199,13 @@ const extentTensor = ([rows, cols]) => new ort.Tensor("int64", BigInt64Array.of(
 
 function setEmbedding({ buffer, imageSize: size }) {
   const started = performance.now();
-  imageTensors = null; // the previous image's inputs may be collected while this one's are unpacked
+  // The previous image's inputs are written over, not dropped: in WebKit a dropped 4 MB array stays resident
+  // until JavaScriptCore's next collection, which may be photos away (docs/webkit.md). Messages run one at a
+  // time, so no run still reads them; a bad embedding leaves no image (imageTensors stays null).
+  const previous = Object.fromEntries(Object.entries(imageTensors ?? {}).map(([name, tensor]) => [name, tensor.data]));
+  imageTensors = null;
   perImageCache = null;
-  const { tensors, dtype, sam2: isSam2 } = decodeFeatures(buffer);
+  const { tensors, dtype, sam2: isSam2 } = decodeFeatures(buffer, previous);
   if (session && isSam2 !== sam2) {
     throw new Error(`The embedding is ${isSam2 ? "SAM 2" : "SAM 1"}'s but the decoder ${sam2 ? "SAM 2" : "SAM 1"}'s.`);
   }

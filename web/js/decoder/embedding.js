@@ -42,9 +42,11 @@ function payloadBytes(dtypeCode, channels, count) {
 
 /**
  * One tensor record at `offset`: its header (whose version byte must be `version`) and payload.
+ * @param {Float32Array|null} reuse written over when it has the record's length (every value is written), so
+ *   a new image's embedding leaves no 4 MB array behind for the garbage collector (docs/webkit.md)
  * @returns {{data: Float32Array, dims: number[], dtype: string, end: number}} end: the offset after it
  */
-function decodeRecord(buffer, offset, version, exact) {
+function decodeRecord(buffer, offset, version, exact, reuse = null) {
   if (buffer.byteLength < offset + HEADER_BYTES) {
     throw new EmbeddingFormatError("The embedding is too short to hold its header.");
   }
@@ -67,7 +69,7 @@ function decodeRecord(buffer, offset, version, exact) {
   if (exact ? buffer.byteLength !== end : buffer.byteLength < end) {
     throw new EmbeddingFormatError(`The embedding has ${buffer.byteLength} bytes; ${end} were expected.`);
   }
-  const data = new Float32Array(count);
+  const data = reuse?.length === count ? reuse : new Float32Array(count);
   if (dtypeCode === 0) {
     // Copied through bytes: a record inside a bundle need not start 4-byte aligned.
     new Uint8Array(data.buffer).set(new Uint8Array(buffer, start, count * 4));
@@ -119,27 +121,30 @@ function decodeRecord(buffer, offset, version, exact) {
 /**
  * Decodes one SAM 1 embedding (version 1).
  * @param {ArrayBuffer} buffer the HTTP body of GET /api/embeddings/<id>
+ * @param {Float32Array|null} reuse an array to write the values into when it has their count
  * @returns {{data: Float32Array, dims: number[], dtype: string}} data is C*H*W floats in C,H,W order;
  *   dims is [1, C, H, W] as the decoder's image_embeddings input expects.
  */
-export function decodeEmbedding(buffer) {
+export function decodeEmbedding(buffer, reuse = null) {
   if (!(buffer instanceof ArrayBuffer)) throw new EmbeddingFormatError("The embedding is too short to hold its header.");
-  const { data, dims, dtype } = decodeRecord(buffer, 0, 1, true);
+  const { data, dims, dtype } = decodeRecord(buffer, 0, 1, true, reuse);
   return { data, dims, dtype };
 }
 
 /**
  * Decodes a version-1 embedding or a version-2 SAM 2 bundle into the decoder's image inputs.
+ * @param {Object<string, Float32Array>} reuse arrays by input name to write over where the lengths match (the
+ *   previous image's, which the caller no longer reads)
  * @returns {{tensors: Object<string, {data: Float32Array, dims: number[]}>, dtype: string, sam2: boolean}}
  *   tensors by decoder input name (image_embeddings, or SAM2_TENSORS); dtype e.g. "int8" or "int8/int4/int8"
  */
-export function decodeFeatures(buffer) {
+export function decodeFeatures(buffer, reuse = {}) {
   if (!(buffer instanceof ArrayBuffer) || buffer.byteLength < HEADER_BYTES) {
     throw new EmbeddingFormatError("The embedding is too short to hold its header.");
   }
   const version = new DataView(buffer).getUint8(4);
   if (version !== 2) {
-    const { data, dims, dtype } = decodeEmbedding(buffer);
+    const { data, dims, dtype } = decodeEmbedding(buffer, reuse.image_embeddings);
     return { tensors: { image_embeddings: { data, dims } }, dtype, sam2: false };
   }
   if (magicAt(buffer, 0) !== MAGIC) throw new EmbeddingFormatError(`The embedding does not start with "${MAGIC}".`);
@@ -151,7 +156,7 @@ export function decodeFeatures(buffer) {
   const dtypes = [];
   let offset = HEADER_BYTES;
   SAM2_TENSORS.forEach((name, i) => {
-    const record = decodeRecord(buffer, offset, 2, i === SAM2_TENSORS.length - 1);
+    const record = decodeRecord(buffer, offset, 2, i === SAM2_TENSORS.length - 1, reuse[name]);
     tensors[name] = { data: record.data, dims: record.dims };
     dtypes.push(record.dtype);
     offset = record.end;
