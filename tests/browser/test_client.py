@@ -723,6 +723,11 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, photo_
         }
         const f32 = await (await fetch(`/api/embeddings/${id}?format=f32`)).arrayBuffer();
         out.shortReuse = decodeEmbedding(f32, new Float32Array(3)).data.length;
+        // An array that is a view into a larger buffer gets the values in its own bytes, not the buffer's first.
+        const whole = new Float32Array(256 * 64 * 64 + 8);
+        const view = whole.subarray(4, 4 + 256 * 64 * 64);
+        const intoView = decodeEmbedding(f32, view).data;
+        out.view = { reused: intoView === view, before: Array.from(whole.subarray(0, 4)), first: Array.from(view.subarray(0, 4)) };
         try { decodeEmbedding(new ArrayBuffer(8)); } catch (error) { out.short = error.message; }
         return out; }""",
         info["id"],
@@ -738,6 +743,8 @@ def test_every_embedding_format_decodes_in_the_browser(page, live_server, photo_
     # The previous image's array is written over when it has the length, never a shorter one.
     assert [result[f]["reused"] for f in ("f32", "f16", "int8")] == [False, True, True]
     assert result["shortReuse"] == 256 * 64 * 64
+    assert result["view"]["reused"] and result["view"]["before"] == [0, 0, 0, 0]
+    assert np.array_equal(np.float32(result["view"]["first"]), flat[:4])
 
 
 def test_a_second_image_can_be_chosen_with_a_visible_button_and_starts_clean(ready_page, large_photo_path):

@@ -72,7 +72,7 @@ function decodeRecord(buffer, offset, version, exact, reuse = null) {
   const data = reuse?.length === count ? reuse : new Float32Array(count);
   if (dtypeCode === 0) {
     // Copied through bytes: a record inside a bundle need not start 4-byte aligned.
-    new Uint8Array(data.buffer).set(new Uint8Array(buffer, start, count * 4));
+    new Uint8Array(data.buffer, data.byteOffset, count * 4).set(new Uint8Array(buffer, start, count * 4));
   } else if (dtypeCode === 1) {
     const table = halfToFloatTable();
     // A typed-array view needs 2-byte alignment (always so for version 1, whose payload starts at byte 16).
