@@ -125,6 +125,28 @@ def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
     )
 
 
+def test_the_pages_timing_entries_stay_bounded_over_a_long_session(ready_page):
+    """The browser keeps every User Timing entry until it is cleared (about 350 bytes each, three a hover): the
+    page keeps at most 1000 of each name. The long session is shortened: entries are added through the page's
+    own timing module up to one below the bound, then the app's next decodes must not pass it."""
+    page = ready_page
+    page.mouse.move(*canvas_point(page, 400, 260))
+    page.wait_for_function("performance.getEntriesByName('sam:decode').length > 0")
+    bound = page.evaluate(
+        """async () => {
+        const { measure, MAX_MEASURES_PER_NAME } = await import('/js/timing.js');
+        for (let i = 1; i < MAX_MEASURES_PER_NAME; i++) measure('sam:decode', { start: 0, duration: 1, detail: { filler: i } });
+        return MAX_MEASURES_PER_NAME; }"""
+    )
+    assert bound == 1000
+    for x, y in ((200, 150), (420, 250), (300, 200)):
+        since = page.evaluate("performance.now()")
+        page.mouse.move(*canvas_point(page, x, y))
+        page.wait_for_function(f"performance.getEntriesByName('sam:decode').at(-1).startTime > {since}")
+        entries = page.evaluate("performance.getEntriesByName('sam:decode').map((e) => e.detail)")
+        assert 1 <= len(entries) <= bound and entries[-1]["wasmMemoryBytes"] > 0
+
+
 def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_page, predictor, live_server, photo_path):
     page = ready_page
     # Rest on the pixel until its preview is painted: the click then keeps that decode (the instant path).

@@ -6,11 +6,12 @@
 
 import { lowResPlane } from "./mask-math.js";
 import { chosenLowRes, chosenMask, PromptHistory } from "./prompts.js";
+import { measure } from "./timing.js";
 
 /** Records a User Timing measure from a pointer event to the frame that shows its mask (read by benchmarks). */
 function measureToPaint(name, eventTime) {
   if (eventTime == null) return;
-  requestAnimationFrame(() => performance.measure(name, { start: eventTime, end: performance.now() }));
+  requestAnimationFrame(() => measure(name, { start: eventTime, end: performance.now() }));
 }
 
 export class SegmentEditor {

@@ -3,6 +3,7 @@
 // a committed prompt was issued after it (so a click's mask always lands before the next hover).
 
 import { startModuleWorker } from "./module-worker.js";
+import { measure } from "../timing.js";
 
 /**
  * Start-up watchdog. onnxruntime-web's threaded WASM start now and then blocks its worker for good (seen in
@@ -58,12 +59,12 @@ export class DecoderClient {
       // User Timing entries of the worker's session.run and upsampling, for benchmarks and profiling; a decode's
       // entry also tells how much WebAssembly memory the decoder holds after it (bench_memory.py reads it).
       const now = performance.now();
-      performance.measure("sam:decode", {
+      measure("sam:decode", {
         start: now - message.decodeMs - message.postMs,
         duration: message.decodeMs,
         detail: { wasmMemoryBytes: message.wasmMemoryBytes },
       });
-      performance.measure("sam:upsample", { start: now - message.postMs, duration: message.postMs });
+      measure("sam:upsample", { start: now - message.postMs, duration: message.postMs });
     }
     const waiter = this.waiting.get(message.id);
     if (!waiter) return;
