@@ -9,8 +9,11 @@ const counts = new Map(); // name -> measures recorded since that name was last 
 
 /** performance.measure(name, options), keeping at most MAX_MEASURES_PER_NAME entries of the name. */
 export function measure(name, options) {
-  const count = counts.get(name) ?? 0;
-  if (count >= MAX_MEASURES_PER_NAME) performance.clearMeasures(name);
-  counts.set(name, count >= MAX_MEASURES_PER_NAME ? 1 : count + 1);
+  let count = counts.get(name) ?? 0;
+  if (count >= MAX_MEASURES_PER_NAME) {
+    performance.clearMeasures(name);
+    count = 0;
+  }
+  counts.set(name, count + 1);
   return performance.measure(name, options);
 }
