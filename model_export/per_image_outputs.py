@@ -6,6 +6,11 @@ CACHED_PREFIX + NAME: given (that output of a previous run on this image, withou
 it; empty (first dimension 0), or when any prompt has a mask input (the image rows are then that prompt's own),
 the graph computes it, behind an ONNX If.
 So a client runs the 403 M multiply-adds of those projections once per image instead of once per decode.
+
+The nodes that read the projections are in both branches of the If, so on a run with given projections nothing
+holds a second copy of them: an If's outputs are its own buffers, and a branch that handed the inputs on would
+copy them (3 x 2 MB) and keep the copies alive as graph outputs to the end of the run. That branch reads the
+inputs where they are and returns the outputs NAME empty; the client keeps the first run's.
 """
 
 from __future__ import annotations
@@ -62,10 +67,53 @@ def compute_once_per_image(model, names: list[str]) -> None:
 
     order = {id(node): i for i, node in enumerate(graph.node)}
     moved = sorted(branch.values(), key=lambda node: order[id(node)])
+    # The projections' readers, and every node on a path from one reader to another (the first block's token
+    # side), run in each branch on that branch's projections.
+    direct = [node for node in graph.node if id(node) not in branch and set(_reads(node)) & wanted]
+    downstream = _reached(direct, lambda node: [u for out in node.output for u in consumers.get(out, [])])
+    upstream = _reached(direct, lambda node: [producers[i] for i in _reads(node) if i in producers])
+    readers = [node for node in graph.node if id(node) in downstream and id(node) in upstream]
+    inside = {id(node) for node in readers}
+    made_by_readers = {out for node in readers for out in node.output}
+    read = [  # what the rest of the graph reads of them
+        out
+        for node in readers
+        for out in node.output
+        if out in outputs or any(id(user) not in inside for user in consumers.get(out, []))
+    ]
+    types = _element_types(model, read)
     for node in moved:
         node.output[:] = [f"{out}/computed" if out in wanted else out for out in node.output]
-    computed = [helper.make_tensor_value_info(f"{name}/computed", TensorProto.FLOAT, None) for name in names]
-    given = [helper.make_node("Identity", [CACHED_PREFIX + name], [f"{name}/given"]) for name in names]
+
+    def in_branch(value: str, source: str) -> str:
+        """What a reader's copy in the `source` ("computed" | "given") branch reads for `value`."""
+        if value in wanted:
+            return f"{value}/computed" if source == "computed" else CACHED_PREFIX + value
+        return f"{value}/{source}" if value in made_by_readers else value
+
+    def readers_of(source: str) -> list:
+        copies = []
+        for node in readers:
+            copy = type(node)()
+            copy.CopyFrom(node)
+            copy.name = f"{node.name}/{source}"
+            copy.input[:] = [in_branch(value, source) for value in node.input]
+            copy.output[:] = [f"{out}/{source}" for out in node.output]
+            copies.append(copy)
+        return copies
+
+    def branch_outputs(source: str) -> list:
+        return [helper.make_tensor_value_info(f"{out}/{source}", types[out], None) for out in read]
+
+    computed = branch_outputs("computed") + [
+        helper.make_tensor_value_info(f"{name}/computed", TensorProto.FLOAT, None) for name in names
+    ]
+    given = readers_of("given") + [
+        helper.make_node(
+            "Constant", [], [f"{name}/given"], value=helper.make_tensor("e", TensorProto.FLOAT, [0, 0, 0, 0], [])
+        )
+        for name in names
+    ]
     for name in names:
         graph.input.append(helper.make_tensor_value_info(CACHED_PREFIX + name, TensorProto.FLOAT, None))
     first = CACHED_PREFIX + names[0]
@@ -77,22 +125,47 @@ def compute_once_per_image(model, names: list[str]) -> None:
         helper.make_node(
             "If",
             ["per_image/compute"],
-            names,
+            read + names,
             name="per_image/If",
-            then_branch=helper.make_graph(moved, "compute_per_image", [], computed),
+            then_branch=helper.make_graph(moved + readers_of("computed"), "compute_per_image", [], computed),
             else_branch=helper.make_graph(
                 given,
                 "given_per_image",
                 [],
-                [helper.make_tensor_value_info(f"{name}/given", TensorProto.FLOAT, None) for name in names],
+                branch_outputs("given")
+                + [helper.make_tensor_value_info(f"{name}/given", TensorProto.FLOAT, None) for name in names],
             ),
         ),
     ]
-    kept = [node for node in graph.node if id(node) not in branch]
+    moved_away = inside | set(branch)
+    kept = [node for node in graph.node if id(node) not in moved_away]
     del graph.node[:]
     graph.node.extend(_topological(kept + conditions))
     for name in names:
         outputs[name].type.tensor_type.ClearField("shape")
+
+
+def _reached(start: list, neighbours) -> set[int]:
+    """The ids of the nodes in `start` and of every node reached from them through `neighbours(node)`."""
+    seen = {id(node) for node in start}
+    pending = list(start)
+    while pending:
+        for node in neighbours(pending.pop()):
+            if id(node) not in seen:
+                seen.add(id(node))
+                pending.append(node)
+    return seen
+
+
+def _element_types(model, names: list[str]) -> dict[str, int]:
+    """The ONNX element type of each value in `names`, by onnx's shape inference (on a copy of `model`)."""
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model).graph
+    known = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.output]}
+    if missing := [name for name in names if not known.get(name)]:
+        raise ValueError(f"no element type inferred for {missing}")
+    return {name: known[name] for name in names}
 
 
 def _reads(node) -> list[str]:

@@ -178,7 +178,8 @@ MIB = 1024 * 1024
 # The WebAssembly memory onnxruntime-web holds once the default decoder has decoded on all 64 x 64 tokens with a
 # mask prompt (the page's warm-up and every click): a WebAssembly memory never shrinks. Exporter version 8:
 # 99.7 MiB (the whole upscaled map at once, then Emscripten's 20 % growth step); version 9 upscales in
-# blocks of token rows: 69.2 MiB.
+# blocks of token rows: 69.2 MiB, but 83.1 once the per-image projections were fed back (held twice by the
+# per-image If); version 10 reads them where they are: 69.2 MiB.
 DECODE_HEAP_MIB = 76
 
 
