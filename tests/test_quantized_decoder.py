@@ -179,8 +179,10 @@ MIB = 1024 * 1024
 # mask prompt (the page's warm-up and every click): a WebAssembly memory never shrinks. Exporter version 8:
 # 99.7 MiB (the whole upscaled map at once, then Emscripten's 20 % growth step); version 9 upscales in
 # blocks of token rows: 69.2 MiB, but 83.1 once the per-image projections were fed back (held twice by the
-# per-image If); version 10 reads them where they are: 69.2 MiB.
-DECODE_HEAP_MIB = 76
+# per-image If); version 10 reads them where they are and needs 68-69 MiB. That is at the first step (69.2):
+# whether the heap grows to 83.1 depends on its layout, even on the path the script is loaded from, so the bound
+# is below the next step (docs/benchmarks.md, exporter version 10).
+DECODE_HEAP_MIB = 90
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
