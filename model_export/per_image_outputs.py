@@ -81,7 +81,7 @@ def compute_once_per_image(model, names: list[str]) -> None:
         for out in node.output
         if out in outputs or any(id(user) not in inside for user in consumers.get(out, []))
     ]
-    types = _element_types(model, read)
+    types = {**_element_types(model, read), **dict.fromkeys(names, TensorProto.FLOAT)}
     for node in moved:
         node.output[:] = [f"{out}/computed" if out in wanted else out for out in node.output]
 
@@ -103,11 +103,9 @@ def compute_once_per_image(model, names: list[str]) -> None:
         return copies
 
     def branch_outputs(source: str) -> list:
-        return [helper.make_tensor_value_info(f"{out}/{source}", types[out], None) for out in read]
+        """The `source` branch's outputs, in the If's order: what the graph reads of the readers, then `names`."""
+        return [helper.make_tensor_value_info(f"{out}/{source}", types[out], None) for out in read + names]
 
-    computed = branch_outputs("computed") + [
-        helper.make_tensor_value_info(f"{name}/computed", TensorProto.FLOAT, None) for name in names
-    ]
     given = readers_of("given") + [
         helper.make_node(
             "Constant", [], [f"{name}/given"], value=helper.make_tensor("e", TensorProto.FLOAT, [0, 0, 0, 0], [])
@@ -127,14 +125,10 @@ def compute_once_per_image(model, names: list[str]) -> None:
             ["per_image/compute"],
             read + names,
             name="per_image/If",
-            then_branch=helper.make_graph(moved + readers_of("computed"), "compute_per_image", [], computed),
-            else_branch=helper.make_graph(
-                given,
-                "given_per_image",
-                [],
-                branch_outputs("given")
-                + [helper.make_tensor_value_info(f"{name}/given", TensorProto.FLOAT, None) for name in names],
+            then_branch=helper.make_graph(
+                moved + readers_of("computed"), "compute_per_image", [], branch_outputs("computed")
             ),
+            else_branch=helper.make_graph(given, "given_per_image", [], branch_outputs("given")),
         ),
     ]
     moved_away = inside | set(branch)
