@@ -19,6 +19,10 @@ WAIT_S = 120
 # Processes in this one's tree that are not the browser: the drivers (Playwright's node is "node-MainThread")
 # and the display.
 NOT_BROWSER = ("node", "Xvfb", "WebKitWebDriver", "python")
+# Browser processes that serve no page: Chromium starts its on-device model service by itself a few minutes
+# after launch (it rates the machine for its built-in AI) and keeps it running. Its 60 MB depend on how long
+# the browser has run, not on the app.
+NOT_THE_PAGES = ("utility:OnDeviceModelService",)
 
 # ---------------------------------------------------------------------------------------------- memory
 
@@ -89,6 +93,8 @@ def browser_pss_by_kind(excluded_roots: tuple[int, ...] = (), root: int | None =
     for pid in pids:
         if not _name(pid).startswith(NOT_BROWSER):
             kind = _kind(pid)
+            if kind in NOT_THE_PAGES:
+                continue
             by_kind[kind] = by_kind.get(kind, 0) + _pss_bytes(pid)
     return by_kind
 
