@@ -26,7 +26,7 @@ from browser_helpers import (
     upload,
     wait_idle,
 )
-from PIL import Image
+from PIL import Image, ImageOps
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 pytestmark = pytest.mark.timeout(300)
@@ -977,8 +977,21 @@ def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, ph
     Image.open(photo_path).resize((600, 400)).save(photo, exif=exif.tobytes())
     upload(page, photo)
     assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [400, 600]
-    shown = page.locator("#stage-image").evaluate("i => [i.naturalWidth, i.naturalHeight]")
-    assert shown == [400, 600]
+    # What the stage draws is the photo upright: its pixels, 40x60 box averages, match the rotated file.
+    shown = page.locator("#stage-image").evaluate(
+        """c => {
+          const small = new OffscreenCanvas(40, 60).getContext('2d');
+          small.imageSmoothingQuality = 'high';
+          small.drawImage(c, 0, 0, 40, 60);
+          return [c.width, c.height, Array.from(small.getImageData(0, 0, 40, 60).data)];
+        }"""
+    )
+    assert shown[:2] == [400, 600]
+    drawn = np.array(shown[2], dtype=np.float32).reshape(60, 40, 4)[..., :3]
+    upright = ImageOps.exif_transpose(Image.open(photo))
+    error = np.abs(drawn - np.asarray(upright.resize((40, 60), Image.BOX), dtype=np.float32)).mean()
+    upside_down = np.asarray(upright.rotate(180).resize((40, 60), Image.BOX), dtype=np.float32)
+    assert error < 8 and error < np.abs(drawn - upside_down).mean() / 3, error
     click_pixel(page, 200, 500)
     assert prompt_points(page) == [[200, 500, 1]] and shown_mask(page).any()
 

@@ -342,7 +342,7 @@ def test_everything_streams_each_batch_and_resolves_the_servers_final_set(open_p
 
 def pixel_position(page, x: float, y: float) -> tuple[float, float]:
     """Viewport coordinates of the centre of image pixel (x, y) inside the element."""
-    canvas = page.locator("#sam .stage canvas")
+    canvas = page.locator("#sam .stage .masks")
     box = canvas.bounding_box()
     width, height = canvas.evaluate("(c) => [c.width, c.height]")
     return box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
@@ -404,7 +404,7 @@ def test_compact_shows_the_image_and_minimal_controls(open_page, host, app):
     html = element_host(app.url).replace('<sam-segmenter id="sam"', '<sam-segmenter id="sam" compact')
     page = open_page(host.add("/compact.html", html))
     page.evaluate(OPEN, host.url + "images/coffee.png")
-    assert page.locator("#sam .stage canvas").is_visible()
+    assert page.locator("#sam .stage .masks").is_visible()
     assert page.locator("#sam [data-action=undo]").is_visible()
     assert page.locator("#sam [data-action=keep]").is_visible()
     for hidden in ("[data-action=redo]", "[data-action=reset]", "[data-action=negative]", ".status"):
@@ -629,7 +629,7 @@ def test_iframe_image_parameter_opens_directly(open_page, host, app):
     ready = next(m for m in page.evaluate("samMessages") if m["type"] == "sam:ready")
     assert (ready["width"], ready["height"], ready["id"]) == (600, 400, None)
     # The user's own click inside the frame reaches the host unasked.
-    canvas = page.frame_locator("#sam").locator("sam-segmenter .stage canvas")
+    canvas = page.frame_locator("#sam").locator("sam-segmenter .stage .masks")
     box = canvas.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_function("samMessages.some((m) => m.type === 'sam:mask')")

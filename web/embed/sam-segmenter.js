@@ -43,8 +43,8 @@ const TEMPLATE = `
     </div>
     <div class="candidates" hidden><span class="full">Candidates:</span> <span class="candidate-list" role="radiogroup" aria-label="Candidate masks"></span></div>
     <div class="stage" part="stage" tabindex="0" hidden aria-label="The image: hover to preview, click to add a point, right-click to remove an area, drag for a box">
-      <img alt="">
-      <canvas aria-hidden="true"></canvas>
+      <canvas class="photo" aria-hidden="true"></canvas>
+      <canvas class="masks" aria-hidden="true"></canvas>
       <svg aria-hidden="true"></svg>
     </div>
     <p class="status" part="status" role="status"></p>
@@ -69,7 +69,7 @@ export class SamSegmenter extends HTMLElement {
     this.attachShadow({ mode: "open" }).innerHTML = TEMPLATE;
     const $ = (selector) => this.shadowRoot.querySelector(selector);
     this.#view = new StageView(
-      { stage: $(".stage"), image: $(".stage img"), canvas: $(".stage canvas"), svg: $(".stage svg") },
+      { stage: $(".stage"), image: $(".stage .photo"), canvas: $(".stage .masks"), svg: $(".stage svg") },
       {
         onHover: (x, y, time) => this.#editor?.hoverAt(x, y, this.#view.negativeMode, time),
         onLeave: () => this.#editor?.leave(),
@@ -496,7 +496,7 @@ export class SamSegmenter extends HTMLElement {
 
   #showImage() {
     this.shadowRoot.querySelector(".stage").hidden = false;
-    this.#view.setImage(this.#image.url, this.#image.uploadSize);
+    this.#view.setImage(this.#image.original, this.#image.uploadSize);
     this.#refresh();
   }
 

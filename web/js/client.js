@@ -27,7 +27,7 @@ export class SamClient {
     this.editor = new SegmentEditor(this.decoder, editor);
     this.decoderReady = null; // Promise of startDecoder's answer
     this.decoderInfo = null; // its answer, once there
-    this.image = null; // {name, original, originalSize, upload, uploadSize, downscaled, url, id, token}
+    this.image = null; // {name, original, originalSize, upload, uploadSize, downscaled, id, token}
     this.loadToken = 0;
   }
 
@@ -60,11 +60,10 @@ export class SamClient {
       throw error;
     }
     if (token !== this.loadToken) return null;
-    if (this.image?.url) URL.revokeObjectURL(this.image.url);
     // The previous photo's decoded pixels (width × height × 4 bytes, outside the JS heap) go now, not whenever
     // the collector next looks: a session of many photos on a phone must not pile them up.
     this.image?.original?.close?.();
-    this.image = { ...prepared, url: URL.createObjectURL(blob), id: null, token };
+    this.image = { ...prepared, id: null, token };
     this.editor.begin(prepared.uploadSize);
     return this.image;
   }

@@ -6,6 +6,9 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const MIN_SHOWN_SIDE_PX = 320; // smaller images are enlarged by a whole factor so they can be pointed at
 const MIN_MARKER_RADIUS_PX = 6; // CSS pixels: a point marker stays visible (≥ 12 px across) on a phone
 const MAX_ZOOM = 8;
+// The most pixels the photo's canvas holds: Safari's limit for one canvas (4096 × 4096; a larger one stays blank).
+// Larger photos are shown scaled down to it, still finer than any screen shows them unzoomed.
+const MAX_PHOTO_PIXELS = 4096 * 4096;
 
 function packRgba([r, g, b], alpha) {
   return ((Math.round(alpha * 255) << 24) | (b << 16) | (g << 8) | r) >>> 0;
@@ -35,9 +38,21 @@ export class StageView {
     this.#bindPointer();
   }
 
-  /** Shows a new image; maskSize [H, W] is the overlay (encoded image) resolution. */
-  setImage(url, maskSize) {
-    this.image.src = url;
+  /**
+   * Shows a new image; maskSize [H, W] is the overlay (encoded image) resolution.
+   * The photo is painted into the stage's own canvas, not shown by an <img> of a blob URL: engines keep an
+   * <img>'s decoded pixels in caches of their own after it shows another photo (Firefox in its compositor,
+   * Chromium in the renderer's decoded-image cache), 2 MB for each 800×600 photo of a session. A canvas holds
+   * one photo, and its pixels go when the next is drawn.
+   * @param {ImageBitmap} bitmap the photo at its original resolution (oriented as the model sees it)
+   */
+  setImage(bitmap, maskSize) {
+    const scale = Math.min(1, Math.sqrt(MAX_PHOTO_PIXELS / (bitmap.width * bitmap.height)));
+    this.image.width = Math.max(1, Math.round(bitmap.width * scale));
+    this.image.height = Math.max(1, Math.round(bitmap.height * scale));
+    const photo = this.image.getContext("2d");
+    photo.imageSmoothingQuality = "high";
+    photo.drawImage(bitmap, 0, 0, this.image.width, this.image.height);
     const enlarge = Math.max(1, Math.floor(MIN_SHOWN_SIDE_PX / Math.max(...maskSize)));
     this.image.style.width = enlarge > 1 ? `${maskSize[1] * enlarge}px` : "";
     this.image.style.imageRendering = enlarge > 1 ? "pixelated" : "";

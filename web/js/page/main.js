@@ -180,7 +180,7 @@ function showImage(image) {
   $("stage").hidden = false;
   $("drop-zone").classList.add("has-image");
   $("stage").classList.add("busy");
-  view.setImage(image.url, image.uploadSize);
+  view.setImage(image.original, image.uploadSize);
   view.setLayers([]);
   view.render();
   $("drop-zone").scrollIntoView({ block: "nearest" }); // e.g. opened from the gallery, below the image on a phone
