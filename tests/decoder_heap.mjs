@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 const web = new URL("../web/", import.meta.url);
 const { capSharedMemory, decoderMemoryBytes, decoderMemoryUse } = await import(new URL("js/decoder/wasm-memory.js", web));
 const { decoderSessionOptions } = await import(new URL("js/decoder/session-options.js", web));
+const { PerImageOutputs } = await import(new URL("js/decoder/per-image.js", web));
 const ortDir = new URL("node_modules/onnxruntime-web/dist/", web);
 const ort = await import(new URL("ort.wasm.min.mjs", ortDir));
 ort.env.wasm.numThreads = 1;
@@ -26,9 +27,7 @@ const tensor = (type, data, dims) => new ort.Tensor(type, data, dims);
 const random = (n) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 const embedding = tensor("float32", random(256 * 64 * 64), [1, 256, 64, 64]);
 const maskInput = tensor("float32", random(256 * 256), [1, 1, 256, 256]);
-const perImage = session.outputNames.filter((name) => session.inputNames.includes(`cached_${name}`));
-const notGiven = tensor("float32", new Float32Array(0), [0, 0, 0, 0]);
-let given = null;
+const perImage = new PerImageOutputs(ort, session);
 
 // As web/js/decoder/decoder-worker.js runs them: the first run on the image keeps the per-image outputs, the
 // next runs without a mask prompt feed them back and do not fetch them.
@@ -41,11 +40,9 @@ async function decode(hasMask, rows, columns) {
     has_mask_input: tensor("float32", Float32Array.of(hasMask), [1]),
     valid_tokens: tensor("int64", BigInt64Array.of(BigInt(rows), BigInt(columns)), [2]),
   };
-  const cache = hasMask ? null : given;
-  for (const name of perImage) feeds[`cached_${name}`] = cache?.[name] ?? notGiven;
-  const fetches = session.outputNames.filter((name) => !perImage.includes(name) || (!hasMask && !cache));
-  const outputs = await session.run(feeds, fetches);
-  if (perImage.length && !hasMask && !cache) given = Object.fromEntries(perImage.map((name) => [name, outputs[name]]));
+  const plan = perImage.plan(!hasMask);
+  const outputs = await session.run({ ...feeds, ...plan.feeds }, plan.fetches);
+  if (plan.computes) perImage.kept = perImage.take(outputs);
 }
 
 await decode(0, 64, 64); // the page's warm-up

@@ -17,6 +17,7 @@ import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
 import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, padLowRes, resizedSize, threshold, toModelFrame, tokenExtent } from "../mask-math.js";
 import { readBody } from "../read-body.js";
+import { PerImageOutputs } from "./per-image.js";
 import { decoderSessionOptions } from "./session-options.js";
 import { MAX_PROMPTS_PER_RUN, capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
 
@@ -37,11 +38,7 @@ let batchable = false; // the graph decodes many prompts in one run (its prompt 
 let takesExtent = false; // the lowres graph upscales only the tokens it is given (valid_tokens, exporter 6)
 let allTokens = null; // valid_tokens of every token: committed decodes, whose 256 x 256 logits may be fed back
 let imageExtent = null; // valid_tokens of the tokens under the image: hovers, only painted
-// Outputs that depend on the image alone (exporter 7: the first block's image projections), which the graph
-// takes back as inputs "cached_<name>": computed by the image's first run without a mask prompt, then fed back.
-let perImageOutputs = [];
-let perImageCache = null; // {name: ort.Tensor} for the current image
-let noPerImageInput = null; // the empty tensor that makes the graph compute them
+let perImage = null; // PerImageOutputs: what the image's first run computes and later runs take back
 
 async function fetchWithProgress(url, stage) {
   const response = await fetch(url);
@@ -118,8 +115,7 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
   const promptAxis = session.inputMetadata?.find((m) => m.name === "point_coords")?.shape?.[0];
   batchable = !usesOrigImSize && typeof promptAxis === "string";
   takesExtent = session.inputNames.includes("valid_tokens");
-  perImageOutputs = session.outputNames.filter((name) => session.inputNames.includes(`cached_${name}`));
-  noPerImageInput = new ort.Tensor("float32", new Float32Array(0), [0, 0, 0, 0]);
+  perImage = new PerImageOutputs(ort, session);
   allTokens = extentTensor([LOW_RES_SIDE / 4, LOW_RES_SIDE / 4]);
   emptyMask = new ort.Tensor("float32", new Float32Array(LOW_RES_PLANE), [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
   const warmupMs = await warmUp(session);
@@ -191,8 +187,7 @@ function warmUpFeeds() {
   };
   if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.of(1024, 1024), [2]);
   if (takesExtent) feeds.valid_tokens = allTokens;
-  for (const name of perImageOutputs) feeds[`cached_${name}`] = noPerImageInput;
-  return feeds;
+  return { ...feeds, ...perImage.plan(false).feeds };
 }
 
 const extentTensor = ([rows, cols]) => new ort.Tensor("int64", BigInt64Array.of(BigInt(rows), BigInt(cols)), [2]);
@@ -204,7 +199,7 @@ function setEmbedding({ buffer, imageSize: size }) {
   // time, so no run still reads them; a bad embedding leaves no image (imageTensors stays null).
   const previous = Object.fromEntries(Object.entries(imageTensors ?? {}).map(([name, tensor]) => [name, tensor.data]));
   imageTensors = null;
-  perImageCache = null;
+  if (perImage) perImage.kept = null;
   const { tensors, dtype, sam2: isSam2 } = decodeFeatures(buffer, previous);
   if (session && isSam2 !== sam2) {
     throw new Error(`The embedding is ${isSam2 ? "SAM 2" : "SAM 1"}'s but the decoder ${sam2 ? "SAM 2" : "SAM 1"}'s.`);
@@ -276,18 +271,15 @@ async function runPrompts(prompts, crop = false) {
   }
   if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.from(imageSize), [2]);
   if (takesExtent) feeds.valid_tokens = crop ? imageExtent : allTokens;
-  const cache = withMask ? null : perImageCache;
-  for (const name of perImageOutputs) feeds[`cached_${name}`] = cache?.[name] ?? noPerImageInput;
-  const fetches = session.outputNames.filter((name) => !perImageOutputs.includes(name) || (!withMask && !cache));
+  const plan = perImage.plan(!withMask);
   const embedding = imageTensors;
   const started = performance.now();
-  const outputs = await session.run(feeds, fetches);
+  const outputs = await session.run({ ...feeds, ...plan.feeds }, plan.fetches);
   const runMs = performance.now() - started;
-  if (perImageOutputs.length && !withMask && !cache) {
-    // Kept out of what the callers read (and dispose of); kept for the image only if it is still the current one.
-    const computed = Object.fromEntries(perImageOutputs.map((name) => [name, outputs[name]]));
-    for (const name of perImageOutputs) delete outputs[name];
-    if (imageTensors === embedding) perImageCache = computed;
+  if (plan.computes) {
+    // Kept for the image only if it is still the current one.
+    const computed = perImage.take(outputs);
+    if (imageTensors === embedding) perImage.kept = computed;
   }
   return { outputs, runMs };
 }
