@@ -125,6 +125,24 @@ def test_hover_draws_a_mask_and_leaving_clears_it(ready_page):
     )
 
 
+def test_a_hover_decodes_as_the_pointer_moves_not_a_frame_later(ready_page):
+    """Chromium dispatches pointermove aligned to animation frames, up to a frame after the pointer moved, and
+    pointerrawupdate as it moves: the hover starts from the raw update (here one alone, with no pointermove), and
+    its hover-to-paint is measured from that event."""
+    page = ready_page
+    x, y = canvas_point(page, 420, 250)
+    started = page.evaluate(
+        """([x, y]) => { const event = new PointerEvent('pointerrawupdate',
+            {clientX: x, clientY: y, pointerType: 'mouse', isPrimary: true, bubbles: true});
+        document.getElementById('mask-canvas').dispatchEvent(event); return event.timeStamp; }""",
+        [x, y],
+    )
+    page.wait_for_function("performance.getEntriesByName('sam:hover-to-paint').length > 0")
+    assert page.evaluate("performance.getEntriesByName('sam:hover-to-paint')[0].startTime") == pytest.approx(started)
+    assert shown_mask(page).sum() > 0
+    assert prompt_points(page) == []
+
+
 def test_the_pages_timing_entries_stay_bounded_over_a_long_session(ready_page):
     """The browser keeps every User Timing entry until it is cleared (about 350 bytes each, three a hover): the
     page keeps at most 1000 of each name. The long session is shortened: entries are added through the page's

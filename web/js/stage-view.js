@@ -169,6 +169,12 @@ export class StageView {
     this.svg.append(path);
   }
 
+  #hover(event) {
+    if (event.pointerType === "mouse" || event.pointerType === "pen") {
+      this.handlers.onHover(...this.toImage(event), event.timeStamp);
+    }
+  }
+
   /** Overlay pixel [x, y] (integers, clamped into the image) under a pointer event. */
   toImage(event) {
     const bounds = this.canvas.getBoundingClientRect();
@@ -208,9 +214,15 @@ export class StageView {
         if (press.dragging) this.handlers.onDragBox([...press.start, ...this.toImage(event)]);
         return;
       }
-      if (event.pointerType === "mouse" || event.pointerType === "pen") {
-        this.handlers.onHover(...this.toImage(event), event.timeStamp);
-      }
+      this.#hover(event);
+    });
+    // Chromium dispatches pointermove aligned to animation frames, up to a frame after the pointer moved (10 ms
+    // in the median on a bare page under headless Chromium), and pointerrawupdate (secure contexts) as it moves:
+    // a hover starts from whichever comes first, and the editor ignores the other for the same pixel. Browsers
+    // without it never fire it.
+    target.addEventListener("pointerrawupdate", (event) => {
+      if (!this.size || this.pinch || this.press?.id === event.pointerId) return;
+      this.#hover(event);
     });
     const finish = (event, cancelled) => {
       this.touches.delete(event.pointerId);
