@@ -985,6 +985,52 @@ def test_a_decoder_worker_stuck_while_starting_is_replaced(page, live_server, ph
     assert shown_mask(page).any()
 
 
+def test_a_decoder_whose_start_traps_in_webassembly_is_replaced(page, live_server, photo_path):
+    """WebKit once (in ~170 starts) failed to create the session with a WebAssembly trap, "Out of bounds memory
+    access", inside onnxruntime-web. A trapped instance cannot be trusted, so the page starts a fresh worker.
+
+    Here the first worker's onnxruntime glue is the real one wrapped so that creating a session traps, as a
+    WebAssembly.RuntimeError thrown where the module's session creation was; every later load is the real glue.
+    """
+    served = []
+    trapping_glue = """
+        import realFactory from "./ort-wasm-simd-threaded.mjs?unwrapped";
+        export default async function (config) {
+          const module = await realFactory(config);
+          module._OrtCreateSession = () => {
+            throw new WebAssembly.RuntimeError("Out of bounds memory access (the test's trap)");
+          };
+          return module;
+        }
+    """
+
+    def glue(route):
+        served.append(route.request.url)
+        if len(served) == 1:
+            route.fulfill(status=200, content_type="text/javascript", body=trapping_glue)
+        else:
+            route.continue_()
+
+    page.route("**/ort-wasm-simd-threaded.mjs", glue)
+    # Every status line from the start (the restart happens while the decoder starts, before goto returns).
+    page.add_init_script(
+        """window.statusLog = []; document.addEventListener('DOMContentLoaded', () =>
+        new MutationObserver(() => statusLog.push(document.getElementById('status-text').textContent))
+            .observe(document.getElementById('status-text'), {childList: true, characterData: true, subtree: true}));"""
+    )
+    page.goto(live_server.url + "?backend=wasm")
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.decoder)")
+    assert page.evaluate("document.body.dataset.decoder") == "ready", page.inner_text("#error-text")
+    assert any("crashed while starting; starting it again (attempt 2 of 3)" in s for s in page.evaluate("statusLog"))
+    assert len(served) >= 2, served
+    assert page.locator("#error-banner").is_hidden()
+    assert re.search(r"WebAssembly, [2-9] threads", page.text_content("#fact-provider"))
+    upload(page, photo_path)
+    page.mouse.click(*canvas_point(page, 300, 200))
+    wait_idle(page)
+    assert shown_mask(page).any()
+
+
 def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, photo_path, tmp_path):
     open_app(page, live_server)
     # Stored landscape 600x400 with "rotate 90° clockwise" in EXIF, as phones save portrait photos; small

@@ -18,6 +18,10 @@ const START_ATTEMPTS = 3;
 
 class DecoderStalled extends Error {}
 
+/** The worker's onnxruntime hit a WebAssembly trap (seen once in WebKit, in ~170 starts, while creating the
+ * session): that worker's instance may be corrupt, so a start that traps is retried in a fresh worker. */
+class DecoderCrashed extends Error {}
+
 export class DecoderClient {
   /** @param {(event: {stage: string, loaded: number, total: number}) => void} onProgress */
   constructor(onProgress = () => {}) {
@@ -69,7 +73,7 @@ export class DecoderClient {
     const waiter = this.waiting.get(message.id);
     if (!waiter) return;
     this.waiting.delete(message.id);
-    if (message.type === "error") waiter.reject(new Error(message.message));
+    if (message.type === "error") waiter.reject(message.trap ? new DecoderCrashed(message.message) : new Error(message.message));
     else waiter.resolve(message);
   }
 
@@ -86,7 +90,8 @@ export class DecoderClient {
 
   /**
    * Downloads and opens the decoder; resolves with {provider, threads, interface, ..., restarts: how many
-   * stuck workers were replaced}. A worker that stops answering while it starts is replaced (see STALL_MS).
+   * stuck or crashed workers were replaced}. A worker that stops answering while it starts (see STALL_MS), or
+   * whose start traps in WebAssembly, is replaced.
    */
   async init(modelUrl, backend = "auto", threads = 0, ortVersion = null) {
     for (let attempt = 1; ; attempt++) {
@@ -106,11 +111,12 @@ export class DecoderClient {
         }
         return { ...info, restarts: attempt - 1 };
       } catch (error) {
-        if (!(error instanceof DecoderStalled) || lastAttempt) throw error;
+        const stalled = error instanceof DecoderStalled;
+        if (!(stalled || error instanceof DecoderCrashed) || lastAttempt) throw error;
         this.worker.terminate();
         this.#failAll("The decoder worker was restarted.");
         this.#startWorker();
-        this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS });
+        this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS, reason: stalled ? "stuck" : "crashed" });
       } finally {
         this.onStall = null;
         clearTimeout(this.stallTimer);

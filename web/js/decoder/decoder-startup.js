@@ -31,8 +31,11 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
     throw new UnknownDecoderError(`The server has no decoder named "${wanted}" (it offers: ${names}).`);
   }
   if (!entry) throw new Error("The server offers no decoder model.");
-  decoder.onProgress = ({ stage, loaded, total }) => {
-    if (stage === "restart") onStatus(`The decoder got stuck while starting; starting it again (attempt ${loaded + 1} of ${total})…`, null);
+  decoder.onProgress = ({ stage, loaded, total, reason }) => {
+    if (stage === "restart") {
+      const what = reason === "crashed" ? "crashed" : "got stuck";
+      onStatus(`The decoder ${what} while starting; starting it again (attempt ${loaded + 1} of ${total})…`, null);
+    }
     if (stage === "model") onStatus(`Loading the decoder… ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}`, total ? loaded / total : null);
   };
   onStatus("Loading the decoder…", null);

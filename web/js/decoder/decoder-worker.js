@@ -11,7 +11,8 @@
 //               decode-many {id, prompts: [{points, box, maskInput, multimask?}], multimask, outSize, allMasks}
 //               upsample {id, lowRes: Float32Array, outSize: [H, W]}
 // Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, result {...},
-//               results {results: [result per prompt], runs, decodeMs, postMs}, mask {...}, error {id?, stage, message}
+//               results {results: [result per prompt], runs, decodeMs, postMs}, mask {...},
+//               error {id?, stage, message, trap: a WebAssembly trap, after which this worker's onnxruntime is unusable}
 
 import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
@@ -376,6 +377,17 @@ function upsample({ id, lowRes, outSize }) {
   return [{ type: "mask", id, mask, outSize }, [mask.buffer]];
 }
 
+/**
+ * Whether an error is a WebAssembly trap (an out-of-bounds access, `unreachable`): the instance's memory may be
+ * left inconsistent, so only a fresh worker can be trusted. onnxruntime-web passes a trap in session creation on
+ * as is, and one in its runtime's start inside "no available backend found. ERR: [wasm] RuntimeError: …".
+ */
+function isWasmTrap(error) {
+  // JavaScriptCore's and V8's wording for an out-of-bounds access, for a trap passed on as a plain Error.
+  const words = /\bRuntimeError\b|out of bounds memory access|memory access out of bounds/i;
+  return error instanceof WebAssembly.RuntimeError || words.test(String(error?.message ?? error));
+}
+
 const handlers = { init, embedding: setEmbedding, decode, "decode-many": decodeMany, upsample };
 
 // Messages are handled one at a time, in order: the session is not re-entrant.
@@ -390,7 +402,7 @@ self.onmessage = (event) => {
       const [reply, transfer] = Array.isArray(answer) ? answer : [answer, []];
       postMessage({ ...reply, id: message.id }, transfer);
     } catch (error) {
-      postMessage({ type: "error", id: message.id, stage: message.type, message: error.message || String(error) });
+      postMessage({ type: "error", id: message.id, stage: message.type, message: error.message || String(error), trap: isWasmTrap(error) });
     }
   });
 };
