@@ -278,14 +278,14 @@ function thresholdRows(rows, vertical, W, out) {
     let n = 1;
     while (i + n < H && sameSources(vertical, i, i + n)) n++;
     if (taps === 2) {
-      for (; n >= 4; n -= 4, i += 4) thresholdFourRows(rows, index[2 * i] * W, index[2 * i + 1] * W, weight, 2 * i, W, out, i * W);
+      for (; n >= 4; n -= 4, i += 4) thresholdFourRows2(rows, index[2 * i] * W, index[2 * i + 1] * W, weight, 2 * i, W, out, i * W);
     }
     for (; n > 0; n--, i++) thresholdSpan(rows, vertical, i, W, 0, W, out.subarray(i * W, (i + 1) * W));
   }
 }
 
 /** Output rows i .. i + 3 (weights from weight[k]) of a 2-tap filter whose sources are rows a and b for all four. */
-function thresholdFourRows(rows, a, b, weight, k, W, out, o) {
+function thresholdFourRows2(rows, a, b, weight, k, W, out, o) {
   const wa0 = weight[k], wb0 = weight[k + 1], wa1 = weight[k + 2], wb1 = weight[k + 3];
   const wa2 = weight[k + 4], wb2 = weight[k + 5], wa3 = weight[k + 6], wb3 = weight[k + 7];
   const o1 = o + W, o2 = o + 2 * W, o3 = o + 3 * W;

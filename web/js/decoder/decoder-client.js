@@ -18,12 +18,12 @@ const START_ATTEMPTS = 3;
 
 class DecoderStalled extends Error {}
 
-/** The worker's onnxruntime hit a WebAssembly trap (seen once in WebKit, in ~170 starts, while creating the
- * session): that worker's instance may be corrupt, so a start that traps is retried in a fresh worker. */
+/** The worker's onnxruntime hit a WebAssembly trap (docs/webkit.md): that worker's instance may be corrupt, so
+ * a start that traps is retried in a fresh worker. */
 class DecoderCrashed extends Error {}
 
 export class DecoderClient {
-  /** @param {(event: {stage: string, loaded: number, total: number}) => void} onProgress */
+  /** @param {(event: {stage: string, loaded: number, total: number, reason?: "stuck"|"crashed"}) => void} onProgress */
   constructor(onProgress = () => {}) {
     this.workerUrl = new URL("./decoder-worker.js", import.meta.url);
     this.#startWorker();
