@@ -1031,6 +1031,92 @@ def test_a_decoder_whose_start_traps_in_webassembly_is_replaced(page, live_serve
     assert shown_mask(page).any()
 
 
+def test_a_decoder_that_traps_while_decoding_is_replaced_and_keeps_the_image(browser, live_server, photo_path):
+    """A WebAssembly trap in a decode (docs/webkit.md) leaves that worker's onnxruntime unusable. The page starts
+    a fresh worker, gives it the image the crashed one handed back, and runs the prompt again: the user's tap
+    still paints its mask, the same pixels as before the crash, and later prompts work.
+
+    The onnxruntime glue is the real one wrapped so that, once the page arms it over a BroadcastChannel, the
+    decoder worker's next session run throws a WebAssembly.RuntimeError, once. On a touch phone no hover runs
+    first, so the run that traps is the tap's own.
+    """
+    served = []
+    trapping_glue = """
+        import realFactory from "./ort-wasm-simd-threaded.mjs?unwrapped";
+        const decoderWorker = !self.name?.startsWith("em-pthread"); // not one of onnxruntime's own threads
+        let armed = false;
+        const channel = new BroadcastChannel("test-trap");
+        channel.onmessage = () => {
+          if (!decoderWorker) return;
+          armed = true;
+          channel.postMessage("armed");
+        };
+        export default async function (config) {
+          const module = await realFactory(config);
+          const run = module._OrtRun;
+          module._OrtRun = (...args) => {
+            if (!armed) return run(...args);
+            armed = false;
+            channel.postMessage("trapped");
+            throw new WebAssembly.RuntimeError("Out of bounds memory access (the test's trap)");
+          };
+          return module;
+        }
+    """
+
+    def glue(route):
+        served.append(route.request.url)
+        route.fulfill(status=200, content_type="text/javascript", body=trapping_glue)
+
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.route("**/ort-wasm-simd-threaded.mjs", glue)
+        open_app(page, live_server)
+        upload(page, photo_path)
+
+        def tap(x, y):
+            page.touchscreen.tap(*canvas_point(page, x, y))
+            wait_idle(page)
+
+        tap(300, 200)
+        before = shown_mask(page)
+        assert before.any()
+        page.keyboard.press("Control+z")
+        wait_idle(page)
+        assert not shown_mask(page).any()
+        assert len(served) == 1, served
+
+        page.evaluate(
+            """() => { window.statusLog = []; window.trapLog = [];
+            new MutationObserver(() => statusLog.push(document.getElementById('status-text').textContent))
+                .observe(document.getElementById('status-text'), {childList: true, characterData: true, subtree: true});
+            return new Promise((resolve) => {
+                const channel = new BroadcastChannel('test-trap');
+                channel.onmessage = (event) => { trapLog.push(event.data); if (event.data === 'armed') resolve(); };
+                channel.postMessage('arm');
+            }); }"""
+        )
+        tap(300, 200)
+        page.wait_for_function("document.body.dataset.decoder === 'ready'")
+        assert page.evaluate("trapLog") == ["armed", "trapped"]  # the tap's decode trapped, once
+        log = page.evaluate("statusLog")
+        assert any("The decoder crashed; restarting it" in s for s in log), log
+        assert any("crashed and was restarted; your image and prompts were kept" in s for s in log), log
+        assert len(served) == 2, served  # one fresh worker
+        assert page.locator("#error-banner").is_hidden(), page.inner_text("#error-text")
+        assert prompt_points(page) == [[300, 200, 1]]
+        assert np.array_equal(shown_mask(page), before)  # the restored image: the same mask, pixel for pixel
+
+        page.keyboard.press("Control+z")
+        tap(150, 120)
+        assert prompt_points(page) == [[150, 120, 1]]
+        assert shown_mask(page).any() and not np.array_equal(shown_mask(page), before)
+        assert len(served) == 2 and page.locator("#error-banner").is_hidden()
+    finally:
+        context.close()
+
+
 def test_a_portrait_photo_with_exif_rotation_opens_upright(page, live_server, photo_path, tmp_path):
     open_app(page, live_server)
     # Stored landscape 600x400 with "rotate 90° clockwise" in EXIF, as phones save portrait photos; small

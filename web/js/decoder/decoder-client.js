@@ -16,20 +16,34 @@ const HEARTBEAT_MS = 500;
 const STALL_MS = 15_000;
 const START_ATTEMPTS = 3;
 
+/**
+ * A worker whose onnxruntime traps in WebAssembly while decoding is replaced too: the fresh worker starts the
+ * same decoder, takes back the image the crashed one handed over, and runs the prompts that were waiting. A
+ * prompt whose retry traps as well is refused, and after MAX_RECOVERIES replacements a trap is an error.
+ */
+const MAX_RECOVERIES = 3;
+
 class DecoderStalled extends Error {}
 
 /** The worker's onnxruntime hit a WebAssembly trap (docs/webkit.md): that worker's instance may be corrupt, so
- * a start that traps is retried in a fresh worker. */
+ * only a fresh worker is used after it. */
 class DecoderCrashed extends Error {}
 
 export class DecoderClient {
-  /** @param {(event: {stage: string, loaded: number, total: number, reason?: "stuck"|"crashed"}) => void} onProgress */
+  /**
+   * @param {(event: {stage: string, loaded?: number, total?: number, reason?: "stuck"|"crashed"}) => void}
+   *   onProgress stages: "model" (download), "restart" (a start attempt failed), "recover" (a worker crashed
+   *   while decoding and is being replaced), "recovered" (its replacement has the image and carries on)
+   */
   constructor(onProgress = () => {}) {
     this.workerUrl = new URL("./decoder-worker.js", import.meta.url);
     this.#startWorker();
     this.onProgress = onProgress;
     this.nextId = 1;
-    this.waiting = new Map(); // id -> {resolve, reject, type}
+    this.waiting = new Map(); // id -> {resolve, reject, type, message, transfer, posted, retried}, in order
+    this.startArgs = null; // what the running decoder was started with: a crashed worker's successor starts the same
+    this.recovering = null; // a Promise while a crashed worker is replaced: requests wait for it
+    this.recoveries = 0;
     this.generation = 0;
     this.hoverInFlight = false;
     this.pendingHover = null; // {prompt, onResult}
@@ -39,17 +53,26 @@ export class DecoderClient {
   }
 
   #startWorker() {
-    this.worker = startModuleWorker(this.workerUrl);
-    this.worker.onmessage = (event) => this.#receive(event.data);
-    this.worker.onerror = (event) => this.#failAll(event.message || "The decoder worker stopped.");
+    const worker = startModuleWorker(this.workerUrl);
+    this.worker = worker;
+    // A replaced worker's late messages are dropped: its requests were given to its successor.
+    worker.onmessage = (event) => worker === this.worker && this.#receive(event.data);
+    worker.onerror = (event) => worker === this.worker && this.#failAll(event.message || "The decoder worker stopped.");
   }
 
-  #request(message, transfer = []) {
+  /** Posts `message` to the worker; while a crashed worker is replaced it waits (`now`: the replacement's own). */
+  #request(message, transfer = [], now = false) {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject, type: message.type });
-      this.worker.postMessage({ ...message, id }, transfer);
+      const entry = { resolve, reject, type: message.type, message, transfer, posted: false, retried: false };
+      this.waiting.set(id, entry);
+      if (now || !this.recovering) this.#post(id, entry);
     });
+  }
+
+  #post(id, entry) {
+    entry.posted = true;
+    this.worker.postMessage({ ...entry.message, id }, entry.transfer);
   }
 
   #receive(message) {
@@ -72,14 +95,63 @@ export class DecoderClient {
     }
     const waiter = this.waiting.get(message.id);
     if (!waiter) return;
+    if (message.type === "error" && message.trap && this.startArgs && !this.recovering && this.recoveries < MAX_RECOVERIES) {
+      if (waiter.retried) {
+        this.waiting.delete(message.id);
+        waiter.reject(new Error(`The decoder crashed on this prompt twice: ${message.message}`));
+      }
+      waiter.retried = true;
+      this.#recover(message.image);
+      return;
+    }
     this.waiting.delete(message.id);
     if (message.type === "error") waiter.reject(message.trap ? new DecoderCrashed(message.message) : new Error(message.message));
     else waiter.resolve(message);
   }
 
-  #failAll(text) {
-    for (const waiter of this.waiting.values()) waiter.reject(new Error(text));
-    this.waiting.clear();
+  /** Rejects the waiting requests `which` picks (all by default). */
+  #failAll(text, which = () => true) {
+    for (const [id, waiter] of this.waiting) {
+      if (!which(waiter)) continue;
+      this.waiting.delete(id);
+      waiter.reject(new Error(text));
+    }
+  }
+
+  /**
+   * Replaces a worker that trapped while decoding: a fresh one starts the same decoder and takes back `image`
+   * (what the crashed worker handed over), then every waiting request is posted to it, in order. A request
+   * whose data was transferred to the crashed worker (a new image's embedding) cannot be sent again and is
+   * refused.
+   */
+  async #recover(image) {
+    this.recoveries++;
+    this.worker.terminate();
+    this.#startWorker();
+    this.recovering = (async () => {
+      await this.#open(this.startArgs);
+      if (image) await this.#request({ type: "image", ...image }, Object.values(image.tensors).map(({ data }) => data.buffer), true);
+    })();
+    this.onProgress({ stage: "recover", reason: "crashed" });
+    let failure = null;
+    try {
+      await this.recovering;
+    } catch (error) {
+      failure = error;
+    } finally {
+      this.recovering = null;
+    }
+    for (const [id, entry] of this.waiting) {
+      if (failure || (entry.posted && entry.transfer.length)) {
+        this.waiting.delete(id);
+        entry.reject(new Error(failure
+          ? `The decoder crashed and could not be restarted: ${failure.message}`
+          : "The decoder crashed and was restarted; this request was lost with it. Try again."));
+      } else {
+        this.#post(id, entry);
+      }
+    }
+    if (!failure) this.onProgress({ stage: "recovered", reason: "crashed" });
   }
 
   #feedWatchdog() {
@@ -94,11 +166,19 @@ export class DecoderClient {
    * whose start traps in WebAssembly, is replaced.
    */
   async init(modelUrl, backend = "auto", threads = 0, ortVersion = null) {
+    this.startArgs = null;
+    const info = await this.#open({ modelUrl, backend, threads, ortVersion });
+    // A crashed worker's successor starts what runs now: the engine the race chose, the threads that started.
+    this.startArgs = { modelUrl, backend: info.provider, threads: info.provider === "wasm" ? info.threads : threads, ortVersion };
+    return info;
+  }
+
+  async #open({ modelUrl, backend, threads, ortVersion }) {
     for (let attempt = 1; ; attempt++) {
       const lastAttempt = attempt === START_ATTEMPTS;
       const request = this.#request({
         type: "init", modelUrl, backend, threads: lastAttempt ? 1 : threads, ortVersion, heartbeatMs: HEARTBEAT_MS,
-      });
+      }, [], true);
       request.catch(() => {}); // a replaced worker's request is rejected after the race was decided
       const stalled = new Promise((resolve, reject) => {
         this.onStall = () => reject(new DecoderStalled(`The decoder stopped answering while it started (${STALL_MS / 1000} s).`));
@@ -114,7 +194,7 @@ export class DecoderClient {
         const stalled = error instanceof DecoderStalled;
         if (!(stalled || error instanceof DecoderCrashed) || lastAttempt) throw error;
         this.worker.terminate();
-        this.#failAll("The decoder worker was restarted.");
+        this.#failAll("The decoder worker was restarted.", (waiter) => waiter.type === "init");
         this.#startWorker();
         this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS, reason: stalled ? "stuck" : "crashed" });
       } finally {
@@ -193,8 +273,9 @@ export class DecoderClient {
 
   /** Binary mask of outSize [H, W] from one 256x256 logit map (e.g. for exports at full resolution). */
   async upsample(lowRes, outSize) {
-    const copy = Float32Array.from(lowRes);
-    const { mask } = await this.#request({ type: "upsample", lowRes: copy, outSize }, [copy.buffer]);
+    // Copied (a view's own elements only), not transferred: the request can be sent again if the worker
+    // crashes (see #recover).
+    const { mask } = await this.#request({ type: "upsample", lowRes: Float32Array.from(lowRes), outSize });
     return mask;
   }
 

@@ -36,6 +36,9 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
       const what = reason === "crashed" ? "crashed" : "got stuck";
       onStatus(`The decoder ${what} while starting; starting it again (attempt ${loaded + 1} of ${total})…`, null);
     }
+    // A worker that crashed while decoding is replaced; the prompts waiting on it run in its successor.
+    if (stage === "recover") onStatus("The decoder crashed; restarting it and trying again…", null);
+    if (stage === "recovered") onStatus("The decoder crashed and was restarted; your image and prompts were kept.");
     if (stage === "model") onStatus(`Loading the decoder… ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}`, total ? loaded / total : null);
   };
   onStatus("Loading the decoder…", null);

@@ -5,14 +5,17 @@
 //                     ortVersion: the installed onnxruntime-web version (GET /api/model) or null,
 //                     heartbeatMs: while starting, post a heartbeat this often (the page's watchdog)}
 //               embedding {buffer: ArrayBuffer (wire format), imageSize: [H, W]}
+//               image {tensors: {name: {data: Float32Array, dims}}, imageSize, sam2}: a crashed worker's image, as
+//                     its trap error handed it back (the page restores it in a fresh worker)
 //               decode {id, points: [{x, y, label}], box: [x0,y0,x1,y1]|null, maskInput: Float32Array|null,
 //                       multimask: bool, outSize: [H, W], allMasks: bool, crop: bool (hovers: logits only
 //                       under the image, see tokenExtent; the result says cropped)}
 //               decode-many {id, prompts: [{points, box, maskInput, multimask?}], multimask, outSize, allMasks}
 //               upsample {id, lowRes: Float32Array, outSize: [H, W]}
-// Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, result {...},
+// Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, image-ready, result {...},
 //               results {results: [result per prompt], runs, decodeMs, postMs}, mask {...},
-//               error {id?, stage, message, trap: a WebAssembly trap, after which this worker's onnxruntime is unusable}
+//               error {id?, stage, message, trap: a WebAssembly trap, after which this worker's onnxruntime is unusable,
+//                      image: with the first trap, the image's decoder inputs (transferred; the worker keeps none)}
 
 import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
@@ -205,13 +208,38 @@ function setEmbedding({ buffer, imageSize: size }) {
   if (session && isSam2 !== sam2) {
     throw new Error(`The embedding is ${isSam2 ? "SAM 2" : "SAM 1"}'s but the decoder ${sam2 ? "SAM 2" : "SAM 1"}'s.`);
   }
+  useImage(tensors, size, isSam2);
+  const dims = Object.values(tensors)[0].dims;
+  return { type: "embedding-ready", dtype, dims, inputSize, parseMs: performance.now() - started };
+}
+
+/** Makes `tensors` ({name: {data, dims}}, the decoder's image inputs) the image every prompt is decoded on. */
+function useImage(tensors, size, isSam2) {
   imageTensors = {};
   for (const [name, { data, dims }] of Object.entries(tensors)) imageTensors[name] = new ort.Tensor("float32", data, dims);
   imageSize = size;
   inputSize = isSam2 ? STRETCHED : resizedSize(size[0], size[1]);
   imageExtent = extentTensor(tokenExtent(inputSize));
-  const dims = Object.values(tensors)[0].dims;
-  return { type: "embedding-ready", dtype, dims, inputSize, parseMs: performance.now() - started };
+}
+
+/** Takes back the image a crashed worker handed over with its trap error. */
+function restoreImage({ tensors, imageSize: size, sam2: isSam2 }) {
+  if (session && isSam2 !== sam2) throw new Error("The restored image is for another model than this decoder's.");
+  if (perImage) perImage.kept = null;
+  useImage(tensors, size, isSam2);
+  return { type: "image-ready" };
+}
+
+/**
+ * After a trap: the image's decoder inputs, handed over to the page (transferred, so this worker keeps none)
+ * for a fresh worker to take back; null when there is no image or it was handed over already.
+ */
+function handOverImage() {
+  if (!imageTensors) return [null, []];
+  const tensors = Object.fromEntries(Object.entries(imageTensors).map(([name, t]) => [name, { data: t.data, dims: t.dims }]));
+  const image = { tensors, imageSize, sam2 };
+  imageTensors = null;
+  return [image, Object.values(tensors).map(({ data }) => data.buffer)];
 }
 
 /** A prompt's tokens in the model's frame: its points, then a box's two corners or one padding point. */
@@ -388,7 +416,9 @@ function isWasmTrap(error) {
   return error instanceof WebAssembly.RuntimeError || words.test(String(error?.message ?? error));
 }
 
-const handlers = { init, embedding: setEmbedding, decode, "decode-many": decodeMany, upsample };
+const handlers = { init, embedding: setEmbedding, image: restoreImage, decode, "decode-many": decodeMany, upsample };
+
+let trapped = null; // the first trap's message: this worker's onnxruntime is not used again
 
 // Messages are handled one at a time, in order: the session is not re-entrant.
 let queue = Promise.resolve();
@@ -396,13 +426,18 @@ self.onmessage = (event) => {
   const message = event.data;
   queue = queue.then(async () => {
     try {
+      if (trapped) throw new Error(`The decoder crashed earlier: ${trapped}`);
       const handler = handlers[message.type];
       if (!handler) throw new Error(`Unknown message type "${message.type}".`);
       const answer = await handler(message);
       const [reply, transfer] = Array.isArray(answer) ? answer : [answer, []];
       postMessage({ ...reply, id: message.id }, transfer);
     } catch (error) {
-      postMessage({ type: "error", id: message.id, stage: message.type, message: error.message || String(error), trap: isWasmTrap(error) });
+      const text = error.message || String(error);
+      const trap = Boolean(trapped) || isWasmTrap(error);
+      const [image, transfer] = trap && !trapped ? handOverImage() : [null, []];
+      if (trap) trapped ??= text;
+      postMessage({ type: "error", id: message.id, stage: message.type, message: text, trap, image }, transfer);
     }
   });
 };
