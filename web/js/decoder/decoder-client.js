@@ -40,7 +40,7 @@ export class DecoderClient {
     this.#startWorker();
     this.onProgress = onProgress;
     this.nextId = 1;
-    this.waiting = new Map(); // id -> {resolve, reject, type, message, transfer, posted, retried}, in order
+    this.waiting = new Map(); // id -> {resolve, reject, message, transfer, posted, retried}, in order
     this.startArgs = null; // what the running decoder was started with: a crashed worker's successor starts the same
     this.recovering = null; // a Promise while a crashed worker is replaced: requests wait for it
     this.recoveries = 0;
@@ -64,7 +64,7 @@ export class DecoderClient {
   #request(message, transfer = [], now = false) {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      const entry = { resolve, reject, type: message.type, message, transfer, posted: false, retried: false };
+      const entry = { resolve, reject, message, transfer, posted: false, retried: false };
       this.waiting.set(id, entry);
       if (now || !this.recovering) this.#post(id, entry);
     });
@@ -99,8 +99,9 @@ export class DecoderClient {
       if (waiter.retried) {
         this.waiting.delete(message.id);
         waiter.reject(new Error(`The decoder crashed on this prompt twice: ${message.message}`));
+      } else {
+        waiter.retried = true;
       }
-      waiter.retried = true;
       this.#recover(message.image);
       return;
     }
@@ -194,7 +195,7 @@ export class DecoderClient {
         const stalled = error instanceof DecoderStalled;
         if (!(stalled || error instanceof DecoderCrashed) || lastAttempt) throw error;
         this.worker.terminate();
-        this.#failAll("The decoder worker was restarted.", (waiter) => waiter.type === "init");
+        this.#failAll("The decoder worker was restarted.", (waiter) => waiter.message.type === "init");
         this.#startWorker();
         this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS, reason: stalled ? "stuck" : "crashed" });
       } finally {

@@ -205,9 +205,6 @@ function setEmbedding({ buffer, imageSize: size }) {
   imageTensors = null;
   if (perImage) perImage.kept = null;
   const { tensors, dtype, sam2: isSam2 } = decodeFeatures(buffer, previous);
-  if (session && isSam2 !== sam2) {
-    throw new Error(`The embedding is ${isSam2 ? "SAM 2" : "SAM 1"}'s but the decoder ${sam2 ? "SAM 2" : "SAM 1"}'s.`);
-  }
   useImage(tensors, size, isSam2);
   const dims = Object.values(tensors)[0].dims;
   return { type: "embedding-ready", dtype, dims, inputSize, parseMs: performance.now() - started };
@@ -215,6 +212,9 @@ function setEmbedding({ buffer, imageSize: size }) {
 
 /** Makes `tensors` ({name: {data, dims}}, the decoder's image inputs) the image every prompt is decoded on. */
 function useImage(tensors, size, isSam2) {
+  if (session && isSam2 !== sam2) {
+    throw new Error(`The embedding is ${isSam2 ? "SAM 2" : "SAM 1"}'s but the decoder ${sam2 ? "SAM 2" : "SAM 1"}'s.`);
+  }
   imageTensors = {};
   for (const [name, { data, dims }] of Object.entries(tensors)) imageTensors[name] = new ort.Tensor("float32", data, dims);
   imageSize = size;
@@ -224,8 +224,6 @@ function useImage(tensors, size, isSam2) {
 
 /** Takes back the image a crashed worker handed over with its trap error. */
 function restoreImage({ tensors, imageSize: size, sam2: isSam2 }) {
-  if (session && isSam2 !== sam2) throw new Error("The restored image is for another model than this decoder's.");
-  if (perImage) perImage.kept = null;
   useImage(tensors, size, isSam2);
   return { type: "image-ready" };
 }
