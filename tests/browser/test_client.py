@@ -985,6 +985,65 @@ def test_a_decoder_worker_stuck_while_starting_is_replaced(page, live_server, ph
     assert shown_mask(page).any()
 
 
+# onnxruntime-web's WASM glue, wrapped: creating a session traps, as a WebAssembly.RuntimeError thrown where the
+# module's session creation was.
+START_TRAPPING_GLUE = """
+    import realFactory from "./ort-wasm-simd-threaded.mjs?unwrapped";
+    export default async function (config) {
+      const module = await realFactory(config);
+      module._OrtCreateSession = () => {
+        throw new WebAssembly.RuntimeError("Out of bounds memory access (the test's trap)");
+      };
+      return module;
+    }
+"""
+# The same glue wrapped so that, once the page arms it over a BroadcastChannel ("arm"; it answers "armed"), the
+# decoder worker's next session run traps, once ("trapped").
+DECODE_TRAPPING_GLUE = """
+    import realFactory from "./ort-wasm-simd-threaded.mjs?unwrapped";
+    const decoderWorker = !self.name?.startsWith("em-pthread"); // not one of onnxruntime's own threads
+    let armed = false;
+    const channel = new BroadcastChannel("test-trap");
+    channel.onmessage = () => {
+      if (!decoderWorker) return;
+      armed = true;
+      channel.postMessage("armed");
+    };
+    export default async function (config) {
+      const module = await realFactory(config);
+      const run = module._OrtRun;
+      module._OrtRun = (...args) => {
+        if (!armed) return run(...args);
+        armed = false;
+        channel.postMessage("trapped");
+        throw new WebAssembly.RuntimeError("Out of bounds memory access (the test's trap)");
+      };
+      return module;
+    }
+"""
+
+
+def tap_and_wait(page, x, y):
+    """A finger's tap at image pixel (x, y), then wait for the prompt's decode to land."""
+    page.touchscreen.tap(*canvas_point(page, x, y))
+    wait_idle(page)
+
+
+def arm_decode_trap(page):
+    """With DECODE_TRAPPING_GLUE loaded: logs the status lines (statusLog) and the glue's answers (trapLog) from
+    now on, and arms the trap of the decoder worker's next session run."""
+    page.evaluate(
+        """() => { window.statusLog = []; window.trapLog = [];
+        new MutationObserver(() => statusLog.push(document.getElementById('status-text').textContent))
+            .observe(document.getElementById('status-text'), {childList: true, characterData: true, subtree: true});
+        return new Promise((resolve) => {
+            const channel = new BroadcastChannel('test-trap');
+            channel.onmessage = (event) => { trapLog.push(event.data); if (event.data === 'armed') resolve(); };
+            channel.postMessage('arm');
+        }); }"""
+    )
+
+
 def test_a_decoder_whose_start_traps_in_webassembly_is_replaced(page, live_server, photo_path):
     """WebKit once (in ~170 starts) failed to create the session with a WebAssembly trap, "Out of bounds memory
     access", inside onnxruntime-web. A trapped instance cannot be trusted, so the page starts a fresh worker.
@@ -993,21 +1052,11 @@ def test_a_decoder_whose_start_traps_in_webassembly_is_replaced(page, live_serve
     WebAssembly.RuntimeError thrown where the module's session creation was; every later load is the real glue.
     """
     served = []
-    trapping_glue = """
-        import realFactory from "./ort-wasm-simd-threaded.mjs?unwrapped";
-        export default async function (config) {
-          const module = await realFactory(config);
-          module._OrtCreateSession = () => {
-            throw new WebAssembly.RuntimeError("Out of bounds memory access (the test's trap)");
-          };
-          return module;
-        }
-    """
 
     def glue(route):
         served.append(route.request.url)
         if len(served) == 1:
-            route.fulfill(status=200, content_type="text/javascript", body=trapping_glue)
+            route.fulfill(status=200, content_type="text/javascript", body=START_TRAPPING_GLUE)
         else:
             route.continue_()
 
@@ -1041,32 +1090,10 @@ def test_a_decoder_that_traps_while_decoding_is_replaced_and_keeps_the_image(bro
     first, so the run that traps is the tap's own.
     """
     served = []
-    trapping_glue = """
-        import realFactory from "./ort-wasm-simd-threaded.mjs?unwrapped";
-        const decoderWorker = !self.name?.startsWith("em-pthread"); // not one of onnxruntime's own threads
-        let armed = false;
-        const channel = new BroadcastChannel("test-trap");
-        channel.onmessage = () => {
-          if (!decoderWorker) return;
-          armed = true;
-          channel.postMessage("armed");
-        };
-        export default async function (config) {
-          const module = await realFactory(config);
-          const run = module._OrtRun;
-          module._OrtRun = (...args) => {
-            if (!armed) return run(...args);
-            armed = false;
-            channel.postMessage("trapped");
-            throw new WebAssembly.RuntimeError("Out of bounds memory access (the test's trap)");
-          };
-          return module;
-        }
-    """
 
     def glue(route):
         served.append(route.request.url)
-        route.fulfill(status=200, content_type="text/javascript", body=trapping_glue)
+        route.fulfill(status=200, content_type="text/javascript", body=DECODE_TRAPPING_GLUE)
 
     context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
     page = context.new_page()
@@ -1075,11 +1102,7 @@ def test_a_decoder_that_traps_while_decoding_is_replaced_and_keeps_the_image(bro
         open_app(page, live_server)
         upload(page, photo_path)
 
-        def tap(x, y):
-            page.touchscreen.tap(*canvas_point(page, x, y))
-            wait_idle(page)
-
-        tap(300, 200)
+        tap_and_wait(page, 300, 200)
         before = shown_mask(page)
         assert before.any()
         page.keyboard.press("Control+z")
@@ -1087,17 +1110,8 @@ def test_a_decoder_that_traps_while_decoding_is_replaced_and_keeps_the_image(bro
         assert not shown_mask(page).any()
         assert len(served) == 1, served
 
-        page.evaluate(
-            """() => { window.statusLog = []; window.trapLog = [];
-            new MutationObserver(() => statusLog.push(document.getElementById('status-text').textContent))
-                .observe(document.getElementById('status-text'), {childList: true, characterData: true, subtree: true});
-            return new Promise((resolve) => {
-                const channel = new BroadcastChannel('test-trap');
-                channel.onmessage = (event) => { trapLog.push(event.data); if (event.data === 'armed') resolve(); };
-                channel.postMessage('arm');
-            }); }"""
-        )
-        tap(300, 200)
+        arm_decode_trap(page)
+        tap_and_wait(page, 300, 200)
         page.wait_for_function("document.body.dataset.decoder === 'ready'")
         assert page.evaluate("trapLog") == ["armed", "trapped"]  # the tap's decode trapped, once
         log = page.evaluate("statusLog")
@@ -1109,10 +1123,62 @@ def test_a_decoder_that_traps_while_decoding_is_replaced_and_keeps_the_image(bro
         assert np.array_equal(shown_mask(page), before)  # the restored image: the same mask, pixel for pixel
 
         page.keyboard.press("Control+z")
-        tap(150, 120)
+        tap_and_wait(page, 150, 120)
         assert prompt_points(page) == [[150, 120, 1]]
         assert shown_mask(page).any() and not np.array_equal(shown_mask(page), before)
         assert len(served) == 2 and page.locator("#error-banner").is_hidden()
+    finally:
+        context.close()
+
+
+def test_a_decoder_restarted_on_one_thread_after_a_crash_says_so(browser, live_server, photo_path):
+    """A worker that traps while decoding is replaced; when its replacement cannot start on threads either (its
+    first two start attempts trap, so the last runs on one thread), the user is told, and Settings and the
+    classroom view say where the decoder runs now. The image and the tap's mask are kept as in the test above.
+    """
+    served = []
+
+    def glue(route):
+        served.append(route.request.url)
+        if len(served) == 1:
+            route.fulfill(status=200, content_type="text/javascript", body=DECODE_TRAPPING_GLUE)
+        elif len(served) <= 3:
+            route.fulfill(status=200, content_type="text/javascript", body=START_TRAPPING_GLUE)
+        else:
+            route.continue_()
+
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.route("**/ort-wasm-simd-threaded.mjs", glue)
+        open_app(page, live_server)
+        assert re.search(r"^WebAssembly, [2-9] threads", page.text_content("#fact-provider"))
+        upload(page, photo_path)
+
+        tap_and_wait(page, 300, 200)
+        before = shown_mask(page)
+        page.keyboard.press("Control+z")
+        wait_idle(page)
+
+        arm_decode_trap(page)
+        tap_and_wait(page, 300, 200)
+        page.wait_for_function("document.body.dataset.decoder === 'ready'")
+        assert page.evaluate("trapLog") == ["armed", "trapped"]
+        log = page.evaluate("statusLog")
+        assert any("crashed while starting; starting it again (attempt 3 of 3)" in s for s in log), log
+        assert any(
+            "The decoder crashed and was restarted on 1 thread; your image and prompts were kept." in s for s in log
+        ), log
+        assert len(served) == 4, served  # the crashed worker, two replacements whose start trapped, the last one
+        assert page.text_content("#fact-provider") == "WebAssembly, 1 thread"
+        assert "one thread" in page.get_attribute("#fact-provider", "title")
+        assert page.text_content("#cls-provider") == "WebAssembly, 1 thread"
+        assert page.locator("#error-banner").is_hidden(), page.inner_text("#error-text")
+        assert np.array_equal(shown_mask(page), before)
+
+        page.keyboard.press("Control+z")
+        tap_and_wait(page, 150, 120)
+        assert shown_mask(page).any() and not np.array_equal(shown_mask(page), before)
     finally:
         context.close()
 

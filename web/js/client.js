@@ -15,13 +15,15 @@ export class SamClient {
   /**
    * @param {object} options {onStatus(text, progress, task): progress is a fraction, null (busy, no figure)
    *   or undefined (no bar), task "decoder" (its download) or "image" (opening one); onStage(name) the SAM
-   *   stage running for the image: "encoder", "transfer", or null once it is ready; editor: the
-   *   SegmentEditor's handlers; server: the app's URL when it is not this page's (the <sam-segmenter>
-   *   element on another tool's page)}
+   *   stage running for the image: "encoder", "transfer", or null once it is ready; onEngine(started) the
+   *   decoder now runs differently from what start() answered (started: the new answer, as start()'s);
+   *   editor: the SegmentEditor's handlers; server: the app's URL when it is not this page's (the
+   *   <sam-segmenter> element on another tool's page)}
    */
-  constructor({ onStatus = () => {}, onStage = () => {}, editor = {}, server = null } = {}) {
+  constructor({ onStatus = () => {}, onStage = () => {}, onEngine = () => {}, editor = {}, server = null } = {}) {
     this.onStatus = onStatus;
     this.onStage = onStage;
+    this.onEngine = onEngine;
     this.server = server;
     this.decoder = new DecoderClient();
     this.editor = new SegmentEditor(this.decoder, editor);
@@ -33,7 +35,11 @@ export class SamClient {
 
   /** Opens the decoder (see decoder-startup.js); image loads wait for it. */
   start(options) {
-    this.decoderReady = startDecoder(this.decoder, { ...options, server: this.server }, (text, progress) => this.onStatus(text, progress, "decoder"));
+    const onEngine = (started) => {
+      this.decoderInfo = started;
+      this.onEngine(started);
+    };
+    this.decoderReady = startDecoder(this.decoder, { ...options, server: this.server }, (text, progress) => this.onStatus(text, progress, "decoder"), onEngine);
     this.decoderReady.then((answer) => { this.decoderInfo = answer; }, () => {}); // failures: the caller reports it
     return this.decoderReady;
   }

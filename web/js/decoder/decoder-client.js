@@ -33,7 +33,8 @@ export class DecoderClient {
   /**
    * @param {(event: {stage: string, loaded?: number, total?: number, reason?: "stuck"|"crashed"}) => void}
    *   onProgress stages: "model" (download), "restart" (a start attempt failed), "recover" (a worker crashed
-   *   while decoding and is being replaced), "recovered" (its replacement has the image and carries on)
+   *   while decoding and is being replaced), "recovered" (its replacement has the image and carries on; the
+   *   event's info is the replacement's start answer, which may run on fewer threads)
    */
   constructor(onProgress = () => {}) {
     this.workerUrl = new URL("./decoder-worker.js", import.meta.url);
@@ -130,13 +131,17 @@ export class DecoderClient {
     this.worker.terminate();
     this.#startWorker();
     this.recovering = (async () => {
-      await this.#open(this.startArgs);
+      const info = await this.#open(this.startArgs);
       if (image) await this.#request({ type: "image", ...image }, Object.values(image.tensors).map(({ data }) => data.buffer), true);
+      return info;
     })();
     this.onProgress({ stage: "recover", reason: "crashed" });
     let failure = null;
+    let info = null;
     try {
-      await this.recovering;
+      info = await this.recovering;
+      // Its last start attempt runs on one thread: a later crash's successor starts the same.
+      if (info.provider === "wasm") this.startArgs = { ...this.startArgs, threads: info.threads };
     } catch (error) {
       failure = error;
     } finally {
@@ -152,7 +157,7 @@ export class DecoderClient {
         this.#post(id, entry);
       }
     }
-    if (!failure) this.onProgress({ stage: "recovered", reason: "crashed" });
+    if (!failure) this.onProgress({ stage: "recovered", reason: "crashed", info });
   }
 
   #feedWatchdog() {

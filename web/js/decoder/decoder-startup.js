@@ -11,10 +11,12 @@ export class UnknownDecoderError extends Error {}
  * @param {object} options {decoder: a name from /api/model (else the server's default), backend:
  *   "auto"|"wasm"|"webgpu", threads: WASM threads (0: automatic), server: the app's URL when not this page's}
  * @param {(text: string, progress?: number|null) => void} onStatus
+ * @param {(started: {model, entry, info, runsOn: string}) => void} onEngine the decoder runs differently from
+ *   what startDecoder answered: a worker that crashed while decoding was replaced by one on fewer threads
  * @returns {Promise<{model, entry, info, runsOn: string}>} /api/model, the chosen decoder entry, the worker's
  *   answer ({provider, threads, interface, modelBytes, fallbackReason}) and where it runs in plain words
  */
-export async function startDecoder(decoder, { decoder: wanted = null, backend = "auto", threads = 0, server = null } = {}, onStatus = () => {}) {
+export async function startDecoder(decoder, { decoder: wanted = null, backend = "auto", threads = 0, server = null } = {}, onStatus = () => {}, onEngine = () => {}) {
   let model;
   try {
     model = await fetchModelInfo({ server });
@@ -31,25 +33,39 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
     throw new UnknownDecoderError(`The server has no decoder named "${wanted}" (it offers: ${names}).`);
   }
   if (!entry) throw new Error("The server offers no decoder model.");
-  decoder.onProgress = ({ stage, loaded, total, reason }) => {
+  let started = null; // the answer, once given
+  decoder.onProgress = ({ stage, loaded, total, reason, info }) => {
     if (stage === "restart") {
       const what = reason === "crashed" ? "crashed" : "got stuck";
       onStatus(`The decoder ${what} while starting; starting it again (attempt ${loaded + 1} of ${total})…`, null);
     }
     // A worker that crashed while decoding is replaced; the prompts waiting on it run in its successor.
     if (stage === "recover") onStatus("The decoder crashed; restarting it and trying again…", null);
-    if (stage === "recovered") onStatus("The decoder crashed and was restarted; your image and prompts were kept.");
+    if (stage === "recovered") {
+      const fewer = started && info.provider === started.info.provider && info.threads < started.info.threads;
+      onStatus(`The decoder crashed and was restarted${fewer ? ` on ${plural(info.threads, "thread")}` : ""}; your image and prompts were kept.`);
+      if (fewer) {
+        started = { ...started, info: { ...started.info, threads: info.threads, fallbackReason: info.fallbackReason }, runsOn: engineLine(info) };
+        onEngine(started);
+      }
+    }
     if (stage === "model") onStatus(`Loading the decoder… ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}`, total ? loaded / total : null);
   };
   onStatus("Loading the decoder…", null);
   // The versioned onnxruntime-web path is cached immutably (no revalidation on a repeat visit).
   const info = await decoder.init(new URL(apiUrl(entry.url, server), location.href).href, backend, threads, model.ort_version);
-  let runsOn = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${plural(info.threads, "thread")}`;
+  started = { model, entry, info, runsOn: engineLine(info) };
+  return started;
+}
+
+/** Where the decoder runs in plain words, from the worker's start answer. */
+function engineLine(info) {
+  let line = info.provider === "webgpu" ? "WebGPU" : `WebAssembly, ${plural(info.threads, "thread")}`;
   if (info.engineMs) {
     // The worker timed both engines and kept the faster (decoder-worker.js, backend "auto").
     const { webgpu, wasm } = info.engineMs;
     const [mine, other] = info.provider === "webgpu" ? [webgpu, wasm] : [wasm, webgpu];
-    runsOn += ` (faster here than ${info.provider === "webgpu" ? "WebAssembly" : "WebGPU"}: ${Math.round(mine)} against ${Math.round(other)} ms a decode)`;
+    line += ` (faster here than ${info.provider === "webgpu" ? "WebAssembly" : "WebGPU"}: ${Math.round(mine)} against ${Math.round(other)} ms a decode)`;
   }
-  return { model, entry, info, runsOn };
+  return line;
 }

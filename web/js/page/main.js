@@ -10,7 +10,7 @@ import { showGallery } from "./gallery.js";
 import { bindImageInputs, fetchImage } from "../image-input.js";
 import { bindKeyboard, KeyboardCursor } from "../keyboard.js";
 import { maskStats } from "../mask-math.js";
-import { showModelFacts } from "./model-facts.js";
+import { showEngine, showModelFacts } from "./model-facts.js";
 import { ObjectList } from "./objects.js";
 import { PointerKind } from "./pointer-kind.js";
 import { PromptPanel } from "./prompt-panel.js";
@@ -35,6 +35,10 @@ let refining = null; // the phrase of a found instance being refined in the edit
 const client = new SamClient({
   onStatus: (text, progress, task) => status.set(text, progress, task),
   onStage: (stage) => classroom.setStage(stage),
+  onEngine: ({ info, runsOn }) => {
+    showEngine(info, runsOn);
+    classroom.setProvider(runsOn);
+  },
   editor: {
     onChange: () => { refreshControls(); renderOverlay(); },
     onPreview: () => renderOverlay(),

@@ -16,14 +16,19 @@ export function showModelFacts({ model, entry, info, runsOn }) {
   $("weights-close").addEventListener("click", () => { $("weights-banner").hidden = true; });
   const memory = info.wasmMemory ? `, WebAssembly memory up to ${formatBytes(info.wasmMemory.maximumBytes)}` : "";
   $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)}${memory})`;
-  $("fact-provider").textContent = runsOn;
+  showEngine(info, runsOn);
   // Where threads cannot run the page says so and why (slower masks are otherwise a mystery).
   if (info.singleThreadReason) {
     $("threads-text").textContent = info.singleThreadReason;
     $("threads-banner").hidden = false;
-    $("fact-provider").title = info.singleThreadReason;
   }
   $("threads-close").addEventListener("click", () => { $("threads-banner").hidden = true; });
   document.body.dataset.decoder = "ready";
   document.body.dataset.provider = info.provider;
+}
+
+/** Settings' engine fact: where the decoder runs (runsOn) and, on hover, why on one thread if it does. */
+export function showEngine(info, runsOn) {
+  $("fact-provider").textContent = runsOn;
+  $("fact-provider").title = info.singleThreadReason || info.fallbackReason || "";
 }
