@@ -35,10 +35,7 @@ let refining = null; // the phrase of a found instance being refined in the edit
 const client = new SamClient({
   onStatus: (text, progress, task) => status.set(text, progress, task),
   onStage: (stage) => classroom.setStage(stage),
-  onEngine: ({ info, runsOn }) => {
-    showEngine(info, runsOn);
-    classroom.setProvider(runsOn);
-  },
+  onEngine: showDecoderEngine,
   editor: {
     onChange: () => { refreshControls(); renderOverlay(); },
     onPreview: () => renderOverlay(),
@@ -157,15 +154,21 @@ function refreshControls() {
 
 // ---------------------------------------------------------------- the decoder and images
 
+/** Where the decoder runs, in Settings and the classroom view: at start, and again if a crash changed it. */
+function showDecoderEngine({ info, runsOn }) {
+  showEngine(info, runsOn);
+  classroom.setProvider(runsOn);
+}
+
 async function startDecoder() {
   const backend = params.get("backend") || localStorage.getItem(BACKEND_KEY) || "auto";
   $("backend-select").value = backend;
   const { model, entry, info, runsOn } = await client.start({
     decoder: params.get("decoder"), backend, threads: Number(params.get("threads")) || 0,
   });
-  showModelFacts({ model, entry, info, runsOn });
+  showModelFacts({ model, entry, info });
+  showDecoderEngine({ info, runsOn });
   classroom.setModel({ modelType: model.model_type, weights: model.weights, encoderPath: model.encoder_path });
-  classroom.setProvider(runsOn);
   status.decoderDone();
   if (info.fallbackReason) showError(new Error(info.fallbackReason));
   if (!client.image) status.set("Ready. Choose, drop or paste an image, or pick a sample.");

@@ -5,8 +5,8 @@ import { formatBytes } from "../format.js";
 
 const $ = (id) => document.getElementById(id);
 
-/** @param {object} started startDecoder's answer {model, entry, info, runsOn} */
-export function showModelFacts({ model, entry, info, runsOn }) {
+/** @param {object} started startDecoder's answer {model, entry, info} (showEngine shows its runsOn) */
+export function showModelFacts({ model, entry, info }) {
   if (model.weights === "random") {
     // One short line for a visitor; the operator's details (paths, the command to fix it) behind "details".
     $("weights-details").textContent = model.weights_message || "This server runs a model with random weights.";
@@ -16,7 +16,6 @@ export function showModelFacts({ model, entry, info, runsOn }) {
   $("weights-close").addEventListener("click", () => { $("weights-banner").hidden = true; });
   const memory = info.wasmMemory ? `, WebAssembly memory up to ${formatBytes(info.wasmMemory.maximumBytes)}` : "";
   $("fact-decoder").textContent = `${entry.name} (${info.interface} interface, ${formatBytes(info.modelBytes)}${memory})`;
-  showEngine(info, runsOn);
   // Where threads cannot run the page says so and why (slower masks are otherwise a mystery).
   if (info.singleThreadReason) {
     $("threads-text").textContent = info.singleThreadReason;
