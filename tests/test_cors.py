@@ -144,6 +144,35 @@ def test_upload_and_embedding_cross_origin_expose_the_progress_headers(client):
     assert "X-Uncompressed-Length" in exposed and "Content-Length" in exposed
 
 
+def test_a_page_of_another_origin_can_resume_the_decoder_model(client):
+    """What web/js/decoder/resumable-download.js does after a dropped transfer, from an embedding page."""
+    whole = client.get("/models/lowres.onnx", headers={"Origin": HOST})
+    exposed = whole.headers["Access-Control-Expose-Headers"]
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    assert "Accept-Ranges" in exposed and "ETag" in exposed
+    preflight = client.options(
+        "/models/lowres.onnx",
+        headers={
+            "Origin": HOST,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "if-range,range",
+        },
+    )
+    assert preflight.status_code == 204
+    allowed = preflight.headers["Access-Control-Allow-Headers"]
+    assert "Range" in allowed and "If-Range" in allowed
+    rest = client.get(
+        "/models/lowres.onnx", headers={"Origin": HOST, "Range": "bytes=4-", "If-Range": whole.headers["ETag"]}
+    )
+    assert rest.status_code == 206
+    assert rest.data == b"really onnx"
+    assert rest.headers["Content-Range"] == "bytes 4-14/15"
+    assert "Content-Range" in rest.headers["Access-Control-Expose-Headers"]
+    # A file that changed since the first part (another ETag): the whole file, not a part of the new one.
+    changed = client.get("/models/lowres.onnx", headers={"Origin": HOST, "Range": "bytes=4-", "If-Range": '"other"'})
+    assert changed.status_code == 200 and changed.data == b"not really onnx"
+
+
 def test_errors_cross_origin_are_readable(client):
     response = client.post("/api/images", data=b"<html>", content_type="text/html", headers={"Origin": HOST})
     assert response.status_code in (400, 415)

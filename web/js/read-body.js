@@ -6,18 +6,39 @@
  * @returns {Promise<Uint8Array>} the whole body
  */
 export async function readBody(response, onChunk) {
-  if (!response.body) return new Uint8Array(await response.arrayBuffer());
-  const reader = response.body.getReader();
   const chunks = [];
   let loaded = 0;
+  await readChunks(response, chunks, (n) => {
+    loaded += n;
+    onChunk(loaded);
+  });
+  return joinChunks(chunks, loaded);
+}
+
+/**
+ * Appends the body's chunks to `chunks` as they arrive (those received stay there when the transfer fails).
+ * @param {(bytes: number) => void} onChunk called with each chunk's size
+ */
+export async function readChunks(response, chunks, onChunk) {
+  if (!response.body) {
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    chunks.push(bytes);
+    onChunk(bytes.byteLength);
+    return;
+  }
+  const reader = response.body.getReader();
   for (;;) {
     const { done, value } = await reader.read();
-    if (done) break;
+    if (done) return;
     chunks.push(value);
-    loaded += value.byteLength;
-    onChunk(loaded);
+    onChunk(value.byteLength);
   }
-  const bytes = new Uint8Array(loaded);
+}
+
+/** The chunks, `length` bytes in all, as one Uint8Array (the chunk itself when there is one). */
+export function joinChunks(chunks, length) {
+  if (chunks.length === 1 && chunks[0].byteLength === length) return chunks[0];
+  const bytes = new Uint8Array(length);
   let offset = 0;
   for (const chunk of chunks) {
     bytes.set(chunk, offset);

@@ -17,6 +17,14 @@ const STALL_MS = 15_000;
 const START_ATTEMPTS = 3;
 
 /**
+ * A start whose onnxruntime-web files did not arrive (a dropped connection; the model's own download retries by
+ * itself) is tried again in a fresh worker, NETWORK_RETRIES times, WAIT_MS_PER_RETRY more before each; these do
+ * not count as stuck starts (the last of which runs on one thread).
+ */
+const NETWORK_RETRIES = 3;
+const WAIT_MS_PER_RETRY = 1000;
+
+/**
  * A worker whose onnxruntime traps in WebAssembly while decoding is replaced too: the fresh worker starts the
  * same decoder, takes back the image the crashed one handed over, and runs the prompts that were waiting. A
  * prompt whose retry traps as well is refused, and after MAX_RECOVERIES replacements a trap is an error.
@@ -28,6 +36,9 @@ class DecoderStalled extends Error {}
 /** The worker's onnxruntime hit a WebAssembly trap (docs/webkit.md): that worker's instance may be corrupt, so
  * only a fresh worker is used after it. */
 class DecoderCrashed extends Error {}
+
+/** The worker's start failed on the network (see NETWORK_RETRIES). */
+class DecoderOffline extends Error {}
 
 export class DecoderClient {
   /**
@@ -107,7 +118,10 @@ export class DecoderClient {
       return;
     }
     this.waiting.delete(message.id);
-    if (message.type === "error") waiter.reject(message.trap ? new DecoderCrashed(message.message) : new Error(message.message));
+    if (message.type === "error") {
+      const kind = message.trap ? DecoderCrashed : message.network ? DecoderOffline : Error;
+      waiter.reject(new kind(message.message));
+    }
     else waiter.resolve(message);
   }
 
@@ -169,21 +183,25 @@ export class DecoderClient {
   /**
    * Downloads and opens the decoder; resolves with {provider, threads, interface, ..., restarts: how many
    * stuck or crashed workers were replaced}. A worker that stops answering while it starts (see STALL_MS), or
-   * whose start traps in WebAssembly, is replaced.
+   * whose start traps in WebAssembly, is replaced; so is one whose onnxruntime-web files did not arrive
+   * (NETWORK_RETRIES). modelSha256: the model's hex SHA-256 (/api/model), checked after the download.
    */
-  async init(modelUrl, backend = "auto", threads = 0, ortVersion = null) {
+  async init(modelUrl, backend = "auto", threads = 0, ortVersion = null, modelSha256 = null) {
     this.startArgs = null;
-    const info = await this.#open({ modelUrl, backend, threads, ortVersion });
+    const info = await this.#open({ modelUrl, modelSha256, backend, threads, ortVersion });
     // A crashed worker's successor starts what runs now: the engine the race chose, the threads that started.
-    this.startArgs = { modelUrl, backend: info.provider, threads: info.provider === "wasm" ? info.threads : threads, ortVersion };
+    this.startArgs = {
+      modelUrl, modelSha256, backend: info.provider, threads: info.provider === "wasm" ? info.threads : threads, ortVersion,
+    };
     return info;
   }
 
-  async #open({ modelUrl, backend, threads, ortVersion }) {
+  async #open({ modelUrl, modelSha256 = null, backend, threads, ortVersion }) {
+    let networkRetries = 0;
     for (let attempt = 1; ; attempt++) {
       const lastAttempt = attempt === START_ATTEMPTS;
       const request = this.#request({
-        type: "init", modelUrl, backend, threads: lastAttempt ? 1 : threads, ortVersion, heartbeatMs: HEARTBEAT_MS,
+        type: "init", modelUrl, modelSha256, backend, threads: lastAttempt ? 1 : threads, ortVersion, heartbeatMs: HEARTBEAT_MS,
       }, [], true);
       request.catch(() => {}); // a replaced worker's request is rejected after the race was decided
       const stalled = new Promise((resolve, reject) => {
@@ -198,11 +216,20 @@ export class DecoderClient {
         return { ...info, restarts: attempt - 1 };
       } catch (error) {
         const stalled = error instanceof DecoderStalled;
-        if (!(stalled || error instanceof DecoderCrashed) || lastAttempt) throw error;
+        const offline = error instanceof DecoderOffline && networkRetries < NETWORK_RETRIES;
+        if (!(stalled || offline || error instanceof DecoderCrashed) || (lastAttempt && !offline)) throw error;
         this.worker.terminate();
         this.#failAll("The decoder worker was restarted.", (waiter) => waiter.message.type === "init");
-        this.#startWorker();
-        this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS, reason: stalled ? "stuck" : "crashed" });
+        if (offline) {
+          networkRetries++;
+          attempt--; // not a stuck start: the next one keeps its threads
+          this.onProgress({ stage: "restart", loaded: networkRetries, total: NETWORK_RETRIES + 1, reason: "network" });
+          await new Promise((resolve) => setTimeout(resolve, WAIT_MS_PER_RETRY * networkRetries));
+          this.#startWorker();
+        } else {
+          this.#startWorker();
+          this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS, reason: stalled ? "stuck" : "crashed" });
+        }
       } finally {
         this.onStall = null;
         clearTimeout(this.stallTimer);

@@ -34,10 +34,17 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
   }
   if (!entry) throw new Error("The server offers no decoder model.");
   let started = null; // the answer, once given
-  decoder.onProgress = ({ stage, loaded, total, reason, info }) => {
-    if (stage === "restart") {
+  decoder.onProgress = ({ stage, loaded, total, reason, info, attempt, attempts, resumed }) => {
+    if (stage === "restart" && reason === "network") {
+      onStatus(`The connection dropped while the decoder loaded; trying again (attempt ${loaded + 1} of ${total})…`, null);
+    } else if (stage === "restart") {
       const what = reason === "crashed" ? "crashed" : "got stuck";
       onStatus(`The decoder ${what} while starting; starting it again (attempt ${loaded + 1} of ${total})…`, null);
+    }
+    if (stage === "model-retry") {
+      // A dropped transfer of the model (resumable-download.js): `attempt` of `attempts`.
+      const how = resumed ? `resuming at ${formatBytes(loaded)}${total ? ` of ${formatBytes(total)}` : ""}` : "downloading it again";
+      onStatus(`The connection dropped while the decoder downloaded; ${how} (attempt ${attempt} of ${attempts})…`, total ? loaded / total : null);
     }
     // A worker that crashed while decoding is replaced; the prompts waiting on it run in its successor.
     if (stage === "recover") onStatus("The decoder crashed; restarting it and trying again…", null);
@@ -53,7 +60,8 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
   };
   onStatus("Loading the decoder…", null);
   // The versioned onnxruntime-web path is cached immutably (no revalidation on a repeat visit).
-  const info = await decoder.init(new URL(apiUrl(entry.url, server), location.href).href, backend, threads, model.ort_version);
+  const modelUrl = new URL(apiUrl(entry.url, server), location.href).href;
+  const info = await decoder.init(modelUrl, backend, threads, model.ort_version, entry.sha256 ?? null);
   started = { model, entry, info, runsOn: engineLine(info) };
   return started;
 }

@@ -20,8 +20,8 @@
 import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
 import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, padLowRes, resizedSize, threshold, toModelFrame, tokenExtent } from "../mask-math.js";
-import { readBody } from "../read-body.js";
 import { PerImageOutputs } from "./per-image.js";
+import { DownloadError, downloadResumable } from "./resumable-download.js";
 import { decoderSessionOptions } from "./session-options.js";
 import { MAX_PROMPTS_PER_RUN, capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
 
@@ -44,11 +44,13 @@ let allTokens = null; // valid_tokens of every token: committed decodes, whose 2
 let imageExtent = null; // valid_tokens of the tokens under the image: hovers, only painted
 let perImage = null; // PerImageOutputs: what the image's first run computes and later runs take back
 
-async function fetchWithProgress(url, stage) {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`The decoder model could not be downloaded (HTTP ${response.status}).`);
-  const total = Number(response.headers.get("Content-Length")) || 0;
-  return readBody(response, (loaded) => postMessage({ type: "progress", stage, loaded, total }));
+/** The decoder model's bytes, with progress; a dropped transfer is retried and resumed (resumable-download.js). */
+function downloadModel(url, sha256) {
+  return downloadResumable(url, {
+    what: "the decoder model",
+    sha256,
+    onProgress: (loaded, total, retry) => postMessage({ type: "progress", stage: retry ? "model-retry" : "model", loaded, total, ...retry }),
+  });
 }
 
 async function webgpuAvailable() {
@@ -86,7 +88,7 @@ function whyOneThread(isolated) {
   return null;
 }
 
-async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersion = null }) {
+async function startSession({ modelUrl, modelSha256 = null, backend = "auto", threads = 0, ortVersion = null }) {
   const started = performance.now();
   const ORT_DIR = ortDir(ortVersion);
   const tryWebgpu = backend === "webgpu" || (backend === "auto" && (await webgpuAvailable()));
@@ -100,7 +102,7 @@ async function startSession({ modelUrl, backend = "auto", threads = 0, ortVersio
   const singleThreadReason = whyOneThread(isolated);
   const wanted = threads > 0 ? threads : Math.min(4, navigator.hardwareConcurrency || 1);
   ort.env.wasm.numThreads = singleThreadReason ? 1 : Math.max(1, wanted);
-  const model = await fetchWithProgress(modelUrl, "model");
+  const model = await downloadModel(modelUrl, modelSha256);
   capSharedMemory(decoderMemoryBytes(model.byteLength)); // before onnxruntime creates its memory
   let provider = "wasm";
   let fallbackReason = null;
@@ -414,6 +416,18 @@ function isWasmTrap(error) {
   return error instanceof WebAssembly.RuntimeError || words.test(String(error?.message ?? error));
 }
 
+/**
+ * Whether a start failed on the network: onnxruntime-web's own script or WebAssembly did not arrive (the engines'
+ * words for a failed fetch or module import, also inside onnxruntime's "no available backend found"). A fresh
+ * worker tries again (a failed module import stays failed in this worker). The model's download retries by itself:
+ * its DownloadError is final.
+ */
+function isNetworkFailure(error) {
+  if (error instanceof DownloadError) return false;
+  const words = /Failed to fetch|NetworkError|Load failed|Importing a module script failed|error loading dynamically imported module|fetching of the wasm failed/i;
+  return words.test(String(error?.message ?? error));
+}
+
 const handlers = { init, embedding: setEmbedding, image: restoreImage, decode, "decode-many": decodeMany, upsample };
 
 let trapped = null; // the first trap's message: this worker's onnxruntime is not used again
@@ -435,7 +449,8 @@ self.onmessage = (event) => {
       const trap = Boolean(trapped) || isWasmTrap(error);
       const [image, transfer] = trap && !trapped ? handOverImage() : [null, []];
       if (trap) trapped ??= text;
-      postMessage({ type: "error", id: message.id, stage: message.type, message: text, trap, image }, transfer);
+      const network = message.type === "init" && !trap && isNetworkFailure(error);
+      postMessage({ type: "error", id: message.id, stage: message.type, message: text, trap, network, image }, transfer);
     }
   });
 };

@@ -1,0 +1,131 @@
+"""The decoder's start over a connection that drops, as a phone's does (Chromium, the real server).
+
+Playwright's routing plays the network: it cuts the decoder model's transfer short (the answer announces the
+whole file and delivers a part), damages its bytes, or fails onnxruntime-web's WebAssembly fetch. The page must
+still start, resuming the model where it stopped rather than downloading it again, and say what it is doing; a
+file that never arrives whole ends in a plain error, not a hang.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from browser_helpers import first_mask_on_a_gallery_image, open_app
+
+pytestmark = pytest.mark.timeout(600)
+
+CUT_AT = 1_000_000  # bytes of the model the first answer delivers
+
+# The status line's texts in order (the page replaces them as it goes).
+STATUS_LOG = """
+    window.statusLog = [];
+    document.addEventListener("DOMContentLoaded", () => {
+      const line = document.getElementById("status-text");
+      new MutationObserver(() => window.statusLog.push(line.textContent)).observe(line, { childList: true, characterData: true, subtree: true });
+    });
+"""
+
+
+def start_page(page):
+    page.add_init_script(STATUS_LOG)
+    page.console_watch.allow += ["Failed to load resource", "net::ERR_FAILED"]
+
+
+def decoder_outcome(page, live_server) -> str:
+    page.goto(live_server.url + "?backend=wasm")
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.decoder)")
+    return page.evaluate("document.body.dataset.decoder")
+
+
+def test_a_model_download_cut_short_resumes_where_it_stopped(page, live_server):
+    start_page(page)
+    requests = []
+
+    def cut_first(route):
+        requests.append(dict(route.request.headers))
+        if len(requests) > 1:
+            route.continue_()
+            return
+        answer = route.fetch()
+        body = answer.body()
+        requests[0]["answer"] = answer.headers
+        # Announces the whole file, delivers its first CUT_AT bytes: the connection "dropped".
+        route.fulfill(status=200, headers=answer.headers | {"content-length": str(len(body))}, body=body[:CUT_AT])
+
+    page.route("**/models/*.onnx*", cut_first)
+    # The model is whole (its SHA-256 was checked): the decoder draws masks.
+    first_mask_on_a_gallery_image(page, live_server)
+    assert len(requests) == 2, requests
+    first, second = requests
+    assert "range" not in first
+    # The second request asks for the rest only, and only if the file is the one the first part came from.
+    assert second["range"] == f"bytes={CUT_AT}-", second
+    assert second["if-range"] == first["answer"]["etag"], (second, first["answer"])
+    log = page.evaluate("window.statusLog")
+    resumed = [text for text in log if "The connection dropped while the decoder downloaded; resuming at" in text]
+    assert resumed and "(attempt 2 of 5)" in resumed[0], log
+
+
+def test_a_damaged_model_is_downloaded_again_and_refused_if_it_stays_damaged(page, live_server):
+    start_page(page)
+    served = []
+
+    def damage(times):
+        def handler(route):
+            served.append(route.request.headers.get("range"))
+            answer = route.fetch()
+            body = bytearray(answer.body())
+            if len(served) <= times:
+                body[len(body) // 2] ^= 0xFF  # one bit pattern changed in the middle
+            route.fulfill(status=200, headers=answer.headers, body=bytes(body))
+
+        return handler
+
+    page.route("**/models/*.onnx*", damage(times=1))
+    assert decoder_outcome(page, live_server) == "ready", page.inner_text("#error-text")
+    assert served == [None, None]  # downloaded again from the start, not resumed
+    assert any("downloading it again (attempt 2 of 5)" in text for text in page.evaluate("window.statusLog"))
+
+    page.unroute("**/models/*.onnx*")
+    served.clear()
+    page.route("**/models/*.onnx*", damage(times=99))
+    assert decoder_outcome(page, live_server) == "error"
+    assert len(served) == 2
+    assert "The decoder model arrived damaged (its SHA-256 does not match)." in page.inner_text("#error-text")
+
+
+def test_a_model_that_never_arrives_ends_in_a_plain_error(page, live_server):
+    start_page(page)
+    tries = []
+
+    def fail(route):
+        tries.append(1)
+        route.abort("connectionreset")
+
+    page.route("**/models/*.onnx*", fail)
+    assert decoder_outcome(page, live_server) == "error"
+    assert len(tries) == 5
+    error = page.inner_text("#error-text")
+    assert "The decoder model could not be downloaded: 5 attempts failed (the last: Failed to fetch)." in error, error
+
+
+def test_onnxruntime_files_that_fail_to_arrive_are_fetched_again_in_a_fresh_worker(page, live_server):
+    start_page(page)
+    tries = []
+
+    def fail_once(route):
+        tries.append(route.request.url)
+        if len(tries) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    # onnxruntime-web's WebAssembly glue, a module it imports: a failed import stays failed in that worker.
+    page.route("**/ort-wasm-simd-threaded.mjs", fail_once)
+    open_app(page, live_server)
+    assert len(tries) == 2, tries
+    log = page.evaluate("window.statusLog")
+    assert any("The connection dropped while the decoder loaded; trying again (attempt 2 of 4)" in t for t in log), log
+    # A network retry is not a stuck start: the decoder keeps its threads.
+    assert re.search(r"^WebAssembly, [2-9] threads", page.text_content("#fact-provider"))
