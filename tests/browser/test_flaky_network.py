@@ -1,9 +1,10 @@
-"""The decoder's start over a connection that drops, as a phone's does (Chromium, the real server).
+"""Downloads over a connection that drops, as a phone's does (Chromium, the real server).
 
 Playwright's routing plays the network: it cuts the decoder model's transfer short (the answer announces the
-whole file and delivers a part), damages its bytes, or fails onnxruntime-web's WebAssembly fetch. The page must
-still start, resuming the model where it stopped rather than downloading it again, and say what it is doing; a
-file that never arrives whole ends in a plain error, not a hang.
+whole file and delivers a part), damages its bytes, fails onnxruntime-web's WebAssembly glue, or drops an
+image's embedding. The page must still start and open the image, resuming the model where it stopped rather
+than downloading it again, and say what it is doing; a file that never arrives whole ends in a plain error,
+not a hang.
 """
 
 from __future__ import annotations
@@ -129,3 +130,22 @@ def test_onnxruntime_files_that_fail_to_arrive_are_fetched_again_in_a_fresh_work
     assert any("The connection dropped while the decoder loaded; trying again (attempt 2 of 4)" in t for t in log), log
     # A network retry is not a stuck start: the decoder keeps its threads.
     assert re.search(r"^WebAssembly, [2-9] threads", page.text_content("#fact-provider"))
+
+
+def test_an_embedding_download_that_drops_is_tried_again(page, live_server):
+    start_page(page)
+    tries = []
+
+    def drop_first(route):
+        tries.append(1)
+        if len(tries) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/api/embeddings/*", drop_first)
+    first_mask_on_a_gallery_image(page, live_server)
+    assert len(tries) == 2
+    log = page.evaluate("window.statusLog")
+    expected = "The connection dropped while the embedding downloaded; trying again (attempt 2 of 5)…"
+    assert expected in log, log

@@ -1,6 +1,6 @@
 // The backend's HTTP API (docs/ARCHITECTURE.md). Every failure becomes an ApiError with plain words.
 
-import { readBody } from "./read-body.js";
+import { downloadResumable } from "./resumable-download.js";
 
 export class ApiError extends Error {
   constructor(message, { status = 0, code = "network", retryAfterS = null } = {}) {
@@ -79,27 +79,23 @@ export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploa
 }
 
 /**
- * Downloads an embedding, reporting bytes as they arrive. The total comes from X-Uncompressed-Length
- * (the server may gzip the body, and fetch counts decompressed bytes), else from Content-Length.
+ * Downloads an embedding, reporting bytes as they arrive; a dropped or cut-short transfer is tried again
+ * (resumable-download.js: the server gzips embeddings, so a retry starts over). The total comes from
+ * X-Uncompressed-Length (fetch counts decompressed bytes), else from Content-Length.
+ * @param {(loaded: number, total: number) => void} onProgress
+ * @param {(retry: {attempt: number, attempts: number}) => void} onRetry another attempt starts
  * @returns {Promise<{buffer: ArrayBuffer, bytes: number, wireBytes: number, ms: number}>}
  */
-export async function fetchEmbedding(url, onProgress = () => {}) {
+export async function fetchEmbedding(url, onProgress = () => {}, onRetry = () => {}) {
   const started = performance.now();
-  let response;
-  try {
-    response = await fetch(url);
-  } catch {
-    throw new ApiError("The embedding download failed: the server cannot be reached.");
-  }
-  if (!response.ok) throw await errorFrom(response);
-  const wireBytes = Number(response.headers.get("Content-Length")) || 0;
-  const encoded = Boolean(response.headers.get("Content-Encoding"));
-  const total = Number(response.headers.get("X-Uncompressed-Length")) || (encoded ? 0 : wireBytes);
-  const bytes = await readBody(response, (received) => onProgress(received, Math.max(total, received)));
+  let wireBytes = 0;
+  const bytes = await downloadResumable(url, {
+    what: "the embedding",
+    errorFor: errorFrom,
+    onResponse: (response) => { wireBytes = Number(response.headers.get("Content-Length")) || 0; },
+    onProgress: (loaded, total, retry) => (retry ? onRetry(retry) : onProgress(loaded, Math.max(total, loaded))),
+  });
   const loaded = bytes.byteLength;
-  if (total && loaded !== total) {
-    throw new ApiError(`The embedding download was cut short (${loaded} of ${total} bytes). Try again.`);
-  }
   return { buffer: bytes.buffer, bytes: loaded, wireBytes: wireBytes || loaded, ms: performance.now() - started };
 }
 

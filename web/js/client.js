@@ -113,6 +113,8 @@ export class SamClient {
     onStatus("Downloading the embedding…", 0);
     const embedding = await fetchEmbedding(url, (loaded, all) => {
       if (isCurrent()) onStatus(`Downloading the embedding… ${formatBytes(loaded)}${all ? ` of ${formatBytes(all)}` : ""}`, all ? loaded / all : null);
+    }, ({ attempt, attempts }) => {
+      if (isCurrent()) onStatus(`The connection dropped while the embedding downloaded; trying again (attempt ${attempt} of ${attempts})…`, null);
     });
     if (!isCurrent()) return null;
     this.onStage(null);

@@ -1,19 +1,5 @@
-// Reads a fetch Response body chunk by chunk, so downloads (embedding, decoder model) can show progress.
-
-/**
- * @param {Response} response
- * @param {(loaded: number) => void} onChunk called with the bytes received so far
- * @returns {Promise<Uint8Array>} the whole body
- */
-export async function readBody(response, onChunk) {
-  const chunks = [];
-  let loaded = 0;
-  await readChunks(response, chunks, (n) => {
-    loaded += n;
-    onChunk(loaded);
-  });
-  return joinChunks(chunks, loaded);
-}
+// Reads a fetch Response body chunk by chunk, so downloads (embedding, decoder model) can show progress and
+// keep what arrived when a transfer fails (resumable-download.js).
 
 /**
  * Appends the body's chunks to `chunks` as they arrive (those received stay there when the transfer fails).

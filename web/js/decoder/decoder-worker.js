@@ -21,7 +21,7 @@ import { decodeFeatures } from "./embedding.js";
 import { applySingleMaskFallback, clampedMaskInput, isSam2Decoder, sam2Interface, unclampedLogits, zeroImageFeeds } from "./sam2-inputs.js";
 import { LOW_RES_PLANE, LOW_RES_SIDE, STRETCHED, lowResPlane, maskFromLowRes, padLowRes, resizedSize, threshold, toModelFrame, tokenExtent } from "../mask-math.js";
 import { PerImageOutputs } from "./per-image.js";
-import { DownloadError, downloadResumable } from "./resumable-download.js";
+import { DownloadError, downloadResumable } from "../resumable-download.js";
 import { decoderSessionOptions } from "./session-options.js";
 import { MAX_PROMPTS_PER_RUN, capSharedMemory, decoderMemoryBytes, decoderMemoryUse } from "./wasm-memory.js";
 

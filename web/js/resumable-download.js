@@ -1,9 +1,9 @@
-// Downloads a large immutable file (the decoder model) over a connection that may drop, as a phone's does: a
-// dropped or cut-short transfer is retried, and it resumes where it stopped (an HTTP Range request guarded by
-// If-Range) when the server allows it, so a visitor on a weak network does not fetch megabytes twice. The bytes
-// are checked against their SHA-256 when one is given.
+// Downloads a large file that does not change (the decoder model, an image's embedding) over a connection that
+// may drop, as a phone's does: a dropped or cut-short transfer is retried, and it resumes where it stopped (an
+// HTTP Range request guarded by If-Range) when the server allows it, so a visitor on a weak network does not
+// fetch megabytes twice. The bytes are checked against their SHA-256 when one is given.
 
-import { joinChunks, readChunks } from "../read-body.js";
+import { joinChunks, readChunks } from "./read-body.js";
 
 export const DOWNLOAD_ATTEMPTS = 5;
 const FIRST_WAIT_MS = 500; // doubled before each further attempt: 7.5 s of waiting in all
@@ -20,10 +20,15 @@ const TRANSIENT = new Set([408, 425, 429, 500, 502, 503, 504]);
  *   onProgress(loaded, total, retry): bytes received so far (of total when known); `retry` is {attempt,
  *     attempts, resumed} while another attempt starts after a dropped transfer, else null;
  *   sha256: the expected hex digest (checked when the browser can hash: secure contexts);
- *   what: the file's name in messages (default "the file")
+ *   what: the file's name in messages (default "the file");
+ *   errorFor(response): the error to throw for an answer that is neither the file nor a transient failure
+ *     (default: a DownloadError naming the HTTP status);
+ *   onResponse(response): called with each answer that brings bytes (e.g. to read its headers)
  * @returns {Promise<Uint8Array>} the whole file
  */
-export async function downloadResumable(url, { onProgress = () => {}, sha256 = null, what = "the file" } = {}) {
+export async function downloadResumable(url, {
+  onProgress = () => {}, sha256 = null, what = "the file", errorFor = null, onResponse = () => {},
+} = {}) {
   const attempts = DOWNLOAD_ATTEMPTS;
   let chunks = [];
   let loaded = 0;
@@ -31,6 +36,7 @@ export async function downloadResumable(url, { onProgress = () => {}, sha256 = n
   let validator = null; // the ETag (or Last-Modified) the first bytes came with: a resume must match it
   let resumable = false;
   let restartedForChecksum = false;
+  let refusal = null; // the server's final no (errorFor): not tried again
   for (let attempt = 1; ; attempt++) {
     const resuming = resumable && loaded > 0;
     const headers = resuming ? { Range: `bytes=${loaded}-`, "If-Range": validator } : {};
@@ -46,22 +52,26 @@ export async function downloadResumable(url, { onProgress = () => {}, sha256 = n
         // The whole file (a first attempt, a server that ignores Range, or a file changed since: If-Range).
         chunks = [];
         loaded = 0;
-        total = Number(response.headers.get("Content-Length")) || 0;
+        // A compressed body's Content-Length counts the bytes sent, not the bytes read (nor do byte ranges);
+        // this app's server gives the bytes read as X-Uncompressed-Length.
+        const encoded = Boolean(response.headers.get("Content-Encoding"));
+        const length = Number(response.headers.get(encoded ? "X-Uncompressed-Length" : "Content-Length")) || 0;
+        total = length;
         validator = response.headers.get("ETag") || response.headers.get("Last-Modified");
-        // Byte ranges count the bytes sent, which are not the bytes read when the server compresses them.
-        resumable = response.headers.get("Accept-Ranges") === "bytes" && Boolean(validator) &&
-          !response.headers.get("Content-Encoding") && total > 0;
+        resumable = !encoded && response.headers.get("Accept-Ranges") === "bytes" && Boolean(validator) && total > 0;
       } else if (TRANSIENT.has(response.status)) {
         throw new Error(`HTTP ${response.status}`);
       } else {
-        throw new DownloadError(`${capital(what)} could not be downloaded (HTTP ${response.status}).`);
+        refusal = errorFor ? await errorFor(response)
+          : new DownloadError(`${capital(what)} could not be downloaded (HTTP ${response.status}).`);
+        throw refusal;
       }
+      onResponse(response);
       await readChunks(response, chunks, (n) => {
         loaded += n;
         onProgress(loaded, total, null);
       });
       if (total && loaded < total) throw new Error(`the transfer stopped after ${loaded} of ${total} bytes`);
-      if (total && loaded > total) throw new DownloadError(`${capital(what)} was longer than announced.`);
       const bytes = joinChunks(chunks, loaded);
       if (sha256 && globalThis.crypto?.subtle) {
         const digest = await sha256Hex(bytes);
@@ -77,7 +87,7 @@ export async function downloadResumable(url, { onProgress = () => {}, sha256 = n
       }
       return bytes;
     } catch (error) {
-      if (error instanceof DownloadError) throw error;
+      if (error instanceof DownloadError || error === refusal) throw error;
       const lastProblem = error.message || String(error);
       if (attempt >= attempts) {
         throw new DownloadError(`${capital(what)} could not be downloaded: ${attempts} attempts failed (the last: ${lastProblem}).`);
