@@ -33,6 +33,20 @@ def start_page(page):
     page.console_watch.allow += ["Failed to load resource", "net::ERR_FAILED"]
 
 
+def drop_first_request(tries: list):
+    """A route handler that drops the first request it sees (a connection reset) and lets the others through;
+    `tries` collects every request's URL."""
+
+    def handler(route):
+        tries.append(route.request.url)
+        if len(tries) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    return handler
+
+
 def decoder_outcome(page, live_server) -> str:
     page.goto(live_server.url + "?backend=wasm")
     page.wait_for_function("['ready', 'error'].includes(document.body.dataset.decoder)")
@@ -114,16 +128,8 @@ def test_a_model_that_never_arrives_ends_in_a_plain_error(page, live_server):
 def test_onnxruntime_files_that_fail_to_arrive_are_fetched_again_in_a_fresh_worker(page, live_server):
     start_page(page)
     tries = []
-
-    def fail_once(route):
-        tries.append(route.request.url)
-        if len(tries) == 1:
-            route.abort("connectionreset")
-        else:
-            route.continue_()
-
     # onnxruntime-web's WebAssembly glue, a module it imports: a failed import stays failed in that worker.
-    page.route("**/ort-wasm-simd-threaded.mjs", fail_once)
+    page.route("**/ort-wasm-simd-threaded.mjs", drop_first_request(tries))
     open_app(page, live_server)
     assert len(tries) == 2, tries
     log = page.evaluate("window.statusLog")
@@ -135,15 +141,7 @@ def test_onnxruntime_files_that_fail_to_arrive_are_fetched_again_in_a_fresh_work
 def test_an_embedding_download_that_drops_is_tried_again(page, live_server):
     start_page(page)
     tries = []
-
-    def drop_first(route):
-        tries.append(1)
-        if len(tries) == 1:
-            route.abort("connectionreset")
-        else:
-            route.continue_()
-
-    page.route("**/api/embeddings/*", drop_first)
+    page.route("**/api/embeddings/*", drop_first_request(tries))
     first_mask_on_a_gallery_image(page, live_server)
     assert len(tries) == 2
     log = page.evaluate("window.statusLog")
