@@ -2,7 +2,7 @@
 
 Playwright's routing plays the network: it cuts the decoder model's transfer short (the answer announces the
 whole file and delivers a part), damages its bytes, fails onnxruntime-web's WebAssembly glue, or drops an
-image's embedding. The page must still start and open the image, resuming the model where it stopped rather
+image's upload or its embedding. The page must still start and open the image, resuming the model where it stopped rather
 than downloading it again, and say what it is doing; a file that never arrives whole ends in a plain error,
 not a hang.
 """
@@ -138,12 +138,22 @@ def test_onnxruntime_files_that_fail_to_arrive_are_fetched_again_in_a_fresh_work
     assert re.search(r"^WebAssembly, [2-9] threads", page.text_content("#fact-provider"))
 
 
-def test_an_embedding_download_that_drops_is_tried_again(page, live_server):
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("**/api/images", "The connection dropped while uploading; trying again (attempt 2 of 4)…"),
+        (
+            "**/api/embeddings/*",
+            "The connection dropped while the embedding downloaded; trying again (attempt 2 of 5)…",
+        ),
+    ],
+    ids=["upload", "embedding"],
+)
+def test_an_image_whose_upload_or_embedding_drops_still_opens(page, live_server, path, status):
     start_page(page)
     tries = []
-    page.route("**/api/embeddings/*", drop_first_request(tries))
+    page.route(path, drop_first_request(tries))
     first_mask_on_a_gallery_image(page, live_server)
     assert len(tries) == 2
     log = page.evaluate("window.statusLog")
-    expected = "The connection dropped while the embedding downloaded; trying again (attempt 2 of 5)…"
-    assert expected in log, log
+    assert status in log, log

@@ -62,8 +62,8 @@ export function uploadImage(blob, filename, onUploadProgress = () => {}, onUploa
     xhr.responseType = "json";
     xhr.upload.onprogress = (event) => onUploadProgress(event.loaded, event.lengthComputable ? event.total : blob.size);
     xhr.upload.onload = () => onUploaded();
-    xhr.onerror = () => reject(new ApiError("The upload failed: the server cannot be reached."));
-    xhr.ontimeout = () => reject(new ApiError("The server took too long to encode the image."));
+    xhr.onerror = () => reject(new ApiError("The upload failed: the server cannot be reached.", { code: "dropped" }));
+    xhr.ontimeout = () => reject(new ApiError("The server took too long to encode the image.", { code: "timeout" }));
     xhr.onload = () => {
       const body = xhr.response;
       if (xhr.status >= 200 && xhr.status < 300 && body) resolve(body);
