@@ -26,7 +26,7 @@ EMBED_DIR = Path(__file__).resolve().parents[2] / "web" / "embed"
 EMBEDDABLE_PREFIXES = ("/api/", "/embed/", "/js/", "/models/", "/vendor/ort/", "/vendor/ort@")
 ALLOWED_METHODS = "GET, HEAD, POST"
 # Range and If-Range: an embedding page resumes a dropped download of the decoder model where it stopped
-# (web/js/decoder/resumable-download.js), which needs Accept-Ranges and Content-Range readable too.
+# (web/js/resumable-download.js), which needs Accept-Ranges and Content-Range readable too.
 ALLOWED_HEADERS = "Accept, Content-Type, If-None-Match, Range, If-Range"
 EXPOSED_HEADERS = (
     "Content-Length, Content-Encoding, ETag, Retry-After, X-Uncompressed-Length, X-Embedding-Format, X-Embedding-Shape, "

@@ -5,7 +5,7 @@
 
 import { joinChunks, readChunks } from "./read-body.js";
 
-export const DOWNLOAD_ATTEMPTS = 5;
+const DOWNLOAD_ATTEMPTS = 5;
 const FIRST_WAIT_MS = 500; // doubled before each further attempt: 7.5 s of waiting in all
 
 /** A download that cannot succeed by trying again (an HTTP error other than a transient one, wrong bytes). */

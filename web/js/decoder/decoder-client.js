@@ -142,8 +142,7 @@ export class DecoderClient {
    */
   async #recover(image) {
     this.recoveries++;
-    this.worker.terminate();
-    this.#startWorker();
+    this.#replaceWorker();
     this.recovering = (async () => {
       const info = await this.#open(this.startArgs);
       if (image) await this.#request({ type: "image", ...image }, Object.values(image.tensors).map(({ data }) => data.buffer), true);
@@ -172,6 +171,13 @@ export class DecoderClient {
       }
     }
     if (!failure) this.onProgress({ stage: "recovered", reason: "crashed", info });
+  }
+
+  /** A fresh worker in place of the current one; `starting`: the old one's start request is refused. */
+  #replaceWorker(starting = false) {
+    this.worker.terminate();
+    if (starting) this.#failAll("The decoder worker was restarted.", (waiter) => waiter.message.type === "init");
+    this.#startWorker();
   }
 
   #feedWatchdog() {
@@ -215,21 +221,18 @@ export class DecoderClient {
         }
         return { ...info, restarts: attempt - 1 };
       } catch (error) {
-        const stalled = error instanceof DecoderStalled;
-        const offline = error instanceof DecoderOffline && networkRetries < NETWORK_RETRIES;
-        if (!(stalled || offline || error instanceof DecoderCrashed) || (lastAttempt && !offline)) throw error;
-        this.worker.terminate();
-        this.#failAll("The decoder worker was restarted.", (waiter) => waiter.message.type === "init");
-        if (offline) {
+        if (error instanceof DecoderOffline && networkRetries < NETWORK_RETRIES) {
           networkRetries++;
           attempt--; // not a stuck start: the next one keeps its threads
           this.onProgress({ stage: "restart", loaded: networkRetries, total: NETWORK_RETRIES + 1, reason: "network" });
           await new Promise((resolve) => setTimeout(resolve, WAIT_MS_PER_RETRY * networkRetries));
-          this.#startWorker();
-        } else {
-          this.#startWorker();
-          this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS, reason: stalled ? "stuck" : "crashed" });
+          this.#replaceWorker(true);
+          continue;
         }
+        const stalled = error instanceof DecoderStalled;
+        if (!(stalled || error instanceof DecoderCrashed) || lastAttempt) throw error;
+        this.#replaceWorker(true);
+        this.onProgress({ stage: "restart", loaded: attempt, total: START_ATTEMPTS, reason: stalled ? "stuck" : "crashed" });
       } finally {
         this.onStall = null;
         clearTimeout(this.stallTimer);
