@@ -165,9 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quantize_out is not None:
         from .quantize import QUANTIZATION_RECIPES, quantize_decoder
 
-        # Meta's recipe for Meta's interface (as its script); ours (weight-only, per channel) for lowres.
-        recipe = "weight-only" if args.variant == "lowres" else "meta"
-        quantize_decoder(args.output, args.quantize_out, **QUANTIZATION_RECIPES[recipe])
+        # Meta's recipe for Meta's interface (as its script); ours (weight-only, per channel) for lowres, with the
+        # attention products in integer arithmetic where the graph is numbered as the server exports it.
+        recipe = "weight-only-integer-attention" if args.variant == "lowres" else "meta"
+        try:
+            quantize_decoder(args.output, args.quantize_out, **QUANTIZATION_RECIPES[recipe])
+        except ValueError as exc:
+            recipe = "weight-only"
+            print(f"{exc}; they stay float")
+            quantize_decoder(args.output, args.quantize_out, **QUANTIZATION_RECIPES[recipe])
         print(
             f"Wrote {args.quantize_out} ({args.quantize_out.stat().st_size:,} bytes, uint8 weights, {recipe}); check:"
         )

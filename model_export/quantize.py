@@ -31,6 +31,15 @@ HALF_MARKERS = (
     "output_hypernetworks_mlps.2/layers.2",
     "output_hypernetworks_mlps.3/layers.2",
 )
+# The attention products between the prompt's tokens and the image rows in SAM's lowres graph (block 2's
+# token-to-image and image-to-token attentions, the final token-to-image attention): the largest products of a
+# decode whose operands are both computed per run, so there are no weights to store in 8 bits. The weight-only
+# recipe for that graph runs them in integer arithmetic, each operand quantized per run to uint8 with one scale
+# (DynamicQuantizeLinear, com.microsoft's MatMulIntegerToFloat). onnxruntime-web's int8 kernel does twice the
+# multiply-adds of its float one per instruction, and the masks stay within the bound (docs/benchmarks.md,
+# exporter version 11); in the upscaling, int8 rounding cost 0.005 mean IoU and stays float. Named as the
+# exporter numbers them, like the markers above: integer_products raises if one is missing.
+INTEGER_PRODUCTS = ("/MatMul_8", "/MatMul_10", "/MatMul_11", "/MatMul_15", "/MatMul_17", "/MatMul_19", "/MatMul_20")
 # Weights smaller than this stay float32: they are a few kB in all.
 MIN_QUANTIZED_ELEMENTS = 4096
 
@@ -57,6 +66,7 @@ def decoder_session_options(threads: int | None = None):
 QUANTIZATION_RECIPES = {
     "meta": {"weight_only": False},
     "weight-only": {"weight_only": True, "half": HALF_MARKERS},
+    "weight-only-integer-attention": {"weight_only": True, "half": HALF_MARKERS, "integer": INTEGER_PRODUCTS},
 }
 
 
@@ -68,7 +78,11 @@ class _DropPreprocessingHint(logging.Filter):
 
 
 def quantize_decoder(
-    model_path: str | Path, output: str | Path, weight_only: bool = False, half: Iterable[str] = ()
+    model_path: str | Path,
+    output: str | Path,
+    weight_only: bool = False,
+    half: Iterable[str] = (),
+    integer: Iterable[str] = (),
 ) -> Path:
     """
     Write an 8-bit-weight copy of the ONNX decoder at model_path to output, atomically.
@@ -78,7 +92,8 @@ def quantize_decoder(
     weight_only=True stores each MatMul/Gemm weight as int8 with one scale per output channel, turned back into
     float weights when the session is created: the file is as small, while the arithmetic (and the activations)
     stay float, so only the weights' rounding reaches the masks. Weights whose name, or whose consumer's name,
-    contains one of `half` are stored as float16 instead.
+    contains one of `half` are stored as float16 instead. The MatMul nodes named in `integer` (products of two
+    computed operands) run in integer arithmetic (integer_products).
     """
     import onnx
 
@@ -87,6 +102,7 @@ def quantize_decoder(
         if weight_only:
             model = onnx.load(str(model_path))
             quantize_weights_per_channel(model, tuple(half))
+            integer_products(model, tuple(integer))
             onnx.save(model, str(tmp_path))
         else:
             _quantize_dynamic_per_tensor(model_path, str(tmp_path))
@@ -169,6 +185,115 @@ def quantize_weights_per_channel(model, half: tuple[str, ...] = ()) -> int:
     for node in reversed(converted):
         graph.node.insert(0, node)
     return len(converted)
+
+
+def integer_products(model, names: tuple[str, ...]) -> int:
+    """Run the main graph's MatMul nodes `names`, each a product of two operands computed per run, in integer
+    arithmetic, in place: each operand is quantized per run to uint8 with one scale and zero point
+    (DynamicQuantizeLinear) and com.microsoft's MatMulIntegerToFloat multiplies them and scales the int32 sums
+    back to float32. An operand used by several of them is quantized once; an operand that is a transposed copy
+    is quantized before the Transpose, which then moves a quarter of the bytes. Raises ValueError if a name is
+    not a MatMul of two computed operands (the exporter's numbering moved). Returns how many were converted."""
+    from onnx import helper
+
+    graph = model.graph
+    if not names:
+        return 0
+    producers = {output: node for node in graph.node for output in node.output}
+    constants = {init.name for init in graph.initializer}
+    targets = {node.name: node for node in graph.node if node.name in names and node.op_type == "MatMul"}
+
+    def computed(name: str) -> bool:
+        source = producers.get(name)
+        return (
+            name not in constants
+            and source is not None
+            and source.op_type not in ("Constant", "DequantizeLinear", "Cast")
+        )
+
+    wrong = [name for name in names if name not in targets or not all(map(computed, targets[name].input))]
+    if wrong:
+        raise ValueError(f"integer products {wrong} are not MatMuls of two computed operands in this graph")
+    nodes = []
+    for node in graph.node:
+        if node.name not in targets:
+            nodes.append(node)
+            continue
+        # An operand that is a transposed copy is read before the Transpose, which the loop body does on int8.
+        sources, perms = [], []
+        for operand in node.input:
+            source = producers[operand]
+            if source.op_type == "Transpose":
+                sources.append(source.input[0])
+                perms.append([p - 1 for p in next(a for a in source.attribute if a.name == "perm").ints[1:]])
+            else:
+                sources.append(operand)
+                perms.append(None)
+        nodes.append(
+            helper.make_node(
+                "Scan",
+                sources,
+                list(node.output),
+                name=f"{node.name}_integer",
+                num_scan_inputs=2,
+                body=_integer_product_per_prompt(node.name, perms),
+            )
+        )
+    del graph.node[:]
+    graph.node.extend(_without_unread(nodes, graph))
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(targets)
+
+
+def _integer_product_per_prompt(name: str, perms: list) -> object:
+    """The body of a Scan over the prompt axis: one prompt's operands [rows, columns] (each transposed by its
+    perm when not None) quantized to uint8 by DynamicQuantizeLinear and multiplied by MatMulIntegerToFloat. One
+    scale per prompt and operand, so that a prompt's masks do not depend on the others in its run."""
+    from onnx import TensorProto, helper
+
+    inputs, nodes, quantized = [], [], []
+    for index, perm in enumerate(perms):
+        operand = f"{name}_operand_{index}"
+        inputs.append(helper.make_tensor_value_info(operand, TensorProto.FLOAT, None))
+        values, scale, zero = f"{operand}_uint8", f"{operand}_scale", f"{operand}_zero_point"
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [operand], [values, scale, zero]))
+        if perm is not None:
+            nodes.append(helper.make_node("Transpose", [values], [f"{values}_transposed"], perm=perm))
+            values = f"{values}_transposed"
+        quantized.append((values, scale, zero))
+    (a_values, a_scale, a_zero), (b_values, b_scale, b_zero) = quantized
+    product = f"{name}_product"
+    nodes.append(
+        helper.make_node(
+            "MatMulIntegerToFloat",
+            [a_values, b_values, a_scale, b_scale, a_zero, b_zero],
+            [product],
+            domain="com.microsoft",
+        )
+    )
+    output = helper.make_tensor_value_info(product, TensorProto.FLOAT, None)
+    return helper.make_graph(nodes, f"{name}_per_prompt", inputs, [output])
+
+
+def _without_unread(nodes: list, graph) -> list:
+    """nodes less those whose outputs nothing reads (the float Transposes the integer products replaced)."""
+    while True:
+        read = {name for node in nodes for name in _inputs(node)} | {output.name for output in graph.output}
+        kept = [node for node in nodes if any(output in read for output in node.output)]
+        if len(kept) == len(nodes):
+            return kept
+        nodes = kept
+
+
+def _inputs(node):
+    """A node's inputs, and those its subgraphs read from the outer graph (by name; a subgraph's own names are
+    distinct from the outer graph's)."""
+    yield from node.input
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            for inner in attribute.g.node:
+                yield from _inputs(inner)
 
 
 def _nodes(graph):

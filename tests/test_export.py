@@ -296,6 +296,15 @@ def test_any_number_of_points_runs(decoders, own, num_points):
     np.testing.assert_allclose(lowres[0], official[1], atol=LOGIT_TOL)
 
 
+# With mask prompts in the run, each prompt's image rows are its own from the first block on, and a run of six
+# sums them in another order than a run of one: float32 rounding, 1e-7 apart. The quantized file's attention
+# products quantize each prompt's operands with its own scale (model_export/quantize.py), so nothing of one prompt
+# reaches another; but a value that sits on a rounding boundary may land one level apart: up to 2e-4 in the
+# logits, which flipped 13 of the 262,144 low-res logits of the random weights (they have many near 0).
+MASK_BATCH_TOL = {"lowres": 1e-4, "lowres-quantized": 1e-3}
+MASK_BATCH_FLIPS = {"lowres": 0.0, "lowres-quantized": 1e-4}
+
+
 @pytest.mark.parametrize("name", ["lowres", "lowres-quantized"])
 def test_many_prompts_in_one_run_equal_their_own_runs(decoders, predictor, own, name):
     """Boxes, clicks and box + click prompts (3 tokens each), some with a mask prompt, in one lowres run: each
@@ -340,7 +349,8 @@ def test_many_prompts_in_one_run_equal_their_own_runs(decoders, predictor, own, 
             feeds.update(mask_input=masks[b : b + 1], has_mask_input=np.ones(1, np.float32))
         single_scores, single_low_res = graph.run(None, {**image, **feeds})
         np.testing.assert_allclose(scores[b], single_scores[0], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(low_res[b], single_low_res[0], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(low_res[b], single_low_res[0], atol=MASK_BATCH_TOL[name], rtol=0)
+        assert ((low_res[b] > 0) != (single_low_res[0] > 0)).mean() <= MASK_BATCH_FLIPS[name]
         if not flags[b]:
             np.testing.assert_array_equal(low_res[b], one_by_one[b][1][0])
     assert not np.allclose(low_res[0], one_by_one[0][1][0])  # the mask prompt did change prompt 0's masks

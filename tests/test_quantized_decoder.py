@@ -23,6 +23,7 @@ from backend.services import codec
 from backend.services.decoders import prepare_decoders
 from backend.services.weights import random_model
 from model_export import SESSION_CONFIG, decoder_session_options, per_image_inputs
+from model_export.quantize import INTEGER_PRODUCTS, integer_products
 
 # Meta's quantized export of the official vit_b checkpoint (scripts/export_onnx_model.py --quantize-out).
 META_VIT_B_QUANTIZED_BYTES = 4_727_763
@@ -244,3 +245,56 @@ def test_default_embedding_format_is_small_and_keeps_masks(predictor, capsys):
             f"mean IoU {np.round(ious.mean(0), 4).tolist()}, min {np.round(ious.min(0), 4).tolist()}"
         )
     assert ious.mean(0).min() >= 0.99
+
+
+def test_default_decoder_multiplies_the_attention_products_in_integers(decoders):
+    """The lowres graph's products of the tokens with the image rows run in int8, one loop over the prompts each
+    (model_export/quantize.py INTEGER_PRODUCTS); the graph's own float copies of them are gone."""
+    import onnx
+
+    graph = onnx.load(str(decoders["lowres-quantized"]["path"])).graph
+    loops = [node for node in graph.node if node.op_type == "Scan"]
+    bodies = [[inner.op_type for inner in node.attribute[0].g.node] for node in loops]
+    assert len(loops) == len(INTEGER_PRODUCTS)
+    assert all(body.count("DynamicQuantizeLinear") == 2 and "MatMulIntegerToFloat" in body for body in bodies)
+    assert not {node.name for node in graph.node} & set(INTEGER_PRODUCTS)
+
+
+def product_graph(name: str = "/MatMul_8"):
+    """A graph with one product of two computed operands [prompts, 3, 5] x ([prompts, 4, 5] transposed)."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Relu", ["a"], ["a_computed"]),
+        helper.make_node("Transpose", ["b"], ["b_transposed"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["a_computed", "b_transposed"], ["y"], name=name),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("a", TensorProto.FLOAT, ["prompts", 3, 5]),
+        helper.make_tensor_value_info("b", TensorProto.FLOAT, ["prompts", 4, 5]),
+    ]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["prompts", 3, 4])
+    return helper.make_model(
+        helper.make_graph(nodes, "product", inputs, [output]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+
+
+def test_integer_products_quantize_each_prompt_on_its_own():
+    model = product_graph()
+    assert integer_products(model, ("/MatMul_8",)) == 1
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-1, 1, (2, 3, 5)).astype(np.float32), rng.uniform(-1, 1, (2, 4, 5)).astype(np.float32)
+    b[1] *= 1000  # the second prompt's scale would swamp the first's if they shared one
+    (both,) = session.run(None, {"a": a, "b": b})
+    expected = np.maximum(a, 0) @ b.transpose(0, 2, 1)
+    for prompt in range(2):
+        (alone,) = session.run(None, {"a": a[prompt : prompt + 1], "b": b[prompt : prompt + 1]})
+        np.testing.assert_array_equal(both[prompt], alone[0])
+        # uint8 levels: within a few hundredths of each operand's range
+        np.testing.assert_allclose(both[prompt], expected[prompt], atol=0.03 * np.abs(b[prompt]).max(), rtol=0)
+
+
+def test_integer_products_refuse_a_graph_numbered_otherwise():
+    with pytest.raises(ValueError, match="not MatMuls of two computed operands"):
+        integer_products(product_graph("/MatMul_9"), ("/MatMul_8",))

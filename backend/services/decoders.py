@@ -24,12 +24,12 @@ log = logging.getLogger(__name__)
 
 # name -> (interface, quantization recipe or None, fp32 source name); a source is listed before its quantized copy.
 # lowres-quantized (the client default, SAM_DECODER) is ours: weight-only int8 per channel, the parts int8 hurts
-# most in float16 (model_export/quantize.py), smaller than Meta's quantized export and within the accuracy bound
-# of tests/test_quantized_decoder.py. official-quantized is built as Meta's script builds it (per-tensor uint8):
+# most in float16, the attention products against the image rows in integer arithmetic (model_export/quantize.py),
+# smaller than Meta's quantized export and within the accuracy bound of tests/test_quantized_decoder.py. official-quantized is built as Meta's script builds it (per-tensor uint8):
 # the size and speed anchor.
 BUILT_IN: dict[str, tuple] = {
     "lowres": ("lowres", None, None),
-    "lowres-quantized": ("lowres", "weight-only", "lowres"),
+    "lowres-quantized": ("lowres", "weight-only-integer-attention", "lowres"),
     "official": ("official", None, None),
     "official-quantized": ("official", "meta", "official"),
 }
@@ -43,6 +43,10 @@ QUANTIZED_OPS = {
     "DequantizeLinear",
 }
 
+
+# SAM 2's lowres graph numbers its nodes otherwise, so its attention products stay float (quantize.py names
+# SAM's).
+SAM2_RECIPES = {"weight-only-integer-attention": "weight-only"}
 
 # A SAM 2 model's decoders have the same names; their interfaces take SAM 2's three image tensors
 # (model_export/sam2_model.py, sam2_lowres_model.py), which the client feeds from the version-2 wire format.
@@ -164,6 +168,8 @@ def prepare_decoders(
                 if paths[name].is_file():
                     continue
                 if recipe is not None:
+                    if is_sam2(model):
+                        recipe = SAM2_RECIPES.get(recipe, recipe)
                     log.info("quantizing the %s decoder (%s recipe)", source, recipe)
                     quantize_decoder(paths[source], paths[name], **QUANTIZATION_RECIPES[recipe])
                     continue
