@@ -284,3 +284,17 @@ def static_server(routes: dict[str, Path]):
         yield f"http://127.0.0.1:{server.server_address[1]}/"
     finally:
         server.shutdown()
+
+
+def drop_first_request(tries: list):
+    """A route handler that drops the first request it sees (a connection reset) and lets the others through;
+    `tries` collects every request's URL."""
+
+    def handler(route):
+        tries.append(route.request.url)
+        if len(tries) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    return handler

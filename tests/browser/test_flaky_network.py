@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_helpers import first_mask_on_a_gallery_image, open_app
+from browser_helpers import drop_first_request, first_mask_on_a_gallery_image, open_app
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -31,20 +31,6 @@ STATUS_LOG = """
 def start_page(page):
     page.add_init_script(STATUS_LOG)
     page.console_watch.allow += ["Failed to load resource", "net::ERR_FAILED"]
-
-
-def drop_first_request(tries: list):
-    """A route handler that drops the first request it sees (a connection reset) and lets the others through;
-    `tries` collects every request's URL."""
-
-    def handler(route):
-        tries.append(route.request.url)
-        if len(tries) == 1:
-            route.abort("connectionreset")
-        else:
-            route.continue_()
-
-    return handler
 
 
 def decoder_outcome(page, live_server) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 from backend_fixtures import SMALL_PHOTO, photo_jpeg, vit_t_model
-from browser_helpers import open_app, upload, wait_idle
+from browser_helpers import drop_first_request, open_app, upload, wait_idle
 
 pytest.importorskip("transformers", reason="text prompts need the .[text] extra")
 pytestmark = pytest.mark.timeout(300)
@@ -89,6 +89,28 @@ def test_find_keep_all_and_export_coco_under_the_phrases(page, live_server, phot
         mask = np.repeat(np.arange(len(counts)) % 2, counts).astype(bool).reshape(800, 534).T
         expected = box_masks(box)
         assert (mask == expected).mean() >= MIN_AGREEMENT, label
+
+
+def test_a_find_whose_connection_drops_is_sent_again(page, live_server, photo_path):
+    """A phone's connection drops while the phrase is on its way: the page sends it again, says so, and finds."""
+    page.add_init_script(
+        """window.findLog = [];
+        document.addEventListener("DOMContentLoaded", () => {
+          const line = document.getElementById("find-status");
+          new MutationObserver(() => window.findLog.push(line.textContent))
+            .observe(line, { childList: true, characterData: true, subtree: true });
+        });"""
+    )
+    page.console_watch.allow += ["Failed to load resource", "net::ERR_FAILED"]
+    tries = []
+    page.route("**/api/images/*/text", drop_first_request(tries))
+    open_app(page, live_server)
+    upload(page, photo_path)
+    find(page, "cat")
+    assert len(tries) == 2
+    assert page.locator("#find-list li").count() >= 1
+    log = page.evaluate("window.findLog")
+    assert "The connection dropped while finding “cat”; trying again (attempt 2 of 4)…" in log, log
 
 
 def test_a_phrase_found_nowhere_says_so(page, live_server, photo_path):

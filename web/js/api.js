@@ -28,6 +28,25 @@ async function errorFrom(response) {
  */
 export const apiUrl = (path, server = null) => (server ? new URL(path, server).href : path);
 
+const DROP_RETRIES = 3;
+
+/**
+ * fetch, sent again when the connection drops before any answer (a phone's): DROP_RETRIES more times, after 0.5,
+ * 1 and 2 s. Only for requests that are safe to repeat.
+ * @param {(retry: {attempt: number, attempts: number}) => void} onRetry another attempt starts
+ */
+async function fetchAgainIfDropped(url, init, onRetry) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fetch(url, init);
+    } catch {
+      if (attempt > DROP_RETRIES) throw new ApiError(`The server cannot be reached (${attempt} attempts).`);
+      onRetry({ attempt: attempt + 1, attempts: DROP_RETRIES + 1 });
+      await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** (attempt - 1)));
+    }
+  }
+}
+
 async function getJson(url) {
   let response;
   try {
@@ -142,20 +161,17 @@ export async function fetchJobStatus(statusUrl) {
 /**
  * POST /api/images/<id>/text: the instances of `text` ("dog, cat") in the image, {instances: [{box: [x0, y0,
  * x1, y1] in the uploaded image's pixels, score, label}], model, ms}. The server keeps no pixels, so the
- * image (the uploaded bytes) goes along.
+ * image (the uploaded bytes) goes along. The request changes nothing on the server, so one whose connection drops
+ * is sent again (onRetry tells when).
  * @param {{box_threshold?: number, text_threshold?: number, max_instances?: number}} parameters
  */
-export async function findText(imageId, text, image, parameters = {}, { server = null } = {}) {
+export async function findText(imageId, text, image, parameters = {}, { server = null, onRetry = () => {} } = {}) {
   const body = new FormData();
   body.append("text", text);
   body.append("parameters", JSON.stringify(parameters));
   body.append("image", image, "image");
-  let response;
-  try {
-    response = await fetch(apiUrl(`api/images/${encodeURIComponent(imageId)}/text`, server), { method: "POST", body });
-  } catch {
-    throw new ApiError("The server cannot be reached.");
-  }
+  const url = apiUrl(`api/images/${encodeURIComponent(imageId)}/text`, server);
+  const response = await fetchAgainIfDropped(url, { method: "POST", body }, onRetry);
   if (!response.ok) throw await errorFrom(response);
   return response.json();
 }

@@ -48,7 +48,9 @@ export class TextFind {
     this.running = true;
     try {
       onProgress("Finding “" + text + "” on the server…");
-      const answer = await findText(image.id, text, image.upload, parameters, { server: this.client.server });
+      const onRetry = ({ attempt, attempts }) =>
+        token === this.runToken && onProgress(`The connection dropped while finding “${text}”; trying again (attempt ${attempt} of ${attempts})…`);
+      const answer = await findText(image.id, text, image.upload, parameters, { server: this.client.server, onRetry });
       if (token !== this.runToken) return null;
       this.lastAnswer = answer;
       const boxes = answer.instances.map((instance) => instance.box);
