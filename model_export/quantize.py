@@ -34,10 +34,10 @@ HALF_MARKERS = (
 # The attention products between the prompt's tokens and the image rows in SAM's lowres graph (block 2's
 # token-to-image and image-to-token attentions, the final token-to-image attention): the largest products of a
 # decode whose operands are both computed per run, so there are no weights to store in 8 bits. The weight-only
-# recipe for that graph runs them in integer arithmetic, each operand quantized per run to uint8 with one scale
-# (DynamicQuantizeLinear, com.microsoft's MatMulIntegerToFloat). onnxruntime-web's int8 kernel does twice the
+# recipe for that graph runs them in integer arithmetic, each prompt's operands quantized per run to uint8 with
+# a scale of their own (DynamicQuantizeLinear, com.microsoft's MatMulIntegerToFloat). onnxruntime-web's int8 kernel does twice the
 # multiply-adds of its float one per instruction, and the masks stay within the bound (docs/benchmarks.md,
-# exporter version 11); in the upscaling, int8 rounding cost 0.005 mean IoU and stays float. Named as the
+# exporter versions 11 and 12); in the upscaling, int8 rounding cost 0.005 mean IoU and stays float. Named as the
 # exporter numbers them, like the markers above: integer_products raises if one is missing.
 INTEGER_PRODUCTS = ("/MatMul_8", "/MatMul_10", "/MatMul_11", "/MatMul_15", "/MatMul_17", "/MatMul_19", "/MatMul_20")
 # Weights smaller than this stay float32: they are a few kB in all.
@@ -188,13 +188,14 @@ def quantize_weights_per_channel(model, half: tuple[str, ...] = ()) -> int:
 
 
 def integer_products(model, names: tuple[str, ...]) -> int:
-    """Run the main graph's MatMul nodes `names`, each a product of two operands computed per run, in integer
-    arithmetic, in place: each operand is quantized per run to uint8 with one scale and zero point
-    (DynamicQuantizeLinear) and com.microsoft's MatMulIntegerToFloat multiplies them and scales the int32 sums
-    back to float32. An operand used by several of them is quantized once; an operand that is a transposed copy
-    is quantized before the Transpose, which then moves a quarter of the bytes. Raises ValueError if a name is
-    not a MatMul of two computed operands (the exporter's numbering moved). Returns how many were converted."""
-    from onnx import helper
+    """Run the main graph's MatMul nodes `names`, each a product of two operands [prompts, rows, columns]
+    computed per run, in integer arithmetic, in place: each prompt's operands are quantized per run to uint8 with
+    their own scale and zero point (DynamicQuantizeLinear) and com.microsoft's MatMulIntegerToFloat multiplies
+    them and scales the int32 sums back to float32 (_integer_product_by_prompt_count). An operand that is a
+    transposed copy is quantized before the Transpose, which then moves a quarter of the bytes. Raises
+    ValueError if a name is not a MatMul of two computed operands (the exporter's numbering moved). Returns how
+    many were converted."""
+    from onnx import helper, numpy_helper
 
     graph = model.graph
     if not names:
@@ -219,61 +220,91 @@ def integer_products(model, names: tuple[str, ...]) -> int:
         if node.name not in targets:
             nodes.append(node)
             continue
-        # An operand that is a transposed copy is read before the Transpose, which the loop body does on int8.
+        # An operand that is a transposed copy is read before the Transpose, which is then done on uint8.
         sources, perms = [], []
         for operand in node.input:
             source = producers[operand]
             if source.op_type == "Transpose":
                 sources.append(source.input[0])
-                perms.append([p - 1 for p in next(a for a in source.attribute if a.name == "perm").ints[1:]])
+                perms.append(list(next(a for a in source.attribute if a.name == "perm").ints))
             else:
                 sources.append(operand)
                 perms.append(None)
-        nodes.append(
-            helper.make_node(
-                "Scan",
-                sources,
-                list(node.output),
-                name=f"{node.name}_integer",
-                num_scan_inputs=2,
-                body=_integer_product_per_prompt(node.name, perms),
-            )
-        )
+        nodes += _integer_product_by_prompt_count(node.name, sources, perms, node.output[0])
     del graph.node[:]
     graph.node.extend(_without_unread(nodes, graph))
+    graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), _ONE_PROMPT))
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(targets)
 
 
-def _integer_product_per_prompt(name: str, perms: list) -> object:
-    """The body of a Scan over the prompt axis: one prompt's operands [rows, columns] (each transposed by its
-    perm when not None) quantized to uint8 by DynamicQuantizeLinear and multiplied by MatMulIntegerToFloat. One
-    scale per prompt and operand, so that a prompt's masks do not depend on the others in its run."""
+def _integer_product_by_prompt_count(name: str, sources: list, perms: list, output: str) -> list:
+    """Nodes that make `output`, the product of the operands `sources` [prompts, rows, columns] (each transposed
+    by its perm when not None), in integer arithmetic with one scale per prompt and operand, so that a prompt's
+    masks do not depend on the others in its run. One prompt (a hover, a click) multiplies the operands as they
+    are; several go through a Scan over the prompt axis. Both give one prompt the same bits; the Scan alone
+    would hold 14.5 MB more WebAssembly memory in every run (docs/benchmarks.md, exporter versions 11 and 12)."""
     from onnx import TensorProto, helper
 
-    inputs, nodes, quantized = [], [], []
-    for index, perm in enumerate(perms):
-        operand = f"{name}_operand_{index}"
-        inputs.append(helper.make_tensor_value_info(operand, TensorProto.FLOAT, None))
-        values, scale, zero = f"{operand}_uint8", f"{operand}_scale", f"{operand}_zero_point"
+    one = _integer_product(sources, perms, f"{name}_one", f"{name}_one")
+    inputs = [helper.make_tensor_value_info(f"{name}_operand_{i}", TensorProto.FLOAT, None) for i in range(2)]
+    per_prompt = [None if perm is None else [axis - 1 for axis in perm[1:]] for perm in perms]
+    body = _integer_product([i.name for i in inputs], per_prompt, f"{name}_each", f"{name}_each")
+    looped = helper.make_node(
+        "Scan",
+        sources,
+        [f"{name}_looped"],
+        num_scan_inputs=2,
+        body=helper.make_graph(body, f"{name}_each", inputs, [_float_info(f"{name}_each")]),
+    )
+    prompts, single = f"{name}_prompts", f"{name}_single_prompt"
+    return [
+        helper.make_node("Shape", [sources[0]], [prompts], start=0, end=1),
+        helper.make_node("Equal", [prompts, _ONE_PROMPT], [single]),
+        helper.make_node(
+            "If",
+            [single],
+            [output],
+            name=f"{name}_integer",
+            then_branch=helper.make_graph(one, f"{name}_one_prompt", [], [_float_info(f"{name}_one")]),
+            else_branch=helper.make_graph([looped], f"{name}_prompts", [], [_float_info(f"{name}_looped")]),
+        ),
+    ]
+
+
+_ONE_PROMPT = "integer_products_one_prompt"
+
+
+def _float_info(name: str):
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+
+
+def _integer_product(operands: list, perms: list, prefix: str, output: str) -> list:
+    """Nodes that quantize each operand to uint8 (DynamicQuantizeLinear; transposed after, by its perm when not
+    None) and multiply them into `output` (com.microsoft's MatMulIntegerToFloat)."""
+    from onnx import helper
+
+    nodes, quantized = [], []
+    for index, (operand, perm) in enumerate(zip(operands, perms, strict=True)):
+        values, scale, zero = (f"{prefix}_{index}_{part}" for part in ("uint8", "scale", "zero_point"))
         nodes.append(helper.make_node("DynamicQuantizeLinear", [operand], [values, scale, zero]))
         if perm is not None:
             nodes.append(helper.make_node("Transpose", [values], [f"{values}_transposed"], perm=perm))
             values = f"{values}_transposed"
         quantized.append((values, scale, zero))
     (a_values, a_scale, a_zero), (b_values, b_scale, b_zero) = quantized
-    product = f"{name}_product"
     nodes.append(
         helper.make_node(
             "MatMulIntegerToFloat",
             [a_values, b_values, a_scale, b_scale, a_zero, b_zero],
-            [product],
+            [output],
             domain="com.microsoft",
         )
     )
-    output = helper.make_tensor_value_info(product, TensorProto.FLOAT, None)
-    return helper.make_graph(nodes, f"{name}_per_prompt", inputs, [output])
+    return nodes
 
 
 def _without_unread(nodes: list, graph) -> list:

@@ -248,15 +248,18 @@ def test_default_embedding_format_is_small_and_keeps_masks(predictor, capsys):
 
 
 def test_default_decoder_multiplies_the_attention_products_in_integers(decoders):
-    """The lowres graph's products of the tokens with the image rows run in int8, one loop over the prompts each
-    (model_export/quantize.py INTEGER_PRODUCTS); the graph's own float copies of them are gone."""
+    """The lowres graph's products of the tokens with the image rows run in int8 (model_export/quantize.py
+    INTEGER_PRODUCTS): one prompt directly, several in a loop over the prompts; the float copies are gone."""
     import onnx
 
     graph = onnx.load(str(decoders["lowres-quantized"]["path"])).graph
-    loops = [node for node in graph.node if node.op_type == "Scan"]
-    bodies = [[inner.op_type for inner in node.attribute[0].g.node] for node in loops]
-    assert len(loops) == len(INTEGER_PRODUCTS)
-    assert all(body.count("DynamicQuantizeLinear") == 2 and "MatMulIntegerToFloat" in body for body in bodies)
+    products = [node for node in graph.node if node.op_type == "If" and node.name.endswith("_integer")]
+    assert len(products) == len(INTEGER_PRODUCTS)
+    for node in products:
+        branches = {a.name: [inner.op_type for inner in a.g.node] for a in node.attribute}
+        assert branches["then_branch"].count("DynamicQuantizeLinear") == 2
+        assert "MatMulIntegerToFloat" in branches["then_branch"]
+        assert branches["else_branch"] == ["Scan"]
     assert not {node.name for node in graph.node} & set(INTEGER_PRODUCTS)
 
 
