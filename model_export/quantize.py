@@ -35,10 +35,11 @@ HALF_MARKERS = (
 # token-to-image and image-to-token attentions, the final token-to-image attention): the largest products of a
 # decode whose operands are both computed per run, so there are no weights to store in 8 bits. The weight-only
 # recipe for that graph runs them in integer arithmetic, each prompt's operands quantized per run to uint8 with
-# a scale of their own (DynamicQuantizeLinear, com.microsoft's MatMulIntegerToFloat). onnxruntime-web's int8 kernel does twice the
-# multiply-adds of its float one per instruction, and the masks stay within the bound (docs/benchmarks.md,
-# exporter versions 11 and 12); in the upscaling, int8 rounding cost 0.005 mean IoU and stays float. Named as the
-# exporter numbers them, like the markers above: integer_products raises if one is missing.
+# a scale of their own (DynamicQuantizeLinear, com.microsoft's MatMulIntegerToFloat). onnxruntime-web's int8
+# kernel does twice the multiply-adds of its float one per instruction, and the masks stay within the bound
+# (docs/benchmarks.md, exporter versions 11 and 12); in the upscaling, int8 rounding cost 0.005 mean IoU and
+# stays float. Named as the exporter numbers them, like the markers above: integer_products raises if one is
+# missing.
 INTEGER_PRODUCTS = ("/MatMul_8", "/MatMul_10", "/MatMul_11", "/MatMul_15", "/MatMul_17", "/MatMul_19", "/MatMul_20")
 # Weights smaller than this stay float32: they are a few kB in all.
 MIN_QUANTIZED_ELEMENTS = 4096
@@ -323,8 +324,8 @@ def _inputs(node):
     yield from node.input
     for attribute in node.attribute:
         if attribute.HasField("g"):
-            for inner in attribute.g.node:
-                yield from _inputs(inner)
+            for inner in _nodes(attribute.g):
+                yield from inner.input
 
 
 def _nodes(graph):

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 # name -> (interface, quantization recipe or None, fp32 source name); a source is listed before its quantized copy.
 # lowres-quantized (the client default, SAM_DECODER) is ours: weight-only int8 per channel, the parts int8 hurts
 # most in float16, the attention products against the image rows in integer arithmetic (model_export/quantize.py),
-# smaller than Meta's quantized export and within the accuracy bound of tests/test_quantized_decoder.py. official-quantized is built as Meta's script builds it (per-tensor uint8):
-# the size and speed anchor.
+# smaller than Meta's quantized export and within the accuracy bound of tests/test_quantized_decoder.py.
+# official-quantized is built as Meta's script builds it (per-tensor uint8): the size and speed anchor.
 BUILT_IN: dict[str, tuple] = {
     "lowres": ("lowres", None, None),
     "lowres-quantized": ("lowres", "weight-only-integer-attention", "lowres"),

@@ -298,3 +298,16 @@ def drop_first_request(tries: list):
             route.continue_()
 
     return handler
+
+
+def log_texts(page, element_id: str, log: str) -> None:
+    """From the page's start, window[log] collects the texts element_id shows, in order (the page replaces them
+    as it goes)."""
+    page.add_init_script(
+        f"""window.{log} = [];
+        document.addEventListener("DOMContentLoaded", () => {{
+          const line = document.getElementById("{element_id}");
+          new MutationObserver(() => window.{log}.push(line.textContent))
+            .observe(line, {{ childList: true, characterData: true, subtree: true }});
+        }});"""
+    )

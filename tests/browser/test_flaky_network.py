@@ -12,24 +12,15 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_helpers import drop_first_request, first_mask_on_a_gallery_image, open_app
+from browser_helpers import drop_first_request, first_mask_on_a_gallery_image, log_texts, open_app
 
 pytestmark = pytest.mark.timeout(600)
 
 CUT_AT = 1_000_000  # bytes of the model the first answer delivers
 
-# The status line's texts in order (the page replaces them as it goes).
-STATUS_LOG = """
-    window.statusLog = [];
-    document.addEventListener("DOMContentLoaded", () => {
-      const line = document.getElementById("status-text");
-      new MutationObserver(() => window.statusLog.push(line.textContent)).observe(line, { childList: true, characterData: true, subtree: true });
-    });
-"""
-
 
 def start_page(page):
-    page.add_init_script(STATUS_LOG)
+    log_texts(page, "status-text", "statusLog")
     page.console_watch.allow += ["Failed to load resource", "net::ERR_FAILED"]
 
 

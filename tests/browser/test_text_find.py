@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 from backend_fixtures import SMALL_PHOTO, photo_jpeg, vit_t_model
-from browser_helpers import drop_first_request, open_app, upload, wait_idle
+from browser_helpers import drop_first_request, log_texts, open_app, upload, wait_idle
 
 pytest.importorskip("transformers", reason="text prompts need the .[text] extra")
 pytestmark = pytest.mark.timeout(300)
@@ -93,14 +93,7 @@ def test_find_keep_all_and_export_coco_under_the_phrases(page, live_server, phot
 
 def test_a_find_whose_connection_drops_is_sent_again(page, live_server, photo_path):
     """A phone's connection drops while the phrase is on its way: the page sends it again, says so, and finds."""
-    page.add_init_script(
-        """window.findLog = [];
-        document.addEventListener("DOMContentLoaded", () => {
-          const line = document.getElementById("find-status");
-          new MutationObserver(() => window.findLog.push(line.textContent))
-            .observe(line, { childList: true, characterData: true, subtree: true });
-        });"""
-    )
+    log_texts(page, "find-status", "findLog")
     page.console_watch.allow += ["Failed to load resource", "net::ERR_FAILED"]
     tries = []
     page.route("**/api/images/*/text", drop_first_request(tries))

@@ -28,7 +28,8 @@ async function errorFrom(response) {
  */
 export const apiUrl = (path, server = null) => (server ? new URL(path, server).href : path);
 
-const DROP_RETRIES = 3;
+/** How many more times a request whose connection dropped (a phone's) is sent, where that is safe. */
+export const DROP_RETRIES = 3;
 
 /**
  * fetch, sent again when the connection drops before any answer (a phone's): DROP_RETRIES more times, after 0.5,

@@ -2,12 +2,11 @@
 // dropped connection (a phone's) 3 times, a second more before each. Sending the image again is safe: the server
 // keys it by its pixels, so a copy that did arrive is not encoded twice.
 
-import { uploadImage } from "./api.js";
+import { DROP_RETRIES, uploadImage } from "./api.js";
 import { formatBytes } from "./format.js";
 
 const BUSY_RETRIES = 3;
 const BUSY_WAIT_MAX_S = 15;
-const DROP_RETRIES = 3;
 
 /**
  * @param {Blob} blob
