@@ -41,6 +41,13 @@ HALF_MARKERS = (
 # stays float. Named as the exporter numbers them, like the markers above: integer_products raises if one is
 # missing.
 INTEGER_PRODUCTS = ("/MatMul_8", "/MatMul_10", "/MatMul_11", "/MatMul_15", "/MatMul_17", "/MatMul_19", "/MatMul_20")
+# Of those, the ones whose first operand, a transposed copy (block 1's image-to-token attention weights,
+# [56, 4096] read as [4096, 56]), is transposed in float32 before quantizing rather than in uint8 after:
+# onnxruntime-web's float32 Transpose is the faster. Block 2's (/MatMul_17) stays uint8: in float32 too, the
+# page's largest decode (a mask prompt over all 64 x 64 tokens) took the decoder's WebAssembly memory over
+# Emscripten's next growth step, 72.5 -> 87.1 MB (tests/decoder_heap.mjs; docs/benchmarks.md, exporter
+# version 13).
+FLOAT_TRANSPOSED_PRODUCTS = ("/MatMul_8",)
 # Weights smaller than this stay float32: they are a few kB in all.
 MIN_QUANTIZED_ELEMENTS = 4096
 
@@ -67,7 +74,12 @@ def decoder_session_options(threads: int | None = None):
 QUANTIZATION_RECIPES = {
     "meta": {"weight_only": False},
     "weight-only": {"weight_only": True, "half": HALF_MARKERS},
-    "weight-only-integer-attention": {"weight_only": True, "half": HALF_MARKERS, "integer": INTEGER_PRODUCTS},
+    "weight-only-integer-attention": {
+        "weight_only": True,
+        "half": HALF_MARKERS,
+        "integer": INTEGER_PRODUCTS,
+        "float_transposed": FLOAT_TRANSPOSED_PRODUCTS,
+    },
 }
 
 
@@ -84,6 +96,7 @@ def quantize_decoder(
     weight_only: bool = False,
     half: Iterable[str] = (),
     integer: Iterable[str] = (),
+    float_transposed: Iterable[str] = (),
 ) -> Path:
     """
     Write an 8-bit-weight copy of the ONNX decoder at model_path to output, atomically.
@@ -94,7 +107,7 @@ def quantize_decoder(
     float weights when the session is created: the file is as small, while the arithmetic (and the activations)
     stay float, so only the weights' rounding reaches the masks. Weights whose name, or whose consumer's name,
     contains one of `half` are stored as float16 instead. The MatMul nodes named in `integer` (products of two
-    computed operands) run in integer arithmetic (integer_products).
+    computed operands) run in integer arithmetic (integer_products; `float_transposed` as there).
     """
     import onnx
 
@@ -103,7 +116,7 @@ def quantize_decoder(
         if weight_only:
             model = onnx.load(str(model_path))
             quantize_weights_per_channel(model, tuple(half))
-            integer_products(model, tuple(integer))
+            integer_products(model, tuple(integer), tuple(float_transposed))
             onnx.save(model, str(tmp_path))
         else:
             _quantize_dynamic_per_tensor(model_path, str(tmp_path))
@@ -188,12 +201,13 @@ def quantize_weights_per_channel(model, half: tuple[str, ...] = ()) -> int:
     return len(converted)
 
 
-def integer_products(model, names: tuple[str, ...]) -> int:
+def integer_products(model, names: tuple[str, ...], float_transposed: tuple[str, ...] = ()) -> int:
     """Run the main graph's MatMul nodes `names`, each a product of two operands [prompts, rows, columns]
     computed per run, in integer arithmetic, in place: each prompt's operands are quantized per run to uint8 with
     their own scale and zero point (DynamicQuantizeLinear) and com.microsoft's MatMulIntegerToFloat multiplies
     them and scales the int32 sums back to float32 (_integer_product_by_prompt_count). An operand that is a
-    transposed copy is quantized before the Transpose, which then moves a quarter of the bytes. Raises
+    transposed copy is read from its source (_integer_product places the transpose; in float32 for the first
+    operands of the products named in `float_transposed`). Raises
     ValueError if a name is not a MatMul of two computed operands (the exporter's numbering moved). Returns how
     many were converted."""
     from onnx import helper, numpy_helper
@@ -221,7 +235,7 @@ def integer_products(model, names: tuple[str, ...]) -> int:
         if node.name not in targets:
             nodes.append(node)
             continue
-        # An operand that is a transposed copy is read before the Transpose, which is then done on uint8.
+        # An operand that is a transposed copy is read from its source: _integer_product places the transpose.
         sources, perms = [], []
         for operand in node.input:
             source = producers[operand]
@@ -231,7 +245,8 @@ def integer_products(model, names: tuple[str, ...]) -> int:
             else:
                 sources.append(operand)
                 perms.append(None)
-        nodes += _integer_product_by_prompt_count(node.name, sources, perms, node.output[0])
+        float_first = node.name in float_transposed
+        nodes += _integer_product_by_prompt_count(node.name, sources, perms, node.output[0], float_first)
     del graph.node[:]
     graph.node.extend(_without_unread(nodes, graph))
     graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), _ONE_PROMPT))
@@ -240,7 +255,7 @@ def integer_products(model, names: tuple[str, ...]) -> int:
     return len(targets)
 
 
-def _integer_product_by_prompt_count(name: str, sources: list, perms: list, output: str) -> list:
+def _integer_product_by_prompt_count(name: str, sources: list, perms: list, output: str, float_first: bool) -> list:
     """Nodes that make `output`, the product of the operands `sources` [prompts, rows, columns] (each transposed
     by its perm when not None), in integer arithmetic with one scale per prompt and operand, so that a prompt's
     masks do not depend on the others in its run. One prompt (a hover, a click) multiplies the operands as they
@@ -248,10 +263,10 @@ def _integer_product_by_prompt_count(name: str, sources: list, perms: list, outp
     would hold 14.5 MB more WebAssembly memory in every run (docs/benchmarks.md, exporter versions 11 and 12)."""
     from onnx import TensorProto, helper
 
-    one = _integer_product(sources, perms, f"{name}_one", f"{name}_one")
+    one = _integer_product(sources, perms, f"{name}_one", f"{name}_one", float_first)
     inputs = [helper.make_tensor_value_info(f"{name}_operand_{i}", TensorProto.FLOAT, None) for i in range(2)]
     per_prompt = [None if perm is None else [axis - 1 for axis in perm[1:]] for perm in perms]
-    body = _integer_product([i.name for i in inputs], per_prompt, f"{name}_each", f"{name}_each")
+    body = _integer_product([i.name for i in inputs], per_prompt, f"{name}_each", f"{name}_each", float_first)
     looped = helper.make_node(
         "Scan",
         sources,
@@ -283,28 +298,52 @@ def _float_info(name: str):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
 
 
-def _integer_product(operands: list, perms: list, prefix: str, output: str) -> list:
-    """Nodes that quantize each operand to uint8 (DynamicQuantizeLinear; transposed after, by its perm when not
-    None) and multiply them into `output` (com.microsoft's MatMulIntegerToFloat)."""
+def _integer_product(operands: list, perms: list, prefix: str, output: str, float_first: bool) -> list:
+    """Nodes that multiply the two operands (each its source transposed by its perm when not None) into `output`
+    in integer arithmetic: each operand quantized to uint8 (DynamicQuantizeLinear), com.microsoft's
+    MatMulIntegerToFloat multiplying them. A product whose second operand is a transposed [rows, columns] source
+    (the image rows, [4096, 256]) is computed as (source · first operandᵀ)ᵀ: the large source is read as it is
+    laid out, and only the small first operand and the [4096, 56] product are transposed, in float32. A
+    transposed first operand is transposed in float32 before quantizing when `float_first`, else in uint8 after.
+    onnxruntime-web has no integer kernel for transposed operands, and its float32 Transpose was the faster
+    (docs/benchmarks.md, exporter version 13). The integer sums are the same every way."""
     from onnx import helper
 
-    nodes, quantized = [], []
-    for index, (operand, perm) in enumerate(zip(operands, perms, strict=True)):
+    nodes = []
+
+    def transposed(name: str, perm: list | None, index: int) -> str:
+        if perm is None or perm == sorted(perm):
+            return name
+        nodes.append(helper.make_node("Transpose", [name], [f"{prefix}_{index}_transposed"], perm=perm))
+        return f"{prefix}_{index}_transposed"
+
+    (a, b), (a_perm, b_perm) = operands, perms
+    swap = None if b_perm is None else [*range(len(b_perm) - 2), len(b_perm) - 1, len(b_perm) - 2]
+    uint8_perms = [None, None]
+    if b_perm is not None and b_perm == swap:
+        # a · bᵀ = (b · aᵀ)ᵀ; aᵀ composes a's own perm with the swap.
+        first, second = b, transposed(a, swap if a_perm is None else [a_perm[axis] for axis in swap], 1)
+        product = f"{prefix}_transposed_product"
+    elif float_first:
+        first, second, product = transposed(a, a_perm, 0), transposed(b, b_perm, 1), output
+    else:
+        (first, second), uint8_perms, product = (a, b), [a_perm, b_perm], output
+    quantized = []
+    for index, operand in enumerate((first, second)):
         values, scale, zero = (f"{prefix}_{index}_{part}" for part in ("uint8", "scale", "zero_point"))
         nodes.append(helper.make_node("DynamicQuantizeLinear", [operand], [values, scale, zero]))
-        if perm is not None:
-            nodes.append(helper.make_node("Transpose", [values], [f"{values}_transposed"], perm=perm))
-            values = f"{values}_transposed"
-        quantized.append((values, scale, zero))
+        quantized.append((transposed(values, uint8_perms[index], index), scale, zero))
     (a_values, a_scale, a_zero), (b_values, b_scale, b_zero) = quantized
     nodes.append(
         helper.make_node(
             "MatMulIntegerToFloat",
             [a_values, b_values, a_scale, b_scale, a_zero, b_zero],
-            [output],
+            [product],
             domain="com.microsoft",
         )
     )
+    if product != output:
+        nodes.append(helper.make_node("Transpose", [product], [output], perm=swap))
     return nodes
 
 

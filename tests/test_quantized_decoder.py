@@ -23,7 +23,7 @@ from backend.services import codec
 from backend.services.decoders import prepare_decoders
 from backend.services.weights import random_model
 from model_export import SESSION_CONFIG, decoder_session_options, per_image_inputs
-from model_export.quantize import INTEGER_PRODUCTS, integer_products
+from model_export.quantize import FLOAT_TRANSPOSED_PRODUCTS, INTEGER_PRODUCTS, integer_products
 
 # Meta's quantized export of the official vit_b checkpoint (scripts/export_onnx_model.py --quantize-out).
 META_VIT_B_QUANTIZED_BYTES = 4_727_763
@@ -260,37 +260,55 @@ def test_default_decoder_multiplies_the_attention_products_in_integers(decoders)
         assert branches["then_branch"].count("DynamicQuantizeLinear") == 2
         assert "MatMulIntegerToFloat" in branches["then_branch"]
         assert branches["else_branch"] == ["Scan"]
+        # The image rows are multiplied as they are laid out, and onnxruntime-web's uint8 Transpose (the slower)
+        # moves only the first operands of the products not in FLOAT_TRANSPOSED_PRODUCTS.
+        then_nodes = next(a.g.node for a in node.attribute if a.name == "then_branch")
+        quantized = [inner.output[0] for inner in then_nodes if inner.op_type == "DynamicQuantizeLinear"]
+        moved = {inner.input[0] for inner in then_nodes if inner.op_type == "Transpose"} & set(quantized)
+        float_transposed = node.name.removesuffix("_integer") in FLOAT_TRANSPOSED_PRODUCTS
+        assert moved <= (set() if float_transposed else {quantized[0]}), (node.name, moved)
     assert not {node.name for node in graph.node} & set(INTEGER_PRODUCTS)
 
 
-def product_graph(name: str = "/MatMul_8"):
-    """A graph with one product of two computed operands [prompts, 3, 5] x ([prompts, 4, 5] transposed)."""
+def product_graph(name: str = "/MatMul_8", transposed: str = "b"):
+    """A graph with one product of two computed operands: [prompts, 3, 5] x ([prompts, 4, 5] transposed), or with
+    transposed="a", ([prompts, 5, 3] transposed) x [prompts, 5, 4]."""
     from onnx import TensorProto, helper
 
-    nodes = [
-        helper.make_node("Relu", ["a"], ["a_computed"]),
-        helper.make_node("Transpose", ["b"], ["b_transposed"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["a_computed", "b_transposed"], ["y"], name=name),
-    ]
-    inputs = [
-        helper.make_tensor_value_info("a", TensorProto.FLOAT, ["prompts", 3, 5]),
-        helper.make_tensor_value_info("b", TensorProto.FLOAT, ["prompts", 4, 5]),
-    ]
+    if transposed == "b":
+        nodes = [
+            helper.make_node("Relu", ["a"], ["a_computed"]),
+            helper.make_node("Transpose", ["b"], ["b_transposed"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["a_computed", "b_transposed"], ["y"], name=name),
+        ]
+        shapes = {"a": (3, 5), "b": (4, 5)}
+    else:
+        nodes = [
+            helper.make_node("Relu", ["a"], ["a_computed"]),
+            helper.make_node("Transpose", ["a_computed"], ["a_transposed"], perm=[0, 2, 1]),
+            helper.make_node("Identity", ["b"], ["b_computed"]),
+            helper.make_node("MatMul", ["a_transposed", "b_computed"], ["y"], name=name),
+        ]
+        shapes = {"a": (5, 3), "b": (5, 4)}
+    inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["prompts", *shape]) for k, shape in shapes.items()]
     output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["prompts", 3, 4])
     return helper.make_model(
         helper.make_graph(nodes, "product", inputs, [output]), opset_imports=[helper.make_opsetid("", 17)]
     )
 
 
-def test_integer_products_quantize_each_prompt_on_its_own():
-    model = product_graph()
-    assert integer_products(model, ("/MatMul_8",)) == 1
+@pytest.mark.parametrize(("transposed", "float_transposed"), [("b", ()), ("a", ()), ("a", ("/MatMul_8",))])
+def test_integer_products_quantize_each_prompt_on_its_own(transposed, float_transposed):
+    model = product_graph(transposed=transposed)
+    assert integer_products(model, ("/MatMul_8",), float_transposed) == 1
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     a, b = rng.uniform(-1, 1, (2, 3, 5)).astype(np.float32), rng.uniform(-1, 1, (2, 4, 5)).astype(np.float32)
     b[1] *= 1000  # the second prompt's scale would swamp the first's if they shared one
-    (both,) = session.run(None, {"a": a, "b": b})
     expected = np.maximum(a, 0) @ b.transpose(0, 2, 1)
+    if transposed == "a":
+        a, b = a.transpose(0, 2, 1).copy(), b.transpose(0, 2, 1).copy()
+    (both,) = session.run(None, {"a": a, "b": b})
     for prompt in range(2):
         (alone,) = session.run(None, {"a": a[prompt : prompt + 1], "b": b[prompt : prompt + 1]})
         np.testing.assert_array_equal(both[prompt], alone[0])
