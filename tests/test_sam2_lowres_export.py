@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from backend_fixtures import small_sam2, vit_t_model
 
 from backend.sam2 import SAM2ImagePredictor
-from backend.services.decoders import DecoderFileError, inspect_decoder, prepare_decoders
+from backend.services.decoders import BUILT_IN, SAM2_RECIPES, DecoderFileError, inspect_decoder, prepare_decoders
 from model_export import QUANTIZATION_RECIPES, quantize_decoder
+from model_export.quantize import SAM2_INTEGER_PRODUCTS
 from model_export.sam2_lowres_model import SAM2_LOWRES_OUTPUT_NAMES, export_sam2_lowres_decoder
 from model_export.sam2_model import SAM2_INPUT_NAMES
 
@@ -63,8 +64,11 @@ def predictor(model):
 def decoders(model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("sam2_lowres")
     fp32 = export_sam2_lowres_decoder(model, directory / "lowres.onnx")
-    quantized = quantize_decoder(fp32, directory / "lowres-quantized.onnx", **QUANTIZATION_RECIPES["weight-only"])
-    return {"lowres": fp32, "lowres-quantized": quantized}
+    # The recipe the server builds SAM 2's default file with.
+    served = QUANTIZATION_RECIPES[SAM2_RECIPES[BUILT_IN["lowres-quantized"][1]]]
+    quantized = quantize_decoder(fp32, directory / "lowres-quantized.onnx", **served)
+    float_products = quantize_decoder(fp32, directory / "weight-only.onnx", **QUANTIZATION_RECIPES["weight-only"])
+    return {"lowres": fp32, "lowres-quantized": quantized, "weight-only": float_products}
 
 
 def predictor_answers(predictor):
@@ -160,6 +164,21 @@ def test_quantized_lowres_decoder_is_small_and_close(decoders, predictor, model)
         _, onnx_low_res, _ = decode(decoders["lowres-quantized"], predictor, model, kwargs)
         agreement = (full_size_masks(onnx_low_res) == masks.astype(bool)).mean()
         assert agreement >= 0.97, (kwargs, agreement)
+
+
+def test_default_decoder_multiplies_the_attention_products_in_integers(decoders, predictor, model):
+    """SAM 2's default file runs its attention products in int8 (SAM2_INTEGER_PRODUCTS), and its masks are
+    those of the same weights with float products, but for a few pixels on their edges."""
+    import onnx
+
+    graph = onnx.load(str(decoders["lowres-quantized"])).graph
+    assert sum(node.op_type == "MatMulIntegerToFloat" for node in graph.node) == len(SAM2_INTEGER_PRODUCTS)
+    assert not {node.name for node in graph.node} & set(SAM2_INTEGER_PRODUCTS)
+    for _, kwargs in predictor_answers(predictor):
+        _, integer, _ = decode(decoders["lowres-quantized"], predictor, model, kwargs)
+        _, floats, _ = decode(decoders["weight-only"], predictor, model, kwargs)
+        shown, expected = full_size_masks(integer), full_size_masks(floats)
+        assert (shown & expected).sum() / max(1, (shown | expected).sum()) >= 0.99, kwargs
 
 
 def test_served_decoder_files_name_their_sam2_interface(decoders, tmp_path):

@@ -44,9 +44,8 @@ QUANTIZED_OPS = {
 }
 
 
-# SAM 2's lowres graph numbers its nodes otherwise, so its attention products stay float (quantize.py names
-# SAM's).
-SAM2_RECIPES = {"weight-only-integer-attention": "weight-only"}
+# SAM 2's lowres graph numbers its nodes otherwise and has no prompt axis: its own list of integer products.
+SAM2_RECIPES = {"weight-only-integer-attention": "weight-only-integer-attention-sam2"}
 
 # A SAM 2 model's decoders have the same names; their interfaces take SAM 2's three image tensors
 # (model_export/sam2_model.py, sam2_lowres_model.py), which the client feeds from the version-2 wire format.
