@@ -20,7 +20,9 @@ from browser_helpers import (
     REPO_ROOT,
     LiveServer,
     canvas_point,
+    drop_first_request,
     leave_image,
+    log_texts,
     open_app,
     prompt_points,
     shown_mask,
@@ -154,6 +156,26 @@ def test_cancel_stops_the_job_on_the_server(desktop_page, live_server):
     with page.expect_response(lambda r: r.request.method == "DELETE") as cancelled:
         page.keyboard.press("Escape")
     assert cancelled.value.ok
+
+
+def test_an_everything_start_whose_connection_drops_is_sent_again(page, live_server, photo_path):
+    """A phone's connection drops while "Segment everything" is on its way: the page sends it again, says so,
+    and the job runs to its masks."""
+    log_texts(page, "everything-status", "everythingLog")
+    page.console_watch.allow += ["Failed to load resource", "net::ERR_FAILED"]
+    page.set_viewport_size(DESKTOP)
+    open_app(page, live_server)
+    upload(page, photo_path)
+    tries = []
+    page.route("**/api/images/*/everything", drop_first_request(tries))
+    settings(page, "8")
+    page.click("#everything-button")
+    page.wait_for_function(
+        "/^\\d+ masks?\\./.test(document.getElementById('everything-status').textContent)", timeout=240_000
+    )
+    assert len(tries) == 2
+    log = page.evaluate("window.everythingLog")
+    assert any("The connection dropped while starting; trying again (attempt 2 of 4)…" in line for line in log), log
 
 
 def test_everything_with_crop_layers_runs_from_the_page(desktop_page):

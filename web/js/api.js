@@ -122,9 +122,11 @@ export async function fetchEmbedding(url, onProgress = () => {}, onRetry = () =>
 /**
  * POST /api/images/<id>/everything: 202 {job_id, status_url, events_url}. Crop layers segment tiles of the image's
  * pixels, which the server does not keep: the image (the uploaded bytes) then goes with the job, as
- * multipart {parameters: JSON, image}.
+ * multipart {parameters: JSON, image}. Sent again when the connection drops (onRetry as fetchAgainIfDropped's):
+ * the server answers a repeated (image, parameters) with the job it already has, so a start that did reach it
+ * starts nothing twice.
  */
-export async function startEverything(imageId, parameters = {}, image = null, { server = null } = {}) {
+export async function startEverything(imageId, parameters = {}, image = null, { server = null, onRetry = () => {} } = {}) {
   let body = JSON.stringify(parameters);
   const headers = { "Content-Type": "application/json" };
   if (image && parameters.crop_n_layers > 0) {
@@ -133,12 +135,8 @@ export async function startEverything(imageId, parameters = {}, image = null, { 
     body.append("image", image, "image");
     delete headers["Content-Type"]; // the browser sets multipart's boundary
   }
-  let response;
-  try {
-    response = await fetch(apiUrl(`api/images/${encodeURIComponent(imageId)}/everything`, server), { method: "POST", headers, body });
-  } catch {
-    throw new ApiError("The server cannot be reached.");
-  }
+  const url = apiUrl(`api/images/${encodeURIComponent(imageId)}/everything`, server);
+  const response = await fetchAgainIfDropped(url, { method: "POST", headers, body }, onRetry);
   if (!response.ok) throw await errorFrom(response);
   return response.json();
 }

@@ -86,7 +86,10 @@ export class EverythingMode {
     this.abort = abort;
     try {
       this.onProgress(0, "Starting…");
-      const { job_id: jobId, events_url: eventsUrl } = await startEverything(imageId, parameters, image);
+      const onRetry = ({ attempt, attempts }) => {
+        if (token === this.runToken) this.onProgress(0, `The connection dropped while starting; trying again (attempt ${attempt} of ${attempts})…`);
+      };
+      const { job_id: jobId, events_url: eventsUrl } = await startEverything(imageId, parameters, image, { onRetry });
       if (token !== this.runToken) {
         if (this.cancelPending === token) cancelEverything(jobId).catch(() => {}); // Cancel came before the job's id
         return null;
