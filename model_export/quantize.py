@@ -225,9 +225,8 @@ def integer_products(
     them and scales the int32 sums back to float32 (_integer_product_by_prompt_count). With prompt_axis=False the
     operands are [rows, columns] of the run's one prompt and are quantized as they are. An operand that is a
     transposed copy is read from its source (_integer_product places the transpose; in float32 for the first
-    operands of the products named in `float_transposed`). Raises
-    ValueError if a name is not a MatMul of two computed operands (the exporter's numbering moved). Returns how
-    many were converted."""
+    operands of the products named in `float_transposed`). Raises ValueError if a name is not a MatMul of two
+    computed operands (the exporter's numbering moved). Returns how many were converted."""
     from onnx import helper, numpy_helper
 
     graph = model.graph

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from backend_fixtures import small_sam2, vit_t_model
 
 from backend.sam2 import SAM2ImagePredictor
-from backend.services.decoders import BUILT_IN, SAM2_RECIPES, DecoderFileError, inspect_decoder, prepare_decoders
+from backend.services.decoders import DecoderFileError, built_in_recipe, inspect_decoder, prepare_decoders
 from model_export import QUANTIZATION_RECIPES, quantize_decoder
 from model_export.quantize import SAM2_INTEGER_PRODUCTS
 from model_export.sam2_lowres_model import SAM2_LOWRES_OUTPUT_NAMES, export_sam2_lowres_decoder
@@ -65,7 +65,7 @@ def decoders(model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("sam2_lowres")
     fp32 = export_sam2_lowres_decoder(model, directory / "lowres.onnx")
     # The recipe the server builds SAM 2's default file with.
-    served = QUANTIZATION_RECIPES[SAM2_RECIPES[BUILT_IN["lowres-quantized"][1]]]
+    served = QUANTIZATION_RECIPES[built_in_recipe("lowres-quantized", sam2=True)]
     quantized = quantize_decoder(fp32, directory / "lowres-quantized.onnx", **served)
     float_products = quantize_decoder(fp32, directory / "weight-only.onnx", **QUANTIZATION_RECIPES["weight-only"])
     return {"lowres": fp32, "lowres-quantized": quantized, "weight-only": float_products}

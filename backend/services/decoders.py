@@ -47,6 +47,14 @@ QUANTIZED_OPS = {
 # SAM 2's lowres graph numbers its nodes otherwise and has no prompt axis: its own list of integer products.
 SAM2_RECIPES = {"weight-only-integer-attention": "weight-only-integer-attention-sam2"}
 
+
+def built_in_recipe(name: str, sam2: bool) -> str | None:
+    """The quantization recipe (QUANTIZATION_RECIPES) the built-in decoder `name` is made with, for a SAM 2 model
+    or a SAM 1 one; None for an fp32 export."""
+    recipe = BUILT_IN[name][1]
+    return SAM2_RECIPES.get(recipe, recipe) if sam2 and recipe is not None else recipe
+
+
 # A SAM 2 model's decoders have the same names; their interfaces take SAM 2's three image tensors
 # (model_export/sam2_model.py, sam2_lowres_model.py), which the client feeds from the version-2 wire format.
 SAM2_INTERFACES = {"official": "sam2-official", "lowres": "sam2-lowres"}
@@ -163,12 +171,11 @@ def prepare_decoders(
     paths = {name: directory / f"{name}.onnx" for name in BUILT_IN}
     if not all(path.is_file() for path in paths.values()):
         with file_lock(directory / ".lock"):
-            for name, (interface, recipe, source) in BUILT_IN.items():
+            for name, (interface, _, source) in BUILT_IN.items():
                 if paths[name].is_file():
                     continue
+                recipe = built_in_recipe(name, is_sam2(model))
                 if recipe is not None:
-                    if is_sam2(model):
-                        recipe = SAM2_RECIPES.get(recipe, recipe)
                     log.info("quantizing the %s decoder (%s recipe)", source, recipe)
                     quantize_decoder(paths[source], paths[name], **QUANTIZATION_RECIPES[recipe])
                     continue
