@@ -1,6 +1,8 @@
 // The image with its mask overlay and prompt markers, and the pointer gestures on it. Coordinates handed
 // out are pixels of the encoded (uploaded) image, which is also the resolution of the overlay.
 
+import { OverlayPixels } from "./mask-paint.js";
+
 const DRAG_THRESHOLD_PX = 6; // CSS pixels before a press becomes a box drag
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MIN_SHOWN_SIDE_PX = 320; // smaller images are enlarged by a whole factor so they can be pointed at
@@ -32,6 +34,7 @@ export class StageView {
     this.svg = svg;
     this.handlers = handlers;
     this.size = null; // [H, W] of the overlay
+    this.overlay = new OverlayPixels();
     this.base = null; // Uint32Array: kept objects, painted once per change
     this.press = null;
     this.negativeMode = false;
@@ -62,9 +65,7 @@ export class StageView {
     this.canvas.height = maskSize[0];
     this.svg.setAttribute("viewBox", `0 0 ${maskSize[1]} ${maskSize[0]}`);
     this.context = this.canvas.getContext("2d");
-    this.frame = this.context.createImageData(maskSize[1], maskSize[0]);
-    this.pixels = new Uint32Array(this.frame.data.buffer);
-    this.base = new Uint32Array(this.pixels.length);
+    ({ frame: this.frame, pixels: this.pixels, base: this.base } = this.overlay.resize(maskSize));
     this.setZoom(1, 0, 0);
     this.drawPrompts([], null);
   }
@@ -79,19 +80,7 @@ export class StageView {
   }
 
   #paint(target, mask, color, fillAlpha, edgeAlpha) {
-    const [H, W] = this.size;
-    const fill = packRgba(color, fillAlpha);
-    const edge = packRgba(color, edgeAlpha);
-    for (let y = 0; y < H; y++) {
-      const row = y * W;
-      for (let x = 0; x < W; x++) {
-        const i = row + x;
-        if (!mask[i]) continue;
-        const onEdge = x === 0 || x === W - 1 || y === 0 || y === H - 1 ||
-          !mask[i - 1] || !mask[i + 1] || !mask[i - W] || !mask[i + W];
-        target[i] = onEdge ? edge : fill;
-      }
-    }
+    this.overlay.paint(target, mask, packRgba(color, fillAlpha), packRgba(color, edgeAlpha));
   }
 
   /** Repaints the layer of kept masks: [{mask, color, emphasis: "selected"|"dim"|undefined}]. */
