@@ -1,5 +1,8 @@
 """web/js/mask-math.js under Node: the binary mask the client paints equals Meta's postprocessing.
 
+Speckled logits take the path whose vertical pass runs in WebAssembly (web/js/mask-threshold.wat), so these
+tests also hold that kernel to JavaScript's float64 arithmetic bit for bit.
+
 maskFromLowRes (the folded two-resize filter with its threshold, filling runs where every source has one
 sign) must give exactly upsampleLogits(...) > 0, on smooth logits and on speckled ones,
 and both must agree with Sam.postprocess_masks; for SAM 2's STRETCHED frame, with SAM2Transforms.postprocess_masks.
@@ -63,7 +66,9 @@ def run_mask_math(tmp_path, low_res: np.ndarray, input_size, original_size) -> t
     logits = np.fromfile(tmp_path / "out.logits.f32", np.float32).reshape(H, W)
     assert 0.05 < fast.mean() < 0.95  # a real mask with edges, not a trivial one
     np.testing.assert_array_equal(fast, (logits > 0).astype(np.uint8))
-    return fast, logits, json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    assert report["kernel"], "mask-threshold.wat did not load: the masks above came from the JavaScript fallback"
+    return fast, logits, report
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")

@@ -3,9 +3,11 @@
 //   "stretched stretched" for SAM 2's frame)
 // writes OUT_PREFIX.fast.u8 (maskFromLowRes), OUT_PREFIX.logits.f32 (upsampleLogits), OUT_PREFIX.cropped.f32
 // (upsampleLogits of only the tokenExtent corner of the logits, laid back by padLowRes with NaN elsewhere) and
-// prints timings and the extent.
+// prints timings, the extent and whether maskFromLowRes's WebAssembly kernel (mask-threshold.wat) runs here.
 import { readFileSync, writeFileSync } from "node:fs";
 import { STRETCHED, maskFromLowRes, padLowRes, tokenExtent, upsampleLogits } from "../../web/js/mask-math.js";
+import { MASK_THRESHOLD_WASM } from "../../web/js/mask-threshold-wasm.js";
+import { wasmKernel } from "../../web/js/wasm-kernel.js";
 
 const [file, h, w, H, W, prefix] = process.argv.slice(2);
 const bytes = readFileSync(file);
@@ -33,4 +35,4 @@ const corner = new Float32Array(h4 * w4);
 for (let y = 0; y < h4; y++) corner.set(lowRes.subarray(y * 256, y * 256 + w4), y * w4);
 const cropped = upsampleLogits(padLowRes(corner, 1, extent, NaN), inputSize, outSize);
 writeFileSync(`${prefix}.cropped.f32`, new Uint8Array(cropped.buffer));
-console.log(JSON.stringify({ fastMs, logitsMs, extent }));
+console.log(JSON.stringify({ fastMs, logitsMs, extent, kernel: wasmKernel(MASK_THRESHOLD_WASM) !== null }));

@@ -4,6 +4,9 @@
 // the whole square instead (STRETCHED): points scale per axis, and logits go to the image in one bilinear
 // resize, as SAM2Transforms.postprocess_masks.
 
+import { MASK_THRESHOLD_WASM } from "./mask-threshold-wasm.js";
+import { reserveBytes, wasmKernel } from "./wasm-kernel.js";
+
 export const MODEL_SIDE = 1024;
 export const LOW_RES_SIDE = 256;
 export const LOW_RES_PLANE = LOW_RES_SIDE * LOW_RES_SIDE;
@@ -184,8 +187,7 @@ function foldRow(lowRes, { taps, index, weight }, r, rows) {
  * Horizontal pass of the low-res rows the vertical filter reads (the others, outside the image's part of the
  * 1024 frame, are left at 0): [256, W] float32.
  */
-function foldRows(lowRes, horizontal, { first, last }) {
-  const rows = new Float32Array(LOW_RES_SIDE * (horizontal.index.length / horizontal.taps));
+function foldRows(lowRes, horizontal, { first, last }, rows = new Float32Array(LOW_RES_SIDE * (horizontal.index.length / horizontal.taps))) {
   let r = first;
   // Four rows per load of a column's taps (Node 20, 192 rows to 1024 columns: 0.39 against 0.57 ms).
   for (; r + 3 <= last; r += 4) (horizontal.taps === 2 ? foldFourRows2 : foldFourRows3)(lowRes, horizontal, r, rows);
@@ -298,6 +300,36 @@ function thresholdFourRows2(rows, a, b, weight, k, W, out, o) {
   }
 }
 
+let thresholdKernel; // mask-threshold.wat's exports once asked for (null where WebAssembly cannot run)
+// A kernel whose memory grew past this (a mask at an original photo's size, for an export) is dropped after its
+// call, so the memory goes with it instead of staying for good; a mask of the encoded image (at most 1024 x 1024)
+// needs about 2 MiB.
+const KERNEL_KEPT_BYTES = 4 * 1024 * 1024;
+
+/**
+ * thresholdRows(foldRows(...)) with the vertical pass in mask-threshold.wat, four pixels a step in float64 with
+ * the same operations, so the same bits (800 x 534 speckled logits, Node 20: 1.1 against 2.0 ms; docs/benchmarks.md,
+ * "The overlay's paint and the client's mask in WebAssembly"). The horizontal pass writes its rows straight into
+ * the kernel's memory.
+ * @returns {boolean} false where the kernel cannot run (the caller then thresholds in JavaScript)
+ */
+function thresholdInKernel(lowRes, vertical, horizontal, W, out) {
+  thresholdKernel ??= wasmKernel(MASK_THRESHOLD_WASM);
+  if (!thresholdKernel) return false;
+  const { taps, index, weight } = vertical;
+  const H = index.length / taps;
+  const rowsBytes = LOW_RES_SIDE * W * 4, tableBytes = index.length * 4;
+  const buffer = reserveBytes(thresholdKernel.memory, rowsBytes + 2 * tableBytes + H * W);
+  foldRows(lowRes, horizontal, vertical, new Float32Array(buffer, 0, LOW_RES_SIDE * W));
+  new Int32Array(buffer, rowsBytes, index.length).set(index);
+  new Float32Array(buffer, rowsBytes + tableBytes, weight.length).set(weight);
+  const at = rowsBytes + 2 * tableBytes;
+  thresholdKernel.thresholdRows(0, rowsBytes, rowsBytes + tableBytes, taps, H, W, at);
+  out.set(new Uint8Array(buffer, at, H * W));
+  if (buffer.byteLength > KERNEL_KEPT_BYTES) thresholdKernel = undefined;
+  return true;
+}
+
 /**
  * 1 where logits > threshold, else 0. Thresholds here are written `(x > level) | 0`, which JavaScript
  * engines compile without a branch: on a mask's noisy edges `x > level ? 1 : 0` mispredicts so often that
@@ -325,7 +357,7 @@ export function maskFromLowRes(lowRes, inputSize, [H, W]) {
   const { kind, mixed } = sourceKinds(lowRes, vertical, horizontal);
   const sources = (vertical.last - vertical.first + 1) * (horizontal.last - horizontal.first + 1);
   if (24 * mixed > sources || H * W < 4 * sources) {
-    thresholdRows(foldRows(lowRes, horizontal, vertical), vertical, W, out);
+    if (!thresholdInKernel(lowRes, vertical, horizontal, W, out)) thresholdRows(foldRows(lowRes, horizontal, vertical), vertical, W, out);
     return out;
   }
   const spans = columnSpans(horizontal);

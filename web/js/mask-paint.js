@@ -1,13 +1,13 @@
 // The overlay's pixels and the painting of a binary mask into them: fill inside, a stronger edge on the outline.
 // Painting runs in a small WebAssembly SIMD kernel (mask-paint.wat), 16 pixels a step: a hover's preview is
 // painted on the main thread between the decode and the next frame, and the per-pixel JavaScript loop took
-// 1.5-1.8 ms of it at 800 x 534 (0.5 ms in WebAssembly; docs/benchmarks.md, "The overlay's paint").
+// 1.5 ms of it at 800 x 534 in Chromium (0.2 ms in WebAssembly; docs/benchmarks.md, "The overlay's paint and
+// the client's mask in WebAssembly").
 // The pixels live in the kernel's memory, so the canvas reads them with no copy; engines without WebAssembly
 // SIMD get the same pixels from paintMaskJs.
 
 import { MASK_PAINT_WASM } from "./mask-paint-wasm.js";
-
-const PAGE_BYTES = 65536;
+import { reserveBytes, wasmKernel } from "./wasm-kernel.js";
 
 /**
  * Paints mask (H * W, nonzero: set) into target (H * W packed RGBA): `fill` on set pixels, `edge` on set pixels on
@@ -26,22 +26,11 @@ export function paintMaskJs(target, mask, W, H, fill, edge) {
   }
 }
 
-/** The kernel's exports, or null where it cannot run: no WebAssembly SIMD, or a host page's CSP forbids compiling. */
-function kernel() {
-  try {
-    const bytes = Uint8Array.from(atob(MASK_PAINT_WASM), (c) => c.charCodeAt(0));
-    if (!WebAssembly.validate(bytes)) return null;
-    return new WebAssembly.Instance(new WebAssembly.Module(bytes), {}).exports;
-  } catch {
-    return null;
-  }
-}
-
 /** The overlay's frame (what the canvas shows) and its base layer (kept objects), both H x W packed RGBA. */
 export class OverlayPixels {
   /** @param {boolean} useKernel false: paint in JavaScript (for comparisons) */
   constructor(useKernel = true) {
-    this.kernel = useKernel ? kernel() : null;
+    this.kernel = useKernel ? wasmKernel(MASK_PAINT_WASM) : null;
     this.size = null;
   }
 
@@ -55,16 +44,14 @@ export class OverlayPixels {
       return this.layers;
     }
     // [frame pixels | base pixels | mask], the frame first (ImageData over the memory from offset 0).
-    const { memory } = this.kernel;
-    const bytes = count * 9;
-    if (memory.buffer.byteLength < bytes) memory.grow(Math.ceil((bytes - memory.buffer.byteLength) / PAGE_BYTES));
-    const frameBytes = new Uint8ClampedArray(memory.buffer, 0, count * 4);
+    const buffer = reserveBytes(this.kernel.memory, count * 9);
+    const frameBytes = new Uint8ClampedArray(buffer, 0, count * 4);
     frameBytes.fill(0);
-    this.maskBytes = new Uint8Array(memory.buffer, count * 8, count);
+    this.maskBytes = new Uint8Array(buffer, count * 8, count);
     this.layers = {
       frame: new ImageData(frameBytes, W, H),
-      pixels: new Uint32Array(memory.buffer, 0, count),
-      base: new Uint32Array(memory.buffer, count * 4, count).fill(0),
+      pixels: new Uint32Array(buffer, 0, count),
+      base: new Uint32Array(buffer, count * 4, count).fill(0),
     };
     return this.layers;
   }

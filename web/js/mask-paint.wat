@@ -1,7 +1,7 @@
 ;; Paints a binary mask into packed RGBA pixels: `fill` inside, `edge` on its outline (a set pixel on the image's
 ;; border or with an unset 4-neighbour); unset pixels keep what the target holds. The same pixels as
 ;; web/js/mask-paint.js paintMaskJs, 16 pixels per step with WebAssembly SIMD.
-;; Regenerate mask-paint-wasm.js after editing: node web/tools/build-wasm.mjs (a test checks it is current).
+;; Regenerate mask-paint-wasm.js after editing: node tests/web/wasm_kernels.mjs --write (a test checks it is current).
 (module
   (memory (export "memory") 1)
 
