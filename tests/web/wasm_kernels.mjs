@@ -6,7 +6,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 
 const js = new URL("../../web/js/", import.meta.url);
-export const KERNELS = { "mask-paint": "MASK_PAINT_WASM", "mask-threshold": "MASK_THRESHOLD_WASM" };
+const KERNELS = { "mask-paint": "MASK_PAINT_WASM", "mask-threshold": "MASK_THRESHOLD_WASM" };
 
 const require = createRequire(new URL("../../web/package.json", import.meta.url));
 const wabt = await require("wabt")();

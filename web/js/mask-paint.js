@@ -40,20 +40,18 @@ export class OverlayPixels {
     this.size = [H, W];
     if (!this.kernel) {
       const frame = new ImageData(W, H);
-      this.layers = { frame, pixels: new Uint32Array(frame.data.buffer), base: new Uint32Array(count) };
-      return this.layers;
+      return { frame, pixels: new Uint32Array(frame.data.buffer), base: new Uint32Array(count) };
     }
     // [frame pixels | base pixels | mask], the frame first (ImageData over the memory from offset 0).
     const buffer = reserveBytes(this.kernel.memory, count * 9);
     const frameBytes = new Uint8ClampedArray(buffer, 0, count * 4);
     frameBytes.fill(0);
     this.maskBytes = new Uint8Array(buffer, count * 8, count);
-    this.layers = {
+    return {
       frame: new ImageData(frameBytes, W, H),
       pixels: new Uint32Array(buffer, 0, count),
       base: new Uint32Array(buffer, count * 4, count).fill(0),
     };
-    return this.layers;
   }
 
   /** Paints mask (H * W bytes) into one of the layers (`pixels` or `base`); fill, edge: packed RGBA. */
