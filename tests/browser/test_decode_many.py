@@ -120,7 +120,7 @@ WEBGPU_AGAINST_WASM = """async ({embeddingUrl, size, boxes}) => {
     const prompts = boxes.map((box) => ({ points: [], box, maskInput: null }));
     const { results, runs } = await decoder.decodeMany(prompts, { outSize: size });
     console.log(`decode-many on ${backend}: ${info.provider}`);
-    answers[backend] = { provider: info.provider, engineMs: info.engineMs, runsOn, runs,
+    answers[backend] = { provider: info.provider, ortBuild: info.ortBuild, engineMs: info.engineMs, runsOn, runs,
                          lowRes: results.map((r) => Array.from(r.lowRes.subarray(0, 65536))),
                          masks: results.map((r) => Array.from(r.masks[0])) };
     decoder.terminate();
@@ -135,7 +135,8 @@ def test_webgpu_decodes_many_prompts_like_wasm_and_auto_keeps_the_faster_engine(
     playwright_instance, live_server, tmp_path
 ):
     """WebGPU in headless Chromium is SwiftShader (a CPU emulation): the same graph's masks as WASM, and with
-    the engine left to the page ("auto") both are timed and the faster kept (WASM, against an emulated GPU)."""
+    the engine left to the page ("auto") both are timed and the faster kept (WASM, against an emulated GPU), in
+    onnxruntime-web's plain WASM build."""
     from browser_helpers import CHROMIUM, WEBGPU_ARGS
 
     image_path = tmp_path / "cat.jpg"
@@ -168,3 +169,5 @@ def test_webgpu_decodes_many_prompts_like_wasm_and_auto_keeps_the_faster_engine(
     faster = "wasm" if timed["wasm"] < timed["webgpu"] else "webgpu"
     assert auto["provider"] == faster
     assert "faster here than" in auto["runsOn"]
+    # WASM kept after the race runs in onnxruntime-web's plain build, not the WebGPU build's slower WebAssembly.
+    assert auto["ortBuild"] == ("wasm" if faster == "wasm" else "webgpu")

@@ -190,11 +190,28 @@ export class DecoderClient {
    * Downloads and opens the decoder; resolves with {provider, threads, interface, ..., restarts: how many
    * stuck or crashed workers were replaced}. A worker that stops answering while it starts (see STALL_MS), or
    * whose start traps in WebAssembly, is replaced; so is one whose onnxruntime-web files did not arrive
-   * (NETWORK_RETRIES). modelSha256: the model's hex SHA-256 (/api/model), checked after the download.
+   * (NETWORK_RETRIES). WASM kept after the engines' race (backend "auto") runs in a fresh worker on the plain
+   * onnxruntime-web build. modelSha256: the model's hex SHA-256 (/api/model), checked after the download.
    */
   async init(modelUrl, backend = "auto", threads = 0, ortVersion = null, modelSha256 = null) {
     this.startArgs = null;
-    const info = await this.#open({ modelUrl, modelSha256, backend, threads, ortVersion });
+    let info = await this.#open({ modelUrl, modelSha256, backend, threads, ortVersion });
+    if (info.provider === "wasm" && info.ortBuild === "webgpu") {
+      // WebGPU lost the engines' race or could not run the decoder, and the WASM session kept instead runs in
+      // onnxruntime-web's WebGPU build, whose WebAssembly pauses for the GPU (asyncify): 1.15x slower a hover's
+      // decode in Chromium than the plain build (docs/benchmarks.md). A fresh worker opens the plain build,
+      // and the old one's memory goes with it. The race's figures and reason still describe the choice.
+      this.#replaceWorker();
+      try {
+        const plain = await this.#open({ modelUrl, modelSha256, backend: "wasm", threads, ortVersion });
+        const reasons = [info.fallbackReason, plain.fallbackReason].filter(Boolean);
+        info = { ...plain, engineMs: info.engineMs, fallbackReason: reasons.join(" ") || null, restarts: info.restarts + plain.restarts };
+      } catch {
+        // The plain build did not start (say, its files did not arrive): back to the build that ran.
+        this.#replaceWorker(true);
+        info = await this.#open({ modelUrl, modelSha256, backend, threads, ortVersion });
+      }
+    }
     // A crashed worker's successor starts what runs now: the engine the race chose, the threads that started.
     this.startArgs = {
       modelUrl, modelSha256, backend: info.provider, threads: info.provider === "wasm" ? info.threads : threads, ortVersion,

@@ -153,6 +153,9 @@ async function startSession({ modelUrl, modelSha256 = null, backend = "auto", th
     loadMs: performance.now() - started,
     warmupMs,
     fallbackReason,
+    // Which onnxruntime-web build runs it. Its WebGPU build's WebAssembly is instrumented to wait for the GPU
+    // (asyncify), so a WASM session there decodes slower than in the plain build (decoder-client.js).
+    ortBuild: tryWebgpu ? "webgpu" : "wasm",
   };
 }
 
