@@ -2,6 +2,7 @@
 
 import { apiUrl, fetchModelInfo } from "../api.js";
 import { formatBytes, plural } from "../format.js";
+import { forgetRace, rememberedRace, rememberRace } from "./engine-race-memory.js";
 
 /** A decoder name the server does not offer (its message lists the ones it does). */
 export class UnknownDecoderError extends Error {}
@@ -61,7 +62,13 @@ export async function startDecoder(decoder, { decoder: wanted = null, backend = 
   onStatus("Loading the decoder…", null);
   // The versioned onnxruntime-web path is cached immutably (no revalidation on a repeat visit).
   const modelUrl = new URL(apiUrl(entry.url, server), location.href).href;
-  const info = await decoder.init(modelUrl, backend, threads, model.ort_version, entry.sha256 ?? null);
+  const sha256 = entry.sha256 ?? null;
+  // backend "auto": the engine an earlier start of this decoder timed faster in this browser, if any.
+  const race = backend === "auto" ? rememberedRace(sha256, model.ort_version) : null;
+  let info = await decoder.init(modelUrl, race?.provider ?? backend, threads, model.ort_version, sha256);
+  if (race && info.provider === race.provider) info = { ...info, engineMs: race.engineMs, engineTimedAt: race.at };
+  else if (race) forgetRace(); // it did not open (say, WebGPU is gone): the next start races again
+  else if (backend === "auto" && info.engineMs) rememberRace(sha256, model.ort_version, info);
   started = { model, entry, info, runsOn: engineLine(info) };
   return started;
 }
@@ -73,7 +80,8 @@ function engineLine(info) {
     // The worker timed both engines and kept the faster (decoder-worker.js, backend "auto").
     const { webgpu, wasm } = info.engineMs;
     const [mine, other] = info.provider === "webgpu" ? [webgpu, wasm] : [wasm, webgpu];
-    line += ` (faster here than ${info.provider === "webgpu" ? "WebAssembly" : "WebGPU"}: ${Math.round(mine)} against ${Math.round(other)} ms a decode)`;
+    const when = info.engineTimedAt ? ", timed on an earlier visit" : "";
+    line += ` (faster here than ${info.provider === "webgpu" ? "WebAssembly" : "WebGPU"}: ${Math.round(mine)} against ${Math.round(other)} ms a decode${when})`;
   }
   return line;
 }
