@@ -198,8 +198,8 @@ export class DecoderClient {
     let info = await this.#open({ modelUrl, modelSha256, backend, threads, ortVersion });
     if (info.provider === "wasm" && info.ortBuild === "webgpu") {
       // WebGPU lost the engines' race or could not run the decoder, and the WASM session kept instead runs in
-      // onnxruntime-web's WebGPU build, whose WebAssembly pauses for the GPU (asyncify): 1.15x slower a hover's
-      // decode in Chromium than the plain build (docs/benchmarks.md). A fresh worker opens the plain build,
+      // onnxruntime-web's WebGPU build, whose WebAssembly pauses for the GPU (asyncify): about 1.1x slower a
+      // hover's decode in Chromium than the plain build (docs/benchmarks.md). A fresh worker opens the plain build,
       // and the old one's memory goes with it. The race's figures and reason still describe the choice.
       this.#replaceWorker();
       try {
