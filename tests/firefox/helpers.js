@@ -363,16 +363,28 @@ export async function leaveImage(page) {
 }
 
 /**
- * Clicks `selector` and waits for the file it downloads to be complete in `folder` (Firefox writes a
- * `.part` file first); resolves with {name, bytes}.
+ * Clicks `selector` and waits for the file it downloads to be complete in `folder`; resolves with {name,
+ * bytes}. Firefox creates the file under its own name, empty, before it writes the `.part` file it renames
+ * over it at the end; so a download counts as done when no `.part` file is left and the new file is not empty
+ * and has kept its size for one more poll (no export is an empty file).
  */
 export async function download(page, folder, selector) {
   const before = new Set(fs.readdirSync(folder));
   await page.click(selector);
+  let seen = null; // {name, size} at the previous poll
   const name = await waitUntil(() => {
     const names = fs.readdirSync(folder);
-    if (names.some((n) => n.endsWith(".part"))) return null;
-    return names.find((n) => !before.has(n)) ?? null;
+    const name = names.find((n) => !before.has(n) && !n.endsWith(".part"));
+    if (!name || names.some((n) => n.endsWith(".part"))) return null;
+    let size;
+    try {
+      size = fs.statSync(path.join(folder, name)).size;
+    } catch {
+      return null; // renamed between the listing and now
+    }
+    const settled = size > 0 && seen?.name === name && seen.size === size;
+    seen = { name, size };
+    return settled ? name : null;
   }, `the download of ${selector}`);
   return { name, bytes: fs.readFileSync(path.join(folder, name)) };
 }
