@@ -44,30 +44,26 @@ export function rememberedRace(decoderSha256, ortVersion, now = Date.now()) {
 export function rememberRace(decoderSha256, ortVersion, { provider, engineMs }, now = Date.now()) {
   const store = storage();
   if (!store || !decoderSha256 || !ortVersion) return;
+  forgetRace();
   try {
-    forgetRaces(store);
     store.setItem(keyOf(decoderSha256, ortVersion), JSON.stringify({ provider, engineMs, at: now }));
   } catch {
     // storage full or refused: the next start races again
   }
 }
 
-/** Forgets every kept race (a remembered engine did not open). */
+/** Forgets every kept race (a remembered engine did not open, or another race is kept in its place). */
 export function forgetRace() {
   const store = storage();
   if (!store) return;
   try {
-    forgetRaces(store);
+    const keys = [];
+    for (let i = 0; i < store.length; i++) {
+      const key = store.key(i);
+      if (key?.startsWith(KEY_PREFIX)) keys.push(key);
+    }
+    for (const key of keys) store.removeItem(key);
   } catch {
-    // nothing kept can be read either
+    // storage refused: nothing kept can be read either
   }
-}
-
-function forgetRaces(store) {
-  const keys = [];
-  for (let i = 0; i < store.length; i++) {
-    const key = store.key(i);
-    if (key?.startsWith(KEY_PREFIX)) keys.push(key);
-  }
-  for (const key of keys) store.removeItem(key);
 }
