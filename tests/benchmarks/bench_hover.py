@@ -9,12 +9,18 @@ Starts `python -m backend serve` with the seeded random MobileSAM checkpoint (SA
 app's own User Timing entries ("sam:hover-to-paint": pointer event timestamp -> the animation frame after the
 mask was painted):
 
-- idle: the pointer jumps to a new pixel and rests until its mask is on screen (one decode in flight);
+- idle: the pointer jumps to a new pixel and rests until its mask is on screen (one decode in flight). A
+  mask shows on the animation frame after its decode, so a hover's latency is its decode plus the wait for
+  that frame, and the wait depends on where in the frame period the pointer event came. A hand's events come
+  at any point of it; this script's would not (each jump follows the previous mask's frame by a fixed sleep,
+  and its latencies fell on levels one frame apart, which turned medians and their ratios into steps). So each
+  jump waits a further random fraction of a frame period, the same for every page (--fixed-phase: not);
 - sweep: the pointer moves every 16 ms (a hand moving across the image); each painted frame's latency is
   measured from the pointer event it answers, so it includes waiting for the decode in flight
   (newest position wins, stale positions are skipped);
 - click: click-to-paint of single clicks after the pointer rested on the pixel ("sam:click-to-paint"; the
-  click reuses the hover preview's decode, so this is the cost of committing it).
+  click reuses the hover preview's decode, so this is the cost of committing it), each after a random
+  fraction of a frame period too.
 Also the worker's own session.run and upsampling times ("sam:decode", "sam:upsample") of the idle phase.
 
 Prints medians and 90th percentiles in ms. Timings are noisy on a shared machine: compare medians.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import statistics
 import subprocess
@@ -50,6 +57,7 @@ from reference_data import REFERENCE_DIR  # noqa: E402  (SAM_REFERENCE_DIR, else
 
 CORE_HANDOFF = Path(__file__).with_name("core_handoff.mjs")
 PHASES = ("idle", "sweep", "click", "decode", "upsample")
+FRAME_SECONDS = 1 / 60  # headless Chromium's animation frame period
 
 
 def percentile(values, q):
@@ -111,10 +119,11 @@ class App:
             time.sleep(1.0)
         self.page.evaluate("performance.clearMeasures()")
 
-    def idle_hover(self, i):
-        """Jumps to the i-th pixel and waits for its mask on screen, then rests."""
+    def idle_hover(self, i, phase):
+        """After `phase` seconds, jumps to the i-th pixel and waits for its mask on screen, then rests."""
         page = self.page
         before = len(measures(page, "sam:hover-to-paint"))
+        time.sleep(phase)
         page.mouse.move(*self.at(0.1 + 0.8 * ((i * 37) % 100) / 100, 0.1 + 0.8 * ((i * 61) % 100) / 100))
         page.wait_for_function(f"performance.getEntriesByName('sam:hover-to-paint').length > {before}")
         time.sleep(0.15)
@@ -131,12 +140,12 @@ class App:
         self.take(sweep="sam:hover-to-paint")
         self.page.mouse.move(2, 2)
 
-    def click(self, i):
+    def click(self, i, phase):
         """A click on a fresh object (Escape resets the prompts) after the pointer rested on its pixel."""
         page = self.page
         before = len(measures(page, "sam:click-to-paint"))
         page.mouse.move(*self.at(0.2 + 0.06 * (i % 10), 0.5))
-        time.sleep(0.6)
+        time.sleep(0.6 + phase)
         page.mouse.down()
         page.mouse.up()
         page.wait_for_function(f"performance.getEntriesByName('sam:click-to-paint').length > {before}")
@@ -155,17 +164,20 @@ def run(urls: list[str], args) -> list[dict]:
         apps = [App(browser, url, query) for url in urls]
         for app in apps:
             app.warm_up()
+        phases = random.Random(0)
         for i in range(args.moves):
+            phase = 0.0 if args.fixed_phase else phases.uniform(0.0, FRAME_SECONDS)
             for app in apps:
-                app.idle_hover(i)
+                app.idle_hover(i, phase)
         for app in apps:
             app.take(idle="sam:hover-to-paint", decode="sam:decode", upsample="sam:upsample")
         for _ in range(rounds):
             for app in apps:
                 app.sweep(args.sweep_seconds / rounds)
         for i in range(min(10, args.moves)):
+            phase = 0.0 if args.fixed_phase else phases.uniform(0.0, FRAME_SECONDS)
             for app in apps:
-                app.click(i)
+                app.click(i, phase)
         for app in apps:
             app.take(click="sam:click-to-paint")
         browser.close()
@@ -186,6 +198,11 @@ def main() -> int:
         action="append",
         help="a running server; give it again to compare servers interleaved (default: start one with the "
         "reference vit_t weights)",
+    )
+    parser.add_argument(
+        "--fixed-phase",
+        action="store_true",
+        help="idle hovers and clicks at one phase of the frame period (the script's measure until 2026-12-07)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
