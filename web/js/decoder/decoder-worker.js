@@ -12,7 +12,8 @@
 //                       under the image, see tokenExtent; the result says cropped)}
 //               decode-many {id, prompts: [{points, box, maskInput, multimask?}], multimask, outSize, allMasks}
 //               upsample {id, lowRes: Float32Array, outSize: [H, W]}
-// Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, image-ready, result {...},
+// Messages out: heartbeat, progress {stage, loaded, total}, ready {...}, embedding-ready {...}, image-ready,
+//               result {..., computedPerImage: this run computed the image's per-image outputs (per-image.js)},
 //               results {results: [result per prompt], runs, decodeMs, postMs}, mask {...},
 //               error {id?, stage, message, trap: a WebAssembly trap, after which this worker's onnxruntime is unusable,
 //                      image: with the first trap, the image's decoder inputs (transferred; the worker keeps none)}
@@ -42,7 +43,8 @@ let batchable = false; // the graph decodes many prompts in one run (its prompt 
 let takesExtent = false; // the lowres graph upscales only the tokens it is given (valid_tokens, exporter 6)
 let allTokens = null; // valid_tokens of every token: committed decodes, whose 256 x 256 logits may be fed back
 let imageExtent = null; // valid_tokens of the tokens under the image: hovers, only painted
-let perImage = null; // PerImageOutputs: what the image's first run computes and later runs take back
+let perImage = null; // PerImageOutputs: what a run computes once per image and later runs take back
+let oneToken = null; // valid_tokens of a single token: the run that computes them upscales next to nothing
 
 /** The decoder model's bytes, with progress; a dropped transfer is retried and resumed (resumable-download.js). */
 function downloadModel(url, sha256) {
@@ -123,6 +125,7 @@ async function startSession({ modelUrl, modelSha256 = null, backend = "auto", th
   takesExtent = session.inputNames.includes("valid_tokens");
   perImage = new PerImageOutputs(ort, session);
   allTokens = extentTensor([LOW_RES_SIDE / 4, LOW_RES_SIDE / 4]);
+  oneToken = extentTensor([1, 1]);
   emptyMask = new ort.Tensor("float32", new Float32Array(LOW_RES_PLANE), [1, 1, LOW_RES_SIDE, LOW_RES_SIDE]);
   const warmupMs = await warmUp(session);
   let engineMs = null;
@@ -271,7 +274,7 @@ function promptTokens({ points = [], box = null }) {
  * the order Meta's SamOnnxModel expects the inputs. Mask prompts: none (one empty mask, flag 0) or one mask
  * and flag per prompt (zeros and 0 for the prompts without).
  */
-async function runPrompts(prompts, crop = false) {
+async function runPrompts(prompts, crop = false, extent = crop ? imageExtent : allTokens) {
   const count = prompts.length;
   const tokens = prompts.map(promptTokens);
   const n = tokens[0].labels.length;
@@ -302,7 +305,7 @@ async function runPrompts(prompts, crop = false) {
     feeds.has_mask_input = new ort.Tensor("float32", flags, [count]);
   }
   if (usesOrigImSize) feeds.orig_im_size = new ort.Tensor("float32", Float32Array.from(imageSize), [2]);
-  if (takesExtent) feeds.valid_tokens = crop ? imageExtent : allTokens;
+  if (takesExtent) feeds.valid_tokens = extent;
   const plan = perImage.plan(!withMask);
   const embedding = imageTensors;
   const started = performance.now();
@@ -313,7 +316,7 @@ async function runPrompts(prompts, crop = false) {
     const computed = perImage.take(outputs);
     if (imageTensors === embedding) perImage.kept = computed;
   }
-  return { outputs, runMs };
+  return { outputs, runMs, computedPerImage: plan.computes };
 }
 
 /** Prompt b's candidates of a run's outputs: {scores, lowRes (copies), candidates, best, masks}. */
@@ -359,13 +362,13 @@ const transferOf = (result) => [result.lowRes.buffer, ...Object.values(result.ma
 async function decode({ id, points, box, maskInput, multimask, outSize, allMasks, crop = false }) {
   const prompt = { points, box, maskInput };
   checkReady([prompt]);
-  const { outputs, runMs: decodeMs } = await runPrompts([prompt], crop);
+  const { outputs, runMs: decodeMs, computedPerImage } = await runPrompts([prompt], crop);
   const postStarted = performance.now();
   const result = promptResult(outputs, 0, { multimask, outSize, allMasks });
   for (const name of Object.keys(outputs)) outputs[name].dispose?.();
   const postMs = performance.now() - postStarted;
   const wasmMemoryBytes = decoderMemoryUse()?.bytes ?? null;
-  return [{ type: "result", id, ...result, outSize, decodeMs, postMs, wasmMemoryBytes }, transferOf(result)];
+  return [{ type: "result", id, ...result, outSize, decodeMs, postMs, wasmMemoryBytes, computedPerImage }, transferOf(result)];
 }
 
 /**
@@ -431,6 +434,27 @@ function isNetworkFailure(error) {
   return words.test(String(error?.message ?? error));
 }
 
+/**
+ * Computes the image's per-image outputs soon after its embedding is in, so that its first prompt decodes as fast
+ * as the ones after it (that prompt's run would compute them, 15-16 ms more; docs/benchmarks.md). A throw-away
+ * click, upscaled on one token: onnxruntime-web runs the whole graph whatever is fetched. Like warmUp, it leaves
+ * a failure to the next decode to report.
+ */
+async function keepPerImageOutputs() {
+  if (!perImage?.names.length || !imageTensors || perImage.kept) return;
+  try {
+    const { outputs } = await runPrompts([{ points: [{ x: 0, y: 0, label: 1 }] }], false, oneToken);
+    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+  } catch {
+    // the next decode computes them itself
+  }
+}
+
+// After this long without a prompt, a new image's per-image outputs are computed ahead of it. A page that decodes
+// as soon as the image is ready (a script, a batch) runs first and computes them in its own run; a person's first
+// hover comes later than this.
+const PER_IMAGE_DELAY_MS = 50;
+
 const handlers = { init, embedding: setEmbedding, image: restoreImage, decode, "decode-many": decodeMany, upsample };
 
 let trapped = null; // the first trap's message: this worker's onnxruntime is not used again
@@ -447,6 +471,9 @@ self.onmessage = (event) => {
       const answer = await handler(message);
       const [reply, transfer] = Array.isArray(answer) ? answer : [answer, []];
       postMessage({ ...reply, id: message.id }, transfer);
+      if (reply.type === "embedding-ready" || reply.type === "image-ready") {
+        setTimeout(() => { queue = queue.then(keepPerImageOutputs); }, PER_IMAGE_DELAY_MS);
+      }
     } catch (error) {
       const text = error.message || String(error);
       const trap = Boolean(trapped) || isWasmTrap(error);

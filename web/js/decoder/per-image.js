@@ -1,7 +1,8 @@
 // The decoder's per-image outputs (exporter 7 on: the first block's image projections). They depend on the
 // image alone, and the graph takes them back as inputs "cached_<name>" (an empty tensor: compute them). The
-// image's first run without a mask prompt computes and returns them; the runs after it feed them back and do
-// not fetch them. A mask prompt changes the image rows, so a run with one neither takes nor keeps them.
+// image's first run without a mask prompt computes and returns them (the worker runs one soon after the
+// embedding arrives); the runs after it feed them back and do not fetch them. A mask prompt changes the image
+// rows, so a run with one neither takes nor keeps them.
 
 export class PerImageOutputs {
   /**
