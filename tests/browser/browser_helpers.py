@@ -128,6 +128,13 @@ class ConsoleWatch:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def encoded_image(server: LiveServer, path: Path) -> tuple[str, list[int]]:
+    """Uploads the image file at `path` to the server: its float32 embedding's URL and the image's [H, W]."""
+    with path.open("rb") as image:
+        info = requests.post(server.url + "api/images", files={"image": image}, timeout=120).json()
+    return server.url + f"api/embeddings/{info['id']}?format=f32", [info["height"], info["width"]]
+
+
 def open_app(page, server: LiveServer, query: str = "backend=wasm") -> None:
     """Loads the app and waits until the decoder is ready."""
     page.goto(server.url + (f"?{query}" if query else ""))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import requests
 from backend_fixtures import SMALL_PHOTO, photo_jpeg, vit_t_model
+from browser_helpers import CHROMIUM, WEBGPU_ARGS, encoded_image
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -67,21 +68,18 @@ def unpack(text: str, shape) -> np.ndarray:
     return bits[: shape[0] * shape[1]].reshape(shape).astype(bool)
 
 
-def test_decode_many_runs_boxes_together_and_equals_their_own_decodes(page, live_server, tmp_path):
+def test_decode_many_runs_boxes_together_and_equals_their_own_decodes(page, live_server):
     from backend.sam import SamPredictor
     from backend.services.codec import decode_embedding
 
-    image_path = tmp_path / "cat.jpg"
-    image_path.write_bytes(photo_jpeg(*SMALL_PHOTO).read_bytes())
-    info = requests.post(live_server.url + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
-    size = [info["height"], info["width"]]
+    embedding_url, size = encoded_image(live_server, photo_jpeg(*SMALL_PHOTO))
     page.goto(live_server.url + "?backend=wasm")
     answer = page.evaluate(
         DECODE_MANY,
         {
             "boxes": BOXES,
             "clicks": CLICKS,
-            "embeddingUrl": live_server.url + f"api/embeddings/{info['id']}?format=f32",
+            "embeddingUrl": embedding_url,
             "size": size,
         },
     )
@@ -97,7 +95,7 @@ def test_decode_many_runs_boxes_together_and_equals_their_own_decodes(page, live
 
     # And they are the masks of Meta's API on the server's embedding.
     predictor = SamPredictor(vit_t_model())
-    body = requests.get(live_server.url + f"api/embeddings/{info['id']}?format=f32", timeout=60).content
+    body = requests.get(embedding_url, timeout=60).content
     predictor.set_embedding(decode_embedding(body), tuple(size))
     for box, result in zip(BOXES[:-1], answer["results"], strict=False):
         masks, _, _ = predictor.predict(box=np.array(box), multimask_output=False)
@@ -134,18 +132,11 @@ WEBGPU_AGAINST_WASM = """async ({embeddingUrl, size, boxes}) => {
 
 @pytest.mark.webgpu
 @pytest.mark.timeout(900)
-def test_webgpu_decodes_many_prompts_like_wasm_and_auto_keeps_the_faster_engine(
-    playwright_instance, live_server, tmp_path
-):
+def test_webgpu_decodes_many_prompts_like_wasm_and_auto_keeps_the_faster_engine(playwright_instance, live_server):
     """WebGPU in headless Chromium is SwiftShader (a CPU emulation): the same graph's masks as WASM, and with
     the engine left to the page ("auto") both are timed and the faster kept (WASM, against an emulated GPU), in
     onnxruntime-web's plain WASM build."""
-    from browser_helpers import CHROMIUM, WEBGPU_ARGS
-
-    image_path = tmp_path / "cat.jpg"
-    image_path.write_bytes(photo_jpeg(*SMALL_PHOTO).read_bytes())
-    info = requests.post(live_server.url + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
-    size = [info["height"], info["width"]]
+    embedding_url, size = encoded_image(live_server, photo_jpeg(*SMALL_PHOTO))
     browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_ARGS)
     try:
         page = browser.new_page()
@@ -154,7 +145,7 @@ def test_webgpu_decodes_many_prompts_like_wasm_and_auto_keeps_the_faster_engine(
         answers = page.evaluate(
             WEBGPU_AGAINST_WASM,
             {
-                "embeddingUrl": live_server.url + f"api/embeddings/{info['id']}?format=f32",
+                "embeddingUrl": embedding_url,
                 "size": size,
                 "boxes": BOXES[:2],
             },

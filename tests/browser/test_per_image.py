@@ -8,8 +8,8 @@ instead of waiting. Real server (seeded random MobileSAM), real Chromium, the de
 from __future__ import annotations
 
 import pytest
-import requests
 from backend_fixtures import SMALL_PHOTO, photo_jpeg
+from browser_helpers import encoded_image
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,19 +38,11 @@ FIRST_PROMPTS = """async ({embeddingUrl, size, click}) => {
 }"""
 
 
-def test_a_new_images_per_image_outputs_are_ready_before_its_first_prompt(page, live_server, tmp_path):
-    image_path = tmp_path / "cat.jpg"
-    image_path.write_bytes(photo_jpeg(*SMALL_PHOTO).read_bytes())
-    info = requests.post(live_server.url + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
-    size = [info["height"], info["width"]]
+def test_a_new_images_per_image_outputs_are_ready_before_its_first_prompt(page, live_server):
+    embedding_url, size = encoded_image(live_server, photo_jpeg(*SMALL_PHOTO))
     page.goto(live_server.url + "?backend=wasm")
     answer = page.evaluate(
-        FIRST_PROMPTS,
-        {
-            "embeddingUrl": live_server.url + f"api/embeddings/{info['id']}?format=f32",
-            "size": size,
-            "click": [size[1] // 2, size[0] // 2],
-        },
+        FIRST_PROMPTS, {"embeddingUrl": embedding_url, "size": size, "click": [size[1] // 2, size[0] // 2]}
     )
     # The script's decode computed them itself; the person's first decode found them computed, as did the next.
     assert answer["computed"] == [True, False, False]
