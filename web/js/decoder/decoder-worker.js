@@ -46,6 +46,9 @@ let imageExtent = null; // valid_tokens of the tokens under the image: hovers, o
 let perImage = null; // PerImageOutputs: what a run computes once per image and later runs take back
 let oneToken = null; // valid_tokens of a single token: the run that computes them upscales next to nothing
 
+/** Frees a run's output tensors (those onnxruntime holds outside JavaScript, as on WebGPU). */
+const disposeAll = (outputs) => Object.values(outputs).forEach((tensor) => tensor.dispose?.());
+
 /** The decoder model's bytes, with progress; a dropped transfer is retried and resumed (resumable-download.js). */
 function downloadModel(url, sha256) {
   return downloadResumable(url, {
@@ -170,7 +173,7 @@ async function warmUp(target) {
   const started = performance.now();
   try {
     const outputs = await target.run(warmUpFeeds());
-    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+    disposeAll(outputs);
   } catch {
     return null; // a real decode will report the problem in words
   }
@@ -184,7 +187,7 @@ async function medianDecodeMs(target, runs = 3) {
     const started = performance.now();
     const outputs = await target.run(warmUpFeeds());
     times.push(performance.now() - started);
-    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+    disposeAll(outputs);
   }
   return times.sort((a, b) => a - b)[runs >> 1];
 }
@@ -365,7 +368,7 @@ async function decode({ id, points, box, maskInput, multimask, outSize, allMasks
   const { outputs, runMs: decodeMs, computedPerImage } = await runPrompts([prompt], crop);
   const postStarted = performance.now();
   const result = promptResult(outputs, 0, { multimask, outSize, allMasks });
-  for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+  disposeAll(outputs);
   const postMs = performance.now() - postStarted;
   const wasmMemoryBytes = decoderMemoryUse()?.bytes ?? null;
   return [{ type: "result", id, ...result, outSize, decodeMs, postMs, wasmMemoryBytes, computedPerImage }, transferOf(result)];
@@ -397,7 +400,7 @@ async function decodeMany({ id, prompts, multimask = false, outSize, allMasks = 
     indices.forEach((i, b) => {
       results[i] = promptResult(outputs, b, { multimask: prompts[i].multimask ?? multimask, outSize, allMasks });
     });
-    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+    disposeAll(outputs);
     postMs += performance.now() - postStarted;
   }
   return [
@@ -444,7 +447,7 @@ async function keepPerImageOutputs() {
   if (!perImage?.names.length || !imageTensors || perImage.kept) return;
   try {
     const { outputs } = await runPrompts([{ points: [{ x: 0, y: 0, label: 1 }] }], false, oneToken);
-    for (const name of Object.keys(outputs)) outputs[name].dispose?.();
+    disposeAll(outputs);
   } catch {
     // the next decode computes them itself
   }
