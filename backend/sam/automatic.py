@@ -161,34 +161,10 @@ class SamAutomaticMaskGenerator:
                     i if id(rle) in kept_before else stream.new_id()
                     for i, rle in zip(mask_data["ids"], mask_data["rles"], strict=True)
                 ]
-        annotations = self._annotations(mask_data)
+        annotations = annotations_from(mask_data, self.output_mode)
         self.last_timings["postprocess"] += time.perf_counter() - started
         if stream is not None:
             stream.finish([int(i) for i in mask_data["ids"]], annotations)
-        return annotations
-
-    def _annotations(self, mask_data: MaskData) -> list[dict[str, Any]]:
-        """Rows of mask_data (numpy columns, uncompressed "rles") -> the annotation dicts generate() returns."""
-        if self.output_mode == "coco_rle":
-            segmentations = [coco_encode_rle(rle) for rle in mask_data["rles"]]
-        elif self.output_mode == "binary_mask":
-            segmentations = [rle_to_mask(rle) for rle in mask_data["rles"]]
-        else:
-            segmentations = mask_data["rles"]
-
-        annotations = []
-        for idx, segmentation in enumerate(segmentations):
-            annotations.append(
-                {
-                    "segmentation": segmentation,
-                    "area": area_from_rle(mask_data["rles"][idx]),
-                    "bbox": box_xyxy_to_xywh(mask_data["boxes"][idx]).tolist(),
-                    "predicted_iou": float(mask_data["iou_preds"][idx]),
-                    "point_coords": [mask_data["points"][idx].tolist()],
-                    "stability_score": float(mask_data["stability_score"][idx]),
-                    "crop_box": box_xyxy_to_xywh(mask_data["crop_boxes"][idx]).tolist(),
-                }
-            )
         return annotations
 
     def _generate_masks(
@@ -214,15 +190,7 @@ class SamAutomaticMaskGenerator:
 
         started = time.perf_counter()
         if len(crop_boxes) > 1 and len(data) > 0:
-            # Between crops prefer masks from smaller crops (they see more detail).
-            scores = 1 / box_area(data["crop_boxes"])
-            keep = batched_nms(
-                data["boxes"].float(),
-                scores.to(data["boxes"].device),
-                torch.zeros_like(data["boxes"][:, 0]),
-                iou_threshold=self.crop_nms_thresh,
-            )
-            data.filter(keep)
+            data.filter(cross_crop_nms(data, self.crop_nms_thresh))
         data.to_numpy()
         self.last_timings["postprocess"] += time.perf_counter() - started
         return data
@@ -313,7 +281,7 @@ class SamAutomaticMaskGenerator:
             return data, next_id
         if stream is not None:  # Back in grid order: NMS breaks score ties by it.
             data.filter(torch.argsort(data["ids"]))
-        keep = self._crop_nms(data)
+        keep = box_nms(data, self.box_nms_thresh)
         data.filter(keep)
         # Run-length encoding is the costliest step per mask, so only NMS survivors are encoded: their
         # full-resolution masks are rebuilt from the kept low-res logits (the same deterministic upsampling).
@@ -325,15 +293,6 @@ class SamAutomaticMaskGenerator:
         data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
         self.last_timings["postprocess"] += time.perf_counter() - started
         return data, next_id
-
-    def _crop_nms(self, data: MaskData) -> torch.Tensor:
-        """Indices of one crop's masks (rows in grid order) that box NMS keeps, by decreasing predicted IoU."""
-        return batched_nms(
-            data["boxes"].float(),
-            data["iou_preds"],
-            torch.zeros_like(data["boxes"][:, 0]),
-            iou_threshold=self.box_nms_thresh,
-        )
 
     def _rles(
         self, data: MaskData, crop_box: list[int], orig_size: tuple[int, ...], stream: "_Stream | None"
@@ -536,6 +495,49 @@ class SamAutomaticMaskGenerator:
         return mask_data
 
 
+def annotations_from(mask_data: MaskData, output_mode: str) -> list[dict[str, Any]]:
+    """Rows of mask_data (numpy columns, uncompressed "rles") -> the annotation dicts an automatic mask generator
+    returns: segmentation (per output_mode), area, bbox (XYWH), predicted_iou, point_coords, stability_score and
+    crop_box (XYWH)."""
+    if output_mode == "coco_rle":
+        segmentations = [coco_encode_rle(rle) for rle in mask_data["rles"]]
+    elif output_mode == "binary_mask":
+        segmentations = [rle_to_mask(rle) for rle in mask_data["rles"]]
+    else:
+        segmentations = mask_data["rles"]
+    return [
+        {
+            "segmentation": segmentation,
+            "area": area_from_rle(mask_data["rles"][idx]),
+            "bbox": box_xyxy_to_xywh(mask_data["boxes"][idx]).tolist(),
+            "predicted_iou": float(mask_data["iou_preds"][idx]),
+            "point_coords": [mask_data["points"][idx].tolist()],
+            "stability_score": float(mask_data["stability_score"][idx]),
+            "crop_box": box_xyxy_to_xywh(mask_data["crop_boxes"][idx]).tolist(),
+        }
+        for idx, segmentation in enumerate(segmentations)
+    ]
+
+
+def box_nms(data: MaskData, iou_threshold: float) -> torch.Tensor:
+    """Indices of one crop's masks that box NMS keeps, by decreasing predicted IoU (ties in row order)."""
+    return batched_nms(
+        data["boxes"].float(), data["iou_preds"], torch.zeros_like(data["boxes"][:, 0]), iou_threshold=iou_threshold
+    )
+
+
+def cross_crop_nms(data: MaskData, iou_threshold: float) -> torch.Tensor:
+    """Indices of the masks of all crops that box NMS keeps, preferring masks from smaller crops (they see more
+    detail)."""
+    scores = 1 / box_area(data["crop_boxes"])
+    return batched_nms(
+        data["boxes"].float(),
+        scores.to(data["boxes"].device),
+        torch.zeros_like(data["boxes"][:, 0]),
+        iou_threshold=iou_threshold,
+    )
+
+
 def low_res_read(model: Sam, low_hw: tuple[int, int], input_size: tuple[int, ...]) -> tuple[int, int]:
     """The low-res rows and columns upscale_low_res_logits reads (all of them unless the scale to the encoder
     frame is an integer): the last source index read by the resized image's last pixel (half-pixel centres),
@@ -629,7 +631,7 @@ class _Stream:
             del subset["low_res"]
             subset.to_numpy()
             for mask_id, rle, annotation in zip(
-                subset["ids"].tolist(), subset["rles"], generator._annotations(subset), strict=True
+                subset["ids"].tolist(), subset["rles"], annotations_from(subset, generator.output_mode), strict=True
             ):
                 self.rles[mask_id] = rle
                 self.stability[mask_id] = annotation["stability_score"]

@@ -8,24 +8,18 @@ import torch
 
 from ..sam.amg import (
     MaskData,
-    area_from_rle,
     batch_iterator,
     batched_mask_to_box,
-    batched_nms,
-    box_area,
-    box_xyxy_to_xywh,
     build_all_layer_point_grids,
     calculate_stability_score,
-    coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
     mask_to_rle_pytorch,
-    rle_to_mask,
     uncrop_boxes_xyxy,
     uncrop_masks,
     uncrop_points,
 )
-from ..sam.automatic import OUTPUT_MODES, SamAutomaticMaskGenerator
+from ..sam.automatic import OUTPUT_MODES, SamAutomaticMaskGenerator, annotations_from, box_nms, cross_crop_nms
 from ..sam.predictor import check_image
 from .sam2_base import SAM2Base
 from .sam2_image_predictor import LOW_RES_LOGIT_LIMIT, SAM2ImagePredictor
@@ -105,24 +99,7 @@ class SAM2AutomaticMaskGenerator:
             mask_data = SamAutomaticMaskGenerator.postprocess_small_regions(
                 mask_data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
             )
-        if self.output_mode == "coco_rle":
-            segmentations = [coco_encode_rle(rle) for rle in mask_data["rles"]]
-        elif self.output_mode == "binary_mask":
-            segmentations = [rle_to_mask(rle) for rle in mask_data["rles"]]
-        else:
-            segmentations = mask_data["rles"]
-        return [
-            {
-                "segmentation": segmentation,
-                "area": area_from_rle(mask_data["rles"][idx]),
-                "bbox": box_xyxy_to_xywh(mask_data["boxes"][idx]).tolist(),
-                "predicted_iou": float(mask_data["iou_preds"][idx]),
-                "point_coords": [mask_data["points"][idx].tolist()],
-                "stability_score": float(mask_data["stability_score"][idx]),
-                "crop_box": box_xyxy_to_xywh(mask_data["crop_boxes"][idx]).tolist(),
-            }
-            for idx, segmentation in enumerate(segmentations)
-        ]
+        return annotations_from(mask_data, self.output_mode)
 
     def _generate_masks(self, image: np.ndarray, features: dict | None = None) -> MaskData:
         orig_size = image.shape[:2]
@@ -131,15 +108,7 @@ class SAM2AutomaticMaskGenerator:
         for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
             data.cat(self._process_crop(image, crop_box, layer_idx, orig_size, features if layer_idx == 0 else None))
         if len(crop_boxes) > 1 and len(data) > 0:
-            # Between crops prefer masks from smaller crops.
-            scores = 1 / box_area(data["crop_boxes"])
-            keep = batched_nms(
-                data["boxes"].float(),
-                scores.to(data["boxes"].device),
-                torch.zeros_like(data["boxes"][:, 0]),
-                iou_threshold=self.crop_nms_thresh,
-            )
-            data.filter(keep)
+            data.filter(cross_crop_nms(data, self.crop_nms_thresh))
         data.to_numpy()
         return data
 
@@ -168,13 +137,7 @@ class SAM2AutomaticMaskGenerator:
         if len(data) == 0:
             return MaskData()
 
-        keep = batched_nms(
-            data["boxes"].float(),
-            data["iou_preds"],
-            torch.zeros_like(data["boxes"][:, 0]),
-            iou_threshold=self.box_nms_thresh,
-        )
-        data.filter(keep)
+        data.filter(box_nms(data, self.box_nms_thresh))
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
