@@ -9,7 +9,6 @@ single-mask stability fallback. The logits are not clamped, so an upsampled mask
 mask prompt as feeding back the predictor's clamped logits.
 """
 
-import types
 from pathlib import Path
 
 import torch
@@ -21,18 +20,9 @@ from backend.sam2.sam2_image_predictor import LOW_RES_LOGIT_LIMIT
 
 from .export import trace_to_onnx
 from .onnx_model import PromptEmbedder, SamDecoderParts
-from .sam2_model import sam2_example_inputs
+from .sam2_model import sam2_decoder_parts, sam2_example_inputs
 
 SAM2_LOWRES_OUTPUT_NAMES = ("iou_predictions", "low_res_masks")
-
-
-def sam2_decoder_parts(model: nn.Module) -> SamDecoderParts:
-    """Float32 CPU copies of a SAM2Base's prompt encoder and mask decoder, in SamDecoderParts' fields."""
-    return SamDecoderParts(
-        types.SimpleNamespace(
-            prompt_encoder=model.sam_prompt_encoder, mask_decoder=model.sam_mask_decoder, mask_threshold=0.0
-        )
-    )
 
 
 class SAM2LowResOnnxModel(nn.Module):

@@ -10,7 +10,7 @@ back as mask_input. The single-mask stability fallback and the resize to the ima
 (SAM2ImagePredictor's maths: MaskDecoder._dynamic_multimask_via_stability, SAM2Transforms.postprocess_masks).
 """
 
-import copy
+import types
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ import torch.nn as nn
 from backend.sam2.sam2_image_predictor import LOW_RES_LOGIT_LIMIT
 
 from .export import trace_to_onnx
-from .onnx_model import PromptEmbedder
+from .onnx_model import PromptEmbedder, SamDecoderParts
 
 SAM2_INPUT_NAMES = (
     "image_embed",
@@ -33,14 +33,23 @@ SAM2_INPUT_NAMES = (
 SAM2_OUTPUT_NAMES = ("masks", "iou_predictions", "low_res_masks")
 
 
+def sam2_decoder_parts(model: nn.Module) -> SamDecoderParts:
+    """Float32 CPU copies of a SAM2Base's prompt encoder and mask decoder, in SamDecoderParts' fields."""
+    return SamDecoderParts(
+        types.SimpleNamespace(
+            prompt_encoder=model.sam_prompt_encoder, mask_decoder=model.sam_mask_decoder, mask_threshold=0.0
+        )
+    )
+
+
 class SAM2OnnxModel(nn.Module):
     """Prompt embedding + SAM 2 mask decoder of a float32 CPU copy of `model` (a SAM2Base)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        prompt_encoder = copy.deepcopy(model.sam_prompt_encoder).to(device="cpu", dtype=torch.float32).eval()
-        self.mask_decoder = copy.deepcopy(model.sam_mask_decoder).to(device="cpu", dtype=torch.float32).eval()
-        self.prompts = PromptEmbedder(prompt_encoder, int(model.image_size))
+        parts = sam2_decoder_parts(model)
+        self.mask_decoder = parts.mask_decoder
+        self.prompts = PromptEmbedder(parts.prompt_encoder, parts.image_size)
 
     @torch.no_grad()
     def forward(
