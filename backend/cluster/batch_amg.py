@@ -108,38 +108,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
     """Runs the `amg` subcommand; returns the exit code."""
+    return run_command(_run_from_args, args, stream)
+
+
+def _run_from_args(args: argparse.Namespace, stream: IO[str]) -> None:
+    amg_kwargs = {name: getattr(args, name) for name, _, _ in AMG_SETTINGS if getattr(args, name) is not None}
+    output_mode = "coco_rle" if args.convert_to_rle else "binary_mask"
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise BatchError(f"checkpoint {args.checkpoint} is not a file")
+    from ..sam import sam_model_registry
+
+    sam_model_registry[args.model_type]  # An unknown type fails here, before any image is read.
+    stat = checkpoint.stat()
+    run(
+        args.input,
+        args.output,
+        functools.partial(_load_checkpoint, args.model_type, str(checkpoint.resolve())),
+        model_id={"model_type": args.model_type, "checkpoint": checkpoint.name, "bytes": stat.st_size},
+        amg_kwargs=amg_kwargs,
+        output_mode=output_mode,
+        device=args.device,
+        threads=args.threads,
+        ray_address=args.ray_address,
+        ray_workers=args.ray_workers,
+        wait=not args.no_wait,
+        stream=stream,
+    )
+
+
+def run_command(
+    start: Callable[[argparse.Namespace, IO[str]], object],
+    args: argparse.Namespace,
+    stream: IO[str] | None,
+    *,
+    usage_errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """Runs a batch subcommand (``start(args, stream)``) and gives its exit code, the same for every batch command:
+    0 when it finished; ray_pool.EXIT_CLUSTER_FULL when ``--no-wait`` found no room on the cluster; 2 when it
+    could not start or go on (a BatchError, a bad checkpoint or value, or one of the command's ``usage_errors``).
+    The reason goes to ``stream`` (default: stderr) as ``error: ...``."""
     stream = sys.stderr if stream is None else stream
     from ..sam.build import CheckpointError
     from .ray_pool import EXIT_CLUSTER_FULL, ClusterFull
 
-    amg_kwargs = {name: getattr(args, name) for name, _, _ in AMG_SETTINGS if getattr(args, name) is not None}
-    output_mode = "coco_rle" if args.convert_to_rle else "binary_mask"
     try:
-        checkpoint = Path(args.checkpoint)
-        if not checkpoint.is_file():
-            raise BatchError(f"checkpoint {args.checkpoint} is not a file")
-        from ..sam import sam_model_registry
-
-        sam_model_registry[args.model_type]  # An unknown type fails here, before any image is read.
-        stat = checkpoint.stat()
-        run(
-            args.input,
-            args.output,
-            functools.partial(_load_checkpoint, args.model_type, str(checkpoint.resolve())),
-            model_id={"model_type": args.model_type, "checkpoint": checkpoint.name, "bytes": stat.st_size},
-            amg_kwargs=amg_kwargs,
-            output_mode=output_mode,
-            device=args.device,
-            threads=args.threads,
-            ray_address=args.ray_address,
-            ray_workers=args.ray_workers,
-            wait=not args.no_wait,
-            stream=stream,
-        )
+        start(args, stream)
     except ClusterFull as error:
         print(f"error: {error}; not waiting (--no-wait)", file=stream)
         return EXIT_CLUSTER_FULL
-    except (BatchError, CheckpointError, ValueError) as error:
+    except (BatchError, CheckpointError, ValueError, *usage_errors) as error:
         print(f"error: {error}", file=stream)
         return 2
     return 0
@@ -174,31 +192,74 @@ def run(
     ray_address / ray_workers / wait: see ``label_on_ray``; with ``wait`` False a cluster without room for
     one model actor raises ray_pool.ClusterFull instead of waiting.
     """
-    import torch
-
-    if threads is not None and int(threads) < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+    check_threads(threads)
     if output_mode not in ("binary_mask", "coco_rle"):
         raise ValueError(f"output_mode must be binary_mask or coco_rle, got {output_mode!r}")
     _make_generator(None, amg_kwargs, output_mode)  # Bad settings fail before any model is loaded.
     targets = find_targets(input_path)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    return run_batch(
+        targets,
+        Labeller,
+        dict(build_model=build_model, amg_kwargs=amg_kwargs, output_mode=output_mode, device=device),
+        output=output,
+        parts=output,
+        output_mode=output_mode,
+        settings={"model": model_id, "amg": amg_kwargs, "output_mode": output_mode},
+        threads=threads,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
+        wait=wait,
+        stream=stream,
+    )
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuses a thread count below one before anything is read or written."""
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+
+
+def run_batch(
+    targets: list[Target],
+    labeller_class: type[BatchLabeller],
+    labeller_kwargs: dict[str, Any],
+    *,
+    output: Path,
+    parts: Path,
+    output_mode: str,
+    settings: dict[str, Any],
+    threads: int | None,
+    ray_address: str | None,
+    ray_workers: int | None,
+    wait: bool,
+    stream: IO[str] | None,
+    before_summary: Callable[[], object] | None = None,
+) -> dict[str, int]:
+    """The run every batch command shares (``amg``'s ``run``, text ``label``'s), so that resuming, the lock,
+    the progress and the counts behave alike: under ``output``'s lock, refuses other ``settings``, clears what a
+    killed run left in ``parts`` (the folder of the per-image outputs), labels the targets without an output
+    there with ``labeller_class(**labeller_kwargs, threads=threads)``, here or on Ray (``label_on_ray``), and
+    writes each image's files as its result arrives. ``before_summary`` (a command's own last file) runs after
+    the last image, before the counts are said. Returns counts: labelled, skipped (already done), failed
+    (unreadable images, reported on ``stream`` and retried by the next run)."""
     with _exclusive(output):
-        _check_settings(output, {"model": model_id, "amg": amg_kwargs, "output_mode": output_mode})
-        _remove_partials(output)
-        todo = [t for t in targets if not output_path(output, t, output_mode).exists()]
+        _check_settings(output, settings)
+        _remove_partials(parts)
+        todo = [t for t in targets if not output_path(parts, t, output_mode).exists()]
         progress = Progress(len(targets), len(targets) - len(todo), stream)
         counts = {"labelled": 0, "skipped": len(targets) - len(todo), "failed": 0}
         if ray_address is None:
+            import torch
+
             threads = int(threads) if threads is not None else torch.get_num_threads()
-            results = _label_locally(todo, build_model, amg_kwargs, output_mode, device, threads)
+            results = _label_locally(todo, labeller_class, labeller_kwargs, threads)
         else:
-            actor_kwargs = dict(build_model=build_model, amg_kwargs=amg_kwargs, output_mode=output_mode, device=device)
             results = label_on_ray(
                 todo,
-                Labeller,
-                actor_kwargs,
+                labeller_class,
+                labeller_kwargs,
                 threads=threads,
                 address=ray_address,
                 workers=ray_workers,
@@ -210,9 +271,11 @@ def run(
                 counts["failed"] += 1
                 progress.note(f"skipped {target.path}: {result['error']}")
             else:
-                write_outputs(output, target, output_mode, result["files"])
+                write_outputs(parts, target, output_mode, result["files"])
                 counts["labelled"] += 1
             progress.advance(target.name, result.get("masks"))
+        if before_summary is not None:
+            before_summary()
         progress.close(counts)
     return counts
 
@@ -352,8 +415,26 @@ def _device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Labeller:
-    """One model and generator; labels images one at a time (a Ray Data actor holds one)."""
+class BatchLabeller:
+    """A batch command's model(s), labelling one image at a time: ``label`` here, ``__call__`` as a Ray Data actor.
+
+    A subclass takes its settings and ``threads`` as keyword arguments and gives ``label(target)``:
+    ``{"files": {relative name: bytes}, "masks": n}`` (what ``write_outputs`` writes) or ``{"error": text}``."""
+
+    def label(self, target: Target) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A Ray Data batch of targets -> the same rows with a pickled result each."""
+        results = []
+        for path, name, image_id in zip(batch["path"], batch["name"], batch["image_id"], strict=True):
+            target = Target(path=str(path), name=str(name), image_id=int(image_id))
+            results.append(pickle.dumps(self.label(target)))
+        return {"image_id": np.asarray(batch["image_id"]), "result": np.array(results, dtype=object)}
+
+
+class Labeller(BatchLabeller):
+    """One model and generator: ``amg``'s labeller."""
 
     def __init__(
         self,
@@ -370,21 +451,14 @@ class Labeller:
         self.generator = _make_generator(model, amg_kwargs, output_mode)
         self.output_mode = output_mode
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A Ray Data batch of targets -> the same rows with a pickled result each."""
-        results = []
-        for path, name, image_id in zip(batch["path"], batch["name"], batch["image_id"], strict=True):
-            target = Target(path=str(path), name=str(name), image_id=int(image_id))
-            results.append(pickle.dumps(label_image(self.generator, target, self.output_mode)))
-        return {"image_id": np.asarray(batch["image_id"]), "result": np.array(results, dtype=object)}
+    def label(self, target: Target) -> dict[str, Any]:
+        return label_image(self.generator, target, self.output_mode)
 
 
 def _label_locally(
     todo: list[Target],
-    build_model: Callable[[], Any],
-    amg_kwargs: dict[str, Any],
-    output_mode: str,
-    device: str | None,
+    labeller_class: type[BatchLabeller],
+    labeller_kwargs: dict[str, Any],
     threads: int,
 ) -> Iterator[tuple[Target, dict[str, Any]]]:
     if not todo:
@@ -393,9 +467,9 @@ def _label_locally(
 
     previous = torch.get_num_threads()
     try:
-        labeller = Labeller(build_model, amg_kwargs, output_mode, device, threads)
+        labeller = labeller_class(**labeller_kwargs, threads=threads)
         for target in todo:
-            yield target, label_image(labeller.generator, target, output_mode)
+            yield target, labeller.label(target)
     finally:
         torch.set_num_threads(previous)
 
@@ -413,7 +487,8 @@ def label_on_ray(
 ) -> Iterator[tuple[Target, dict[str, Any]]]:
     """Labels ``todo`` on an autoscaling pool of ``actor_class(**actor_kwargs, threads=threads)`` actors
     (ray_pool.map_on_ray), the one Ray path of every batch command (``amg``'s ``Labeller``, text ``label``'s
-    ``TextLabeller``; an actor maps a batch of Target rows to rows of ``image_id`` and a pickled result).
+    ``TextLabeller``: BatchLabeller actors, mapping a batch of Target rows to rows of ``image_id`` and a pickled
+    result).
 
     Each actor asks for ``threads`` CPUs (default: ray_pool.threads_per_actor, said on ``progress``) plus one GPU
     when the cluster has GPUs; the pool starts with what is free and grows up to ``workers``. When not one actor

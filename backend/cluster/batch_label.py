@@ -25,18 +25,14 @@ import dataclasses
 import functools
 import json
 import os
-import pickle
-import sys
 import types
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-
 from . import batch_amg
-from .batch_amg import BatchError, Progress, Target
+from .batch_amg import BatchError, Target
 
 INSTANCES_FILE = "instances.json"
 PER_IMAGE_DIR = "images"
@@ -78,50 +74,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, stream: IO[str] | None = None) -> int:
-    """Runs the `label` subcommand; returns the exit code."""
-    from ..sam.build import CheckpointError
-    from ..text.grounding import BadText, parse_parameters, parse_phrases
-    from .ray_pool import EXIT_CLUSTER_FULL, ClusterFull
+    """Runs the `label` subcommand; returns the exit code (as ``amg``'s: batch_amg.run_command)."""
+    from ..text.grounding import BadText
 
-    stream = sys.stderr if stream is None else stream
-    try:
-        phrases = parse_phrases(args.text)
-        raw = {"box_threshold": args.box_threshold, "text_threshold": args.text_threshold}
-        raw["max_instances"] = args.max_instances
-        params = parse_parameters({k: v for k, v in raw.items() if v is not None})
-        from ..sam import sam_model_registry
+    return batch_amg.run_command(_run_from_args, args, stream, usage_errors=(BadText,))
 
-        sam_model_registry[args.model_type]  # An unknown type fails here, before any image is read.
-        if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-            raise BatchError(f"checkpoint {args.checkpoint} is not a file")
-        text_model = args.text_model or os.environ.get("SAM_TEXT_MODEL") or _default_text_model()
-        checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
-        run(
-            args.input,
-            args.output,
-            phrases,
-            dataclasses.asdict(params),
-            build_sam=functools.partial(_build_sam, args.model_type, checkpoint),
-            build_grounder=functools.partial(_build_grounder, text_model),
-            model_id={
-                "model_type": args.model_type,
-                "checkpoint": Path(checkpoint).name if checkpoint else "random",
-                "text_model": text_model,
-            },
-            device=args.device,
-            threads=args.threads,
-            ray_address=args.ray_address,
-            ray_workers=args.ray_workers,
-            wait=not args.no_wait,
-            stream=stream,
-        )
-    except ClusterFull as error:
-        print(f"error: {error}; not waiting (--no-wait)", file=stream)
-        return EXIT_CLUSTER_FULL
-    except (BatchError, BadText, CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=stream)
-        return 2
-    return 0
+
+def _run_from_args(args: argparse.Namespace, stream: IO[str]) -> None:
+    from ..text.grounding import parse_parameters, parse_phrases
+
+    phrases = parse_phrases(args.text)
+    raw = {"box_threshold": args.box_threshold, "text_threshold": args.text_threshold}
+    raw["max_instances"] = args.max_instances
+    params = parse_parameters({k: v for k, v in raw.items() if v is not None})
+    from ..sam import sam_model_registry
+
+    sam_model_registry[args.model_type]  # An unknown type fails here, before any image is read.
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise BatchError(f"checkpoint {args.checkpoint} is not a file")
+    text_model = args.text_model or os.environ.get("SAM_TEXT_MODEL") or _default_text_model()
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+    run(
+        args.input,
+        args.output,
+        phrases,
+        dataclasses.asdict(params),
+        build_sam=functools.partial(_build_sam, args.model_type, checkpoint),
+        build_grounder=functools.partial(_build_grounder, text_model),
+        model_id={
+            "model_type": args.model_type,
+            "checkpoint": Path(checkpoint).name if checkpoint else "random",
+            "text_model": text_model,
+        },
+        device=args.device,
+        threads=args.threads,
+        ray_address=args.ray_address,
+        ray_workers=args.ray_workers,
+        wait=not args.no_wait,
+        stream=stream,
+    )
 
 
 def _default_text_model() -> str:
@@ -176,50 +167,30 @@ def run(
     threads, ray_address, ray_workers, wait: as for ``amg`` (batch_amg.run): the same threads give the same
     outputs locally and on Ray; on Ray the default is ray_pool.threads_per_actor, and with ``wait`` False a
     cluster without room for one actor raises ray_pool.ClusterFull instead of waiting."""
-    import torch
-
-    if threads is not None and int(threads) < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+    batch_amg.check_threads(threads)
     targets = batch_amg.find_targets(input_path)
     output = Path(output_dir)
     parts = output / PER_IMAGE_DIR
     parts.mkdir(parents=True, exist_ok=True)
-    with batch_amg._exclusive(output):
-        batch_amg._check_settings(output, {"model": model_id, "phrases": phrases, "parameters": params})
-        batch_amg._remove_partials(parts)
-        todo = [t for t in targets if not batch_amg.output_path(parts, t, "coco_rle").exists()]
-        progress = Progress(len(targets), len(targets) - len(todo), stream)
-        counts = {"labelled": 0, "skipped": len(targets) - len(todo), "failed": 0}
-        kwargs = dict(build_sam=build_sam, build_grounder=build_grounder, phrases=phrases, params=params, device=device)
-        if ray_address is None:
-            threads = int(threads) if threads is not None else torch.get_num_threads()
-            results = _label_locally(todo, {**kwargs, "threads": threads})
-        else:
-            results = batch_amg.label_on_ray(
-                todo,
-                TextLabeller,
-                kwargs,
-                threads=threads,
-                address=ray_address,
-                workers=ray_workers,
-                wait=wait,
-                progress=progress,
-            )
-        for target, result in results:
-            if "error" in result:
-                counts["failed"] += 1
-                progress.note(f"skipped {target.path}: {result['error']}")
-            else:
-                batch_amg.write_outputs(parts, target, "coco_rle", {"": result["json"]})
-                counts["labelled"] += 1
-            progress.advance(target.name, result.get("masks"))
-        write_instances(output, targets, phrases)
-        progress.close(counts)
-    return counts
+    return batch_amg.run_batch(
+        targets,
+        TextLabeller,
+        dict(build_sam=build_sam, build_grounder=build_grounder, phrases=phrases, params=params, device=device),
+        output=output,
+        parts=parts,
+        output_mode="coco_rle",
+        settings={"model": model_id, "phrases": phrases, "parameters": params},
+        threads=threads,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
+        wait=wait,
+        stream=stream,
+        before_summary=functools.partial(write_instances, output, targets, phrases),
+    )
 
 
-class TextLabeller:
-    """One SAM predictor and one text detector; labels images one at a time (a Ray Data actor holds one)."""
+class TextLabeller(batch_amg.BatchLabeller):
+    """One SAM predictor and one text detector: ``label``'s labeller."""
 
     def __init__(self, build_sam, build_grounder, phrases, params, device, threads) -> None:
         import torch
@@ -234,7 +205,7 @@ class TextLabeller:
         self.params = GroundingParameters(**params)
 
     def label(self, target: Target) -> dict[str, Any]:
-        """``{"json": bytes of {"image", "annotations"}, "masks": n}`` or ``{"error": text}``."""
+        """``{"files": {"": bytes of {"image", "annotations"}}, "masks": n}`` or ``{"error": text}``."""
         import torch
 
         from ..sam.amg import area_from_rle, batched_mask_to_box, box_xyxy_to_xywh, coco_encode_rle, mask_to_rle_pytorch
@@ -272,28 +243,8 @@ class TextLabeller:
                     }
                 )
         image = {"file_name": Path(target.path).name, "width": int(width), "height": int(height)}
-        return {"json": json.dumps({"image": image, "annotations": annotations}).encode(), "masks": len(annotations)}
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A Ray Data batch of targets -> the same rows with a pickled result each."""
-        results = []
-        for path, name, image_id in zip(batch["path"], batch["name"], batch["image_id"], strict=True):
-            results.append(pickle.dumps(self.label(Target(path=str(path), name=str(name), image_id=int(image_id)))))
-        return {"image_id": np.asarray(batch["image_id"]), "result": np.array(results, dtype=object)}
-
-
-def _label_locally(todo: list[Target], kwargs: dict[str, Any]) -> Iterator[tuple[Target, dict[str, Any]]]:
-    if not todo:
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    try:
-        labeller = TextLabeller(**kwargs)
-        for target in todo:
-            yield target, labeller.label(target)
-    finally:
-        torch.set_num_threads(previous)
+        document = json.dumps({"image": image, "annotations": annotations}).encode()
+        return {"files": {"": document}, "masks": len(annotations)}
 
 
 def write_instances(output: Path, targets: list[Target], phrases: list[str]) -> Path:
