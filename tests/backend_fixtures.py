@@ -52,17 +52,22 @@ def vit_t_model():
     return model
 
 
+def _saved_checkpoint(model, name: str) -> Path:
+    """``model``'s state dict saved as ``checkpoints/<name>`` in the session's data dir."""
+    import torch
+
+    path = session_data_dir() / "checkpoints" / name
+    path.parent.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
 @functools.cache
 def vit_t_checkpoint() -> Path:
     """``vit_t_model()``'s weights as a checkpoint file (for the CLI, gunicorn and the browser tests' server)."""
-    import torch
-
     from backend.services.weights import random_model
 
-    path = session_data_dir() / "checkpoints" / "vit_t_seed0.pth"
-    path.parent.mkdir(exist_ok=True)
-    torch.save(random_model().state_dict(), path)
-    return path
+    return _saved_checkpoint(random_model(), "vit_t_seed0.pth")
 
 
 @functools.cache
@@ -80,12 +85,7 @@ def reduced_sam():
 @functools.cache
 def reduced_checkpoint() -> Path:
     """``reduced_sam()``'s weights as a checkpoint file."""
-    import torch
-
-    path = session_data_dir() / "checkpoints" / "reduced_vit_seed0.pth"
-    path.parent.mkdir(exist_ok=True)
-    torch.save(reduced_sam().state_dict(), path)
-    return path
+    return _saved_checkpoint(reduced_sam(), "reduced_vit_seed0.pth")
 
 
 @functools.cache
