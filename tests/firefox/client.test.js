@@ -13,32 +13,29 @@ import {
   clickPixel,
   cropBits,
   download,
-  launchFirefox,
+  gallerySample,
   leaveImage,
+  OPTIONS,
   openApp,
-  openPage,
   pngBits,
   promptPoints,
   runPython,
   shownMask,
+  START_UP,
   startHost,
   startOracle,
-  startServer,
-  tempDir,
+  startServerAndFirefox,
   text,
   upload,
   waitForOverlay,
   waitIdle,
+  withFirefoxPage,
 } from "./helpers.js";
 
 // A gallery sample (scikit-image's coffee.png, 600x400): under 1024 px and lossless, so the server encodes
 // exactly the pixels the oracle decodes.
 const SAMPLE = "coffee.png";
 const MIN_AGREEMENT = 0.99;
-// Bounds that catch a hang, not a slow machine: on an idle 2-core machine a test takes 5-15 s, on one loaded
-// 14 times over (load average 28) up to 75 s, and the start-up up to 100 s.
-const OPTIONS = { timeout: 180_000 };
-const START_UP = { timeout: 360_000 };
 
 let server;
 let host; // another origin, for the page that embeds the element
@@ -64,14 +61,8 @@ before(async () => {
   oracle.catch(() => {}); // its error is reported by the tests that ask it
   host = await startHost(hostRoutes);
   // The app lets the host load its element (CORS + CORP on the embeddable files; its own page is unchanged).
-  const started = await Promise.allSettled([startServer({ SAM_CORS_ORIGINS: host.origin }), launchFirefox()]);
-  [server, browser] = started.map((s) => (s.status === "fulfilled" ? s.value : undefined));
-  const failed = started.find((s) => s.status === "rejected");
-  if (failed) throw failed.reason;
-  imagePath = path.join(tempDir("sam-firefox-image-"), SAMPLE);
-  const answer = await fetch(new URL(`gallery/${SAMPLE}`, server.url));
-  assert.equal(answer.status, 200, `the server's gallery has no ${SAMPLE}`);
-  fs.writeFileSync(imagePath, Buffer.from(await answer.arrayBuffer()));
+  ({ server, browser } = await startServerAndFirefox({ SAM_CORS_ORIGINS: host.origin }));
+  imagePath = await gallerySample(server, SAMPLE, "sam-firefox-image-");
   await runPython("make_images.py", [imagePath, path.dirname(imagePath)]);
   hostRoutes["/coffee.png"] = { body: fs.readFileSync(imagePath), type: "image/png", headers: SHAREABLE };
   const page = embeddingPage(server.url);
@@ -85,16 +76,8 @@ after(async () => {
   await host?.stop();
 });
 
-/** Runs `body(session)` on a fresh page; the test fails on any console error the page logged. */
-async function withPage(body) {
-  const session = await openPage(browser);
-  try {
-    await body(session);
-  } finally {
-    await session.close();
-  }
-  assert.deepEqual(session.errors, [], "console errors in Firefox");
-}
+/** Runs `body(session)` on a fresh page of the suite's Firefox; the test fails on any console error it logged. */
+const withPage = (body) => withFirefoxPage(browser, body);
 
 async function readyPage(session) {
   await openApp(session.page, server);

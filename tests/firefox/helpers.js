@@ -1,4 +1,5 @@
 // Helpers of the Firefox suite: the real server, Firefox over BiDi, the torch oracle, reading what the page shows.
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
@@ -14,6 +15,11 @@ export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 export const FIREFOX = process.env.FIREFOX || "/usr/bin/firefox-esr";
 const SERVER_START_TIMEOUT_MS = 300_000;
 export const WAIT_MS = 90_000;
+// node:test options of a test and of a suite's start-up. Bounds that catch a hang, not a slow machine: on an
+// idle 2-core machine a test takes 5-15 s, on one loaded 14 times over (load average 28) up to 75 s, and the
+// start-up up to 100 s.
+export const OPTIONS = { timeout: 180_000 };
+export const START_UP = { timeout: 360_000 };
 
 /** The project's Python: SAM_PYTHON (the Makefile passes its venv's), else the repo's .venv, else python3. */
 export function python() {
@@ -142,6 +148,30 @@ export async function startServer(extraEnv = {}) {
   return { url, dataDir, stop, logTail };
 }
 
+/**
+ * startServer(`serverEnv`) and launchFirefox() side by side; resolves with {server, browser}. If either fails,
+ * the other is stopped and the failure thrown.
+ */
+export async function startServerAndFirefox(serverEnv = {}) {
+  const [server, browser] = await Promise.allSettled([startServer(serverEnv), launchFirefox()]);
+  const failed = [server, browser].find((s) => s.status === "rejected");
+  if (failed) {
+    if (server.status === "fulfilled") await server.value.stop();
+    if (browser.status === "fulfilled") await browser.value.close();
+    throw failed.reason;
+  }
+  return { server: server.value, browser: browser.value };
+}
+
+/** Saves the server's gallery image `name` in a fresh temporary folder (`prefix`); resolves with its path. */
+export async function gallerySample(server, name, prefix) {
+  const file = path.join(tempDir(prefix), name);
+  const answer = await fetch(new URL(`gallery/${name}`, server.url));
+  assert.equal(answer.status, 200, `the server's gallery has no ${name}`);
+  fs.writeFileSync(file, Buffer.from(await answer.arrayBuffer()));
+  return file;
+}
+
 /** Runs a Python script of this folder with the project's Python; rejects with its stderr if it fails. */
 export async function runPython(script, args = []) {
   const child = spawn(python(), [path.join(REPO_ROOT, "tests", "firefox", script), ...args], {
@@ -224,6 +254,17 @@ export async function openPage(browser) {
   page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
   page.on("pageerror", (error) => errors.push(`uncaught: ${error.message ?? error}`));
   return { page, downloads, errors, close: () => context.close() };
+}
+
+/** Runs `body(session)` on a fresh page of `browser` (openPage); the test fails on any console error it logged. */
+export async function withFirefoxPage(browser, body) {
+  const session = await openPage(browser);
+  try {
+    await body(session);
+  } finally {
+    await session.close();
+  }
+  assert.deepEqual(session.errors, [], "console errors in Firefox");
 }
 
 // ---------------------------------------------------------------------------------------------- the page

@@ -2,22 +2,21 @@
 // fallback, SAM_MODEL_TYPE=sam2.1_hiera_t), the version-2 embedding bundle and SAM 2's default decoder; a kept
 // click's mask is compared with SAM2ImagePredictor's (predictor_oracle.py on the same random model).
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import path from "node:path";
 import { after, before, test } from "node:test";
 
 import {
   clickPixel,
-  launchFirefox,
+  gallerySample,
   leaveImage,
+  OPTIONS,
   openApp,
-  openPage,
   shownMask,
+  START_UP,
   startOracle,
-  startServer,
-  tempDir,
+  startServerAndFirefox,
   upload,
   waitIdle,
+  withFirefoxPage,
 } from "./helpers.js";
 
 // Lossless and under 1024 px, so the server encodes exactly the pixels the oracle decodes.
@@ -25,8 +24,6 @@ const SAMPLE = "coffee.png";
 // The default decoder (weight-only int8) on the default bundle (int8-fit) against the fp32 predictor on
 // float32 features: >= 99 % of pixels (tests/browser/test_sam2_decoder.py).
 const MIN_AGREEMENT = 0.99;
-const OPTIONS = { timeout: 180_000 };
-const START_UP = { timeout: 360_000 };
 
 let server;
 let oracle;
@@ -36,17 +33,8 @@ let imagePath;
 before(async () => {
   oracle = startOracle(["sam2.1_hiera_t"]);
   oracle.catch(() => {});
-  const started = await Promise.allSettled([
-    startServer({ SAM_MODEL_TYPE: "sam2.1_hiera_t", SAM_PRECISION: "fp32" }),
-    launchFirefox(),
-  ]);
-  [server, browser] = started.map((s) => (s.status === "fulfilled" ? s.value : undefined));
-  const failed = started.find((s) => s.status === "rejected");
-  if (failed) throw failed.reason;
-  imagePath = path.join(tempDir("sam2-firefox-image-"), SAMPLE);
-  const answer = await fetch(new URL(`gallery/${SAMPLE}`, server.url));
-  assert.equal(answer.status, 200, `the server's gallery has no ${SAMPLE}`);
-  fs.writeFileSync(imagePath, Buffer.from(await answer.arrayBuffer()));
+  ({ server, browser } = await startServerAndFirefox({ SAM_MODEL_TYPE: "sam2.1_hiera_t", SAM_PRECISION: "fp32" }));
+  imagePath = await gallerySample(server, SAMPLE, "sam2-firefox-image-");
 }, START_UP);
 
 after(async () => {
@@ -59,9 +47,7 @@ test("on SAM 2.1 a kept click shows SAM2ImagePredictor's mask", OPTIONS, async (
   const model = await (await fetch(new URL("api/model", server.url))).json();
   assert.equal(model.model_family, "sam2.1");
   assert.equal(model.default_embedding_format, "int8-fit");
-  const session = await openPage(browser);
-  try {
-    const { page } = session;
+  await withFirefoxPage(browser, async ({ page }) => {
     await openApp(page, server);
     await upload(page, imagePath);
     await leaveImage(page);
@@ -73,8 +59,5 @@ test("on SAM 2.1 a kept click shows SAM2ImagePredictor's mask", OPTIONS, async (
     const overlay = await (await oracle).ask({ ...request, shown: { bits: shown.bits, size: shown.size } });
     assert.ok(overlay.expected_pixels > 0 && overlay.shown_pixels > 0, JSON.stringify(overlay));
     assert.ok(overlay.agreement >= MIN_AGREEMENT, `overlay vs predictor: ${JSON.stringify(overlay)}`);
-  } finally {
-    await session.close();
-  }
-  assert.deepEqual(session.errors, [], "console errors in Firefox");
+  });
 });
