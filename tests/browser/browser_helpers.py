@@ -155,21 +155,28 @@ def wait_idle(page) -> None:
     page.wait_for_function("!document.body.dataset.pending || document.body.dataset.pending === '0'")
 
 
-def shown_mask(page) -> np.ndarray:
-    """The mask overlay as the user sees it: bool [H, W], True where the overlay is painted."""
-    encoded = page.evaluate(
-        """() => {
-        const canvas = document.getElementById('mask-canvas');
-        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-        const bits = new Uint8Array(canvas.width * canvas.height);
-        for (let i = 0; i < bits.length; i++) bits[i] = data[i * 4 + 3] > 0 ? 1 : 0;
-        let text = '';
-        for (let i = 0; i < bits.length; i += 8192) text += String.fromCharCode(...bits.subarray(i, i + 8192));
-        return {w: canvas.width, h: canvas.height, b64: btoa(text)};
-    }"""
-    )
+# The body of a script (Playwright: wrapped in a function; WebDriver: as is) that returns the mask overlay's
+# painted pixels as {w, h, b64: base64 of h*w bytes, 1 where painted}; `overlay_mask` decodes it.
+SHOWN_MASK_JS = """
+const canvas = document.getElementById('mask-canvas');
+const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+const bits = new Uint8Array(canvas.width * canvas.height);
+for (let i = 0; i < bits.length; i++) bits[i] = data[i * 4 + 3] > 0 ? 1 : 0;
+let text = '';
+for (let i = 0; i < bits.length; i += 8192) text += String.fromCharCode(...bits.subarray(i, i + 8192));
+return {w: canvas.width, h: canvas.height, b64: btoa(text)};
+"""
+
+
+def overlay_mask(encoded: dict) -> np.ndarray:
+    """What SHOWN_MASK_JS returned, as bool [H, W]."""
     bits = np.frombuffer(base64.b64decode(encoded["b64"]), dtype=np.uint8)
     return bits.reshape(encoded["h"], encoded["w"]).astype(bool)
+
+
+def shown_mask(page) -> np.ndarray:
+    """The mask overlay as the user sees it: bool [H, W], True where the overlay is painted."""
+    return overlay_mask(page.evaluate(f"() => {{{SHOWN_MASK_JS}}}"))
 
 
 def canvas_point(page, x: float, y: float) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from browser_helpers import SHOWN_MASK_JS, overlay_mask
 
 WEBKIT_DRIVER = shutil.which("WebKitWebDriver") or "/usr/bin/WebKitWebDriver"
 XVFB = shutil.which("Xvfb") or "/usr/bin/Xvfb"
@@ -152,22 +153,9 @@ def wait_idle(driver) -> None:
     wait_js(driver, "!document.body.dataset.pending || document.body.dataset.pending === '0'", "the pending decodes")
 
 
-SHOWN_MASK_JS = """
-const canvas = document.getElementById('mask-canvas');
-const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-const bits = new Uint8Array(canvas.width * canvas.height);
-for (let i = 0; i < bits.length; i++) bits[i] = data[i * 4 + 3] > 0 ? 1 : 0;
-let text = '';
-for (let i = 0; i < bits.length; i += 8192) text += String.fromCharCode(...bits.subarray(i, i + 8192));
-return {w: canvas.width, h: canvas.height, b64: btoa(text)};
-"""
-
-
 def shown_mask(driver) -> np.ndarray:
     """The mask overlay as the user sees it: bool [H, W], True where the overlay is painted."""
-    encoded = driver.execute_script(SHOWN_MASK_JS)
-    bits = np.frombuffer(base64.b64decode(encoded["b64"]), dtype=np.uint8)
-    return bits.reshape(encoded["h"], encoded["w"]).astype(bool)
+    return overlay_mask(driver.execute_script(SHOWN_MASK_JS))
 
 
 OVERLAY_PAINTED_JS = """(() => { const c = document.getElementById('mask-canvas');
