@@ -204,6 +204,20 @@ def leave_image(page) -> None:
     page.mouse.move(2, 2)
 
 
+def click_pixel(page, x: int, y: int, button: str = "left") -> None:
+    """Clicks image pixel (x, y) and waits until its prompt is decoded and painted."""
+    page.mouse.click(*canvas_point(page, x, y), button=button)
+    wait_idle(page)
+
+
+def click_and_leave(page, x: int, y: int, button: str = "left") -> None:
+    """Clicks image pixel (x, y), then moves the pointer off the image and waits: the overlay shows the kept
+    prompts' mask, no hover preview."""
+    click_pixel(page, x, y, button)
+    leave_image(page)
+    wait_idle(page)
+
+
 _RESOURCE_ENTRIES_JS = """() => performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))
     .map((e) => ({name: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize}))"""
 

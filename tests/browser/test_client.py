@@ -19,6 +19,8 @@ import requests
 from backend_fixtures import SMALL_PHOTO, WIDE_PHOTO, photo_jpeg, vit_t_model
 from browser_helpers import (
     canvas_point,
+    click_and_leave,
+    click_pixel,
     leave_image,
     open_app,
     prompt_points,
@@ -72,11 +74,6 @@ def server_predictor(predictor, live_server, image_path):
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return float((a == b).mean())
-
-
-def click_pixel(page, x: int, y: int, button: str = "left") -> None:
-    page.mouse.click(*canvas_point(page, x, y), button=button)
-    wait_idle(page)
 
 
 @pytest.fixture
@@ -170,9 +167,7 @@ def test_click_matches_the_torch_predictor_and_offers_three_candidates(ready_pag
     # Rest on the pixel until its preview is painted: the click then keeps that decode (the instant path).
     page.mouse.move(*canvas_point(page, 420, 250))
     page.wait_for_function("performance.getEntriesByName('sam:hover-to-paint').length > 0")
-    click_pixel(page, 420, 250)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 420, 250)
     # The click showed the preview's decode (its logits only under the image: decoded in full only if a next
     # prompt feeds them back, see the refinement test below).
     assert page.evaluate("performance.getEntriesByName('sam:decode').length") == 1
@@ -263,13 +258,9 @@ def test_dragging_draws_a_box_that_matches_the_predictor(ready_page, predictor, 
 
 def test_undo_redo_and_reset(ready_page):
     page = ready_page
-    click_pixel(page, 420, 250)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 420, 250)
     first = shown_mask(page)
-    click_pixel(page, 300, 300)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 300, 300)
     second = shown_mask(page)
     assert agreement(first, second) < 1.0
 
@@ -321,9 +312,7 @@ def test_every_export_holds_the_mask_shown(ready_page, photo_path):
     from backend.sam.amg import decode_coco_counts
 
     page = ready_page
-    click_pixel(page, 420, 250)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 420, 250)
     mask = shown_mask(page)
     assert mask.any()
     original = np.array(Image.open(photo_path).convert("RGB"))
@@ -375,9 +364,7 @@ def test_every_export_holds_the_mask_shown(ready_page, photo_path):
 
 def test_copy_puts_the_cutout_on_the_clipboard(ready_page):
     page = ready_page
-    click_pixel(page, 420, 250)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 420, 250)
     mask = shown_mask(page)
     page.click("#export-copy")
     page.wait_for_function("document.getElementById('status-text').textContent.startsWith('Copied')")
@@ -433,9 +420,7 @@ def test_official_decoder_interface_gives_the_same_mask(page, live_server, photo
     open_app(page, live_server, "backend=wasm&decoder=official")
     assert "official interface" in page.locator("#fact-decoder").text_content()
     upload(page, photo_path)
-    click_pixel(page, 420, 250)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 420, 250)
     sam = server_predictor(predictor, live_server, photo_path)
     masks, scores, _ = sam.predict(np.array([[420, 250]]), np.array([1]), multimask_output=True)
     assert agreement(shown_mask(page), masks[int(np.argmax(scores))]) >= MIN_AGREEMENT
@@ -453,9 +438,7 @@ def test_large_image_is_downscaled_before_upload_and_exports_at_full_size(
     assert (info["width"], info["height"]) == (1024, 683)  # what the browser sent
     assert "sent at 1024×683" in page.locator("#fact-image").text_content()
     assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [1024, 683]
-    click_pixel(page, 500, 300)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 500, 300)
     data, _ = _download(page, "#export-mask")
     full = np.array(Image.open(io.BytesIO(data)).convert("L")) > 127
     assert full.shape == (1200, 1800)

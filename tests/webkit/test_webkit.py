@@ -13,6 +13,7 @@ import pytest
 from conftest import ISOLATION
 from webkit_helpers import (
     canvas_point,
+    click_and_leave,
     click_pixel,
     download,
     drag,
@@ -114,9 +115,7 @@ def test_a_kept_click_exported_as_coco_matches_the_torch_predictor(ready, oracle
     driver = ready
     move_to(driver, *canvas_point(driver, 300, 200))
     wait_js(driver, "performance.getEntriesByName('sam:hover-to-paint').length > 0", "a hover preview")
-    click_pixel(driver, 300, 200)
-    leave_image(driver)
-    wait_idle(driver)
+    click_and_leave(driver, 300, 200)
     assert prompt_points(driver) == [[300, 200, 1]]
     shown = shown_mask(driver)
     masks, scores = predicted(oracle, photo_path, **point_prompt(300, 200))
@@ -146,9 +145,7 @@ def test_a_kept_click_exported_as_coco_matches_the_torch_predictor(ready, oracle
 
 def test_a_click_offers_the_three_candidates_and_picking_one_shows_it(ready, oracle, photo_path):
     driver = ready
-    click_pixel(driver, 300, 200)
-    leave_image(driver)
-    wait_idle(driver)
+    click_and_leave(driver, 300, 200)
     masks, scores = predicted(oracle, photo_path, **point_prompt(300, 200))
     labels = driver.execute_script(
         "return [...document.querySelectorAll('#candidate-list button')].map((b) => b.innerText)"
@@ -192,14 +189,10 @@ def test_a_dragged_box_matches_the_torch_predictors_box_prompt(ready, oracle, ph
 
 def test_undo_takes_back_the_last_point_and_its_mask_then_the_first(ready):
     driver = ready
-    click_pixel(driver, 300, 200)
-    leave_image(driver)
-    wait_idle(driver)
+    click_and_leave(driver, 300, 200)
     first = shown_mask(driver)
     assert first.any()
-    click_pixel(driver, 150, 300)
-    leave_image(driver)
-    wait_idle(driver)
+    click_and_leave(driver, 150, 300)
     assert len(prompt_points(driver)) == 2
     assert not np.array_equal(shown_mask(driver), first)
 

@@ -262,6 +262,14 @@ def leave_image(driver) -> None:
     move_to(driver, 2, 2)
 
 
+def click_and_leave(driver, x: int, y: int, button: str = "left") -> None:
+    """Clicks image pixel (x, y), then moves the pointer off the image and waits: the overlay shows the kept
+    prompts' mask, no hover preview."""
+    click_pixel(driver, x, y, button)
+    leave_image(driver)
+    wait_idle(driver)
+
+
 def press(driver, key: str, ctrl: bool = False) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
