@@ -20,8 +20,8 @@ from browser_helpers import (
     REPO_ROOT,
     LiveServer,
     canvas_point,
+    click_and_leave,
     drop_first_request,
-    leave_image,
     log_texts,
     open_app,
     prompt_points,
@@ -196,10 +196,7 @@ def test_everything_with_crop_layers_runs_from_the_page(desktop_page):
 
 def test_export_after_keep_downloads_the_kept_object(desktop_page):
     page = desktop_page
-    page.mouse.click(*canvas_point(page, 420, 250))
-    wait_idle(page)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 420, 250)
     mask = shown_mask(page)
     page.keyboard.press("Enter")  # keep it; nothing is selected afterwards
     wait_idle(page)
@@ -375,10 +372,7 @@ def test_classroom_shows_the_mask_used_after_a_refinement(page, live_server, pho
     page.mouse.click(*canvas_point(page, 420, 250))
     wait_idle(page)
     assert page.locator("#cls-candidates figure").count() == 3
-    page.mouse.click(*canvas_point(page, 200, 120), button="right")
-    wait_idle(page)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, 200, 120, button="right")
     captions = page.locator("#cls-candidates figcaption").all_inner_texts()
     assert len(captions) == 1 and captions[0].startswith("The mask used"), captions
     assert "refinement" in page.inner_text("#cls-candidates-caption")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 from backend_fixtures import SMALL_PHOTO, photo_jpeg, small_sam2
-from browser_helpers import ConsoleWatch, canvas_point, leave_image, shown_mask, upload, wait_idle
+from browser_helpers import ConsoleWatch, click_and_leave, leave_image, shown_mask, upload
 from werkzeug.serving import make_server
 
 from backend.sam2 import SAM2ImagePredictor
@@ -76,10 +76,7 @@ def test_a_click_on_the_sam2_page_gives_the_predictors_mask(sam2_page, sam2_serv
         upload(page, image_path)
     assert f"format={SAM2_DEFAULT_FORMAT}" in embedding.value.url
     leave_image(page)
-    page.mouse.click(*canvas_point(page, *CLICK))
-    wait_idle(page)
-    leave_image(page)
-    wait_idle(page)
+    click_and_leave(page, *CLICK)
 
     # The predictor on the server's own features of this upload (float32 bundle).
     info = requests.post(sam2_server["url"] + "api/images", files={"image": image_path.open("rb")}, timeout=120).json()
