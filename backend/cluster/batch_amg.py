@@ -128,6 +128,13 @@ def _run_from_args(args: argparse.Namespace, stream: IO[str]) -> None:
         model_id={"model_type": args.model_type, "checkpoint": checkpoint.name, "bytes": stat.st_size},
         amg_kwargs=amg_kwargs,
         output_mode=output_mode,
+        **run_options(args, stream),
+    )
+
+
+def run_options(args: argparse.Namespace, stream: IO[str]) -> dict[str, Any]:
+    """The keyword arguments every batch command's ``run`` takes from the shared flags (device, threads, Ray)."""
+    return dict(
         device=args.device,
         threads=args.threads,
         ray_address=args.ray_address,

@@ -106,12 +106,7 @@ def _run_from_args(args: argparse.Namespace, stream: IO[str]) -> None:
             "checkpoint": Path(checkpoint).name if checkpoint else "random",
             "text_model": text_model,
         },
-        device=args.device,
-        threads=args.threads,
-        ray_address=args.ray_address,
-        ray_workers=args.ray_workers,
-        wait=not args.no_wait,
-        stream=stream,
+        **batch_amg.run_options(args, stream),
     )
 
 
