@@ -466,17 +466,12 @@ def broadcast_image_to_token_attention(
 ) -> torch.Tensor:
     """image_to_token_attention with image_queries and residual [1 or B, h * w, C], broadcast over the B
     prompts of tokens, token_values [B, T, C] -> [B, h * w, C]; plain MatMul and Add, which ONNX broadcasts."""
+    folded_k, key_bias, v = _folded_token_keys(attention, tokens, token_values)
     heads = attention.num_heads
-    q_weight, q_bias = _head_weights(attention.q_proj, heads)
     batch, num_tokens, channels = tokens.shape
-    head_dim = q_weight.shape[1]
-    scale = 1.0 / math.sqrt(head_dim)
-    k = attention.k_proj(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, heads, T, d]
-    v = attention.v_proj(token_values).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
-    folded_k = ((k @ q_weight) * scale).reshape(batch, heads * num_tokens, channels)
-    key_bias = ((k @ q_bias.unsqueeze(-1)) * scale).reshape(batch, heads * num_tokens, 1)
     logits = folded_k @ image_queries.transpose(1, 2) + key_bias  # [B, heads * T, h * w]
     attn = _softmax_over_tokens(logits.view(batch, heads, num_tokens, -1)).view(batch, heads * num_tokens, -1)
+    head_dim = attention.out_proj.in_features // heads
     o_weight = attention.out_proj.weight.view(channels, heads, head_dim).permute(1, 2, 0)  # [heads, d, C]
     folded_v = (v @ o_weight).reshape(batch, heads * num_tokens, channels) + attention.out_proj.bias / heads
     return attn.transpose(1, 2) @ folded_v + residual
@@ -600,16 +595,9 @@ def image_to_token_attention(
     -> [B, h * w, C]. The query projection is folded into the token keys and the output projection into the
     token values, so no image-sized tensor is projected or split into heads.
     """
+    folded_k, key_bias, v = _folded_token_keys(attention, tokens, token_values)
     heads = attention.num_heads
-    q_weight, q_bias = _head_weights(attention.q_proj, heads)
     batch, num_tokens, channels = tokens.shape
-    head_dim = q_weight.shape[1]
-    scale = 1.0 / math.sqrt(head_dim)
-    k = attention.k_proj(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, heads, T, d]
-    v = attention.v_proj(token_values).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
-    folded_k = (k @ q_weight) * scale  # [B, heads, T, C]
-    folded_k = folded_k.reshape(batch, heads * num_tokens, channels)
-    key_bias = ((k @ q_bias.unsqueeze(-1)) * scale).reshape(batch, heads * num_tokens, 1)
     # Logits are laid out [B, heads * T, h * w]: a softmax over T then runs across long contiguous rows,
     # several times faster than over rows of T elements.
     if image_queries.dim() == 2:
@@ -619,6 +607,24 @@ def image_to_token_attention(
         logits = torch.baddbmm(key_bias, folded_k, image_queries.transpose(1, 2))
     attn = _softmax_over_tokens(logits.view(batch, heads, num_tokens, -1)).view(batch, heads * num_tokens, -1)
     return _attend_token_values(attention, attn, v, residual)
+
+
+def _folded_token_keys(
+    attention: nn.Module, tokens: torch.Tensor, token_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The token side of an image-to-token attention with its query projection folded in: tokens, token_values
+    [B, T, C] -> folded keys [B, heads * T, C] (scaled, so that image rows [h * w, C] times their transpose are
+    the logits), their bias [B, heads * T, 1] and the token values v [B, heads, T, d]."""
+    heads = attention.num_heads
+    q_weight, q_bias = _head_weights(attention.q_proj, heads)
+    batch, num_tokens, channels = tokens.shape
+    head_dim = q_weight.shape[1]
+    scale = 1.0 / math.sqrt(head_dim)
+    k = attention.k_proj(tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # [B, heads, T, d]
+    v = attention.v_proj(token_values).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
+    folded_k = ((k @ q_weight) * scale).reshape(batch, heads * num_tokens, channels)
+    key_bias = ((k @ q_bias.unsqueeze(-1)) * scale).reshape(batch, heads * num_tokens, 1)
+    return folded_k, key_bias, v
 
 
 def _attend_token_values(
