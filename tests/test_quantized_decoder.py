@@ -197,6 +197,25 @@ def test_default_decoder_decodes_within_its_webassembly_memory(decoders):
     assert heap["decoded"] <= DECODE_HEAP_MIB * MIB
 
 
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_node_benchmark_compares_files_in_one_process(decoders):
+    """tests/benchmarks/bench_decoder_node.mjs, which docs/benchmarks.md's Node figures come from: the same file
+    twice gives the same logits, and the fp32 graph's differ from the quantized one's (but not by much)."""
+    script = Path(__file__).resolve().parent / "benchmarks" / "bench_decoder_node.mjs"
+    quantized, fp32 = (str(decoders[name]["path"]) for name in ("lowres-quantized", "lowres"))
+    result = subprocess.run(
+        ["node", str(script), "--runs", "2", quantized, quantized, fp32],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(result.stdout)
+    assert len(figures["ms"]) == 3 and all(ms > 0 for ms in figures["ms"])
+    assert figures["maxDiff"][:2] == [0, 0]
+    assert 0 < figures["maxDiff"][2] < 0.5
+
+
 def test_the_browser_creates_its_sessions_with_the_same_config():
     """web/js/decoder/session-options.js passes SESSION_CONFIG as onnxruntime-web's `extra` options (a key
     "a.b" is extra.a.b): without it the browser would dequantize every weight on every run."""
