@@ -8,7 +8,7 @@ from .quantize import QUANTIZATION_RECIPES, SESSION_CONFIG, decoder_session_opti
 from .sam2_model import SAM2OnnxModel, export_sam2_decoder
 
 # Bump when a change alters the exported graphs, so cached decoder files are made anew.
-EXPORTER_VERSION = "14"
+EXPORTER_VERSION = "15"
 
 __all__ = [
     "EXPORTER_VERSION",

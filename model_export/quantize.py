@@ -20,7 +20,6 @@ HALF_MARKERS = (
     "conv1_weight",
     "conv2_weight",
     "conv1_centred_weight",
-    "conv2_halved_weight",
     "output_hypernetworks_mlps.0/",
     "/q_proj_2/",
     "/MatMul_17",

@@ -80,12 +80,11 @@ class FoldedMaskDecoder(nn.Module):
             self.register_buffer(f"{name}_weight", weight)
             self.register_buffer(f"{name}_bias", bias)
         # For upscale_batch's ONNX form: conv1 with each output pixel's mean over its channels taken out (the
-        # layer norm's centring, done by the weights), conv2 halved (GELU's factor 1/2, exact in floats).
+        # layer norm's centring, done by the weights).
         centred = [t.view(*t.shape[:-1], 4, conv1.out_channels) for t in _transposed_conv_2x2_as_matmul(conv1)]
         centred = [(t - t.mean(dim=-1, keepdim=True)).flatten(-2) for t in centred]
         self.register_buffer("conv1_centred_weight", centred[0].contiguous())
         self.register_buffer("conv1_centred_bias", centred[1].contiguous())
-        self.register_buffer("conv2_halved_weight", self.conv2_weight * 0.5)
 
     @staticmethod
     def supports(mask_decoder: nn.Module) -> bool:
@@ -232,15 +231,15 @@ class FoldedMaskDecoder(nn.Module):
     def _upscale_batch_folded(
         self, image_tokens: torch.Tensor, hyper_in: torch.Tensor, height: int, width: int
     ) -> torch.Tensor:
-        """upscale_batch as exported: the layer norm's centring is in conv1's weights and each GELU's factor 1/2
-        in the next product (conv2's weights, the hypernetwork weights), four fewer passes over the 1-2 M
-        upscaled features per prompt. Equal to upscale_batch up to float rounding."""
+        """upscale_batch as exported: the layer norm's centring is in conv1's weights, and each GELU is one
+        onnxruntime FastGelu (_fast_gelu), the first adding the norm's shift: two passes over the 1-2 M upscaled
+        features per prompt where the plain ops took fifteen. Equal to upscale_batch up to float rounding."""
         conv1, norm, _, conv2, _ = self.mask_decoder.output_upscaling
         batch, _, channels = image_tokens.shape
         centred = torch.addmm(self.conv1_centred_bias, image_tokens.reshape(-1, channels), self.conv1_centred_weight)
-        x = _doubled_gelu(_centred_layer_norm(norm, centred.view(-1, conv1.out_channels)))
-        x = torch.addmm(self.conv2_bias, x, self.conv2_halved_weight).view(batch, -1, conv2.out_channels)
-        logits = (hyper_in * 0.5) @ _doubled_gelu(x).transpose(1, 2)  # [B, k, h * w * 16]
+        x = _fast_gelu(_centred_unshifted_norm(norm, centred.view(-1, conv1.out_channels)), norm.bias)
+        x = torch.addmm(self.conv2_bias, x, self.conv2_weight).view(batch, -1, conv2.out_channels)
+        logits = hyper_in @ _fast_gelu(x).transpose(1, 2)  # [B, k, h * w * 16]
         # The height is the inferred dimension: it is 0 for a block of no token rows (upscale_batch's row_blocks),
         # and an ONNX Reshape reads a 0 in its shape as "keep the input's dimension".
         logits = logits.view(batch * hyper_in.shape[1], -1, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
@@ -700,22 +699,41 @@ def _activation(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_gelus(*acts: nn.Module) -> bool:
-    """In an ONNX export, whether every act is an exact GELU (which upscale_batch writes out in tanh form)."""
+    """In an ONNX export, whether every act is an exact GELU (which upscale_batch exports as FastGelu)."""
     return torch.onnx.is_in_onnx_export() and all(
         isinstance(act, nn.GELU) and act.approximate == "none" for act in acts
     )
 
 
-def _doubled_gelu(x: torch.Tensor) -> torch.Tensor:
-    """2 GELU(x) in its tanh form, x (1 + tanh(x (A + B x^2))) (see _activation): the caller halves the next
-    product's weights instead, one element-wise pass fewer."""
-    return x * (torch.tanh(x * (x * x * _GELU_TANH_B + _GELU_TANH_A)) + 1.0)
+class _FastGelu(torch.autograd.Function):
+    """GELU in its tanh form of x + bias, exported as one onnxruntime com.microsoft FastGelu node."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.gelu(x if bias is None else x + bias, approximate="tanh")
+
+    @staticmethod
+    def symbolic(g, x, bias):
+        out = g.op("com.microsoft::FastGelu", x) if bias is None else g.op("com.microsoft::FastGelu", x, bias)
+        out.setType(x.type())  # same shape and type as x (the exporter cannot infer a contrib op's)
+        return out
 
 
-def _centred_layer_norm(norm: nn.Module, centred: torch.Tensor) -> torch.Tensor:
-    """norm over the last axis of rows that already have mean 0 (_image_layer_norm minus the centring)."""
+def _fast_gelu(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """GELU(x + bias) in its tanh form (see _activation), for the upscaling's ONNX form.
+
+    One onnxruntime FastGelu node instead of seven plain element-wise ops: onnxruntime-web runs it over the
+    upscaled features in about half their time (docs/benchmarks.md, exporter version 15), and a bias (the
+    layer norm's shift before the first GELU) is added in the same pass.
+    """
+    return _FastGelu.apply(x, bias)
+
+
+def _centred_unshifted_norm(norm: nn.Module, centred: torch.Tensor) -> torch.Tensor:
+    """norm over the last axis of rows that already have mean 0, without its shift (norm.bias), which the next
+    op adds (_image_layer_norm minus the centring and the shift)."""
     scale = torch.reciprocal(torch.sqrt((centred * centred).mean(dim=-1, keepdim=True) + norm.eps))
-    return centred * scale * norm.weight + norm.bias
+    return centred * scale * norm.weight
 
 
 def _transposed_conv_2x2_as_matmul(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
